@@ -1,0 +1,29 @@
+# Two entry points that work on a fresh machine with only Python 3:
+#   make test   create .venv, install tfopt with its test extras, lint, test
+#   make demo   create .venv, install tfopt with the bundled data, run the demo
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: test demo lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip setuptools wheel
+
+# A stamp per extra: reinstall only when the package metadata changes.
+$(VENV)/.installed-%: setup.cfg setup.py pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[$*]'
+	touch $@
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+demo: $(VENV)/.installed-data
+	$(BIN)/python examples/quickstart.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

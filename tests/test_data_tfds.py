@@ -1,0 +1,73 @@
+"""tfds:NAME through the real tensorflow-datasets engine, on a builder that
+prepares scikit-learn's digits locally (no download)."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from tfopt import data
+
+_DATA_DIR = {}
+
+
+class TfoptTestDigits(tfds.core.GeneratorBasedBuilder):
+    """The 8x8 digits as uint8 images, with a train and a test split."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def __init__(self, **kwargs):
+        # tfds fixes its default data dir at import; keep test data in tmp.
+        kwargs.setdefault("data_dir", _DATA_DIR["path"])
+        super().__init__(**kwargs)
+
+    def _info(self):
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(8, 8, 1)),
+                "label": tfds.features.ClassLabel(num_classes=10),
+            }),
+            supervised_keys=("image", "label"),
+        )
+
+    def _split_generators(self, dl_manager):
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        images = np.minimum(bunch.images * 16, 255).astype(np.uint8)[..., None]
+        return {
+            "train": self._generate_examples(images[:1500], bunch.target[:1500]),
+            "test": self._generate_examples(images[1500:], bunch.target[1500:]),
+        }
+
+    def _generate_examples(self, images, labels):
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            yield i, {"image": image, "label": int(label)}
+
+
+@pytest.fixture(scope="module")
+def tfds_splits(tmp_path_factory):
+    _DATA_DIR["path"] = str(tmp_path_factory.mktemp("tfds"))
+    return data.load("tfds:tfopt_test_digits", batch_size=100,
+                     validation_fraction=0.2)
+
+
+def test_tfds_data_set_loads_scaled_with_its_splits(tfds_splits):
+    train, val, test, info = tfds_splits
+    assert info == data.DatasetInfo("tfds:tfopt_test_digits", (8, 8, 1), 10,
+                                     1200, 300, 297)
+    sizes = []
+    for split in (train, val, test):
+        images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in split], strict=True)
+        images, labels = np.concatenate(images), np.concatenate(labels)
+        assert images.dtype == np.float32 and labels.dtype == np.int32
+        assert images.min() >= 0 and images.max() == pytest.approx(1.0)
+        sizes.append(len(labels))
+    assert sizes == [1200, 300, 297]
+
+
+def test_unknown_tfds_name_is_a_value_error():
+    with pytest.raises(ValueError, match=(
+        r"^`name` must name a tensorflow-datasets data set. "
+        r"Received: name='tfds:no_such_set_xyz'"
+    )):
+        data.load("tfds:no_such_set_xyz", batch_size=8)

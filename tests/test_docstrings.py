@@ -1,0 +1,15 @@
+"""The `>>>` examples in docstrings are part of the contract: run them."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["tfopt.data", "tfopt.models", "tfopt._keras"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name):
+    result = doctest.testmod(importlib.import_module(name),
+                             optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0

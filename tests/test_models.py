@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+
+import tfopt
+from tfopt import keras, models
+
+
+@pytest.mark.parametrize("name", sorted(models.BUILDERS))
+def test_every_model_builds_functional_with_logits_and_trains_a_step(
+    name, digits
+):
+    model = models.build(name, digits.info.input_shape, digits.info.num_classes)
+    assert model.name == name
+    assert isinstance(model, keras.Model)
+    assert not isinstance(model, keras.Sequential)
+    assert model.layers[0].__class__.__name__ == "InputLayer"  # functional
+    assert model.output_shape == (None, 10)
+    assert model.layers[-1].get_config()["activation"] == "linear"
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    images, labels = next(iter(digits.train))
+    before = [w.copy() for w in model.get_weights()]
+    loss = model.train_on_batch(images, labels)
+    assert np.isfinite(loss)
+    assert any(not np.array_equal(a, b)
+               for a, b in zip(before, model.get_weights(), strict=True))
+
+
+def test_tfmot_mnist_is_the_tfmot_example_architecture():
+    model = models.build("tfmot_mnist", (28, 28), 10)
+    assert abs(model.count_params() - 20_400) <= 0.01 * 20_400
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == ["InputLayer", "Reshape", "Conv2D", "MaxPooling2D",
+                     "Flatten", "Dense"]
+    conv = model.layers[2].get_config()
+    assert (conv["filters"], conv["kernel_size"], conv["activation"]) == (
+        12, (3, 3), "relu")
+    # (28, 28) and (28, 28, 1) inputs build the same network.
+    same = models.build("tfmot_mnist", (28, 28, 1), 10)
+    assert same.count_params() == model.count_params()
+
+
+def test_student_is_about_ten_times_smaller_than_teacher():
+    teacher = models.build("teacher_cnn", (28, 28, 1), 10)
+    student = models.build("student_cnn", (28, 28, 1), 10)
+    assert 8 <= teacher.count_params() / student.count_params() <= 16
+    assert any(isinstance(layer, keras.layers.BatchNormalization)
+               for layer in teacher.layers)
+
+
+def test_resnet_tiny_has_the_hard_cases():
+    model = models.build("resnet_tiny", (28, 28, 1), 10)
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert {"Add", "BatchNormalization", "DepthwiseConv2D"} <= kinds
+
+
+def test_rgb_input_is_accepted():
+    model = models.build("student_cnn", (32, 32, 3), 10)
+    assert model.input_shape == (None, 32, 32, 3)
+
+
+@pytest.mark.parametrize(
+    "args, error, message",
+    [
+        (("vgg16", (28, 28, 1), 10), ValueError,
+         r"^`name` must be one of \['tfmot_mnist', 'teacher_cnn', "
+         r"'student_cnn', 'resnet_tiny'\]. Received: name='vgg16'$"),
+        ((None, (28, 28, 1), 10), TypeError, r"Received: name=None$"),
+        (("tfmot_mnist", 28, 10), TypeError,
+         r"`input_shape` must be a tuple of ints such as \(28, 28, 1\). "
+         r"Received: input_shape=28$"),
+        (("tfmot_mnist", (28.0, 28.0), 10), TypeError,
+         r"Received: input_shape=\(28.0, 28.0\)$"),
+        (("tfmot_mnist", (28,), 10), ValueError,
+         r"Received: input_shape=\(28,\)$"),
+        (("tfmot_mnist", (28, 0, 1), 10), ValueError,
+         r"Received: input_shape=\(28, 0, 1\)$"),
+        (("tfmot_mnist", (28, 28, 1), 1), ValueError,
+         r"^`num_classes` must be at least 2. Received: num_classes=1$"),
+        (("tfmot_mnist", (28, 28, 1), "10"), TypeError,
+         r"^`num_classes` must be an int. Received: num_classes='10'$"),
+    ],
+)
+def test_bad_arguments_name_the_value(args, error, message):
+    with pytest.raises(error, match=message):
+        models.build(*args)
+
+
+def test_build_is_reachable_from_the_package():
+    assert tfopt.models.build is models.build

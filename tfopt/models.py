@@ -1,0 +1,165 @@
+"""Small reference models: functional tf_keras classifiers with logits out.
+
+`tfmot_mnist` is the model of TFMOT's "pruning in Keras" example, so results
+can be compared with the published ones. `teacher_cnn` and `student_cnn` are
+a distillation pair (267k and 20k parameters on 28x28 inputs), and
+`resnet_tiny` gathers the layers that are hard for pruning and QAT: residual
+adds, BatchNormalization and DepthwiseConv2D.
+"""
+
+import numbers
+
+from tfopt._keras import keras
+
+layers = keras.layers
+
+
+def _inputs(input_shape):
+    return keras.Input(shape=input_shape, name="image")
+
+
+def _with_channels(input_shape):
+    return tuple(input_shape) if len(input_shape) == 3 else (*input_shape, 1)
+
+
+def _tfmot_mnist(input_shape, num_classes):
+    inputs = _inputs(input_shape)
+    x = layers.Reshape(_with_channels(input_shape))(inputs)
+    x = layers.Conv2D(12, 3, activation="relu")(x)
+    x = layers.MaxPooling2D(2)(x)
+    x = layers.Flatten()(x)
+    outputs = layers.Dense(num_classes)(x)
+    return keras.Model(inputs, outputs, name="tfmot_mnist")
+
+
+def _conv_bn_relu(x, filters, name):
+    # The convolution's bias is redundant before BatchNormalization.
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                      name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _teacher_cnn(input_shape, num_classes):
+    inputs = _inputs(input_shape)
+    x = layers.Reshape(_with_channels(input_shape))(inputs)
+    x = _conv_bn_relu(x, 32, "block1a")
+    x = _conv_bn_relu(x, 32, "block1b")
+    x = layers.MaxPooling2D(2, padding="same")(x)
+    x = _conv_bn_relu(x, 64, "block2a")
+    x = _conv_bn_relu(x, 64, "block2b")
+    x = layers.MaxPooling2D(2, padding="same")(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(64, activation="relu", name="fc")(x)
+    x = layers.Dropout(0.3)(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="teacher_cnn")
+
+
+def _student_cnn(input_shape, num_classes):
+    inputs = _inputs(input_shape)
+    x = layers.Reshape(_with_channels(input_shape))(inputs)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu",
+                      name="conv1")(x)
+    x = layers.MaxPooling2D(2, padding="same")(x)
+    x = layers.Conv2D(32, 3, padding="same", activation="relu",
+                      name="conv2")(x)
+    x = layers.MaxPooling2D(2, padding="same")(x)
+    x = layers.Flatten()(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="student_cnn")
+
+
+def _residual_block(x, filters, stride, name):
+    shortcut = x
+    y = layers.DepthwiseConv2D(3, strides=stride, padding="same",
+                               use_bias=False, name=f"{name}_dw")(x)
+    y = layers.BatchNormalization(name=f"{name}_dw_bn")(y)
+    y = layers.ReLU(name=f"{name}_dw_relu")(y)
+    y = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(y)
+    y = layers.BatchNormalization(name=f"{name}_pw_bn")(y)
+    if stride != 1 or x.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False,
+                                 name=f"{name}_proj")(x)
+        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    y = layers.Add(name=f"{name}_add")([shortcut, y])
+    return layers.ReLU(name=f"{name}_out")(y)
+
+
+def _resnet_tiny(input_shape, num_classes):
+    inputs = _inputs(input_shape)
+    x = layers.Reshape(_with_channels(input_shape))(inputs)
+    x = _conv_bn_relu(x, 16, "stem")
+    x = _residual_block(x, 16, 1, "res1")
+    x = _residual_block(x, 32, 2, "res2")
+    x = _residual_block(x, 32, 1, "res3")
+    x = layers.GlobalAveragePooling2D()(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="resnet_tiny")
+
+
+BUILDERS = {
+    "tfmot_mnist": _tfmot_mnist,
+    "teacher_cnn": _teacher_cnn,
+    "student_cnn": _student_cnn,
+    "resnet_tiny": _resnet_tiny,
+}
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def build(name, input_shape, num_classes):
+    """Builds a reference model, freshly initialized.
+
+    Args:
+        name: One of `BUILDERS`: `tfmot_mnist`, `teacher_cnn`, `student_cnn`,
+            `resnet_tiny`.
+        input_shape: `(height, width)` or `(height, width, channels)`, e.g.
+            `DatasetInfo.input_shape`.
+        num_classes: Number of output logits, at least 2.
+
+    Returns:
+        A functional tf_keras `Model` that outputs logits (no softmax).
+
+    Raises:
+        TypeError: If an argument has the wrong type.
+        ValueError: If `name` is unknown or a shape or count is out of range.
+
+    Example:
+
+    >>> import tfopt
+    >>> tfopt.models.build("tfmot_mnist", (28, 28, 1), 10).count_params()
+    20410
+    """
+    if not isinstance(name, str):
+        raise TypeError(
+            f"`name` must be a str, one of {list(BUILDERS)}. "
+            f"Received: name={name!r}"
+        )
+    if name not in BUILDERS:
+        raise ValueError(
+            f"`name` must be one of {list(BUILDERS)}. Received: name={name!r}"
+        )
+    if not isinstance(input_shape, (tuple, list)) or not all(
+        _is_int(d) for d in input_shape
+    ):
+        raise TypeError(
+            "`input_shape` must be a tuple of ints such as (28, 28, 1). "
+            f"Received: input_shape={input_shape!r}"
+        )
+    if len(input_shape) not in (2, 3) or min(input_shape) < 1:
+        raise ValueError(
+            "`input_shape` must be (height, width) or (height, width, "
+            f"channels) of positive ints. Received: input_shape={input_shape!r}"
+        )
+    if not _is_int(num_classes):
+        raise TypeError(
+            f"`num_classes` must be an int. Received: num_classes={num_classes!r}"
+        )
+    if num_classes < 2:
+        raise ValueError(
+            f"`num_classes` must be at least 2. Received: num_classes={num_classes!r}"
+        )
+    return BUILDERS[name](tuple(int(d) for d in input_shape), int(num_classes))
