@@ -6,6 +6,10 @@ import pytest
 # tfopt comes before any TensorFlow import so that tf.keras is tf_keras.
 import tfopt
 
+# Two logical CPUs give every test a real 2-replica MirroredStrategy. This
+# must run before TensorFlow's first op, i.e. here, at collection.
+DEVICES = tfopt.configure_devices(logical_cpus=2)
+
 
 def pytest_collection_modifyitems(config, items):
     import tensorflow as tf
@@ -16,6 +20,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def mirrored():
+    """The process's one 2-replica MirroredStrategy over logical CPUs."""
+    strategy = tfopt.get_strategy("mirrored")
+    assert strategy.num_replicas_in_sync == 2
+    return strategy
 
 
 @pytest.fixture(scope="session")

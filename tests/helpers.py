@@ -1,0 +1,51 @@
+"""Small training jobs shared by tests and by the processes they spawn."""
+
+import numpy as np
+import tensorflow as tf
+
+import tfopt
+from tfopt import keras
+
+
+def tiny_regression(seed=0, n=64):
+    """Fixed inputs and targets for replica-parity checks."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    y = (x @ rng.normal(size=(6, 1))).astype(np.float32)
+    return x, y
+
+
+def train_tiny(strategy, *, global_batch=16, epochs=2, seed=0):
+    """Trains a 2-layer MLP with SGD; returns its weights and final loss.
+
+    Without BatchNorm or dropout, the result depends only on the global
+    batch, not on how it is split across replicas.
+    """
+    x, y = tiny_regression()
+    keras.utils.set_random_seed(seed)
+    with strategy.scope():
+        model = keras.Sequential([
+            keras.Input((6,)),
+            keras.layers.Dense(4, activation="tanh"),
+            keras.layers.Dense(1),
+        ])
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(global_batch)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    history = model.fit(dataset.with_options(options), epochs=epochs, verbose=0)
+    return model.get_weights(), history.history["loss"][-1]
+
+
+def multi_worker_job():
+    """One worker's part of the 2-process test: auto must pick multi_worker."""
+    strategy = tfopt.get_strategy("auto")
+    weights, loss = train_tiny(strategy)
+    return {
+        "multi_worker": isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy),
+        "replicas": strategy.num_replicas_in_sync,
+        "weights": weights,
+        "loss": loss,
+    }

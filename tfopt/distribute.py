@@ -1,0 +1,530 @@
+"""`get_strategy`: one call for every `tf.distribute` strategy tfopt supports.
+
+Arguments and the cluster description (TF_CONFIG, SLURM, the TPU address) are
+checked in Python before TensorFlow's runtime is touched, so a typo fails in
+milliseconds with the bad value quoted rather than as a gRPC hang.
+
+Strategies are cached: one per configuration per process. A second
+`MirroredStrategy` in a process breaks TFMOT pruning ("Collective ops is
+aborted by: Shape mismatch in the collective instance"), and TensorFlow
+allows one MultiWorkerMirroredStrategy and one TPU initialization per process
+anyway, so `get_strategy` hands back the same object for the same arguments.
+"""
+
+import json
+import numbers
+import os
+import socket
+import threading
+import urllib.parse
+
+import tensorflow as tf
+from absl import logging
+
+_ALL_REDUCE = {
+    "nccl": tf.distribute.NcclAllReduce,
+    "hierarchical_copy": tf.distribute.HierarchicalCopyAllReduce,
+    "reduction_to_one": tf.distribute.ReductionToOneDevice,
+}
+_COMMUNICATION = {
+    "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
+    "ring": tf.distribute.experimental.CommunicationImplementation.RING,
+    "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
+}
+# How long the TPU boundary may take before tfopt gives up on it.
+_TPU_PROBE_TIMEOUT_S = 10
+_TPU_INIT_TIMEOUT_S = 45
+_STRATEGIES = {}
+
+
+def _describe_choices(choices):
+    return "[" + ", ".join(repr(c) for c in choices) + "]"
+
+
+def _check_choice(value, arg, choices):
+    if value is not None and value not in choices:
+        raise ValueError(
+            f"`{arg}` must be one of {_describe_choices(choices)} or None. "
+            f"Received: {arg}={value!r}"
+        )
+
+
+def tf_config():
+    """Returns the parsed, checked TF_CONFIG, or None when it is unset.
+
+    Returns:
+        The TF_CONFIG dict, with `cluster` (job name to `host:port` list) and
+        `task` (`type` and `index`), or None.
+
+    Raises:
+        ValueError: If TF_CONFIG is not JSON, lacks `cluster` or `task`, or
+            names a task type or index that is not in the cluster.
+    """
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return None
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"TF_CONFIG must be JSON ({err}). Received: TF_CONFIG={raw!r}"
+        ) from err
+    if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict):
+        raise ValueError(
+            'TF_CONFIG must have a "cluster" object mapping job names to lists '
+            f'of "host:port". Received: TF_CONFIG={raw!r}'
+        )
+    cluster, task = config["cluster"], config.get("task")
+    for job, hosts in cluster.items():
+        if not isinstance(hosts, list) or not hosts or not all(
+            isinstance(h, str) and ":" in h for h in hosts
+        ):
+            raise ValueError(
+                f'TF_CONFIG cluster job {job!r} must be a non-empty list of '
+                f'"host:port" strings. Received: {job}={hosts!r}'
+            )
+    if not isinstance(task, dict) or "type" not in task:
+        raise ValueError(
+            'TF_CONFIG must have a "task" object with "type" and "index". '
+            f"Received: TF_CONFIG={raw!r}"
+        )
+    if task["type"] not in cluster:
+        raise ValueError(
+            f"TF_CONFIG task type must be one of the cluster's jobs "
+            f"{sorted(cluster)}. Received: type={task['type']!r}"
+        )
+    index, size = task.get("index", 0), len(cluster[task["type"]])
+    if isinstance(index, bool) or not isinstance(index, int) or not (
+        0 <= index < size
+    ):
+        raise ValueError(
+            f"TF_CONFIG task index must be an int in [0, {size}) for job "
+            f"{task['type']!r}. Received: index={index!r}"
+        )
+    return config
+
+
+def _slurm_tasks():
+    try:
+        return int(os.environ.get("SLURM_STEP_NUM_TASKS", "0"))
+    except ValueError:
+        return 0
+
+
+def _num_gpus():
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def resolve_name(name="auto", *, tpu=None):
+    """Returns the strategy name `name="auto"` stands for here, and why.
+
+    Order: `tpu` given → `tpu`; TF_CONFIG with a `ps` job →
+    `parameter_server`; TF_CONFIG or a SLURM step with more than one worker →
+    `multi_worker`; more than one GPU → `mirrored`; one GPU → `one_device`;
+    else `default`. Any other name is returned as is.
+
+    Args:
+        name: A strategy name, see `get_strategy`. Defaults to `auto`.
+        tpu: The TPU address, if any. Defaults to `None`.
+
+    Returns:
+        A `(name, reason)` tuple of strings.
+
+    Raises:
+        TypeError, ValueError: As `get_strategy` does for `name` and TF_CONFIG.
+    """
+    _check_name(name)
+    if name != "auto":
+        return name, "requested"
+    if tpu is not None:
+        return "tpu", f"tpu={tpu!r} was given"
+    config = tf_config()
+    if config is not None:
+        cluster = config["cluster"]
+        if "ps" in cluster:
+            return "parameter_server", "TF_CONFIG has a 'ps' job"
+        workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+        if workers > 1:
+            return "multi_worker", f"TF_CONFIG has {workers} workers"
+    if _slurm_tasks() > 1:
+        return "multi_worker", f"SLURM step has {_slurm_tasks()} tasks"
+    gpus = _num_gpus()
+    if gpus > 1:
+        return "mirrored", f"{gpus} GPUs are visible"
+    if gpus == 1:
+        return "one_device", "one GPU is visible"
+    return "default", "no TPU, cluster or GPU found"
+
+
+NAMES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu",
+         "parameter_server")
+
+
+def _check_name(name):
+    if not isinstance(name, str):
+        hint = (" A YAML value of off/no/false reads as False: quote it."
+                if isinstance(name, bool) else "")
+        raise TypeError(
+            f"`name` must be a str, one of {_describe_choices(NAMES)}.{hint} "
+            f"Received: name={name!r}"
+        )
+    if name not in NAMES:
+        raise ValueError(
+            f"`name` must be one of {_describe_choices(NAMES)}. "
+            f"Received: name={name!r}"
+        )
+
+
+def _default(**_):
+    return tf.distribute.get_strategy()
+
+
+def _one_device(*, devices, **_):
+    if devices:
+        return tf.distribute.OneDeviceStrategy(devices[0])
+    return tf.distribute.OneDeviceStrategy("/gpu:0" if _num_gpus() else "/cpu:0")
+
+
+def _mirrored(*, num_gpus, devices, all_reduce, **_):
+    if devices is None:
+        gpus = tf.config.list_logical_devices("GPU")
+        if gpus and num_gpus != 0:
+            devices = [d.name for d in gpus[:num_gpus]]
+        else:
+            # No GPU: use the logical CPUs (configure_devices(logical_cpus=N))
+            # so that a CPU machine still gets real replicas.
+            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if all_reduce == "nccl" and not any("GPU" in d.upper() for d in devices):
+        raise ValueError(
+            "`all_reduce` must not be 'nccl' without GPUs: NCCL only reduces "
+            f"across GPUs. Received: all_reduce='nccl', devices={devices!r}"
+        )
+    ops = _ALL_REDUCE[all_reduce]() if all_reduce else None
+    return tf.distribute.MirroredStrategy(devices, cross_device_ops=ops)
+
+
+def _multi_worker(*, communication, **_):
+    resolver = None
+    if tf_config() is None and "SLURM_PROCID" in os.environ:
+        # GPU binding is left to SLURM (its CUDA_VISIBLE_DEVICES per task):
+        # TensorFlow has enumerated the GPUs by now, so auto_set_gpu is off.
+        # The resolver still pairs each task of a node with a GPU slot and
+        # drops tasks without one (and divides by zero on CPU nodes):
+        # claiming one slot per task of the step keeps every task.
+        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
+            gpus_per_node=max(_slurm_tasks(), 1), gpus_per_task=1,
+            auto_set_gpu=False,
+        )
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=_COMMUNICATION[communication or "auto"]
+    )
+    return tf.distribute.MultiWorkerMirroredStrategy(
+        cluster_resolver=resolver, communication_options=options
+    )
+
+
+def _parameter_server(**_):
+    config = tf_config()
+    if config is None or "ps" not in config["cluster"] or (
+        "worker" not in config["cluster"]
+    ):
+        raise ValueError(
+            "`name`='parameter_server' needs TF_CONFIG with 'chief', 'worker' "
+            "and 'ps' jobs. Received: TF_CONFIG="
+            f"{os.environ.get('TF_CONFIG')!r}"
+        )
+    if config["task"]["type"] in ("worker", "ps"):
+        raise ValueError(
+            "`name`='parameter_server' builds the coordinator's strategy; a "
+            f"{config['task']['type']!r} task serves instead: call "
+            "tfopt.distribute.run_server(). Received: task="
+            f"{config['task']!r}"
+        )
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    return tf.distribute.experimental.ParameterServerStrategy(resolver)
+
+
+def _probe(address):
+    parts = urllib.parse.urlparse(address)
+    try:
+        socket.create_connection(
+            (parts.hostname, parts.port), timeout=_TPU_PROBE_TIMEOUT_S
+        ).close()
+    except (OSError, ValueError) as err:
+        raise ConnectionError(
+            f"Could not reach the TPU at tpu={address!r} ({err}). Check that "
+            "the TPU is running and its address and port (usually 8470) are "
+            "right, and that this machine's network and firewall allow it."
+        ) from err
+
+
+def _tpu(*, tpu, **_):
+    tpu = "local" if tpu is None else tpu
+    if tpu.startswith("grpc://"):
+        _probe(tpu)
+    outcome = {}
+
+    def connect():
+        # A TPU that accepts the connection but never answers would hang
+        # TensorFlow forever: run it aside and stop waiting after a while.
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+            if tpu != "local":
+                tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+            outcome["strategy"] = tf.distribute.TPUStrategy(resolver)
+        except Exception as err:  # noqa: BLE001 - re-raised below with context
+            outcome["error"] = err
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(_TPU_INIT_TIMEOUT_S)
+    if thread.is_alive():
+        raise ConnectionError(
+            f"The TPU at tpu={tpu!r} did not answer within "
+            f"{_TPU_INIT_TIMEOUT_S} s. Check that it is running, healthy and "
+            "runs the same TensorFlow version as this machine."
+        )
+    if "error" in outcome:
+        err = outcome["error"]
+        where = ("this machine has no TPU: run on a Cloud TPU VM with "
+                 "tensorflow-tpu and libtpu installed, or pass the TPU's name "
+                 "or grpc:// address" if tpu == "local" else
+                 "check the TPU's name, zone and project (a name is looked up "
+                 "through the Cloud TPU API from a GCE VM), or pass grpc://host:port")
+        raise ConnectionError(
+            f"Could not connect to the TPU at tpu={tpu!r} "
+            f"({type(err).__name__}: {str(err).strip()[:300]}). {where}."
+        ) from err
+    return outcome["strategy"]
+
+
+_BUILDERS = {
+    "default": _default,
+    "one_device": _one_device,
+    "mirrored": _mirrored,
+    "multi_worker": _multi_worker,
+    "tpu": _tpu,
+    "parameter_server": _parameter_server,
+}
+# Which names each optional argument applies to ("auto" accepts them all and
+# passes on those that fit the strategy it picks).
+_APPLIES = {
+    "tpu": ("tpu",),
+    "num_gpus": ("mirrored",),
+    "devices": ("mirrored", "one_device"),
+    "all_reduce": ("mirrored",),
+    "communication": ("multi_worker",),
+}
+
+
+def _validate(name, tpu, num_gpus, devices, all_reduce, communication):
+    _check_name(name)
+    if tpu is not None and (not isinstance(tpu, str) or not tpu):
+        raise TypeError(
+            "`tpu` must be a non-empty str ('local', a TPU name or "
+            f"grpc://host:port) or None. Received: tpu={tpu!r}"
+        )
+    if num_gpus is not None:
+        if isinstance(num_gpus, bool) or not isinstance(num_gpus, numbers.Integral):
+            raise TypeError(
+                f"`num_gpus` must be an int or None. Received: num_gpus={num_gpus!r}"
+            )
+        present = _num_gpus()
+        if not 0 <= num_gpus <= present:
+            raise ValueError(
+                f"`num_gpus` must be in [0, {present}], the GPUs present. "
+                f"Received: num_gpus={num_gpus!r}"
+            )
+    if devices is not None:
+        if not isinstance(devices, (list, tuple)) or not devices or not all(
+            isinstance(d, str) for d in devices
+        ):
+            raise TypeError(
+                "`devices` must be a non-empty list of device names such as "
+                f"['/gpu:0', '/gpu:1']. Received: devices={devices!r}"
+            )
+        if num_gpus is not None:
+            raise ValueError(
+                "`devices` and `num_gpus` are exclusive. Received: "
+                f"devices={devices!r}, num_gpus={num_gpus!r}"
+            )
+        if name == "one_device" and len(devices) != 1:
+            raise ValueError(
+                "`devices` must name exactly one device for 'one_device'. "
+                f"Received: devices={devices!r}"
+            )
+    _check_choice(all_reduce, "all_reduce", _ALL_REDUCE)
+    _check_choice(communication, "communication", _COMMUNICATION)
+    given = {"tpu": tpu, "num_gpus": num_gpus, "devices": devices,
+             "all_reduce": all_reduce, "communication": communication}
+    for arg, value in given.items():
+        if value is not None and name != "auto" and name not in _APPLIES[arg]:
+            raise ValueError(
+                f"`{arg}` only applies to {_describe_choices(_APPLIES[arg])}, "
+                f"not to name={name!r}. Received: {arg}={value!r}"
+            )
+
+
+def get_strategy(name="auto", *, tpu=None, num_gpus=None, devices=None,
+                 all_reduce=None, communication=None):
+    """Builds (or returns the cached) `tf.distribute.Strategy` for `name`.
+
+    One strategy is made per configuration per process and handed back on
+    every later call with the same arguments: a second `MirroredStrategy` in
+    one process breaks TFMOT pruning, and TensorFlow allows one multi-worker
+    strategy and one TPU initialization per process.
+
+    Args:
+        name: One of `NAMES`. `auto` picks one from the machine and the
+            environment (see `resolve_name`) and logs why. `default` is
+            `tf.distribute.get_strategy()`; `one_device` uses GPU:0, else
+            CPU:0; `mirrored` uses `devices`, or the first `num_gpus` GPUs,
+            or with no GPU the logical CPUs (see `configure_devices`);
+            `multi_worker` reads TF_CONFIG, or the SLURM step when TF_CONFIG
+            is unset; `tpu` connects to `tpu`; `parameter_server` is the
+            coordinator's strategy for a TF_CONFIG with chief, worker and ps
+            jobs. Defaults to `auto`.
+        tpu: `local` for the TPU of a TPU VM, a TPU name, or
+            `grpc://host:port`. Defaults to `None` (`local` for `tpu`).
+        num_gpus: How many GPUs `mirrored` uses. Defaults to `None` (all).
+        devices: Explicit device names for `mirrored` or `one_device`.
+            Defaults to `None`.
+        all_reduce: `mirrored`'s cross-device reduction: `nccl`,
+            `hierarchical_copy` or `reduction_to_one`. Defaults to `None`
+            (TensorFlow's choice).
+        communication: `multi_worker`'s collectives: `auto`, `ring` or
+            `nccl`. Defaults to `None` (`auto`).
+
+    Returns:
+        A `tf.distribute.Strategy`, never None.
+
+    Raises:
+        TypeError: If an argument has the wrong type.
+        ValueError: If a name or value is unknown or out of range, an
+            argument does not apply to `name`, or TF_CONFIG is malformed.
+        ConnectionError: If the TPU cannot be reached or initialized (within
+            about a minute).
+
+    Example:
+
+    >>> import tfopt
+    >>> strategy = tfopt.get_strategy("default")
+    >>> strategy.num_replicas_in_sync
+    1
+    """
+    _validate(name, tpu, num_gpus, devices, all_reduce, communication)
+    resolved, reason = resolve_name(name, tpu=tpu)
+    if name == "auto":
+        logging.info("get_strategy('auto') chose %r: %s.", resolved, reason)
+    if resolved == "default":
+        return _default()
+    key = (resolved, tpu, num_gpus, tuple(devices or ()), all_reduce,
+           communication)
+    if key not in _STRATEGIES:
+        _STRATEGIES[key] = _BUILDERS[resolved](
+            tpu=tpu, num_gpus=num_gpus, devices=devices, all_reduce=all_reduce,
+            communication=communication,
+        )
+    return _STRATEGIES[key]
+
+
+def run_server(*, join=True):
+    """Serves this process's worker or ps task of a parameter-server cluster.
+
+    Worker and ps tasks do not train: they start a `tf.distribute.Server`
+    from TF_CONFIG and wait for the coordinator (the `chief`).
+
+    Args:
+        join: Block until the server stops. Defaults to `True`.
+
+    Returns:
+        The started `tf.distribute.Server`.
+
+    Raises:
+        ValueError: If TF_CONFIG is unset, malformed, or names a task that
+            is not a `worker` or `ps`.
+    """
+    config = tf_config()
+    task = None if config is None else config["task"]
+    if task is None or task["type"] not in ("worker", "ps"):
+        raise ValueError(
+            "run_server needs TF_CONFIG with a 'worker' or 'ps' task. "
+            f"Received: TF_CONFIG={os.environ.get('TF_CONFIG')!r}"
+        )
+    server = tf.distribute.Server(
+        tf.train.ClusterSpec(config["cluster"]), job_name=task["type"],
+        task_index=task.get("index", 0), protocol="grpc", start=True,
+    )
+    if join:
+        server.join()
+    return server
+
+
+def _check_strategy(strategy):
+    if not isinstance(strategy, tf.distribute.Strategy):
+        raise TypeError(
+            "`strategy` must be a tf.distribute.Strategy. "
+            f"Received: strategy={strategy!r}"
+        )
+
+
+def global_batch_size(per_replica, strategy):
+    """Returns the global batch for `per_replica` examples on each replica.
+
+    Args:
+        per_replica: Examples each replica processes per step, an int >= 1.
+        strategy: The `tf.distribute.Strategy` that will train.
+
+    Returns:
+        `per_replica * strategy.num_replicas_in_sync`.
+
+    Raises:
+        TypeError: If `per_replica` is not an int or `strategy` not a
+            strategy.
+        ValueError: If `per_replica` is below 1.
+    """
+    if isinstance(per_replica, bool) or not isinstance(per_replica, numbers.Integral):
+        raise TypeError(
+            f"`per_replica` must be an int. Received: per_replica={per_replica!r}"
+        )
+    if per_replica < 1:
+        raise ValueError(
+            f"`per_replica` must be >= 1. Received: per_replica={per_replica!r}"
+        )
+    _check_strategy(strategy)
+    return int(per_replica) * strategy.num_replicas_in_sync
+
+
+def scale_learning_rate(learning_rate, strategy):
+    """Scales a single-replica learning rate linearly with the replica count.
+
+    The linear scaling rule (Goyal et al., 2017): with the per-replica batch
+    fixed, the global batch grows with the replicas, and so should the rate.
+
+    Args:
+        learning_rate: The rate tuned for one replica, a float > 0.
+        strategy: The `tf.distribute.Strategy` that will train.
+
+    Returns:
+        `learning_rate * strategy.num_replicas_in_sync`.
+
+    Raises:
+        TypeError: If `learning_rate` is not a number or `strategy` not a
+            strategy.
+        ValueError: If `learning_rate` is not positive.
+    """
+    if isinstance(learning_rate, bool) or not isinstance(
+        learning_rate, numbers.Real
+    ):
+        raise TypeError(
+            "`learning_rate` must be a float. "
+            f"Received: learning_rate={learning_rate!r}"
+        )
+    if not learning_rate > 0:
+        raise ValueError(
+            "`learning_rate` must be > 0. "
+            f"Received: learning_rate={learning_rate!r}"
+        )
+    _check_strategy(strategy)
+    return float(learning_rate) * strategy.num_replicas_in_sync
