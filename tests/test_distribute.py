@@ -307,3 +307,20 @@ def test_auto_uses_the_gpus():
     strategy = tfopt.get_strategy("auto")
     assert strategy.num_replicas_in_sync == gpus
     assert "GPU" in strategy.extended.worker_devices[0]
+
+
+def test_auto_logs_its_choice_and_reason(tf_config, caplog):
+    with caplog.at_level("INFO", logger="absl"):
+        tfopt.get_strategy("auto")
+    assert "get_strategy('auto') chose 'default': no TPU, cluster or GPU found." in (
+        caplog.text)
+
+
+def test_tpu_name_that_cannot_be_resolved_says_what_to_check():
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=(
+        r"^Could not connect to the TPU at tpu='no-such-tpu' \(.*\)\. check "
+        r"the TPU's name, zone and project"
+    )):
+        tfopt.get_strategy("tpu", tpu="no-such-tpu")
+    assert time.monotonic() - start < 60

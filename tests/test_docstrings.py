@@ -5,7 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["tfopt.data", "tfopt.models", "tfopt._keras"]
+MODULES = ["tfopt._keras", "tfopt.data", "tfopt.devices", "tfopt.distribute",
+           "tfopt.models"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -11,15 +11,17 @@ allows one MultiWorkerMirroredStrategy and one TPU initialization per process
 anyway, so `get_strategy` hands back the same object for the same arguments.
 """
 
-import json
 import numbers
 import os
-import socket
-import threading
-import urllib.parse
 
 import tensorflow as tf
 from absl import logging
+
+from tfopt import _cluster
+from tfopt._cluster import run_server, tf_config
+
+__all__ = ["NAMES", "get_strategy", "global_batch_size", "resolve_name",
+           "run_server", "scale_learning_rate", "tf_config"]
 
 _ALL_REDUCE = {
     "nccl": tf.distribute.NcclAllReduce,
@@ -31,9 +33,6 @@ _COMMUNICATION = {
     "ring": tf.distribute.experimental.CommunicationImplementation.RING,
     "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
 }
-# How long the TPU boundary may take before tfopt gives up on it.
-_TPU_PROBE_TIMEOUT_S = 10
-_TPU_INIT_TIMEOUT_S = 45
 _STRATEGIES = {}
 
 
@@ -47,68 +46,6 @@ def _check_choice(value, arg, choices):
             f"`{arg}` must be one of {_describe_choices(choices)} or None. "
             f"Received: {arg}={value!r}"
         )
-
-
-def tf_config():
-    """Returns the parsed, checked TF_CONFIG, or None when it is unset.
-
-    Returns:
-        The TF_CONFIG dict, with `cluster` (job name to `host:port` list) and
-        `task` (`type` and `index`), or None.
-
-    Raises:
-        ValueError: If TF_CONFIG is not JSON, lacks `cluster` or `task`, or
-            names a task type or index that is not in the cluster.
-    """
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        return None
-    try:
-        config = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"TF_CONFIG must be JSON ({err}). Received: TF_CONFIG={raw!r}"
-        ) from err
-    if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict):
-        raise ValueError(
-            'TF_CONFIG must have a "cluster" object mapping job names to lists '
-            f'of "host:port". Received: TF_CONFIG={raw!r}'
-        )
-    cluster, task = config["cluster"], config.get("task")
-    for job, hosts in cluster.items():
-        if not isinstance(hosts, list) or not hosts or not all(
-            isinstance(h, str) and ":" in h for h in hosts
-        ):
-            raise ValueError(
-                f'TF_CONFIG cluster job {job!r} must be a non-empty list of '
-                f'"host:port" strings. Received: {job}={hosts!r}'
-            )
-    if not isinstance(task, dict) or "type" not in task:
-        raise ValueError(
-            'TF_CONFIG must have a "task" object with "type" and "index". '
-            f"Received: TF_CONFIG={raw!r}"
-        )
-    if task["type"] not in cluster:
-        raise ValueError(
-            f"TF_CONFIG task type must be one of the cluster's jobs "
-            f"{sorted(cluster)}. Received: type={task['type']!r}"
-        )
-    index, size = task.get("index", 0), len(cluster[task["type"]])
-    if isinstance(index, bool) or not isinstance(index, int) or not (
-        0 <= index < size
-    ):
-        raise ValueError(
-            f"TF_CONFIG task index must be an int in [0, {size}) for job "
-            f"{task['type']!r}. Received: index={index!r}"
-        )
-    return config
-
-
-def _slurm_tasks():
-    try:
-        return int(os.environ.get("SLURM_STEP_NUM_TASKS", "0"))
-    except ValueError:
-        return 0
 
 
 def _num_gpus():
@@ -146,8 +83,8 @@ def resolve_name(name="auto", *, tpu=None):
         workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
         if workers > 1:
             return "multi_worker", f"TF_CONFIG has {workers} workers"
-    if _slurm_tasks() > 1:
-        return "multi_worker", f"SLURM step has {_slurm_tasks()} tasks"
+    if _cluster.slurm_tasks() > 1:
+        return "multi_worker", f"SLURM step has {_cluster.slurm_tasks()} tasks"
     gpus = _num_gpus()
     if gpus > 1:
         return "mirrored", f"{gpus} GPUs are visible"
@@ -212,7 +149,7 @@ def _multi_worker(*, communication, **_):
         # drops tasks without one (and divides by zero on CPU nodes):
         # claiming one slot per task of the step keeps every task.
         resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
-            gpus_per_node=max(_slurm_tasks(), 1), gpus_per_task=1,
+            gpus_per_node=max(_cluster.slurm_tasks(), 1), gpus_per_task=1,
             auto_set_gpu=False,
         )
     options = tf.distribute.experimental.CommunicationOptions(
@@ -244,59 +181,8 @@ def _parameter_server(**_):
     return tf.distribute.experimental.ParameterServerStrategy(resolver)
 
 
-def _probe(address):
-    parts = urllib.parse.urlparse(address)
-    try:
-        socket.create_connection(
-            (parts.hostname, parts.port), timeout=_TPU_PROBE_TIMEOUT_S
-        ).close()
-    except (OSError, ValueError) as err:
-        raise ConnectionError(
-            f"Could not reach the TPU at tpu={address!r} ({err}). Check that "
-            "the TPU is running and its address and port (usually 8470) are "
-            "right, and that this machine's network and firewall allow it."
-        ) from err
-
-
 def _tpu(*, tpu, **_):
-    tpu = "local" if tpu is None else tpu
-    if tpu.startswith("grpc://"):
-        _probe(tpu)
-    outcome = {}
-
-    def connect():
-        # A TPU that accepts the connection but never answers would hang
-        # TensorFlow forever: run it aside and stop waiting after a while.
-        try:
-            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-            if tpu != "local":
-                tf.config.experimental_connect_to_cluster(resolver)
-            tf.tpu.experimental.initialize_tpu_system(resolver)
-            outcome["strategy"] = tf.distribute.TPUStrategy(resolver)
-        except Exception as err:  # noqa: BLE001 - re-raised below with context
-            outcome["error"] = err
-
-    thread = threading.Thread(target=connect, daemon=True)
-    thread.start()
-    thread.join(_TPU_INIT_TIMEOUT_S)
-    if thread.is_alive():
-        raise ConnectionError(
-            f"The TPU at tpu={tpu!r} did not answer within "
-            f"{_TPU_INIT_TIMEOUT_S} s. Check that it is running, healthy and "
-            "runs the same TensorFlow version as this machine."
-        )
-    if "error" in outcome:
-        err = outcome["error"]
-        where = ("this machine has no TPU: run on a Cloud TPU VM with "
-                 "tensorflow-tpu and libtpu installed, or pass the TPU's name "
-                 "or grpc:// address" if tpu == "local" else
-                 "check the TPU's name, zone and project (a name is looked up "
-                 "through the Cloud TPU API from a GCE VM), or pass grpc://host:port")
-        raise ConnectionError(
-            f"Could not connect to the TPU at tpu={tpu!r} "
-            f"({type(err).__name__}: {str(err).strip()[:300]}). {where}."
-        ) from err
-    return outcome["strategy"]
+    return _cluster.connect_tpu("local" if tpu is None else tpu)
 
 
 _BUILDERS = {
@@ -427,38 +313,6 @@ def get_strategy(name="auto", *, tpu=None, num_gpus=None, devices=None,
             communication=communication,
         )
     return _STRATEGIES[key]
-
-
-def run_server(*, join=True):
-    """Serves this process's worker or ps task of a parameter-server cluster.
-
-    Worker and ps tasks do not train: they start a `tf.distribute.Server`
-    from TF_CONFIG and wait for the coordinator (the `chief`).
-
-    Args:
-        join: Block until the server stops. Defaults to `True`.
-
-    Returns:
-        The started `tf.distribute.Server`.
-
-    Raises:
-        ValueError: If TF_CONFIG is unset, malformed, or names a task that
-            is not a `worker` or `ps`.
-    """
-    config = tf_config()
-    task = None if config is None else config["task"]
-    if task is None or task["type"] not in ("worker", "ps"):
-        raise ValueError(
-            "run_server needs TF_CONFIG with a 'worker' or 'ps' task. "
-            f"Received: TF_CONFIG={os.environ.get('TF_CONFIG')!r}"
-        )
-    server = tf.distribute.Server(
-        tf.train.ClusterSpec(config["cluster"]), job_name=task["type"],
-        task_index=task.get("index", 0), protocol="grpc", start=True,
-    )
-    if join:
-        server.join()
-    return server
 
 
 def _check_strategy(strategy):
