@@ -67,15 +67,23 @@ def _all_reduce_job():
             "SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
         out[all_reduce] = (strategy.num_replicas_in_sync, float(total),
                            helpers.train_tiny(strategy)[1])
+    explicit = tfopt.get_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+    one = tfopt.get_strategy("one_device", devices=["/cpu:1"])
+    out["devices"] = (explicit.extended.worker_devices,
+                      one.extended.worker_devices,
+                      helpers.train_tiny(one)[1])
     return out
 
 
-def test_all_reduce_choices_build_and_reduce_in_a_fresh_process():
+def test_all_reduce_and_explicit_devices_in_a_fresh_process():
     [out] = cluster.run_processes(_all_reduce_job, [{}])
     assert len(out["logical"]) == 2
     for all_reduce in ("hierarchical_copy", "reduction_to_one"):
         replicas, total, loss = out[all_reduce]
         assert (replicas, total) == (2, 2.0) and np.isfinite(loss)
+    mirrored_devices, one_device, loss = out["devices"]
+    assert [d[-5:] for d in mirrored_devices] == ["CPU:0", "CPU:1"]
+    assert [d[-5:] for d in one_device] == ["CPU:1"] and np.isfinite(loss)
 
 
 @pytest.mark.slow

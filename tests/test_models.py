@@ -78,7 +78,7 @@ def test_rgb_input_is_accepted():
         (("tfmot_mnist", (28, 0, 1), 10), ValueError,
          r"Received: input_shape=\(28, 0, 1\)$"),
         (("tfmot_mnist", (28, 28, 1), 1), ValueError,
-         r"^`num_classes` must be at least 2. Received: num_classes=1$"),
+         r"^`num_classes` must be an int >= 2. Received: num_classes=1$"),
         (("tfmot_mnist", (28, 28, 1), "10"), TypeError,
          r"^`num_classes` must be an int. Received: num_classes='10'$"),
     ],

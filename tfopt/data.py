@@ -8,14 +8,13 @@ tensorflow-datasets.
 """
 
 import contextlib
-import numbers
 import socket
 from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
-from tfopt import _keras
+from tfopt import _checks, _keras
 
 BUNDLED = ("digits", "mnist5k")
 # Data sets without an official test split hold out this fraction of each
@@ -267,22 +266,6 @@ def _load_tfds(name, batch_size, validation_fraction, seed, drop_remainder):
     )
 
 
-def _check_fraction(value, arg):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{arg}` must be a float. Received: {arg}={value!r}")
-    if not 0 <= value < 1:
-        raise ValueError(f"`{arg}` must be in [0, 1). Received: {arg}={value!r}")
-
-
-def _check_int(value, arg, *, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{arg}` must be an int. Received: {arg}={value!r}")
-    if value < minimum:
-        raise ValueError(
-            f"`{arg}` must be an int >= {minimum}. Received: {arg}={value!r}"
-        )
-
-
 def load(name, *, batch_size, validation_fraction=0.1, seed=0,
          drop_remainder=False):
     """Loads a named data set as batched train/validation/test pipelines.
@@ -324,24 +307,18 @@ def load(name, *, batch_size, validation_fraction=0.1, seed=0,
     >>> info.input_shape, info.num_classes
     ((8, 8, 1), 10)
     """
-    if not isinstance(name, str):
-        raise TypeError(
-            f"`name` must be a str, one of {list(NAMES)}. "
-            f"Received: name={name!r}"
-        )
-    if name not in _LOADERS and not (
-        name.startswith(_TFDS_PREFIX) and len(name) > len(_TFDS_PREFIX)
-    ):
+    is_tfds = isinstance(name, str) and name.startswith(_TFDS_PREFIX) and (
+        len(name) > len(_TFDS_PREFIX))
+    if not is_tfds:
+        _checks.check_name(name, "name", NAMES)
+    _checks.check_int(batch_size, "batch_size", minimum=1)
+    _checks.check_real(validation_fraction, "validation_fraction")
+    if not 0 <= validation_fraction < 1:
         raise ValueError(
-            f"`name` must be one of {list(NAMES)}. Received: name={name!r}"
+            "`validation_fraction` must be in [0, 1). "
+            f"Received: validation_fraction={validation_fraction!r}"
         )
-    _check_int(batch_size, "batch_size", minimum=1)
-    _check_fraction(validation_fraction, "validation_fraction")
-    _check_int(seed, "seed", minimum=0)
-    if not isinstance(drop_remainder, bool):
-        raise TypeError(
-            f"`drop_remainder` must be a bool. "
-            f"Received: drop_remainder={drop_remainder!r}"
-        )
+    _checks.check_int(seed, "seed", minimum=0)
+    _checks.check_bool(drop_remainder, "drop_remainder")
     loader = _load_arrays if name in _LOADERS else _load_tfds
     return loader(name, batch_size, validation_fraction, seed, drop_remainder)

@@ -7,13 +7,13 @@ setting against the state already in effect (so a repeated call is a no-op),
 and turns a too-late call into an error that says what to move.
 """
 
-import numbers
 import os
 from typing import NamedTuple
 
 import tensorflow as tf
 from absl import logging
 
+from tfopt import _checks
 from tfopt._keras import keras
 
 # Keras policy names accepted for `mixed_precision`.
@@ -37,26 +37,11 @@ def _env_growth():
     return {"true": True, "false": False}.get(os.environ.get(_GROWTH_ENV))
 
 
-def _check_optional_int(value, arg, minimum):
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{arg}` must be an int or None. Received: {arg}={value!r}")
-    if value < minimum:
-        raise ValueError(
-            f"`{arg}` must be an int >= {minimum} or None. Received: {arg}={value!r}"
-        )
-
-
 def _validate(memory_growth, memory_limit_mb, visible_gpus, logical_cpus,
               mixed_precision):
-    if memory_growth is not None and not isinstance(memory_growth, bool):
-        raise TypeError(
-            "`memory_growth` must be a bool or None. "
-            f"Received: memory_growth={memory_growth!r}"
-        )
-    _check_optional_int(memory_limit_mb, "memory_limit_mb", 1)
-    _check_optional_int(logical_cpus, "logical_cpus", 1)
+    _checks.check_bool(memory_growth, "memory_growth", optional=True)
+    _checks.check_int(memory_limit_mb, "memory_limit_mb", minimum=1, optional=True)
+    _checks.check_int(logical_cpus, "logical_cpus", minimum=1, optional=True)
     if memory_growth and memory_limit_mb is not None:
         raise ValueError(
             "`memory_growth` and `memory_limit_mb` are exclusive: a hard "
@@ -72,8 +57,7 @@ def _validate(memory_growth, memory_limit_mb, visible_gpus, logical_cpus,
         )
     if visible_gpus is not None:
         if not isinstance(visible_gpus, (list, tuple)) or not all(
-            isinstance(i, numbers.Integral) and not isinstance(i, bool)
-            for i in visible_gpus
+            _checks.is_int(i) for i in visible_gpus
         ):
             raise TypeError(
                 "`visible_gpus` must be a list of GPU indices or None. "
@@ -86,11 +70,8 @@ def _validate(memory_growth, memory_limit_mb, visible_gpus, logical_cpus,
                 "`visible_gpus` must hold distinct indices >= 0. "
                 f"Received: visible_gpus={visible_gpus!r}"
             )
-    if mixed_precision is not None and mixed_precision not in PRECISIONS:
-        raise ValueError(
-            f"`mixed_precision` must be one of {list(PRECISIONS)} or None. "
-            f"Received: mixed_precision={mixed_precision!r}"
-        )
+    _checks.check_choice(mixed_precision, "mixed_precision", PRECISIONS,
+                         optional=True)
 
 
 def _configure_gpus(gpus, growth, memory_limit_mb, visible_gpus):

@@ -11,13 +11,12 @@ allows one MultiWorkerMirroredStrategy and one TPU initialization per process
 anyway, so `get_strategy` hands back the same object for the same arguments.
 """
 
-import numbers
 import os
 
 import tensorflow as tf
 from absl import logging
 
-from tfopt import _cluster
+from tfopt import _checks, _cluster
 from tfopt._cluster import run_server, tf_config
 
 __all__ = ["NAMES", "get_strategy", "global_batch_size", "resolve_name",
@@ -34,18 +33,6 @@ _COMMUNICATION = {
     "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
 }
 _STRATEGIES = {}
-
-
-def _describe_choices(choices):
-    return "[" + ", ".join(repr(c) for c in choices) + "]"
-
-
-def _check_choice(value, arg, choices):
-    if value is not None and value not in choices:
-        raise ValueError(
-            f"`{arg}` must be one of {_describe_choices(choices)} or None. "
-            f"Received: {arg}={value!r}"
-        )
 
 
 def _num_gpus():
@@ -98,18 +85,9 @@ NAMES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu",
 
 
 def _check_name(name):
-    if not isinstance(name, str):
-        hint = (" A YAML value of off/no/false reads as False: quote it."
-                if isinstance(name, bool) else "")
-        raise TypeError(
-            f"`name` must be a str, one of {_describe_choices(NAMES)}.{hint} "
-            f"Received: name={name!r}"
-        )
-    if name not in NAMES:
-        raise ValueError(
-            f"`name` must be one of {_describe_choices(NAMES)}. "
-            f"Received: name={name!r}"
-        )
+    hint = (" A YAML value of off/no/false reads as False: quote it."
+            if isinstance(name, bool) else "")
+    _checks.check_name(name, "name", NAMES, hint=hint)
 
 
 def _default(**_):
@@ -212,10 +190,7 @@ def _validate(name, tpu, num_gpus, devices, all_reduce, communication):
             f"grpc://host:port) or None. Received: tpu={tpu!r}"
         )
     if num_gpus is not None:
-        if isinstance(num_gpus, bool) or not isinstance(num_gpus, numbers.Integral):
-            raise TypeError(
-                f"`num_gpus` must be an int or None. Received: num_gpus={num_gpus!r}"
-            )
+        _checks.check_int(num_gpus, "num_gpus", optional=True)
         present = _num_gpus()
         if not 0 <= num_gpus <= present:
             raise ValueError(
@@ -240,14 +215,15 @@ def _validate(name, tpu, num_gpus, devices, all_reduce, communication):
                 "`devices` must name exactly one device for 'one_device'. "
                 f"Received: devices={devices!r}"
             )
-    _check_choice(all_reduce, "all_reduce", _ALL_REDUCE)
-    _check_choice(communication, "communication", _COMMUNICATION)
+    _checks.check_choice(all_reduce, "all_reduce", _ALL_REDUCE, optional=True)
+    _checks.check_choice(communication, "communication", _COMMUNICATION,
+                         optional=True)
     given = {"tpu": tpu, "num_gpus": num_gpus, "devices": devices,
              "all_reduce": all_reduce, "communication": communication}
     for arg, value in given.items():
         if value is not None and name != "auto" and name not in _APPLIES[arg]:
             raise ValueError(
-                f"`{arg}` only applies to {_describe_choices(_APPLIES[arg])}, "
+                f"`{arg}` only applies to {_checks.describe(_APPLIES[arg])}, "
                 f"not to name={name!r}. Received: {arg}={value!r}"
             )
 
@@ -338,14 +314,7 @@ def global_batch_size(per_replica, strategy):
             strategy.
         ValueError: If `per_replica` is below 1.
     """
-    if isinstance(per_replica, bool) or not isinstance(per_replica, numbers.Integral):
-        raise TypeError(
-            f"`per_replica` must be an int. Received: per_replica={per_replica!r}"
-        )
-    if per_replica < 1:
-        raise ValueError(
-            f"`per_replica` must be >= 1. Received: per_replica={per_replica!r}"
-        )
+    _checks.check_int(per_replica, "per_replica", minimum=1)
     _check_strategy(strategy)
     return int(per_replica) * strategy.num_replicas_in_sync
 
@@ -368,13 +337,7 @@ def scale_learning_rate(learning_rate, strategy):
             strategy.
         ValueError: If `learning_rate` is not positive.
     """
-    if isinstance(learning_rate, bool) or not isinstance(
-        learning_rate, numbers.Real
-    ):
-        raise TypeError(
-            "`learning_rate` must be a float. "
-            f"Received: learning_rate={learning_rate!r}"
-        )
+    _checks.check_real(learning_rate, "learning_rate")
     if not learning_rate > 0:
         raise ValueError(
             "`learning_rate` must be > 0. "

@@ -7,8 +7,7 @@ a distillation pair (267k and 20k parameters on 28x28 inputs), and
 adds, BatchNormalization and DepthwiseConv2D.
 """
 
-import numbers
-
+from tfopt import _checks
 from tfopt._keras import keras
 
 layers = keras.layers
@@ -106,10 +105,6 @@ BUILDERS = {
 }
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def build(name, input_shape, num_classes):
     """Builds a reference model, freshly initialized.
 
@@ -133,17 +128,9 @@ def build(name, input_shape, num_classes):
     >>> tfopt.models.build("tfmot_mnist", (28, 28, 1), 10).count_params()
     20410
     """
-    if not isinstance(name, str):
-        raise TypeError(
-            f"`name` must be a str, one of {list(BUILDERS)}. "
-            f"Received: name={name!r}"
-        )
-    if name not in BUILDERS:
-        raise ValueError(
-            f"`name` must be one of {list(BUILDERS)}. Received: name={name!r}"
-        )
+    _checks.check_name(name, "name", BUILDERS)
     if not isinstance(input_shape, (tuple, list)) or not all(
-        _is_int(d) for d in input_shape
+        _checks.is_int(d) for d in input_shape
     ):
         raise TypeError(
             "`input_shape` must be a tuple of ints such as (28, 28, 1). "
@@ -154,12 +141,5 @@ def build(name, input_shape, num_classes):
             "`input_shape` must be (height, width) or (height, width, "
             f"channels) of positive ints. Received: input_shape={input_shape!r}"
         )
-    if not _is_int(num_classes):
-        raise TypeError(
-            f"`num_classes` must be an int. Received: num_classes={num_classes!r}"
-        )
-    if num_classes < 2:
-        raise ValueError(
-            f"`num_classes` must be at least 2. Received: num_classes={num_classes!r}"
-        )
+    _checks.check_int(num_classes, "num_classes", minimum=2)
     return BUILDERS[name](tuple(int(d) for d in input_shape), int(num_classes))
