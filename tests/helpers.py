@@ -49,3 +49,30 @@ def multi_worker_job():
         "weights": weights,
         "loss": loss,
     }
+
+
+def train_pruned(strategy, *, global_batch=16, epochs=2, seed=0):
+    """Prunes and trains an MLP to 50% sparsity; returns weights and masks."""
+    x, y = tiny_regression()
+    keras.utils.set_random_seed(seed)
+    with strategy.scope():
+        base = keras.Sequential([
+            keras.Input((6,)),
+            keras.layers.Dense(32, activation="tanh"),
+            keras.layers.Dense(1),
+        ])
+        model = tfopt.prune(base, 0.5, end=1.0)
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(global_batch)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    model.fit(dataset.with_options(options), epochs=epochs, verbose=0,
+              callbacks=[tfopt.PruningCallback()])
+    masks = [m.numpy() for w in tfopt.pruning.wrappers(model)
+             for _, m, _ in w.pruning_vars]
+    return tfopt.strip(model).get_weights(), masks
+
+
+def pruned_multi_worker_job():
+    return train_pruned(tfopt.get_strategy("multi_worker"))

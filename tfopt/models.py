@@ -23,11 +23,11 @@ def _with_channels(input_shape):
 
 def _tfmot_mnist(input_shape, num_classes):
     inputs = _inputs(input_shape)
-    x = layers.Reshape(_with_channels(input_shape))(inputs)
-    x = layers.Conv2D(12, 3, activation="relu")(x)
-    x = layers.MaxPooling2D(2)(x)
-    x = layers.Flatten()(x)
-    outputs = layers.Dense(num_classes)(x)
+    x = layers.Reshape(_with_channels(input_shape), name="reshape")(inputs)
+    x = layers.Conv2D(12, 3, activation="relu", name="conv2d")(x)
+    x = layers.MaxPooling2D(2, name="max_pooling2d")(x)
+    x = layers.Flatten(name="flatten")(x)
+    outputs = layers.Dense(num_classes, name="dense")(x)
     return keras.Model(inputs, outputs, name="tfmot_mnist")
 
 
@@ -41,30 +41,30 @@ def _conv_bn_relu(x, filters, name):
 
 def _teacher_cnn(input_shape, num_classes):
     inputs = _inputs(input_shape)
-    x = layers.Reshape(_with_channels(input_shape))(inputs)
+    x = layers.Reshape(_with_channels(input_shape), name="reshape")(inputs)
     x = _conv_bn_relu(x, 32, "block1a")
     x = _conv_bn_relu(x, 32, "block1b")
-    x = layers.MaxPooling2D(2, padding="same")(x)
+    x = layers.MaxPooling2D(2, padding="same", name="pool1")(x)
     x = _conv_bn_relu(x, 64, "block2a")
     x = _conv_bn_relu(x, 64, "block2b")
-    x = layers.MaxPooling2D(2, padding="same")(x)
-    x = layers.Flatten()(x)
+    x = layers.MaxPooling2D(2, padding="same", name="pool2")(x)
+    x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(64, activation="relu", name="fc")(x)
-    x = layers.Dropout(0.3)(x)
+    x = layers.Dropout(0.3, name="dropout")(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name="teacher_cnn")
 
 
 def _student_cnn(input_shape, num_classes):
     inputs = _inputs(input_shape)
-    x = layers.Reshape(_with_channels(input_shape))(inputs)
+    x = layers.Reshape(_with_channels(input_shape), name="reshape")(inputs)
     x = layers.Conv2D(16, 3, padding="same", activation="relu",
                       name="conv1")(x)
-    x = layers.MaxPooling2D(2, padding="same")(x)
+    x = layers.MaxPooling2D(2, padding="same", name="pool1")(x)
     x = layers.Conv2D(32, 3, padding="same", activation="relu",
                       name="conv2")(x)
-    x = layers.MaxPooling2D(2, padding="same")(x)
-    x = layers.Flatten()(x)
+    x = layers.MaxPooling2D(2, padding="same", name="pool2")(x)
+    x = layers.Flatten(name="flatten")(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name="student_cnn")
 
@@ -87,12 +87,12 @@ def _residual_block(x, filters, stride, name):
 
 def _resnet_tiny(input_shape, num_classes):
     inputs = _inputs(input_shape)
-    x = layers.Reshape(_with_channels(input_shape))(inputs)
+    x = layers.Reshape(_with_channels(input_shape), name="reshape")(inputs)
     x = _conv_bn_relu(x, 16, "stem")
     x = _residual_block(x, 16, 1, "res1")
     x = _residual_block(x, 32, 2, "res2")
     x = _residual_block(x, 32, 1, "res3")
-    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name="resnet_tiny")
 

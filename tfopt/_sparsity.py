@@ -1,0 +1,146 @@
+"""`sparsity_report`: zeros per layer and weight, on wrapped or stripped
+models, with 2:4 (m:n) compliance where the layout allows it."""
+
+from typing import NamedTuple
+
+from tfopt import _checks, _keras, _tfmot
+from tfopt._keras import keras
+
+
+class Row(NamedTuple):
+    """One weight of one layer."""
+
+    layer: str
+    weight: str
+    shape: tuple
+    params: int
+    zeros: int
+    sparsity: float
+    pruned: bool  # wrapped by a pruning wrapper right now
+    m_by_n: bool | None  # None where the input-channel axis is not a multiple of n
+
+
+def m_by_n_compliant(values, m_by_n=(2, 4)):
+    """True if every n consecutive input-channel weights hold >= m zeros.
+
+    The groups run along the input channels of TFLite's layout ([out, in] for
+    a Dense kernel, [out, h, w, in] for a Conv2D one), as in TFMOT. Returns
+    None where the tensor is not rank 2 or 4 or the input channels are not a
+    multiple of n.
+    """
+    zeros_needed, n = m_by_n
+    if values.ndim not in (2, 4) or values.shape[-2] % n:
+        return None
+    rows = values.T if values.ndim == 2 else values.transpose(3, 0, 1, 2)
+    groups = rows.reshape(-1, n)
+    return bool(((groups == 0).sum(axis=1) >= zeros_needed).all())
+
+
+def _weight_name(variable):
+    return variable.name.split("/")[-1].split(":")[0]
+
+
+def _rows(model, m_by_n):
+    for layer in model.layers:
+        if isinstance(layer, _tfmot.PruneLowMagnitudeBase):
+            # The wrapped weight can hold non-zeros under a zero mask between
+            # an optimizer step and the next masking: count what the layer uses.
+            pairs = [(w, w.numpy() * m.numpy()) for w, m, _ in layer.pruning_vars]
+            name, pruned = layer.layer.name, True
+        elif isinstance(layer, keras.Model):
+            yield from _rows(layer, m_by_n)
+            continue
+        else:
+            pairs = [(w, w.numpy()) for w in _tfmot.prunable_weights(layer)]
+            name, pruned = layer.name, False
+        for variable, values in pairs:
+            zeros = int((values == 0).sum())
+            yield Row(name, _weight_name(variable), tuple(values.shape),
+                      int(values.size), zeros, zeros / max(values.size, 1),
+                      pruned, m_by_n_compliant(values, m_by_n))
+
+
+class SparsityReport:
+    """Rows of `Row` plus totals; `str()` is an aligned table."""
+
+    def __init__(self, rows, m_by_n=(2, 4)):
+        self.rows = list(rows)
+        self.m_by_n = tuple(m_by_n)
+        self.params = sum(r.params for r in self.rows)
+        self.zeros = sum(r.zeros for r in self.rows)
+        self.sparsity = self.zeros / self.params if self.params else 0.0
+
+    def layer(self, name):
+        """The rows of layer `name`."""
+        return [r for r in self.rows if r.layer == name]
+
+    def to_dict(self):
+        """A JSON-ready dict: `overall` totals and one entry per weight."""
+        return {
+            "overall": {"params": self.params, "zeros": self.zeros,
+                        "sparsity": self.sparsity},
+            "m_by_n": list(self.m_by_n),
+            "weights": [{**r._asdict(), "shape": list(r.shape)} for r in self.rows],
+        }
+
+    def __str__(self):
+        label = "{}:{}".format(*self.m_by_n)
+        header = ("layer", "weight", "shape", "params", "zeros", "sparsity", label)
+        lines = [header] + [
+            (r.layer + (" (pruned)" if r.pruned else ""), r.weight,
+             "x".join(map(str, r.shape)), f"{r.params:,}", f"{r.zeros:,}",
+             f"{r.sparsity:.2%}", {True: "yes", False: "no", None: "-"}[r.m_by_n])
+            for r in self.rows
+        ] + [("overall", "", "", f"{self.params:,}", f"{self.zeros:,}",
+              f"{self.sparsity:.2%}", "")]
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+        text = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
+                          for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
+                for line in lines]
+        text.insert(1, "-" * len(text[0]))
+        text.insert(-1, "-" * len(text[0]))
+        return "\n".join(line.rstrip() for line in text)
+
+    __repr__ = __str__
+
+
+def sparsity_report(model, *, m_by_n=(2, 4)):
+    """Counts the zeros of every weight TFMOT can prune, layer by layer.
+
+    Works on a pruned model (counting the weights as masked) and on a
+    stripped or never-pruned one. Nested models are walked.
+
+    Args:
+        model: A tf_keras model.
+        m_by_n: The structured pattern to check, `(zeros, group)`. Defaults
+            to `(2, 4)`.
+
+    Returns:
+        A `SparsityReport`: `.rows`, `.sparsity` (zeros over all counted
+        weights), `str()` for a table, `.to_dict()` for JSON.
+
+    Raises:
+        TypeError: If `model` is not a tf_keras model.
+        ValueError: If `m_by_n` is not two ints with 0 < m < n.
+
+    Example:
+
+    >>> import tfopt
+    >>> model = tfopt.models.build("tfmot_mnist", (28, 28, 1), 10)
+    >>> round(tfopt.sparsity_report(model).sparsity, 2)
+    0.0
+    """
+    _keras.check_model(model)
+    check_m_by_n(m_by_n, "m_by_n")
+    return SparsityReport(_rows(model, tuple(m_by_n)), m_by_n)
+
+
+def check_m_by_n(value, arg, *, optional=False):
+    if value is None and optional:
+        return
+    if not (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(_checks.is_int(v) for v in value) and 0 < value[0] < value[1]):
+        raise ValueError(
+            f"`{arg}` must be two ints (m, n) with 0 < m < n, such as (2, 4)"
+            f"{' or None' if optional else ''}. Received: {arg}={value!r}"
+        )

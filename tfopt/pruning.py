@@ -1,0 +1,564 @@
+"""Magnitude pruning: TFMOT's engine without its traps.
+
+`prune` copies the model and wraps the chosen layers in TFMOT's
+`PruneLowMagnitude` with a schedule whose `begin`/`end` may be fractions of
+the run. `PruningCallback` does what TFMOT's two callbacks do, resolves the
+fractions when `fit` starts, reports `sparsity` in the logs and warns when a
+schedule cannot finish. Training a pruned model without it fails in Python
+before the first step. `strip` removes the wrappers; `sparsity_report`
+counts zeros.
+"""
+
+import re
+import warnings
+
+import tensorflow as tf
+
+from tfopt import _checks, _keras, _schedule, _tfmot
+from tfopt._keras import keras
+from tfopt._schedule import KINDS, PruningSchedule
+from tfopt._sparsity import SparsityReport, check_m_by_n, sparsity_report
+
+__all__ = ["PrunedModel", "PruneLowMagnitude", "PruningCallback",
+           "PruningSchedule", "SparsityReport", "apply_masks", "prune",
+           "sparsity_report", "strip", "wrappers"]
+
+MISSING_CALLBACK = (
+    "This model was pruned with tfopt.prune and is training without "
+    "tfopt.PruningCallback(), which advances the pruning schedule and "
+    "re-applies the masks. Add it: model.fit(..., "
+    "callbacks=[tfopt.PruningCallback()])."
+)
+
+
+@keras.utils.register_keras_serializable(package="tfopt")
+class PruneLowMagnitude(_tfmot.PruneLowMagnitudeBase):
+    """TFMOT's pruning wrapper, with `sparsity_m_by_n` kept in its config.
+
+    TFMOT 0.8.1 leaves `sparsity_m_by_n` out of `get_config`, so a saved 2:4
+    model reloads as an unstructured one. Everything else is TFMOT's.
+    """
+
+    def get_config(self):
+        config = super().get_config()
+        config["sparsity_m_by_n"] = self.sparsity_m_by_n
+        return config
+
+
+def wrappers(model):
+    """Every pruning wrapper in `model`, nested models included."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, _tfmot.PruneLowMagnitudeBase):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found += wrappers(layer)
+    return found
+
+
+def require_callback(model):
+    """Raises `RuntimeError` if `model` has wrappers PruningCallback did not
+    prepare. Models holding a pruned model (a Distiller) call it too."""
+    if any(not getattr(w, "_tfopt_ready", False) for w in wrappers(model)):
+        raise RuntimeError(MISSING_CALLBACK)
+
+
+def mask_sparsity(model):
+    """Fraction of pruned weights masked to zero, as a scalar tensor."""
+    masks = [mask for w in wrappers(model) for _, mask, _ in w.pruning_vars]
+    if not masks:
+        return tf.constant(0.0)
+    zeros = tf.add_n([tf.reduce_sum(1.0 - tf.cast(m, tf.float32)) for m in masks])
+    return zeros / float(sum(m.shape.num_elements() for m in masks))
+
+
+def apply_masks(model):
+    """Zeroes the pruned weights of `model` now, as its masks say.
+
+    Between an optimizer step and the next forward pass the wrapped weights
+    can hold non-zeros under a zero mask; this masks them for good. It runs
+    in the model's strategy scope (cross-replica), where TFMOT's mask op
+    updates mirrored weights on every replica.
+    """
+    with model.distribute_strategy.scope():
+        for wrapper in wrappers(model):
+            wrapper.pruning_obj.weight_mask_op()
+
+
+@keras.utils.register_keras_serializable(package="tfopt")
+class PrunedModel(keras.Model):
+    """What `prune` returns: a functional model whose `train_step` checks for
+    `PruningCallback` (in Python, before the first step) and logs the
+    `sparsity` of its masks at every step."""
+
+    def train_step(self, data):
+        require_callback(self)
+        logs = super().train_step(data)
+        logs["sparsity"] = mask_sparsity(self)
+        return logs
+
+
+def _all_layers(model):
+    """Every layer of `model`, nested models flattened, inputs left out."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+        elif not isinstance(layer, keras.layers.InputLayer):
+            yield layer
+
+
+def _matches(layer, spec):
+    if isinstance(spec, type):
+        return isinstance(layer, spec)
+    return layer.name == spec or re.fullmatch(spec, layer.name) is not None
+
+
+def _check_specs(specs, arg):
+    if specs is None:
+        return
+    if not isinstance(specs, (list, tuple)) or not all(
+        isinstance(s, str)
+        or (isinstance(s, type) and issubclass(s, keras.layers.Layer))
+        for s in specs
+    ):
+        raise TypeError(
+            f"`{arg}` must be a list of layer names, regular expressions or "
+            f"tf_keras layer classes, or None. Received: {arg}={specs!r}"
+        )
+    for spec in specs:
+        if isinstance(spec, str):
+            try:
+                re.compile(spec)
+            except re.error as err:
+                raise ValueError(
+                    f"`{arg}` holds {spec!r}, which is neither a layer name nor "
+                    f"a valid regular expression ({err}). Received: {arg}={specs!r}"
+                ) from err
+
+
+def _pick(all_layers, specs, arg):
+    picked = []
+    for spec in specs:
+        hits = [layer for layer in all_layers if _matches(layer, spec)]
+        if not hits:
+            names = [layer.name for layer in all_layers]
+            raise ValueError(
+                f"`{arg}` names {getattr(spec, '__name__', spec)!r}, which matches "
+                f"no layer of the model. Its layers: {names}. Received: {arg}={specs!r}"
+            )
+        picked += hits
+    return picked
+
+
+def _select(model, layers, exclude):
+    all_layers = list(_all_layers(model))
+    prunable = [layer for layer in all_layers if _tfmot.prunable_weights(layer)]
+    if layers is None:
+        selected = prunable
+    else:
+        selected = [layer for layer in _pick(all_layers, layers, "layers")
+                    if layer in prunable]
+        named = [s for s in layers if isinstance(s, str)]
+        for layer in all_layers:
+            if layer.name in named and layer not in prunable:
+                raise ValueError(
+                    f"`layers` names {layer.name!r} ({type(layer).__name__}), which "
+                    "has no weights TFMOT can prune. Received: "
+                    f"layers={layers!r}"
+                )
+    dropped = _pick(all_layers, exclude, "exclude") if exclude else []
+    selected = [layer for layer in dict.fromkeys(selected) if layer not in dropped]
+    if not selected:
+        raise ValueError(
+            "`layers`/`exclude` leave no layer to prune. Prunable layers: "
+            f"{[layer.name for layer in prunable]}. Received: layers={layers!r}, "
+            f"exclude={exclude!r}"
+        )
+    return selected
+
+
+def _fits_structure(layer, m_by_n, block_size):
+    weights = _tfmot.prunable_weights(layer)
+    if m_by_n:
+        return all(w.shape.rank in (2, 4) and w.shape[-2] % m_by_n[1] == 0
+                   for w in weights)
+    if block_size:
+        return all(w.shape.rank == 2 for w in weights)
+    return True
+
+
+def _check_ceiling(selected, target_sparsity, block_size):
+    # TFMOT keeps at least one weight (or block) of every pruned tensor, so a
+    # small tensor cannot reach a target close to 1: refuse it up front.
+    cells = block_size[0] * block_size[1] if block_size else 1
+    for layer in selected:
+        for weight in _tfmot.prunable_weights(layer):
+            count = max(weight.shape.num_elements() // cells, 1)
+            if target_sparsity > (count - 1) / count:
+                raise ValueError(
+                    "`target_sparsity` must leave at least one weight in every "
+                    f"pruned tensor: {layer.name}/{weight.name.split('/')[-1]} "
+                    f"has {count} {'blocks' if cells > 1 else 'weights'}, so it "
+                    f"can be at most {(count - 1) / count:.4f} sparse. Exclude "
+                    "that layer or lower the target. "
+                    f"Received: target_sparsity={target_sparsity!r}"
+                )
+
+
+def _copy(model):
+    # clone_model shares nothing with the source, so the user's model is
+    # never modified by training the pruned one.
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _check_graph_model(model):
+    # TFMOT (and so tfopt) rewrites a model through its layer graph, which a
+    # subclassed model does not expose; `_is_graph_network` is how TFMOT tells.
+    if not (isinstance(model, keras.Sequential) or model._is_graph_network):
+        raise TypeError(
+            "`model` must be a Sequential or functional tf_keras model: a "
+            f"subclassed model ({type(model).__name__}) hides its layer graph. "
+            "Either prune its layers (tfopt.keras layers inside it, each "
+            "wrapped with tfmot.sparsity.keras.prune_low_magnitude), or build "
+            "it with the functional API. Received: "
+            f"model={model!r}"
+        )
+    if not model.built:
+        raise ValueError(
+            "`model` must be built (give its first layer an input shape or "
+            f"call it once) before pruning. Received: model={model!r}"
+        )
+    kinds = {type(layer).__name__ for layer in _all_layers(model)}
+    if any(isinstance(layer, _tfmot.PruneLowMagnitudeBase)
+           for layer in _all_layers(model)):
+        raise ValueError(
+            "`model` is already pruned: train it with PruningCallback, or "
+            f"tfopt.strip it first. Received: model={model.name!r}"
+        )
+    if any(kind.startswith("Quantize") for kind in kinds):
+        raise ValueError(
+            "`model` holds quantization wrappers: prune (and strip) before "
+            "tfopt.quantize, whose preserve_sparsity=True keeps the zeros. "
+            f"Received: model={model.name!r}"
+        )
+
+
+def _check_steps(begin, end):
+    for arg, value in (("begin", begin), ("end", end)):
+        if _checks.is_int(value):
+            if value < 0:
+                raise ValueError(
+                    f"`{arg}` must be >= 0 as a step. Received: {arg}={value!r}")
+        elif isinstance(value, float):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(
+                    f"`{arg}` must be in [0, 1] as a fraction of the run. "
+                    f"Received: {arg}={value!r}")
+        else:
+            raise TypeError(
+                f"`{arg}` must be a float (fraction of the run) or an int "
+                f"(optimizer step). Received: {arg}={value!r}")
+    if type(begin) is not type(end):
+        raise ValueError(
+            "`begin` and `end` must both be fractions (floats) or both steps "
+            f"(ints); write 0.0, not 0, for a fraction. Received: begin={begin!r}, "
+            f"end={end!r}")
+    if begin >= end:
+        raise ValueError(
+            f"`begin` must be before `end`. Received: begin={begin!r}, end={end!r}")
+
+
+def prune(model, target_sparsity, *, schedule="polynomial", begin=0.0, end=0.75,
+          initial_sparsity=0.0, frequency=None, power=3, layers=None,
+          exclude=None, m_by_n=None, block_size=None):
+    """Returns a pruned copy of `model` (the input is left untouched).
+
+    Train the result with `PruningCallback`; `strip` it afterwards. Call it
+    inside `strategy.scope()` when training under a strategy.
+
+    Args:
+        model: A built Sequential or functional tf_keras model; nested
+            functional models are pruned too.
+        target_sparsity: Fraction of each pruned weight tensor set to zero by
+            `end`, in (0, 1).
+        schedule: One of `KINDS`: `polynomial` (sparsity rises from
+            `initial_sparsity` as TFMOT's PolynomialDecay) or `constant`
+            (TFMOT's ConstantSparsity). Defaults to `polynomial`.
+        begin: When pruning starts: a float in [0, 1] is a fraction of the
+            whole run (`epochs * steps_per_epoch` optimizer steps, counted
+            from the first), an int an optimizer step. Defaults to `0.0`.
+        end: When `target_sparsity` is reached, in the same unit as `begin`.
+            The mask is always updated at `end`. Defaults to `0.75`.
+        initial_sparsity: Sparsity at `begin` for `polynomial`, in
+            [0, target_sparsity). Defaults to `0.0`.
+        frequency: Steps between mask updates. Defaults to `None`: about 20
+            updates between `begin` and `end`, at least one step apart.
+        power: Exponent of the polynomial schedule. Defaults to `3`.
+        layers: Layers to prune: names, regular expressions (full match) or
+            layer classes. Defaults to `None`: every layer with weights TFMOT
+            can prune.
+        exclude: Layers to leave dense, in the same forms. Defaults to `None`.
+        m_by_n: Structured sparsity, e.g. `(2, 4)`: m zeros in every n
+            consecutive input-channel weights, on the layers whose input
+            channels are a multiple of n; the others are pruned without
+            structure to `target_sparsity`, and a warning names them.
+            Defaults to `None`.
+        block_size: `(height, width)` blocks pruned together, on layers with
+            2-D kernels (Dense); others as above. Defaults to `None`.
+
+    Returns:
+        A `PrunedModel` with TFMOT pruning wrappers around the chosen layers.
+
+    Raises:
+        TypeError: If `model` is not a tf_keras Sequential/functional model
+            (Keras 3 and subclassed models included) or an argument has the
+            wrong type.
+        ValueError: If a value is out of range, `begin`/`end` mix fractions
+            and steps, a named layer does not exist, or `target_sparsity`
+            would leave a pruned tensor empty.
+
+    Example:
+
+    >>> import tfopt
+    >>> model = tfopt.models.build("tfmot_mnist", (28, 28, 1), 10)
+    >>> pruned = tfopt.prune(model, 0.8, end=1.0)
+    >>> [w.layer.name for w in tfopt.pruning.wrappers(pruned)]
+    ['conv2d', 'dense']
+    """
+    _keras.check_model(model)
+    _check_graph_model(model)
+    _checks.check_real(target_sparsity, "target_sparsity")
+    if not 0 < target_sparsity < 1:
+        raise ValueError(
+            "`target_sparsity` must be in (0, 1). "
+            f"Received: target_sparsity={target_sparsity!r}")
+    _checks.check_choice(schedule, "schedule", KINDS)
+    _check_steps(begin, end)
+    _checks.check_real(initial_sparsity, "initial_sparsity")
+    if not 0 <= initial_sparsity < target_sparsity:
+        raise ValueError(
+            "`initial_sparsity` must be in [0, target_sparsity). "
+            f"Received: initial_sparsity={initial_sparsity!r}")
+    if schedule == "constant" and initial_sparsity:
+        raise ValueError(
+            "`initial_sparsity` only applies to schedule='polynomial'. "
+            f"Received: initial_sparsity={initial_sparsity!r}")
+    _checks.check_int(frequency, "frequency", minimum=1, optional=True)
+    _checks.check_real(power, "power")
+    if power <= 0:
+        raise ValueError(f"`power` must be > 0. Received: power={power!r}")
+    _check_specs(layers, "layers")
+    _check_specs(exclude, "exclude")
+    check_m_by_n(m_by_n, "m_by_n", optional=True)
+    if block_size is not None and not (
+        isinstance(block_size, (tuple, list)) and len(block_size) == 2
+        and all(_checks.is_int(v) and v >= 1 for v in block_size)
+    ):
+        raise ValueError(
+            "`block_size` must be two ints >= 1, such as (1, 4), or None. "
+            f"Received: block_size={block_size!r}")
+    if m_by_n and block_size:
+        raise ValueError(
+            "`m_by_n` and `block_size` are exclusive. "
+            f"Received: m_by_n={m_by_n!r}, block_size={block_size!r}")
+
+    copy = _copy(model)
+    selected = _select(copy, layers, exclude)
+    structured = [layer for layer in selected
+                  if _fits_structure(layer, m_by_n, block_size)]
+    if m_by_n or block_size:
+        unfit = [layer.name for layer in selected if layer not in structured]
+        if unfit:
+            what = f"m_by_n={tuple(m_by_n)}" if m_by_n else (
+                f"block_size={tuple(block_size)}")
+            warnings.warn(
+                f"{what} does not fit layers {unfit} (input channels must be a "
+                "multiple of n for m_by_n, kernels 2-D for block_size); they are "
+                f"pruned without structure to {target_sparsity}.",
+                UserWarning, stacklevel=2)
+    _check_ceiling([layer for layer in selected if layer not in structured
+                    or not m_by_n], target_sparsity,
+                   tuple(block_size) if block_size else None)
+    pruning_schedule = PruningSchedule(
+        target_sparsity, schedule, begin, end, initial_sparsity, frequency, power)
+    params = {id(layer): {} for layer in selected}
+    for layer in structured:
+        if m_by_n:
+            params[id(layer)] = {"sparsity_m_by_n": tuple(m_by_n)}
+        elif block_size:
+            params[id(layer)] = {"block_size": tuple(block_size)}
+
+    def wrap(layer):
+        if isinstance(layer, keras.Model):
+            return keras.models.clone_model(layer, clone_function=wrap)
+        if id(layer) in params:
+            return PruneLowMagnitude(layer, pruning_schedule=pruning_schedule,
+                                     **params[id(layer)])
+        return layer
+
+    pruned = keras.models.clone_model(copy, clone_function=wrap)
+    return PrunedModel(pruned.inputs, pruned.outputs, name=model.name)
+
+
+def strip(model):
+    """Removes pruning wrappers; the kernels keep the pruned zeros.
+
+    Quantization wrappers are left in place. The result shares its layers
+    with `model`.
+
+    Args:
+        model: A tf_keras model, pruned or not.
+
+    Returns:
+        A plain functional (or Sequential) tf_keras model.
+
+    Raises:
+        TypeError: If `model` is not a tf_keras model.
+
+    Example:
+
+    >>> import tfopt
+    >>> model = tfopt.models.build("tfmot_mnist", (28, 28, 1), 10)
+    >>> type(tfopt.strip(tfopt.prune(model, 0.5))).__name__
+    'Functional'
+    """
+    _keras.check_model(model)
+    apply_masks(model)
+    stripped = _tfmot.sparsity.strip_pruning(model)
+    if isinstance(stripped, PrunedModel):
+        stripped = keras.Model(stripped.inputs, stripped.outputs, name=model.name)
+    return stripped
+
+
+class PruningCallback(keras.callbacks.Callback):
+    """Drives pruning during `fit`: the one callback a pruned model needs.
+
+    It does what TFMOT's `UpdatePruningStep` and `PruningSummaries` do, and:
+    resolves fractional `begin`/`end` from `fit`'s epochs and steps, adds
+    `sparsity` (the masked fraction of the pruned weights) to the epoch logs
+    (progress bar, `History`, `CSVLogger`), and warns when an absolute
+    schedule cannot reach its target within the run. It finds wrappers in
+    nested models, and in the student of a `Distiller`.
+
+    Args:
+        log_dir: Where to write TensorBoard summaries of the sparsity of each
+            pruned weight and of the target. Defaults to `None` (none).
+        update_freq: When to write them: `epoch`, `batch`, or every N
+            batches (an int). Defaults to `epoch`.
+
+    Raises:
+        TypeError, ValueError: For a bad `log_dir` or `update_freq`.
+
+    Example:
+
+    >>> import numpy as np, tfopt
+    >>> model = tfopt.prune(tfopt.models.build("tfmot_mnist", (8, 8), 10), 0.5)
+    >>> model.compile("sgd", "mse")
+    >>> history = model.fit(np.zeros((8, 8, 8)), np.zeros((8, 10)), verbose=0,
+    ...                     callbacks=[tfopt.PruningCallback()])
+    >>> round(history.history["sparsity"][-1], 2)
+    0.5
+    """
+
+    def __init__(self, log_dir=None, update_freq="epoch"):
+        super().__init__()
+        if log_dir is not None and not isinstance(log_dir, (str, bytes)) and not (
+            hasattr(log_dir, "__fspath__")
+        ):
+            raise TypeError(
+                f"`log_dir` must be a path or None. Received: log_dir={log_dir!r}")
+        if update_freq not in ("epoch", "batch") and not (
+            _checks.is_int(update_freq) and update_freq >= 1
+        ):
+            raise ValueError(
+                "`update_freq` must be 'epoch', 'batch' or an int >= 1. "
+                f"Received: update_freq={update_freq!r}")
+        self.log_dir = log_dir
+        self.update_freq = 1 if update_freq == "batch" else update_freq
+        self._wrappers = []
+        self._writer = None
+
+    def _schedules(self):
+        unique = {id(w.pruning_schedule): w.pruning_schedule for w in self._wrappers}
+        return [s for s in unique.values() if isinstance(s, _schedule.PruningSchedule)]
+
+    def on_train_begin(self, logs=None):
+        self._wrappers = wrappers(self.model)
+        if not self._wrappers:
+            warnings.warn("PruningCallback found no pruning wrappers in the "
+                          "model; it does nothing.", UserWarning, stacklevel=2)
+            return
+        for wrapper in self._wrappers:
+            if int(wrapper.pruning_step.numpy()) == -1:
+                wrapper.pruning_step.assign(0)
+        start = int(self._wrappers[0].pruning_step.numpy())
+        epochs, steps = self.params.get("epochs"), self.params.get("steps")
+        total = epochs * steps if epochs and steps else None
+        changed = False
+        for schedule in self._schedules():
+            if schedule.fractional:
+                if total is None:
+                    raise ValueError(
+                        "Pruning `begin`/`end` are fractions of the run, but this "
+                        "fit does not know its length (the data set has no known "
+                        "size): pass steps_per_epoch to fit, or give prune() int "
+                        "steps.")
+                changed |= schedule.resolve(total)
+            elif total is not None:
+                self._warn_if_unreachable(schedule, start, start + epochs * steps
+                                          if start >= total else total)
+        for wrapper in self._wrappers:
+            wrapper._tfopt_ready = True
+        if changed and getattr(self.model, "train_function", None) is not None:
+            # The schedule's steps are constants of the traced step: retrace.
+            self.model.make_train_function(force=True)
+        if self.log_dir is not None and self._writer is None:
+            self._writer = tf.summary.create_file_writer(str(self.log_dir))
+
+    def _warn_if_unreachable(self, schedule, start, last):
+        update = schedule.last_update_at_or_before(last)
+        final = 0.0 if update is None else schedule.sparsity_at(update)
+        if final >= schedule.target_sparsity - 1e-9:
+            return
+        begin, end, _ = schedule.steps
+        reach = begin if schedule.kind == "constant" else end
+        runs = (f"this fit runs {last} steps" if start == 0
+                else f"this fit ends at step {last}")
+        warnings.warn(
+            f"pruning reaches {schedule.target_sparsity:.0%} at step {reach} but "
+            f"{runs}; final sparsity would be {final:.0%}. Give prune() "
+            "fractional begin/end (e.g. end=0.75) to fit any run length.",
+            UserWarning, stacklevel=2)
+
+    def _write(self):
+        step = int(self._wrappers[0].pruning_step.numpy())
+        with self._writer.as_default(step=step):
+            tf.summary.scalar("pruning/sparsity", mask_sparsity(self.model))
+            for schedule in self._schedules():
+                if schedule.steps:
+                    tf.summary.scalar("pruning/target_sparsity",
+                                      schedule.sparsity_at(step))
+            for wrapper in self._wrappers:
+                for weight, mask, _ in wrapper.pruning_vars:
+                    name = weight.name.split(":")[0]
+                    tf.summary.scalar(f"pruning/{name}",
+                                      1.0 - tf.reduce_mean(tf.cast(mask, tf.float32)))
+        self._writer.flush()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self._writer is not None and self.update_freq != "epoch"
+                and (batch + 1) % self.update_freq == 0):
+            self._write()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._wrappers:
+            return
+        # The last optimizer step of the epoch may have moved pruned weights
+        # off zero; TFMOT's UpdatePruningStep re-masks them here too.
+        apply_masks(self.model)
+        if logs is not None:
+            logs["sparsity"] = float(mask_sparsity(self.model))
+        if self._writer is not None and self.update_freq == "epoch":
+            self._write()
