@@ -5,8 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["tfopt._keras", "tfopt.data", "tfopt.devices", "tfopt.distribute",
-           "tfopt.models"]
+MODULES = ["tfopt._keras", "tfopt._sparsity", "tfopt.data", "tfopt.devices",
+           "tfopt.distribute", "tfopt.export", "tfopt.models", "tfopt.pruning"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -13,6 +13,7 @@ import re
 import warnings
 
 import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
 
 from tfopt import _checks, _keras, _schedule, _tfmot
 from tfopt._keras import keras
@@ -23,6 +24,9 @@ __all__ = ["PrunedModel", "PruneLowMagnitude", "PruningCallback",
            "PruningSchedule", "SparsityReport", "apply_masks", "prune",
            "sparsity_report", "strip", "wrappers"]
 
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+).SerializeToString()
 MISSING_CALLBACK = (
     "This model was pruned with tfopt.prune and is training without "
     "tfopt.PruningCallback(), which advances the pruning schedule and "
@@ -534,17 +538,20 @@ class PruningCallback(keras.callbacks.Callback):
 
     def _write(self):
         step = int(self._wrappers[0].pruning_step.numpy())
+        values = {"pruning/sparsity": mask_sparsity(self.model)}
+        for schedule in self._schedules():
+            if schedule.steps:
+                values["pruning/target_sparsity"] = schedule.sparsity_at(step)
+        for wrapper in self._wrappers:
+            for weight, mask, _ in wrapper.pruning_vars:
+                values[f"pruning/{weight.name.split(':')[0]}"] = (
+                    1.0 - tf.reduce_mean(tf.cast(mask, tf.float32)))
         with self._writer.as_default(step=step):
-            tf.summary.scalar("pruning/sparsity", mask_sparsity(self.model))
-            for schedule in self._schedules():
-                if schedule.steps:
-                    tf.summary.scalar("pruning/target_sparsity",
-                                      schedule.sparsity_at(step))
-            for wrapper in self._wrappers:
-                for weight, mask, _ in wrapper.pruning_vars:
-                    name = weight.name.split(":")[0]
-                    tf.summary.scalar(f"pruning/{name}",
-                                      1.0 - tf.reduce_mean(tf.cast(mask, tf.float32)))
+            for tag, value in values.items():
+                # tf.summary.write with the scalars plugin's metadata is what
+                # tf.summary.scalar writes, without needing TensorBoard here.
+                tf.summary.write(tag, tf.cast(value, tf.float32),
+                                 metadata=_SCALAR_METADATA)
         self._writer.flush()
 
     def on_train_batch_end(self, batch, logs=None):
