@@ -15,6 +15,15 @@ def tiny_regression(seed=0, n=64):
     return x, y
 
 
+def _dataset(x, y, global_batch):
+    # Shard by element, as the in-memory data sets of tfopt.data do.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(
+        global_batch).with_options(options)
+
+
 def train_tiny(strategy, *, global_batch=16, epochs=2, seed=0):
     """Trains a 2-layer MLP with SGD; returns its weights and final loss.
 
@@ -30,11 +39,7 @@ def train_tiny(strategy, *, global_batch=16, epochs=2, seed=0):
             keras.layers.Dense(1),
         ])
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(global_batch)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA)
-    history = model.fit(dataset.with_options(options), epochs=epochs, verbose=0)
+    history = model.fit(_dataset(x, y, global_batch), epochs=epochs, verbose=0)
     return model.get_weights(), history.history["loss"][-1]
 
 
@@ -63,11 +68,7 @@ def train_pruned(strategy, *, global_batch=16, epochs=2, seed=0):
         ])
         model = tfopt.prune(base, 0.5, end=1.0)
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(global_batch)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA)
-    model.fit(dataset.with_options(options), epochs=epochs, verbose=0,
+    model.fit(_dataset(x, y, global_batch), epochs=epochs, verbose=0,
               callbacks=[tfopt.PruningCallback()])
     masks = [m.numpy() for w in tfopt.pruning.wrappers(model)
              for _, m, _ in w.pruning_vars]

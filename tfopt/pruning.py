@@ -9,13 +9,12 @@ before the first step. `strip` removes the wrappers; `sparsity_report`
 counts zeros.
 """
 
-import re
 import warnings
 
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from tfopt import _checks, _keras, _schedule, _tfmot
+from tfopt import _checks, _keras, _schedule, _selection, _tfmot
 from tfopt._keras import keras
 from tfopt._schedule import KINDS, PruningSchedule
 from tfopt._sparsity import SparsityReport, check_m_by_n, sparsity_report
@@ -102,178 +101,6 @@ class PrunedModel(keras.Model):
         return logs
 
 
-def _all_layers(model):
-    """Every layer of `model`, nested models flattened, inputs left out."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
-        elif not isinstance(layer, keras.layers.InputLayer):
-            yield layer
-
-
-def _matches(layer, spec):
-    if isinstance(spec, type):
-        return isinstance(layer, spec)
-    return layer.name == spec or re.fullmatch(spec, layer.name) is not None
-
-
-def _check_specs(specs, arg):
-    if specs is None:
-        return
-    if not isinstance(specs, (list, tuple)) or not all(
-        isinstance(s, str)
-        or (isinstance(s, type) and issubclass(s, keras.layers.Layer))
-        for s in specs
-    ):
-        raise TypeError(
-            f"`{arg}` must be a list of layer names, regular expressions or "
-            f"tf_keras layer classes, or None. Received: {arg}={specs!r}"
-        )
-    for spec in specs:
-        if isinstance(spec, str):
-            try:
-                re.compile(spec)
-            except re.error as err:
-                raise ValueError(
-                    f"`{arg}` holds {spec!r}, which is neither a layer name nor "
-                    f"a valid regular expression ({err}). Received: {arg}={specs!r}"
-                ) from err
-
-
-def _pick(all_layers, specs, arg):
-    picked = []
-    for spec in specs:
-        hits = [layer for layer in all_layers if _matches(layer, spec)]
-        if not hits:
-            names = [layer.name for layer in all_layers]
-            raise ValueError(
-                f"`{arg}` names {getattr(spec, '__name__', spec)!r}, which matches "
-                f"no layer of the model. Its layers: {names}. Received: {arg}={specs!r}"
-            )
-        picked += hits
-    return picked
-
-
-def _select(model, layers, exclude):
-    all_layers = list(_all_layers(model))
-    prunable = [layer for layer in all_layers if _tfmot.prunable_weights(layer)]
-    if layers is None:
-        selected = prunable
-    else:
-        selected = [layer for layer in _pick(all_layers, layers, "layers")
-                    if layer in prunable]
-        named = [s for s in layers if isinstance(s, str)]
-        for layer in all_layers:
-            if layer.name in named and layer not in prunable:
-                raise ValueError(
-                    f"`layers` names {layer.name!r} ({type(layer).__name__}), which "
-                    "has no weights TFMOT can prune. Received: "
-                    f"layers={layers!r}"
-                )
-    dropped = _pick(all_layers, exclude, "exclude") if exclude else []
-    selected = [layer for layer in dict.fromkeys(selected) if layer not in dropped]
-    if not selected:
-        raise ValueError(
-            "`layers`/`exclude` leave no layer to prune. Prunable layers: "
-            f"{[layer.name for layer in prunable]}. Received: layers={layers!r}, "
-            f"exclude={exclude!r}"
-        )
-    return selected
-
-
-def _fits_structure(layer, m_by_n, block_size):
-    weights = _tfmot.prunable_weights(layer)
-    if m_by_n:
-        return all(w.shape.rank in (2, 4) and w.shape[-2] % m_by_n[1] == 0
-                   for w in weights)
-    if block_size:
-        return all(w.shape.rank == 2 for w in weights)
-    return True
-
-
-def _check_ceiling(selected, target_sparsity, block_size):
-    # TFMOT keeps at least one weight (or block) of every pruned tensor, so a
-    # small tensor cannot reach a target close to 1: refuse it up front.
-    cells = block_size[0] * block_size[1] if block_size else 1
-    for layer in selected:
-        for weight in _tfmot.prunable_weights(layer):
-            count = max(weight.shape.num_elements() // cells, 1)
-            if target_sparsity > (count - 1) / count:
-                raise ValueError(
-                    "`target_sparsity` must leave at least one weight in every "
-                    f"pruned tensor: {layer.name}/{weight.name.split('/')[-1]} "
-                    f"has {count} {'blocks' if cells > 1 else 'weights'}, so it "
-                    f"can be at most {(count - 1) / count:.4f} sparse. Exclude "
-                    "that layer or lower the target. "
-                    f"Received: target_sparsity={target_sparsity!r}"
-                )
-
-
-def _copy(model):
-    # clone_model shares nothing with the source, so the user's model is
-    # never modified by training the pruned one.
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def _check_graph_model(model):
-    # TFMOT (and so tfopt) rewrites a model through its layer graph, which a
-    # subclassed model does not expose; `_is_graph_network` is how TFMOT tells.
-    if not (isinstance(model, keras.Sequential) or model._is_graph_network):
-        raise TypeError(
-            "`model` must be a Sequential or functional tf_keras model: a "
-            f"subclassed model ({type(model).__name__}) hides its layer graph. "
-            "Either prune its layers (tfopt.keras layers inside it, each "
-            "wrapped with tfmot.sparsity.keras.prune_low_magnitude), or build "
-            "it with the functional API. Received: "
-            f"model={model!r}"
-        )
-    if not model.built:
-        raise ValueError(
-            "`model` must be built (give its first layer an input shape or "
-            f"call it once) before pruning. Received: model={model!r}"
-        )
-    kinds = {type(layer).__name__ for layer in _all_layers(model)}
-    if any(isinstance(layer, _tfmot.PruneLowMagnitudeBase)
-           for layer in _all_layers(model)):
-        raise ValueError(
-            "`model` is already pruned: train it with PruningCallback, or "
-            f"tfopt.strip it first. Received: model={model.name!r}"
-        )
-    if any(kind.startswith("Quantize") for kind in kinds):
-        raise ValueError(
-            "`model` holds quantization wrappers: prune (and strip) before "
-            "tfopt.quantize, whose preserve_sparsity=True keeps the zeros. "
-            f"Received: model={model.name!r}"
-        )
-
-
-def _check_steps(begin, end):
-    for arg, value in (("begin", begin), ("end", end)):
-        if _checks.is_int(value):
-            if value < 0:
-                raise ValueError(
-                    f"`{arg}` must be >= 0 as a step. Received: {arg}={value!r}")
-        elif isinstance(value, float):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(
-                    f"`{arg}` must be in [0, 1] as a fraction of the run. "
-                    f"Received: {arg}={value!r}")
-        else:
-            raise TypeError(
-                f"`{arg}` must be a float (fraction of the run) or an int "
-                f"(optimizer step). Received: {arg}={value!r}")
-    if type(begin) is not type(end):
-        raise ValueError(
-            "`begin` and `end` must both be fractions (floats) or both steps "
-            f"(ints); write 0.0, not 0, for a fraction. Received: begin={begin!r}, "
-            f"end={end!r}")
-    if begin >= end:
-        raise ValueError(
-            f"`begin` must be before `end`. Received: begin={begin!r}, end={end!r}")
-
-
 def prune(model, target_sparsity, *, schedule="polynomial", begin=0.0, end=0.75,
           initial_sparsity=0.0, frequency=None, power=3, layers=None,
           exclude=None, m_by_n=None, block_size=None):
@@ -332,14 +159,14 @@ def prune(model, target_sparsity, *, schedule="polynomial", begin=0.0, end=0.75,
     ['conv2d', 'dense']
     """
     _keras.check_model(model)
-    _check_graph_model(model)
+    _selection.check_graph_model(model)
     _checks.check_real(target_sparsity, "target_sparsity")
     if not 0 < target_sparsity < 1:
         raise ValueError(
             "`target_sparsity` must be in (0, 1). "
             f"Received: target_sparsity={target_sparsity!r}")
     _checks.check_choice(schedule, "schedule", KINDS)
-    _check_steps(begin, end)
+    _selection.check_steps(begin, end)
     _checks.check_real(initial_sparsity, "initial_sparsity")
     if not 0 <= initial_sparsity < target_sparsity:
         raise ValueError(
@@ -353,8 +180,8 @@ def prune(model, target_sparsity, *, schedule="polynomial", begin=0.0, end=0.75,
     _checks.check_real(power, "power")
     if power <= 0:
         raise ValueError(f"`power` must be > 0. Received: power={power!r}")
-    _check_specs(layers, "layers")
-    _check_specs(exclude, "exclude")
+    _selection.check_specs(layers, "layers")
+    _selection.check_specs(exclude, "exclude")
     check_m_by_n(m_by_n, "m_by_n", optional=True)
     if block_size is not None and not (
         isinstance(block_size, (tuple, list)) and len(block_size) == 2
@@ -368,10 +195,10 @@ def prune(model, target_sparsity, *, schedule="polynomial", begin=0.0, end=0.75,
             "`m_by_n` and `block_size` are exclusive. "
             f"Received: m_by_n={m_by_n!r}, block_size={block_size!r}")
 
-    copy = _copy(model)
-    selected = _select(copy, layers, exclude)
+    copy = _selection.copy_model(model)
+    selected = _selection.select(copy, layers, exclude)
     structured = [layer for layer in selected
-                  if _fits_structure(layer, m_by_n, block_size)]
+                  if _selection.fits_structure(layer, m_by_n, block_size)]
     if m_by_n or block_size:
         unfit = [layer.name for layer in selected if layer not in structured]
         if unfit:
@@ -382,7 +209,7 @@ def prune(model, target_sparsity, *, schedule="polynomial", begin=0.0, end=0.75,
                 "multiple of n for m_by_n, kernels 2-D for block_size); they are "
                 f"pruned without structure to {target_sparsity}.",
                 UserWarning, stacklevel=2)
-    _check_ceiling([layer for layer in selected if layer not in structured
+    _selection.check_ceiling([layer for layer in selected if layer not in structured
                     or not m_by_n], target_sparsity,
                    tuple(block_size) if block_size else None)
     pruning_schedule = PruningSchedule(
