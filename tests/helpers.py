@@ -77,3 +77,26 @@ def train_pruned(strategy, *, global_batch=16, epochs=2, seed=0):
 
 def pruned_multi_worker_job():
     return train_pruned(tfopt.get_strategy("multi_worker"))
+
+
+def train_qat(strategy, *, global_batch=32, steps=8, seed=0):
+    """QAT-trains an MLP with SGD; returns every weight (kernels, biases and
+    quantizer ranges) as (name, value) pairs in model order."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(global_batch * steps, 6)).astype(np.float32)
+    y = np.tanh(x @ rng.normal(size=(6, 1))).astype(np.float32)
+    keras.utils.set_random_seed(seed)
+    with strategy.scope():
+        base = keras.Sequential([
+            keras.Input((6,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(1),
+        ])
+        model = tfopt.quantize(base)
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.fit(_dataset(x, y, global_batch), epochs=1, verbose=0)
+    return [(w.name.split('/')[-1], w.numpy()) for w in model.weights]
+
+
+def qat_multi_worker_job():
+    return train_qat(tfopt.get_strategy("multi_worker"))

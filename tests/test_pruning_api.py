@@ -119,8 +119,8 @@ def test_subclassed_model_gets_the_options():
     model(np.zeros((1, 3), np.float32))
     with pytest.raises(TypeError, match=(
         r"^`model` must be a Sequential or functional tf_keras model: a "
-        r"subclassed model \(_Subclassed\) hides its layer graph. Either prune "
-        r"its layers .* or build it with the functional API"
+        r"subclassed model \(_Subclassed\) hides its layer graph. Either apply "
+        r"pruning to its layers .* or build it with the functional API"
     )):
         tfopt.prune(model, 0.5)
 

@@ -2,12 +2,27 @@
 
 # _keras must be imported first: it selects tf_keras before TensorFlow
 # resolves `tf.keras`.
-from tfopt import _keras, data, devices, distribute, export, models, pruning  # noqa: F401
+from tfopt import (  # noqa: F401 (_keras first: it binds tf.keras to tf_keras)
+    _keras,
+    data,
+    devices,
+    distribute,
+    export,
+    models,
+    pruning,
+    quantization,
+)
 from tfopt._keras import keras
 from tfopt.devices import configure_devices
 from tfopt.distribute import get_strategy
-from tfopt.export import load_model
+from tfopt.export import (
+    evaluate_tflite,
+    export_saved_model,
+    export_tflite,
+    load_model,
+)
 from tfopt.pruning import PruningCallback, prune, sparsity_report, strip
+from tfopt.quantization import quantize
 
 __version__ = "0.1.0"
 
@@ -17,7 +32,10 @@ __all__ = [
     "data",
     "devices",
     "distribute",
+    "evaluate_tflite",
     "export",
+    "export_saved_model",
+    "export_tflite",
     "get_strategy",
     "keras",
     "load_model",
@@ -25,6 +43,8 @@ __all__ = [
     "prune",
     "pruning",
     "PruningCallback",
+    "quantization",
+    "quantize",
     "sparsity_report",
     "strip",
 ]

@@ -85,6 +85,14 @@ def select(model, layers, exclude):
     return selected
 
 
+def chosen_layers(model, layers, exclude):
+    """The layers of flat `model` that `layers`/`exclude` pick (all by default)."""
+    candidates = list(flat_layers(model))
+    picked = candidates if layers is None else _pick(candidates, layers, "layers")
+    dropped = _pick(candidates, exclude, "exclude") if exclude else []
+    return [layer for layer in dict.fromkeys(picked) if layer not in dropped]
+
+
 def fits_structure(layer, m_by_n, block_size):
     weights = _tfmot.prunable_weights(layer)
     if m_by_n:
@@ -121,31 +129,41 @@ def copy_model(model):
     return copy
 
 
-def check_graph_model(model):
+def check_graph_model(model, action="pruning"):
+    """Raises unless `model` is a built Sequential or functional model."""
     # TFMOT (and so tfopt) rewrites a model through its layer graph, which a
     # subclassed model does not expose; `_is_graph_network` is how TFMOT tells.
     if not (isinstance(model, keras.Sequential) or model._is_graph_network):
         raise TypeError(
             "`model` must be a Sequential or functional tf_keras model: a "
             f"subclassed model ({type(model).__name__}) hides its layer graph. "
-            "Either prune its layers (tfopt.keras layers inside it, each "
-            "wrapped with tfmot.sparsity.keras.prune_low_magnitude), or build "
-            "it with the functional API. Received: "
-            f"model={model!r}"
+            f"Either apply {action} to its layers (tfopt.keras layers inside it, "
+            "each wrapped with the matching tfmot.*.keras layer API), or build "
+            f"it with the functional API. Received: model={model!r}"
         )
     if not model.built:
         raise ValueError(
-            "`model` must be built (give its first layer an input shape or "
-            f"call it once) before pruning. Received: model={model!r}"
+            f"`model` must be built (give its first layer an input shape or "
+            f"call it once) before {action}. Received: model={model!r}"
         )
-    kinds = {type(layer).__name__ for layer in flat_layers(model)}
+
+
+def is_quantized(model):
+    return any(type(layer).__name__.startswith("Quantize")
+               for layer in flat_layers(model))
+
+
+def check_prunable_model(model):
+    """Raises unless `model` can be pruned: a built graph model that holds no
+    pruning or quantization wrappers."""
+    check_graph_model(model, "pruning")
     if any(isinstance(layer, _tfmot.PruneLowMagnitudeBase)
            for layer in flat_layers(model)):
         raise ValueError(
             "`model` is already pruned: train it with PruningCallback, or "
             f"tfopt.strip it first. Received: model={model.name!r}"
         )
-    if any(kind.startswith("Quantize") for kind in kinds):
+    if is_quantized(model):
         raise ValueError(
             "`model` holds quantization wrappers: prune (and strip) before "
             "tfopt.quantize, whose preserve_sparsity=True keeps the zeros. "

@@ -50,6 +50,10 @@ def _rows(model, m_by_n):
         elif isinstance(layer, keras.Model):
             yield from _rows(layer, m_by_n)
             continue
+        elif isinstance(layer, keras.layers.Wrapper):  # QAT's QuantizeWrapper
+            pairs = [(w, w.numpy())
+                     for w in _tfmot.quantized_prunable_variables(layer)]
+            name, pruned = layer.layer.name, False
         else:
             pairs = [(w, w.numpy()) for w in _tfmot.prunable_weights(layer)]
             name, pruned = layer.name, False

@@ -1,11 +1,214 @@
-"""Loading (and, with the QAT issue, exporting) tfopt and TFMOT models."""
+"""Exporting and loading: TFLite files (float, dynamic, float16, int8),
+SavedModels, `load_model` for any tfopt/TFMOT model, and `evaluate_tflite`
+to check what an export really computes.
+
+Every write goes to a temporary file beside the target and is moved into
+place, so a crash never leaves half a file, and an existing file is never
+replaced unless `overwrite=True`.
+"""
 
 import os
+import shutil
+import tempfile
+import time
+from typing import NamedTuple
 
+import numpy as np
+import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfopt import pruning
+from tfopt import _checks, _keras, _selection, pruning
 from tfopt._keras import keras
+
+__all__ = ["QUANTIZATIONS", "evaluate_tflite", "export_saved_model",
+           "export_tflite", "load_model"]
+
+QUANTIZATIONS = {
+    None: "float32 weights and activations",
+    "dynamic": "int8 weights, float activations (no calibration data)",
+    "float16": "float16 weights",
+    "int8": "int8 weights and activations (QAT ranges or calibration data)",
+}
+# Calibration samples taken from `representative_data` for a float model.
+_CALIBRATION_SAMPLES = 200
+
+
+class Exported(NamedTuple):
+    path: str
+    size_bytes: int
+
+
+class TFLiteEvaluation(NamedTuple):
+    accuracy: float
+    examples: int
+    mean_batch_latency_ms: float
+
+
+def _check_path(path):
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a path. Received: path={path!r}")
+    return os.fspath(path)
+
+
+def _refuse_overwrite(path, overwrite):
+    _checks.check_bool(overwrite, "overwrite")
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(
+            f"`path` already exists and tfopt never replaces a file unless "
+            f"overwrite=True. Received: path={path!r}")
+
+
+def _write_atomically(path, data, overwrite):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=directory, prefix=".tfopt-", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            # link() fails if `path` appeared meanwhile: never clobber.
+            os.link(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _deployable(model):
+    return pruning.strip(model) if pruning.wrappers(model) else model
+
+
+def _representative(data):
+    def samples():
+        source = data() if callable(data) else data
+        count = 0
+        for element in source:
+            batch = element[0] if isinstance(element, (tuple, list)) else element
+            for sample in np.asarray(batch, np.float32):
+                yield [sample[None]]
+                count += 1
+                if count >= _CALIBRATION_SAMPLES:
+                    return
+    return samples
+
+
+def export_tflite(model, path, *, quantization=None, representative_data=None,
+                  int8_io=False, overwrite=False):
+    """Converts `model` to a TFLite file.
+
+    Pruning wrappers are stripped first. A QAT model (`tfopt.quantize`)
+    converts to int8 with the ranges it learned; a float model needs
+    `representative_data` to calibrate int8.
+
+    Args:
+        model: A tf_keras model: plain, pruned or quantization-aware.
+        path: The `.tflite` file to write.
+        quantization: One of `QUANTIZATIONS`: `None` (float32), `dynamic`,
+            `float16` or `int8`. Defaults to `None`.
+        representative_data: Batches `x` or `(x, y)` (a `tf.data.Dataset` or a
+            callable returning an iterable) to calibrate `int8` on a float
+            model; up to 200 samples are used. Defaults to `None`.
+        int8_io: Make the input and output tensors int8 too (with `int8`).
+            Defaults to `False`.
+        overwrite: Replace an existing file. Defaults to `False`.
+
+    Returns:
+        `Exported(path, size_bytes)`.
+
+    Raises:
+        TypeError: For an argument of the wrong type.
+        ValueError: For an unknown `quantization`, `int8` on a float model
+            without `representative_data`, or `int8_io` without `int8`.
+        FileExistsError: If `path` exists and `overwrite` is False.
+
+    Example:
+
+    >>> import os, tempfile, tfopt
+    >>> model = tfopt.models.build("tfmot_mnist", (8, 8), 10)
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.tflite")
+    >>> tfopt.export_tflite(model, path, quantization="dynamic").size_bytes > 0
+    True
+    """
+    _keras.check_model(model)
+    path = _check_path(path)
+    _checks.check_choice(quantization, "quantization", QUANTIZATIONS)
+    _checks.check_bool(int8_io, "int8_io")
+    if int8_io and quantization != "int8":
+        raise ValueError(
+            "`int8_io` needs quantization='int8'. "
+            f"Received: int8_io=True, quantization={quantization!r}")
+    if representative_data is not None and not (
+        isinstance(representative_data, tf.data.Dataset)
+        or callable(representative_data)
+    ):
+        raise TypeError(
+            "`representative_data` must be a tf.data.Dataset or a callable "
+            "returning batches, or None. "
+            f"Received: representative_data={representative_data!r}")
+    _refuse_overwrite(path, overwrite)
+    model = _deployable(model)
+    qat = _selection.is_quantized(model)
+    if quantization == "int8" and not qat and representative_data is None:
+        raise ValueError(
+            "`representative_data` is needed for quantization='int8' of a float "
+            "model, to calibrate its activation ranges: pass a few batches of "
+            "training data, or quantize the model with tfopt.quantize and "
+            "fine-tune it first. Received: representative_data=None")
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if quantization is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantization == "int8" and representative_data is not None:
+        converter.representative_dataset = _representative(representative_data)
+    if int8_io:
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    data = converter.convert()
+    _write_atomically(path, data, overwrite)
+    return Exported(path, len(data))
+
+
+def export_saved_model(model, path, *, overwrite=False):
+    """Saves `model` (pruning wrappers stripped) as a TensorFlow SavedModel.
+
+    Args:
+        model: A tf_keras model.
+        path: The SavedModel directory to create.
+        overwrite: Replace an existing directory. Defaults to `False`.
+
+    Returns:
+        `Exported(path, size_bytes)`, the size summed over its files.
+
+    Raises:
+        TypeError: For an argument of the wrong type.
+        FileExistsError: If `path` exists and `overwrite` is False.
+
+    Example:
+
+    >>> import os, tempfile, tfopt
+    >>> model = tfopt.models.build("tfmot_mnist", (8, 8), 10)
+    >>> path = os.path.join(tempfile.mkdtemp(), "saved")
+    >>> os.path.isdir(tfopt.export_saved_model(model, path).path)
+    True
+    """
+    _keras.check_model(model)
+    path = _check_path(path)
+    _refuse_overwrite(path, overwrite)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=".tfopt-")
+    try:
+        _deployable(model).save(os.path.join(staging, "model"), save_format="tf")
+        if os.path.exists(path):  # overwrite=True: the old one goes with staging
+            os.rename(path, os.path.join(staging, "previous"))
+        os.rename(os.path.join(staging, "model"), path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    size = sum(os.path.getsize(os.path.join(root, name))
+               for root, _, names in os.walk(path) for name in names)
+    return Exported(path, size)
 
 
 def _custom_objects():
@@ -18,8 +221,9 @@ def load_model(path, *, compile=True):
     """Loads a `.keras`, `.h5` or SavedModel file of any tfopt/TFMOT model.
 
     TFMOT's wrappers and schedules, and tfopt's own classes, are in scope, so
-    a pruned (or quantization-aware) model loads without `prune_scope`, and a
-    pruned one trains on with `PruningCallback` where it stopped.
+    a pruned or quantization-aware model loads without `prune_scope` or
+    `quantize_scope`, and a pruned one trains on with `PruningCallback`
+    where it stopped.
 
     Args:
         path: The file or SavedModel directory.
@@ -41,14 +245,99 @@ def load_model(path, *, compile=True):
     >>> type(tfopt.load_model(path)).__name__
     'PrunedModel'
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"`path` must be a path. Received: path={path!r}")
-    if not isinstance(compile, bool):
-        raise TypeError(f"`compile` must be a bool. Received: compile={compile!r}")
+    path = _check_path(path)
+    _checks.check_bool(compile, "compile")
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"`path` must name a .keras/.h5 file or a SavedModel directory; "
-            f"nothing exists there. Received: path={os.fspath(path)!r}")
+            f"nothing exists there. Received: path={path!r}")
     with tfmot.sparsity.keras.prune_scope(), tfmot.quantization.keras.quantize_scope():
         return keras.models.load_model(
             path, custom_objects=_custom_objects(), compile=compile)
+
+
+def _interpreter(model):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # tf.lite.Interpreter is deprecated but still there
+        Interpreter = tf.lite.Interpreter
+    if isinstance(model, bytes):
+        return Interpreter(model_content=model)
+    return Interpreter(model_path=model)
+
+
+def _to_input(x, detail):
+    if detail["dtype"] in (np.int8, np.uint8):
+        scale, zero = detail["quantization"]
+        limits = np.iinfo(detail["dtype"])
+        return np.clip(np.round(x / scale + zero), limits.min, limits.max).astype(
+            detail["dtype"])
+    return x.astype(detail["dtype"])
+
+
+def _from_output(y, detail):
+    if detail["dtype"] in (np.int8, np.uint8):
+        scale, zero = detail["quantization"]
+        return (y.astype(np.float32) - zero) * scale
+    return y
+
+
+def evaluate_tflite(model, dataset):
+    """Accuracy and latency of a TFLite model on `(x, label)` batches.
+
+    Runs the LiteRT interpreter (`ai_edge_litert`) when installed, else
+    `tf.lite.Interpreter`; int8 inputs and outputs are (de)quantized with the
+    file's own scale and zero point.
+
+    Args:
+        model: The `.tflite` path, or its bytes.
+        dataset: Batches `(x, label)`: a `tf.data.Dataset` or any iterable.
+
+    Returns:
+        `TFLiteEvaluation(accuracy, examples, mean_batch_latency_ms)`.
+
+    Raises:
+        TypeError: If `model` is neither bytes nor a path, or `dataset` not
+            iterable.
+        FileNotFoundError: If the path does not exist.
+
+    Example:
+
+    >>> import os, tempfile, tfopt
+    >>> train, val, test, info = tfopt.data.load("digits", batch_size=64)
+    >>> model = tfopt.models.build("tfmot_mnist", info.input_shape, 10)
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.tflite")
+    >>> path = tfopt.export_tflite(model, path).path
+    >>> tfopt.evaluate_tflite(path, test).examples
+    359
+    """
+    if not isinstance(model, bytes):
+        model = _check_path(model)
+        if not os.path.isfile(model):
+            raise FileNotFoundError(
+                f"`model` must be a .tflite file or its bytes; no file there. "
+                f"Received: model={model!r}")
+    if not hasattr(dataset, "__iter__"):
+        raise TypeError(
+            "`dataset` must be an iterable of (x, label) batches. "
+            f"Received: dataset={dataset!r}")
+    interpreter = _interpreter(model)
+    source, = interpreter.get_input_details()
+    target = interpreter.get_output_details()[0]
+    shape, correct, examples, seconds, batches = None, 0, 0, 0.0, 0
+    for x, labels in dataset:
+        x = np.asarray(x, np.float32)
+        if x.shape != shape:
+            interpreter.resize_tensor_input(source["index"], x.shape)
+            interpreter.allocate_tensors()
+            shape = x.shape
+        interpreter.set_tensor(source["index"], _to_input(x, source))
+        start = time.perf_counter()
+        interpreter.invoke()
+        seconds += time.perf_counter() - start
+        logits = _from_output(interpreter.get_tensor(target["index"]), target)
+        correct += int((logits.argmax(axis=-1) == np.asarray(labels)).sum())
+        examples += len(x)
+        batches += 1
+    return TFLiteEvaluation(correct / max(examples, 1), examples,
+                            1000 * seconds / max(batches, 1))

@@ -159,7 +159,7 @@ def prune(model, target_sparsity, *, schedule="polynomial", begin=0.0, end=0.75,
     ['conv2d', 'dense']
     """
     _keras.check_model(model)
-    _selection.check_graph_model(model)
+    _selection.check_prunable_model(model)
     _checks.check_real(target_sparsity, "target_sparsity")
     if not 0 < target_sparsity < 1:
         raise ValueError(

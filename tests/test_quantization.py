@@ -1,0 +1,208 @@
+import warnings
+
+import numpy as np
+import pytest
+
+import tfopt
+from tests import cluster, helpers
+from tfopt import keras, models
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+L = keras.layers
+
+
+def _compile(model, learning_rate=1e-3):
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=LOSS,
+                  metrics=["accuracy"])
+    return model
+
+
+def _trained(name, data, epochs=2):
+    keras.utils.set_random_seed(0)
+    model = _compile(models.build(name, data.info.input_shape, 10))
+    model.fit(data.train, epochs=epochs, verbose=0)
+    return model
+
+
+def _quantize_quietly(model, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tfopt.quantize(model, **kwargs)
+
+
+def _awkward():
+    """A Dense, an Add, a BatchNormalization after the Add and a Lambda: the
+    last two are beyond TFMOT's 8-bit scheme."""
+    inputs = keras.Input((8,))
+    x = L.Dense(8, name="dense_a")(inputs)
+    x = L.Add(name="add")([x, inputs])
+    x = L.BatchNormalization(name="bn_after_add")(x)
+    x = L.Lambda(lambda t: t * 2.0, name="double")(x)
+    return keras.Model(inputs, L.Dense(3, name="dense_b")(x))
+
+
+@pytest.mark.parametrize("name", ["tfmot_mnist", "resnet_tiny"])
+def test_qat_fine_tuning_trains_and_leaves_the_input_alone(digits, name):
+    model = _trained(name, digits, epochs=1)
+    before = [w.copy() for w in model.get_weights()]
+    qat = _compile(tfopt.quantize(model), 1e-3)
+    assert qat.tfopt_skipped_layers == ()
+    assert sum("QuantizeWrapper" in type(layer).__name__ for layer in qat.layers) >= 4
+    history = qat.fit(digits.train, epochs=2, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    for a, b in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_unsupported_layers_are_skipped_and_reported():
+    with pytest.warns(UserWarning, match=(
+        r"^quantize: TFMOT cannot quantize \['bn_after_add "
+        r"\(BatchNormalization\)', 'double \(Lambda\)'\]; they stay in float.$"
+    )):
+        qat = tfopt.quantize(_awkward())
+    assert qat.tfopt_skipped_layers == ("bn_after_add (BatchNormalization)",
+                                        "double (Lambda)")
+    kinds = {layer.name: type(layer).__name__ for layer in qat.layers}
+    assert kinds["bn_after_add"] == "BatchNormalization"
+    assert kinds["double"] == "Lambda"
+    assert kinds["quant_dense_a"] == "QuantizeWrapperV2"
+    x = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
+    assert qat(x).shape == (4, 3)
+
+
+def test_skip_unsupported_false_names_each_layer():
+    with pytest.raises(ValueError, match=(
+        r"^TFMOT cannot quantize these layers: \['bn_after_add "
+        r"\(BatchNormalization\)', 'double \(Lambda\)'\]. Exclude them, or pass "
+        r"skip_unsupported=True to leave them in float. "
+        r"Received: skip_unsupported=False$"
+    )):
+        tfopt.quantize(_awkward(), skip_unsupported=False)
+
+
+def test_excluded_and_selected_layers(digits):
+    base = models.build("tfmot_mnist", digits.info.input_shape, 10)
+    qat = _quantize_quietly(base, exclude=["dense"])
+    kinds = {layer.name: type(layer).__name__ for layer in qat.layers}
+    assert kinds["dense"] == "Dense" and kinds["quant_conv2d"] == "QuantizeWrapperV2"
+    only = _quantize_quietly(base, layers=[L.Conv2D])
+    kinds = {layer.name: type(layer).__name__ for layer in only.layers}
+    assert kinds["quant_conv2d"] == "QuantizeWrapperV2"
+    assert kinds["dense"] == "Dense" and kinds["flatten"] == "Flatten"
+
+
+def test_nested_models_are_flattened(digits):
+    inner = models.build("tfmot_mnist", digits.info.input_shape, 10)
+    inputs = keras.Input(digits.info.input_shape)
+    outer = keras.Model(inputs, L.Dense(4, name="head")(inner(inputs)))
+    qat = tfopt.quantize(outer)
+    names = [layer.name for layer in qat.layers]
+    assert {"quant_conv2d", "quant_dense", "quant_head"} <= set(names)
+    for name, source in (("quant_conv2d", inner.get_layer("conv2d")),
+                         ("quant_head", outer.get_layer("head"))):
+        [kernel] = [w for w in qat.get_layer(name).weights
+                    if w.name.endswith("/kernel:0")]
+        np.testing.assert_array_equal(kernel.numpy(), source.kernel.numpy())
+
+
+def test_pruned_model_is_stripped_first_with_a_warning(digits):
+    pruned = tfopt.prune(models.build("tfmot_mnist", (8, 8, 1), 10), 0.5)
+    with pytest.warns(UserWarning, match=(
+        r"^quantize: `model` still has pruning wrappers; stripping them "
+        r"\(tfopt.strip\) before QAT. Pass preserve_sparsity=True to keep its "
+        r"zeros through QAT.$"
+    )):
+        qat = tfopt.quantize(pruned)
+    assert not any("Prune" in type(layer).__name__ for layer in qat.layers)
+
+
+@pytest.fixture(scope="module")
+def pruned_and_stripped(digits):
+    keras.utils.set_random_seed(0)
+    model = _compile(tfopt.prune(models.build("tfmot_mnist", (8, 8, 1), 10), 0.6,
+                                 end=1.0))
+    model.fit(digits.train, epochs=2, verbose=0, callbacks=[tfopt.PruningCallback()])
+    return tfopt.strip(model)
+
+
+def test_preserve_sparsity_keeps_the_zeros_through_fine_tuning(
+    digits, pruned_and_stripped
+):
+    before = tfopt.sparsity_report(pruned_and_stripped).sparsity
+    assert before == pytest.approx(0.6, abs=0.01)
+    kept = _compile(tfopt.quantize(pruned_and_stripped, preserve_sparsity=True))
+    kept.fit(digits.train, epochs=2, verbose=0)
+    assert tfopt.sparsity_report(kept).sparsity == pytest.approx(before, abs=0.01)
+    # Without the prune-preserving scheme the zeros fill back in.
+    lost = _compile(tfopt.quantize(pruned_and_stripped))
+    lost.fit(digits.train, epochs=2, verbose=0)
+    assert tfopt.sparsity_report(lost).sparsity < before - 0.3
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_builds_a_float32_qat_model_that_trains(digits, policy):
+    try:
+        keras.mixed_precision.set_global_policy(policy)
+        model = models.build("tfmot_mnist", digits.info.input_shape, 10)
+        assert model.layers[2].compute_dtype != "float32"
+        qat = _compile(tfopt.quantize(model))
+        assert keras.mixed_precision.global_policy().name == policy
+        assert {layer.compute_dtype for layer in qat.layers} == {"float32"}
+        history = qat.fit(digits.train.take(5), epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_ranges_and_weights_equal_on_default_and_mirrored(mirrored):
+    single = helpers.train_qat(tfopt.get_strategy("default"))
+    double = helpers.train_qat(mirrored)
+    assert any("post_activation_max" in name for name, _ in single)
+    for (name, a), (_, b) in zip(single, double, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.slow
+def test_ranges_and_weights_equal_on_two_worker_processes():
+    first, second = cluster.run_workers(helpers.qat_multi_worker_job)
+    single = helpers.train_qat(tfopt.get_strategy("default"))
+    for (name, a), (_, b), (_, c) in zip(single, first, second, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, err_msg=name)
+        np.testing.assert_array_equal(b, c, err_msg=name)
+
+
+class _Subclassed(keras.Model):
+    def call(self, inputs):
+        return inputs
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"layers": "dense"}, TypeError, r"Received: layers='dense'$"),
+        ({"exclude": ["nope"]}, ValueError,
+         r"^`exclude` names 'nope', which matches no layer of the model"),
+        ({"preserve_sparsity": "yes"}, TypeError,
+         r"^`preserve_sparsity` must be a bool. Received: preserve_sparsity='yes'$"),
+        ({"skip_unsupported": None}, TypeError,
+         r"^`skip_unsupported` must be a bool. Received: skip_unsupported=None$"),
+    ],
+)
+def test_bad_arguments_name_the_value(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        tfopt.quantize(models.build("tfmot_mnist", (8, 8), 10), **kwargs)
+
+
+def test_bad_models_are_refused(keras3):
+    with pytest.raises(TypeError, match=r"not a Keras 3 Sequential"):
+        tfopt.quantize(keras3.Sequential([keras3.Input((2,)), keras3.layers.Dense(1)]))
+    model = _Subclassed()
+    model(np.zeros((1, 2), np.float32))
+    with pytest.raises(TypeError, match=(
+        r"subclassed model \(_Subclassed\) hides its layer graph. Either apply "
+        r"quantization to its layers"
+    )):
+        tfopt.quantize(model)
+    qat = tfopt.quantize(models.build("tfmot_mnist", (8, 8), 10))
+    with pytest.raises(ValueError, match=r"^`model` is already quantization-aware"):
+        tfopt.quantize(qat)

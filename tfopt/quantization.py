@@ -1,0 +1,167 @@
+"""Quantization-aware training: one call over TFMOT's 8-bit QAT.
+
+`quantize` annotates every layer TFMOT can quantize and leaves the rest in
+float (listing them), flattens nested models, keeps pruned zeros with
+`preserve_sparsity=True`, builds the QAT model in float32 whatever the
+Keras precision policy, and makes the learned activation ranges independent
+of the number of replicas (see `_tfmot.make_quantizer_ranges_replica_consistent`).
+"""
+
+import contextlib
+import warnings
+
+import tensorflow_model_optimization as tfmot
+
+from tfopt import _checks, _flatten, _keras, _selection, _tfmot, pruning
+from tfopt._keras import keras
+
+__all__ = ["quantize"]
+
+_tfmot.make_quantizer_ranges_replica_consistent()
+_qat = tfmot.quantization.keras
+
+
+def _scheme(preserve_sparsity):
+    if preserve_sparsity:
+        return tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+    return _qat.default_8bit.Default8BitQuantizeScheme()
+
+
+@contextlib.contextmanager
+def _float32_policy():
+    # QAT's fake-quant ops and range variables are float32: build the QAT
+    # model under a float32 policy even when the global one is mixed.
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _float32_copy(model):
+    """A flat float32 functional copy of `model` with the same weights."""
+    flat = _flatten.flatten(model)  # also a copy: the user's model stays as is
+    if all(layer.dtype_policy.name == "float32" for layer in flat.layers):
+        return flat
+    config = flat.get_config()
+    for entry in config["layers"]:
+        if "dtype" in entry["config"]:
+            entry["config"]["dtype"] = "float32"
+    with _flatten.lambdas_allowed():
+        copy = keras.Model.from_config(config)
+    for layer, source in zip(copy.layers, flat.layers, strict=True):
+        if layer.weights:
+            layer.set_weights(source.get_weights())
+    return copy
+
+
+def _apply(base, annotated, scheme):
+    def annotate(layer):
+        if layer.name in annotated:
+            return _qat.quantize_annotate_layer(layer)
+        return layer
+
+    with _qat.quantize_scope(), _flatten.lambdas_allowed():
+        marked = keras.models.clone_model(base, clone_function=annotate)
+        return _qat.quantize_apply(marked, scheme)
+
+
+def _rejected(error, annotated):
+    """The annotated layer TFMOT's error says it cannot quantize, if any."""
+    named = [name for name in annotated if f"Layer {name}:" in str(error)]
+    return max(named, key=len) if named else None
+
+
+def quantize(model, *, layers=None, exclude=None, preserve_sparsity=False,
+             skip_unsupported=True):
+    """Returns a quantization-aware (QAT) copy of `model` to fine-tune.
+
+    Built on TFMOT's `quantize_annotate_layer` + `quantize_apply` with the
+    default 8-bit scheme. Fine-tune it for an epoch or two, then
+    `tfopt.export_tflite(..., quantization="int8")`.
+
+    Args:
+        model: A built Sequential or functional tf_keras model. Nested
+            functional models are flattened. A model that still has pruning
+            wrappers is stripped first (with a warning).
+        layers: Layers to quantize: names, regular expressions or classes.
+            Defaults to `None` (every layer).
+        exclude: Layers to keep in float, in the same forms. Defaults to
+            `None`.
+        preserve_sparsity: Use TFMOT's prune-preserving scheme (PQAT), so the
+            zeros of a pruned and stripped model survive fine-tuning.
+            Defaults to `False`.
+        skip_unsupported: Leave layers TFMOT cannot quantize (a Lambda, a
+            BatchNormalization after an Add, ...) in float, listed in a warning
+            and in `model.tfopt_skipped_layers`; with `False` they raise.
+            Defaults to `True`.
+
+    Returns:
+        The QAT model, in float32 even under a mixed-precision policy, with
+        `tfopt_skipped_layers`: a tuple of "name (Class)" strings.
+
+    Raises:
+        TypeError: If `model` is not a tf_keras Sequential/functional model or
+            an argument has the wrong type.
+        ValueError: If a named layer does not exist, the model is already
+            quantized, or (with `skip_unsupported=False`) a layer cannot be
+            quantized.
+
+    Example:
+
+    >>> import tfopt
+    >>> qat = tfopt.quantize(tfopt.models.build("tfmot_mnist", (8, 8), 10))
+    >>> qat.tfopt_skipped_layers
+    ()
+    """
+    _keras.check_model(model)
+    _selection.check_graph_model(model, "quantization")
+    _selection.check_specs(layers, "layers")
+    _selection.check_specs(exclude, "exclude")
+    _checks.check_bool(preserve_sparsity, "preserve_sparsity")
+    _checks.check_bool(skip_unsupported, "skip_unsupported")
+    if _selection.is_quantized(model):
+        raise ValueError(
+            "`model` is already quantization-aware: fine-tune it, or export "
+            f"it with tfopt.export_tflite. Received: model={model.name!r}")
+    if pruning.wrappers(model):
+        hint = "" if preserve_sparsity else (
+            " Pass preserve_sparsity=True to keep its zeros through QAT.")
+        warnings.warn(
+            "quantize: `model` still has pruning wrappers; stripping them "
+            f"(tfopt.strip) before QAT.{hint}", UserWarning, stacklevel=2)
+        model = pruning.strip(model)
+
+    scheme = _scheme(preserve_sparsity)
+    registry = scheme.get_quantize_registry()
+    with _float32_policy():
+        base = _float32_copy(model)
+        chosen = _selection.chosen_layers(base, layers, exclude)
+        # BatchNormalization is not in TFMOT's registry but its layout
+        # transforms fold it into a preceding Conv/Dense; other layers outside
+        # the registry cannot be quantized. TFMOT says which BN it could not.
+        annotated = {layer.name for layer in chosen if registry.supports(layer)
+                     or isinstance(layer, keras.layers.BatchNormalization)}
+        while True:
+            try:
+                qat = _apply(base, annotated, scheme)
+                break
+            except RuntimeError as error:
+                name = _rejected(error, annotated)
+                if name is None:
+                    raise
+                annotated.discard(name)
+    skipped = tuple(f"{layer.name} ({type(layer).__name__})" for layer in chosen
+                    if layer.name not in annotated)
+    if skipped and not skip_unsupported:
+        raise ValueError(
+            f"TFMOT cannot quantize these layers: {list(skipped)}. Exclude them, "
+            "or pass skip_unsupported=True to leave them in float. "
+            "Received: skip_unsupported=False")
+    if skipped:
+        warnings.warn(
+            f"quantize: TFMOT cannot quantize {list(skipped)}; they stay in float.",
+            UserWarning, stacklevel=2)
+    qat.tfopt_skipped_layers = skipped
+    return qat
