@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 MODULES = ["tfopt._keras", "tfopt._sparsity", "tfopt.data", "tfopt.devices",
-           "tfopt.distribute", "tfopt.export", "tfopt.models", "tfopt.pruning"]
+           "tfopt.distribute", "tfopt.export", "tfopt.models", "tfopt.pruning",
+           "tfopt.quantization"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -12,7 +12,11 @@ import functools
 
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.quantization.keras import quant_ops
+from tensorflow_model_optimization.python.core.quantization.keras import (
+    quant_ops,
+    quantize_layer,
+    quantize_wrapper,
+)
 from tensorflow_model_optimization.python.core.sparsity.keras import (
     prune_registry,
     pruning_wrapper,
@@ -102,3 +106,63 @@ def make_quantizer_ranges_replica_consistent():
         op = getattr(quant_ops, name)
         if not getattr(op, "tfopt_replica_consistent", False):
             setattr(quant_ops, name, _replica_consistent(op))
+
+
+def fix_quantize_layer_reload():
+    """Makes QAT models load from the `.keras` format; idempotent.
+
+    `QuantizeLayer.build` never marks the layer built, so loading a `.keras`
+    file builds it twice (once from its build config, once when the graph is
+    called) and fails with "Layer 'quantize_layer' expected 5 variables, but
+    received 3". Marking it built after the first build fixes that.
+    """
+    layer_class = quantize_layer.QuantizeLayer
+    if getattr(layer_class.build_from_config, "tfopt_fixed", False):
+        return
+    original = layer_class.build_from_config
+
+    @functools.wraps(original)
+    def build_from_config(self, config):
+        original(self, config)
+        self.built = True
+
+    build_from_config.tfopt_fixed = True
+    layer_class.build_from_config = build_from_config
+
+
+def _own_variables(wrapper):
+    # The wrapper's variable lists hold the kernel twice (and the bias) when
+    # it was built by quantize_apply, but once (and no bias) when built from
+    # a saved config; the inner layer saves the bias itself. Unique, minus
+    # the inner layer's, in list order, is the same in both cases.
+    inner = {id(v) for v in wrapper.layer.weights}
+    unique = {id(v): v for v in wrapper._trainable_weights
+              + wrapper._non_trainable_weights if id(v) not in inner}
+    return list(unique.values())
+
+
+def fix_quantize_wrapper_reload():
+    """Makes QAT wrappers save and load one consistent variable list in the
+    `.keras` format; idempotent. Without it a saved QAT model fails to load
+    with "Layer 'quant_conv2d' expected 6 variables, but received 8"."""
+    wrapper_class = quantize_wrapper.QuantizeWrapperV2
+    if getattr(wrapper_class.save_own_variables, "tfopt_fixed", False):
+        return
+
+    def save_own_variables(self, store):
+        for index, variable in enumerate(_own_variables(self)):
+            store[f"{index}"] = variable.numpy()
+
+    def load_own_variables(self, store):
+        variables = _own_variables(self)
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                f"Layer {self.name!r} expected {len(variables)} variables, but "
+                f"the file holds {len(store.keys())}: it was saved without "
+                "tfopt's QAT save fix. Save it again after importing tfopt.")
+        for index, variable in enumerate(variables):
+            variable.assign(store[f"{index}"])
+
+    save_own_variables.tfopt_fixed = True
+    wrapper_class.save_own_variables = save_own_variables
+    wrapper_class.load_own_variables = load_own_variables

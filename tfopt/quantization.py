@@ -18,6 +18,8 @@ from tfopt._keras import keras
 __all__ = ["quantize"]
 
 _tfmot.make_quantizer_ranges_replica_consistent()
+_tfmot.fix_quantize_layer_reload()
+_tfmot.fix_quantize_wrapper_reload()
 _qat = tfmot.quantization.keras
 
 

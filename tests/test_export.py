@@ -1,0 +1,197 @@
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import tfopt
+from tfopt import export, keras, models
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _compile(model, learning_rate=1e-3):
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=LOSS,
+                  metrics=["accuracy"])
+    return model
+
+
+def _float_and_qat(name, data, epochs):
+    keras.utils.set_random_seed(0)
+    model = _compile(models.build(name, data.info.input_shape, 10))
+    model.fit(data.train, epochs=epochs, verbose=0)
+    qat = _compile(tfopt.quantize(model), 1e-4)
+    qat.fit(data.train, epochs=1, verbose=0)
+    return model, qat
+
+
+@pytest.fixture(scope="module")
+def mnist_pair(mnist5k):
+    return _float_and_qat("tfmot_mnist", mnist5k, epochs=2)
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("export")
+
+
+def test_int8_file_matches_qat_accuracy_at_under_30_percent_size(
+    mnist5k, mnist_pair, out
+):
+    model, qat = mnist_pair
+    float_file = tfopt.export_tflite(model, out / "float.tflite")
+    int8_file = tfopt.export_tflite(qat, out / "int8.tflite", quantization="int8")
+    assert int8_file.size_bytes <= 0.30 * float_file.size_bytes
+    assert os.path.getsize(int8_file.path) == int8_file.size_bytes
+    _, keras_accuracy = qat.evaluate(mnist5k.test, verbose=0)
+    result = tfopt.evaluate_tflite(int8_file.path, mnist5k.test)
+    assert result.examples == 1000 and result.mean_batch_latency_ms > 0
+    assert abs(result.accuracy - keras_accuracy) <= 0.01
+    assert keras_accuracy > 0.8
+
+
+def test_resnet_tiny_int8_matches_its_qat_model(digits, out):
+    _, qat = _float_and_qat("resnet_tiny", digits, epochs=2)
+    path = tfopt.export_tflite(qat, out / "resnet.tflite", quantization="int8").path
+    _, keras_accuracy = qat.evaluate(digits.test, verbose=0)
+    assert abs(tfopt.evaluate_tflite(path, digits.test).accuracy
+               - keras_accuracy) <= 0.01
+
+
+def test_int8_io_gives_int8_tensors(mnist5k, mnist_pair, out):
+    path = tfopt.export_tflite(mnist_pair[1], out / "io.tflite",
+                               quantization="int8", int8_io=True).path
+    interpreter = export._interpreter(path)
+    assert interpreter.get_input_details()[0]["dtype"] == np.int8
+    assert interpreter.get_output_details()[0]["dtype"] == np.int8
+    float_io = tfopt.evaluate_tflite(out / "int8.tflite", mnist5k.test)
+    assert tfopt.evaluate_tflite(path, mnist5k.test).accuracy == pytest.approx(
+        float_io.accuracy, abs=0.01)
+
+
+def test_float_model_int8_needs_representative_data(mnist5k, mnist_pair, out):
+    with pytest.raises(ValueError, match=(
+        r"^`representative_data` is needed for quantization='int8' of a float "
+        r"model, to calibrate its activation ranges"
+    )):
+        tfopt.export_tflite(mnist_pair[0], out / "nope.tflite", quantization="int8")
+    assert not (out / "nope.tflite").exists()
+    calibrated = tfopt.export_tflite(mnist_pair[0], out / "calibrated.tflite",
+                                     quantization="int8",
+                                     representative_data=mnist5k.train)
+    _, accuracy = mnist_pair[0].evaluate(mnist5k.test, verbose=0)
+    assert tfopt.evaluate_tflite(calibrated.path, mnist5k.test).accuracy == (
+        pytest.approx(accuracy, abs=0.02))
+
+
+def test_dynamic_and_float16_shrink_the_file(mnist_pair, out):
+    model = mnist_pair[0]
+    sizes = {q: tfopt.export_tflite(model, out / f"{q}.tflite", quantization=q,
+                                    overwrite=True).size_bytes
+             for q in (None, "dynamic", "float16")}
+    assert sizes["dynamic"] < 0.35 * sizes[None]
+    assert sizes["float16"] < 0.6 * sizes[None]
+
+
+def test_pruned_models_export_stripped(digits, out):
+    pruned = tfopt.prune(models.build("tfmot_mnist", (8, 8, 1), 10), 0.5)
+    path = tfopt.export_tflite(pruned, out / "pruned.tflite").path
+    assert tfopt.evaluate_tflite(path, digits.test).examples == 359
+    saved = tfopt.export_saved_model(pruned, out / "pruned_saved")
+    assert not any("Prune" in type(layer).__name__
+                   for layer in tfopt.load_model(saved.path).layers)
+
+
+def test_existing_files_are_never_overwritten(mnist_pair, out):
+    target = out / "kept.tflite"
+    target.write_bytes(b"user data")
+    with pytest.raises(FileExistsError, match=(
+        r"^`path` already exists and tfopt never replaces a file unless "
+        r"overwrite=True. Received: path='.*kept.tflite'$"
+    )):
+        tfopt.export_tflite(mnist_pair[0], target)
+    assert target.read_bytes() == b"user data"
+    tfopt.export_tflite(mnist_pair[0], target, overwrite=True)
+    assert target.read_bytes()[4:8] == b"TFL3"
+    directory = out / "kept_saved"
+    directory.mkdir()
+    (directory / "mine.txt").write_text("keep")
+    with pytest.raises(FileExistsError):
+        tfopt.export_saved_model(mnist_pair[0], directory)
+    assert (directory / "mine.txt").read_text() == "keep"
+    tfopt.export_saved_model(mnist_pair[0], directory, overwrite=True)
+    assert (directory / "saved_model.pb").exists()
+    assert not (directory / "mine.txt").exists()
+    assert not [name for name in os.listdir(out) if name.startswith(".tfopt-")]
+
+
+@pytest.mark.parametrize("kind", ["plain", "qat"])
+@pytest.mark.parametrize("suffix", [".keras", ".h5", "_savedmodel"])
+def test_load_model_round_trips(mnist5k, mnist_pair, out, kind, suffix):
+    model = mnist_pair[0] if kind == "plain" else mnist_pair[1]
+    path = out / f"{kind}{suffix}"
+    model.save(path)
+    loaded = tfopt.load_model(path)
+    x = next(iter(mnist5k.test))[0]
+    np.testing.assert_allclose(loaded.predict(x, verbose=0),
+                               model.predict(x, verbose=0), atol=1e-5)
+    assert [type(layer).__name__ for layer in loaded.layers] == [
+        type(layer).__name__ for layer in model.layers]
+
+
+def test_evaluate_accepts_bytes_and_falls_back_to_tf_lite(
+    mnist5k, mnist_pair, out, monkeypatch
+):
+    path = out / "int8.tflite"
+    if not path.exists():
+        tfopt.export_tflite(mnist_pair[1], path, quantization="int8")
+    litert = tfopt.evaluate_tflite(path.read_bytes(), mnist5k.test)
+    for name in ("ai_edge_litert", "ai_edge_litert.interpreter"):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert "tensorflow" in type(export._interpreter(str(path))).__module__
+    assert tfopt.evaluate_tflite(path, mnist5k.test).accuracy == litert.accuracy
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"quantization": "int4"}, ValueError,
+         r"^`quantization` must be one of \[None, 'dynamic', 'float16', "
+         r"'int8'\]. Received: quantization='int4'$"),
+        ({"int8_io": True}, ValueError,
+         r"^`int8_io` needs quantization='int8'. Received: int8_io=True, "
+         r"quantization=None$"),
+        ({"int8_io": 1}, TypeError, r"^`int8_io` must be a bool. Received: int8_io=1$"),
+        ({"quantization": "int8", "representative_data": [1, 2]}, TypeError,
+         r"^`representative_data` must be a tf.data.Dataset or a callable "
+         r"returning batches, or None. Received: representative_data=\[1, 2\]$"),
+        ({"path": 5}, TypeError, r"^`path` must be a path. Received: path=5$"),
+        ({"overwrite": "no"}, TypeError,
+         r"^`overwrite` must be a bool. Received: overwrite='no'$"),
+    ],
+)
+def test_export_bad_arguments(out, kwargs, error, message):
+    args = {"path": out / "bad.tflite", **kwargs}
+    with pytest.raises(error, match=message):
+        tfopt.export_tflite(models.build("tfmot_mnist", (8, 8), 10),
+                            args.pop("path"), **args)
+
+
+def test_export_and_evaluate_bad_models(keras3, out, digits):
+    with pytest.raises(TypeError, match=r"not a Keras 3 Sequential"):
+        tfopt.export_tflite(keras3.Sequential([keras3.Input((2,)),
+                                               keras3.layers.Dense(1)]), out / "k3")
+    with pytest.raises(TypeError, match=r"^`model` must be a tf_keras Model"):
+        tfopt.export_saved_model("model", out / "x")
+    with pytest.raises(FileNotFoundError, match=(
+        r"^`model` must be a .tflite file or its bytes; no file there. "
+        r"Received: model='.*missing.tflite'$"
+    )):
+        tfopt.evaluate_tflite(out / "missing.tflite", digits.test)
+    with pytest.raises(TypeError, match=r"^`path` must be a path. Received: path=3$"):
+        tfopt.evaluate_tflite(3, digits.test)
+    with pytest.raises(TypeError, match=(
+        r"^`dataset` must be an iterable of \(x, label\) batches. "
+        r"Received: dataset=7$"
+    )):
+        tfopt.evaluate_tflite(b"bytes", 7)
