@@ -100,3 +100,27 @@ def train_qat(strategy, *, global_batch=32, steps=8, seed=0):
 
 def qat_multi_worker_job():
     return train_qat(tfopt.get_strategy("multi_worker"))
+
+
+def train_distilled(strategy, *, global_batch=32, steps=4, seed=0):
+    """Distills an untrained tfmot_mnist teacher into student_cnn on random
+    8x8 images with SGD; returns the student's weights."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((global_batch * steps, 8, 8, 1)).astype(np.float32)
+    y = rng.integers(0, 10, global_batch * steps).astype(np.int32)
+    keras.utils.set_random_seed(seed)
+    with strategy.scope():
+        teacher = tfopt.models.build("tfmot_mnist", (8, 8, 1), 10)
+        student = tfopt.models.build("student_cnn", (8, 8, 1), 10)
+        student.add_loss(lambda: 1e-3 * tf.reduce_sum(
+            tf.square(student.get_layer("logits").kernel)))
+        distiller = tfopt.Distiller(student, teacher, temperature=3.0, alpha=0.3)
+        distiller.compile(optimizer=keras.optimizers.SGD(0.1),
+                          loss=keras.losses.SparseCategoricalCrossentropy(
+                              from_logits=True))
+    distiller.fit(_dataset(x, y, global_batch), epochs=1, verbose=0)
+    return student.get_weights()
+
+
+def distilled_multi_worker_job():
+    return train_distilled(tfopt.get_strategy("multi_worker"))

@@ -6,6 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["tfopt._keras", "tfopt._sparsity", "tfopt.data", "tfopt.devices",
+           "tfopt.distillation",
            "tfopt.distribute", "tfopt.export", "tfopt.models", "tfopt.pruning",
            "tfopt.quantization"]
 

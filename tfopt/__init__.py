@@ -6,6 +6,7 @@ from tfopt import (  # noqa: F401 (_keras first: it binds tf.keras to tf_keras)
     _keras,
     data,
     devices,
+    distillation,
     distribute,
     export,
     models,
@@ -14,6 +15,7 @@ from tfopt import (  # noqa: F401 (_keras first: it binds tf.keras to tf_keras)
 )
 from tfopt._keras import keras
 from tfopt.devices import configure_devices
+from tfopt.distillation import DistillationSchedule, Distiller
 from tfopt.distribute import get_strategy
 from tfopt.export import (
     evaluate_tflite,
@@ -31,6 +33,9 @@ __all__ = [
     "configure_devices",
     "data",
     "devices",
+    "distillation",
+    "DistillationSchedule",
+    "Distiller",
     "distribute",
     "evaluate_tflite",
     "export",

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfopt import _checks, _keras, _selection, pruning
+from tfopt import _checks, _keras, _selection, distillation, pruning
 from tfopt._keras import keras
 
 __all__ = ["QUANTIZATIONS", "evaluate_tflite", "export_saved_model",
@@ -76,6 +76,9 @@ def _write_atomically(path, data, overwrite):
 
 
 def _deployable(model):
+    """The model to ship: a Distiller's student, without pruning wrappers."""
+    if isinstance(model, distillation.Distiller):
+        model = model.student
     return pruning.strip(model) if pruning.wrappers(model) else model
 
 

@@ -11,6 +11,10 @@ from tfopt import _checks
 from tfopt._keras import keras
 
 layers = keras.layers
+# Keras's default 0.99 needs thousands of steps before the moving statistics
+# (used at inference) match the data; the small bundled data sets give
+# hundreds, so a model would evaluate at chance after a few epochs.
+_BN_MOMENTUM = 0.9
 
 
 def _inputs(input_shape):
@@ -35,7 +39,7 @@ def _conv_bn_relu(x, filters, name):
     # The convolution's bias is redundant before BatchNormalization.
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
                       name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=_BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -73,14 +77,15 @@ def _residual_block(x, filters, stride, name):
     shortcut = x
     y = layers.DepthwiseConv2D(3, strides=stride, padding="same",
                                use_bias=False, name=f"{name}_dw")(x)
-    y = layers.BatchNormalization(name=f"{name}_dw_bn")(y)
+    y = layers.BatchNormalization(momentum=_BN_MOMENTUM, name=f"{name}_dw_bn")(y)
     y = layers.ReLU(name=f"{name}_dw_relu")(y)
     y = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(y)
-    y = layers.BatchNormalization(name=f"{name}_pw_bn")(y)
+    y = layers.BatchNormalization(momentum=_BN_MOMENTUM, name=f"{name}_pw_bn")(y)
     if stride != 1 or x.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False,
                                  name=f"{name}_proj")(x)
-        shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+        shortcut = layers.BatchNormalization(momentum=_BN_MOMENTUM,
+                                             name=f"{name}_proj_bn")(shortcut)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.ReLU(name=f"{name}_out")(y)
 

@@ -49,14 +49,15 @@ class PruneLowMagnitude(_tfmot.PruneLowMagnitudeBase):
 
 
 def wrappers(model):
-    """Every pruning wrapper in `model`, nested models included."""
-    found = []
+    """Every pruning wrapper in `model`, nested models included, once each
+    (a Distiller holds its student's layers twice)."""
+    found = {}
     for layer in model.layers:
         if isinstance(layer, _tfmot.PruneLowMagnitudeBase):
-            found.append(layer)
+            found[id(layer)] = layer
         elif isinstance(layer, keras.Model):
-            found += wrappers(layer)
-    return found
+            found.update((id(w), w) for w in wrappers(layer))
+    return list(found.values())
 
 
 def require_callback(model):

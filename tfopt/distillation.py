@@ -1,0 +1,397 @@
+"""Teacher–student distillation that stays right under every strategy.
+
+`Distiller` is a tf_keras `Model` whose `train_step` runs the teacher in
+inference mode outside the gradient tape, the student once in training mode,
+and reduces every per-example loss by the global batch size (and the
+student's regularization losses by the replica count), so the same global
+batch gives the same student on one replica or many. `evaluate`, `predict`,
+`save` and the `tfopt.export_*` functions see the student alone.
+"""
+
+import tensorflow as tf
+
+from tfopt import _checks, _keras, pruning
+from tfopt._keras import keras
+
+__all__ = ["DISTILLATION_LOSSES", "DistillationSchedule", "Distiller"]
+
+
+def _kl(teacher, student, temperature):
+    soft_teacher = tf.nn.softmax(teacher / temperature)
+    log_student = tf.nn.log_softmax(student / temperature)
+    log_teacher = tf.nn.log_softmax(teacher / temperature)
+    return tf.reduce_sum(soft_teacher * (log_teacher - log_student), axis=-1)
+
+
+def _mse(teacher, student, temperature):
+    del temperature  # logit matching needs no softening
+    return tf.reduce_mean(tf.square(teacher - student), axis=-1)
+
+
+# Per-example soft losses: KL(softmax(t/T) || softmax(s/T)), or MSE on logits.
+DISTILLATION_LOSSES = {"kl": _kl, "mse": _mse}
+
+
+def _check_temperature(value, arg="temperature"):
+    _checks.check_real(value, arg)
+    if not value > 0:
+        raise ValueError(f"`{arg}` must be > 0. Received: {arg}={value!r}")
+
+
+def _check_alpha(value, arg="alpha"):
+    _checks.check_real(value, arg)
+    if not 0 <= value <= 1:
+        raise ValueError(f"`{arg}` must be in [0, 1]. Received: {arg}={value!r}")
+
+
+def _find_layer(model, name, role):
+    layers = [layer for layer in model.layers
+              if name in (layer.name, getattr(getattr(layer, "layer", None),
+                                              "name", None))]
+    if not layers:
+        raise ValueError(
+            f"`features` names {name!r}, which is not a layer of the {role}. Its "
+            f"layers: {[layer.name for layer in model.layers]}. "
+            f"Received: {role} layer={name!r}")
+    return layers[0]
+
+
+def _per_example(loss):
+    """A per-example version of the compiled hard-label `loss`."""
+    loss = keras.losses.get(loss)
+    if isinstance(loss, keras.losses.Loss):
+        config = {**loss.get_config(), "reduction": "none"}
+        return loss.__class__.from_config(config)
+    return loss
+
+
+def _check_features(features, student, teacher):
+    if features is None:
+        return []
+    if not isinstance(features, (list, tuple)) or not all(
+        isinstance(f, (list, tuple)) and len(f) == 3 and isinstance(f[0], str)
+        and isinstance(f[1], str) and _checks.is_real(f[2]) and f[2] >= 0
+        for f in features
+    ):
+        raise TypeError(
+            "`features` must be a list of (teacher_layer, student_layer, weight) "
+            "tuples with a weight >= 0, or None. "
+            f"Received: features={features!r}")
+    taps = []
+    for teacher_name, student_name, weight in features:
+        t_layer = _find_layer(teacher, teacher_name, "teacher")
+        s_layer = _find_layer(student, student_name, "student")
+        taps.append((t_layer, s_layer, float(weight)))
+    return taps
+
+
+def _projection(student_shape, teacher_shape, names):
+    """A learned map from the student's feature to the teacher's, or None."""
+    if student_shape == teacher_shape:
+        return None
+    if len(student_shape) == len(teacher_shape) == 1:
+        projection = keras.layers.Dense(teacher_shape[-1], use_bias=False)
+    elif len(student_shape) == len(teacher_shape) == 3 and (
+        student_shape[:2] == teacher_shape[:2]
+    ):
+        projection = keras.layers.Conv2D(teacher_shape[-1], 1, use_bias=False)
+    else:
+        raise ValueError(
+            f"`features` pairs teacher layer {names[0]!r} {teacher_shape} with "
+            f"student layer {names[1]!r} {student_shape}: only the channel "
+            "count may differ (a 1x1 convolution or Dense maps it). "
+            f"Received: features pair={names!r}")
+    projection.build((None, *student_shape))
+    return projection
+
+
+@keras.utils.register_keras_serializable(package="tfopt")
+class Distiller(keras.Model):
+    """Trains `student` to match `teacher` and the labels.
+
+    Loss = `alpha * hard + (1 - alpha) * T^2 * soft` (+ the weighted feature
+    losses and the student's regularization losses), where `hard` is the
+    compiled loss on the labels and `soft` the `distillation_loss` between
+    teacher and student logits at temperature T. Every per-example term is
+    averaged over the global batch, so results do not depend on the number
+    of replicas. The teacher runs with `training=False` outside the gradient
+    tape and is set non-trainable; the student runs once with
+    `training=True`, so a pruned student's step advances once per batch.
+
+    Args:
+        student: The tf_keras model to train (plain, pruned or QAT).
+        teacher: A built tf_keras model with the same output shape.
+        temperature: Softening temperature T, > 0. Defaults to `4.0`.
+        alpha: Weight of the hard-label loss, in [0, 1]. Defaults to `0.1`.
+        distillation_loss: One of `DISTILLATION_LOSSES`: `kl` or `mse`.
+            Defaults to `kl`.
+        features: `(teacher_layer, student_layer, weight)` tuples adding
+            `weight * MSE` between those layers' outputs; a learned 1x1
+            convolution (or Dense) maps the student's channels to the
+            teacher's when they differ. It is not part of the student.
+            Defaults to `None`.
+        cache_teacher: Remember the teacher's logits per input (by a 64-bit
+            fingerprint of the example) and reuse them in later epochs. Valid
+            when the inputs are the same every epoch (no random augmentation);
+            not with `features`. Defaults to `False`.
+        name: The model name. Defaults to `distiller`.
+
+    Raises:
+        TypeError, ValueError: For a bad argument, named with its value.
+
+    Example:
+
+    >>> import tfopt
+    >>> from tfopt import keras
+    >>> train, val, test, info = tfopt.data.load("digits", batch_size=64)
+    >>> teacher = tfopt.models.build("teacher_cnn", info.input_shape, 10)
+    >>> student = tfopt.models.build("student_cnn", info.input_shape, 10)
+    >>> distiller = tfopt.Distiller(student, teacher, temperature=4.0, alpha=0.1)
+    >>> distiller.compile(optimizer="adam", metrics=["accuracy"],
+    ...     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> sorted(distiller.fit(train, epochs=1, verbose=0).history)
+    ['accuracy', 'distillation_loss', 'loss', 'student_loss']
+    """
+
+    def __init__(self, student, teacher, *, temperature=4.0, alpha=0.1,
+                 distillation_loss="kl", features=None, cache_teacher=False,
+                 name="distiller"):
+        _keras.check_model(student, "student")
+        _keras.check_model(teacher, "teacher")
+        for arg, model in (("teacher", teacher), ("student", student)):
+            if not model.built:
+                raise ValueError(
+                    f"`{arg}` must be a built model (give it an input shape). "
+                    f"Received: {arg}={model!r}")
+        if tuple(student.output_shape) != tuple(teacher.output_shape):
+            raise ValueError(
+                "`student` and `teacher` must produce the same output shape. "
+                f"Received: student output {student.output_shape}, teacher "
+                f"output {teacher.output_shape}")
+        _check_temperature(temperature)
+        _check_alpha(alpha)
+        _checks.check_choice(distillation_loss, "distillation_loss",
+                             DISTILLATION_LOSSES)
+        taps = _check_features(features, student, teacher)
+        _checks.check_bool(cache_teacher, "cache_teacher")
+        if cache_teacher and taps:
+            raise ValueError(
+                "`cache_teacher` caches logits only; teacher feature maps are "
+                "recomputed. Use one or the other. Received: cache_teacher=True, "
+                f"features={features!r}")
+        super().__init__(name=name)
+        self.student = student
+        self.teacher = teacher
+        teacher.trainable = False
+        self.distillation_loss = distillation_loss
+        self.features = [tuple(f) for f in features or ()]
+        self.cache_teacher = cache_teacher
+        constant = keras.initializers.Constant
+        self.temperature = self.add_weight(
+            "temperature", shape=(), trainable=False, initializer=constant(temperature))
+        self.alpha = self.add_weight(
+            "alpha", shape=(), trainable=False, initializer=constant(alpha))
+        self._taps = None
+        self.projections = []
+        if taps:
+            # Multi-output views sharing the models' layers: one call gives
+            # the logits and the tapped features.
+            self._taps = tuple(
+                keras.Model(model.inputs,
+                            [model.output] + [pair[i].output for pair in taps])
+                for i, model in enumerate((teacher, student)))
+            self.projections = [
+                _projection(tuple(s.output.shape[1:]), tuple(t.output.shape[1:]),
+                            (t.name, s.name)) for t, s, _ in taps]
+        self._feature_weights = [w for _, _, w in taps]
+        self._cache = None
+        if cache_teacher:
+            width = teacher.output_shape[-1]
+            self._cache = tf.lookup.experimental.MutableHashTable(
+                tf.int64, tf.float32, default_value=tf.fill([width], float("nan")))
+        self._trackers = [keras.metrics.Mean(n) for n in
+                          ("loss", "student_loss", "distillation_loss")]
+        self._hard_loss = None
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        """Compiles with the student's hard-label `loss` and `metrics`.
+
+        Other keyword arguments go to `keras.Model.compile`.
+        """
+        if loss is None:
+            raise ValueError(
+                "`loss` must be the student's hard-label loss, e.g. "
+                "keras.losses.SparseCategoricalCrossentropy(from_logits=True). "
+                "Received: loss=None")
+        self._hard_loss = _per_example(loss)
+        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+
+    @property
+    def metrics(self):
+        # Keras resets these each epoch; the trackers are also sub-layers, so
+        # super() lists them too.
+        ids = {id(m) for m in self._trackers}
+        return self._trackers + [m for m in super().metrics if id(m) not in ids]
+
+    def call(self, inputs, training=None):
+        return self.student(inputs, training=training)
+
+    def _teacher_outputs(self, x):
+        if self._taps is not None:
+            return [tf.stop_gradient(o) for o in self._taps[0](x, training=False)]
+        if self._cache is None:
+            return [tf.stop_gradient(self.teacher(x, training=False))]
+        flat = tf.reshape(x, [tf.shape(x)[0], -1])
+        keys = tf.bitcast(tf.fingerprint(flat), tf.int64)
+        cached = self._cache.lookup(keys)
+
+        def compute():
+            logits = tf.cast(self.teacher(x, training=False), tf.float32)
+            with tf.control_dependencies([self._cache.insert(keys, logits)]):
+                return tf.identity(logits)
+
+        hit = tf.reduce_all(tf.math.is_finite(cached))
+        return [tf.stop_gradient(tf.cond(hit, lambda: cached, compute))]
+
+    def _student_outputs(self, x, training):
+        if self._taps is not None:
+            return list(self._taps[1](x, training=training))
+        return [self.student(x, training=training)]
+
+    def _per_example_losses(self, y, student_out, teacher_out):
+        t = self.temperature
+        student_logits = tf.cast(student_out[0], tf.float32)
+        teacher_logits = tf.cast(teacher_out[0], tf.float32)
+        hard = self._hard_loss(y, student_logits)
+        soft = DISTILLATION_LOSSES[self.distillation_loss](
+            teacher_logits, student_logits, t)
+        total = self.alpha * hard + (1.0 - self.alpha) * t * t * soft
+        for s_feat, t_feat, projection, weight in zip(
+            student_out[1:], teacher_out[1:], self.projections,
+            self._feature_weights, strict=True
+        ):
+            if projection is not None:
+                s_feat = projection(s_feat)
+            error = tf.square(tf.cast(s_feat, tf.float32) - tf.cast(t_feat, tf.float32))
+            total += weight * tf.reduce_mean(
+                tf.reshape(error, [tf.shape(error)[0], -1]), axis=-1)
+        return total, hard, soft
+
+    def _student_variables(self):
+        return self.student.trainable_variables + [
+            v for p in self.projections if p is not None for v in p.trainable_variables]
+
+    def train_step(self, data):
+        pruning.require_callback(self.student)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        teacher_out = self._teacher_outputs(x)
+        with tf.GradientTape() as tape:
+            student_out = self._student_outputs(x, training=True)
+            total, hard, soft = self._per_example_losses(y, student_out, teacher_out)
+            # Sum over the local batch / global batch: on N replicas the
+            # summed gradients equal the single-replica ones.
+            loss = tf.nn.compute_average_loss(total, sample_weight=sample_weight)
+            regularization = (tf.add_n(self.student.losses)
+                              if self.student.losses else tf.constant(0.0))
+            loss += tf.nn.scale_regularization_loss(regularization)
+        self.optimizer.minimize(loss, self._student_variables(), tape=tape)
+        for tracker, value in zip(self._trackers,
+                                  (total + regularization, hard, soft), strict=True):
+            tracker.update_state(value, sample_weight=sample_weight)
+        self.compiled_metrics.update_state(y, student_out[0], sample_weight)
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        logits = self.student(x, training=False)
+        hard = self._hard_loss(y, tf.cast(logits, tf.float32))
+        for tracker in self._trackers[:2]:
+            tracker.update_state(hard, sample_weight=sample_weight)
+        self.compiled_metrics.update_state(y, logits, sample_weight)
+        return {m.name: m.result() for m in self.metrics
+                if m.name != "distillation_loss"}
+
+    def save(self, filepath, *args, **kwargs):
+        """Saves the student alone (what is deployed); see `keras.Model.save`.
+
+        `ModelCheckpoint` goes through here too. `save_weights` and
+        `BackupAndRestore` still checkpoint the whole Distiller for resuming.
+        """
+        return self.student.save(filepath, *args, **kwargs)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "student": keras.layers.serialize(self.student),
+            "teacher": keras.layers.serialize(self.teacher),
+            "temperature": float(self.temperature.numpy()),
+            "alpha": float(self.alpha.numpy()),
+            "distillation_loss": self.distillation_loss,
+            "features": [list(f) for f in self.features] or None,
+            "cache_teacher": self.cache_teacher,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        student = keras.layers.deserialize(config.pop("student"), custom_objects)
+        teacher = keras.layers.deserialize(config.pop("teacher"), custom_objects)
+        return cls(student, teacher, **config)
+
+
+class DistillationSchedule(keras.callbacks.Callback):
+    """Sets a Distiller's temperature and/or alpha at the start of each epoch.
+
+    The values live in variables, so changing them does not retrace the
+    training step. They are added to the epoch logs (`History`).
+
+    Args:
+        temperature: A callable `epoch -> T`, or a list (its last value holds
+            after it runs out). Defaults to `None` (unchanged).
+        alpha: The same for alpha. Defaults to `None` (unchanged).
+
+    Raises:
+        TypeError: For a value that is neither None, a callable nor a list.
+        ValueError: For an out-of-range value (at the epoch it is used).
+
+    Example:
+
+    >>> import tfopt
+    >>> schedule = tfopt.DistillationSchedule(temperature=[8.0, 4.0, 2.0],
+    ...                                       alpha=lambda epoch: 0.1 * epoch)
+    """
+
+    def __init__(self, temperature=None, alpha=None):
+        super().__init__()
+        for arg, spec, check in (("temperature", temperature, _check_temperature),
+                                 ("alpha", alpha, _check_alpha)):
+            if spec is None or callable(spec):
+                continue
+            if not isinstance(spec, (list, tuple)) or not spec:
+                raise TypeError(
+                    f"`{arg}` must be a callable epoch -> value, a non-empty list, "
+                    f"or None. Received: {arg}={spec!r}")
+            for value in spec:
+                check(value, arg)
+        self.temperature = temperature
+        self.alpha = alpha
+
+    def on_train_begin(self, logs=None):
+        if not isinstance(self.model, Distiller):
+            raise TypeError(
+                "DistillationSchedule must be used in Distiller.fit. "
+                f"Received: model={type(self.model).__name__}")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for arg, spec, check in (("temperature", self.temperature, _check_temperature),
+                                 ("alpha", self.alpha, _check_alpha)):
+            if spec is None:
+                continue
+            value = spec(epoch) if callable(spec) else spec[min(epoch, len(spec) - 1)]
+            check(value, f"{arg} at epoch {epoch}")
+            getattr(self.model, arg).assign(float(value))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["temperature"] = float(self.model.temperature.numpy())
+            logs["alpha"] = float(self.model.alpha.numpy())
