@@ -253,7 +253,8 @@ def test_config_round_trips(digits, digits_teacher):
          r"^`temperature` must be > 0. Received: temperature=0$"),
         ({"temperature": "4"}, TypeError,
          r"^`temperature` must be a float. Received: temperature='4'$"),
-        ({"alpha": 1.5}, ValueError, r"^`alpha` must be in \[0, 1\]. Received: alpha=1.5$"),
+        ({"alpha": 1.5}, ValueError,
+         r"^`alpha` must be in \[0, 1\]. Received: alpha=1.5$"),
         ({"distillation_loss": "js"}, ValueError,
          r"^`distillation_loss` must be one of \['kl', 'mse'\]. "
          r"Received: distillation_loss='js'$"),
