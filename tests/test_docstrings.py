@@ -8,7 +8,7 @@ import pytest
 MODULES = ["tfopt._keras", "tfopt._sparsity", "tfopt.data", "tfopt.devices",
            "tfopt.distillation",
            "tfopt.distribute", "tfopt.export", "tfopt.models", "tfopt.pruning",
-           "tfopt.quantization"]
+           "tfopt.quantization", "tfopt.report"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -19,15 +19,16 @@ from absl import logging
 from tfopt import _checks, _cluster
 from tfopt._cluster import run_server, tf_config
 
-__all__ = ["NAMES", "get_strategy", "global_batch_size", "resolve_name",
-           "run_server", "scale_learning_rate", "tf_config"]
+__all__ = ["ALL_REDUCE", "COMMUNICATION", "NAMES", "get_strategy",
+           "global_batch_size", "resolve_name", "run_server",
+           "scale_learning_rate", "tf_config"]
 
-_ALL_REDUCE = {
+ALL_REDUCE = {
     "nccl": tf.distribute.NcclAllReduce,
     "hierarchical_copy": tf.distribute.HierarchicalCopyAllReduce,
     "reduction_to_one": tf.distribute.ReductionToOneDevice,
 }
-_COMMUNICATION = {
+COMMUNICATION = {
     "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
     "ring": tf.distribute.experimental.CommunicationImplementation.RING,
     "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
@@ -114,7 +115,7 @@ def _mirrored(*, num_gpus, devices, all_reduce, **_):
             "`all_reduce` must not be 'nccl' without GPUs: NCCL only reduces "
             f"across GPUs. Received: all_reduce='nccl', devices={devices!r}"
         )
-    ops = _ALL_REDUCE[all_reduce]() if all_reduce else None
+    ops = ALL_REDUCE[all_reduce]() if all_reduce else None
     return tf.distribute.MirroredStrategy(devices, cross_device_ops=ops)
 
 
@@ -131,7 +132,7 @@ def _multi_worker(*, communication, **_):
             auto_set_gpu=False,
         )
     options = tf.distribute.experimental.CommunicationOptions(
-        implementation=_COMMUNICATION[communication or "auto"]
+        implementation=COMMUNICATION[communication or "auto"]
     )
     return tf.distribute.MultiWorkerMirroredStrategy(
         cluster_resolver=resolver, communication_options=options
@@ -215,8 +216,8 @@ def _validate(name, tpu, num_gpus, devices, all_reduce, communication):
                 "`devices` must name exactly one device for 'one_device'. "
                 f"Received: devices={devices!r}"
             )
-    _checks.check_choice(all_reduce, "all_reduce", _ALL_REDUCE, optional=True)
-    _checks.check_choice(communication, "communication", _COMMUNICATION,
+    _checks.check_choice(all_reduce, "all_reduce", ALL_REDUCE, optional=True)
+    _checks.check_choice(communication, "communication", COMMUNICATION,
                          optional=True)
     given = {"tpu": tpu, "num_gpus": num_gpus, "devices": devices,
              "all_reduce": all_reduce, "communication": communication}

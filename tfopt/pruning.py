@@ -12,9 +12,8 @@ counts zeros.
 import warnings
 
 import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
 
-from tfopt import _checks, _keras, _schedule, _selection, _tfmot
+from tfopt import _checks, _keras, _schedule, _selection, _summary, _tfmot
 from tfopt._keras import keras
 from tfopt._schedule import KINDS, PruningSchedule
 from tfopt._sparsity import SparsityReport, check_m_by_n, sparsity_report
@@ -23,9 +22,6 @@ __all__ = ["PrunedModel", "PruneLowMagnitude", "PruningCallback",
            "PruningSchedule", "SparsityReport", "apply_masks", "prune",
            "sparsity_report", "strip", "wrappers"]
 
-_SCALAR_METADATA = summary_pb2.SummaryMetadata(
-    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
-).SerializeToString()
 MISSING_CALLBACK = (
     "This model was pruned with tfopt.prune and is training without "
     "tfopt.PruningCallback(), which advances the pruning schedule and "
@@ -374,13 +370,7 @@ class PruningCallback(keras.callbacks.Callback):
             for weight, mask, _ in wrapper.pruning_vars:
                 values[f"pruning/{weight.name.split(':')[0]}"] = (
                     1.0 - tf.reduce_mean(tf.cast(mask, tf.float32)))
-        with self._writer.as_default(step=step):
-            for tag, value in values.items():
-                # tf.summary.write with the scalars plugin's metadata is what
-                # tf.summary.scalar writes, without needing TensorBoard here.
-                tf.summary.write(tag, tf.cast(value, tf.float32),
-                                 metadata=_SCALAR_METADATA)
-        self._writer.flush()
+        _summary.write_scalars(self._writer, step, values)
 
     def on_train_batch_end(self, batch, logs=None):
         if (self._writer is not None and self.update_freq != "epoch"

@@ -1,0 +1,168 @@
+"""scripts/train.py end to end, in-process (absl flagsaver) on digits, plus
+kill-and-resume and flag errors in real subprocesses."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from absl import flags
+from absl.testing import flagsaver
+
+from scripts import train
+from tests.cluster import ROOT
+
+FLAGS = flags.FLAGS
+QUICK = {"dataset": "digits", "epochs": 2, "batch_size": 32, "teacher_epochs": 3,
+         "learning_rate": 5e-3, "alpha": 0.5, "deterministic": False}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def parsed_flags():
+    if not FLAGS.is_parsed():
+        FLAGS(["train.py"])
+
+
+def _train(model_dir, **overrides):
+    with flagsaver.flagsaver(model_dir=str(model_dir), **{**QUICK, **overrides}):
+        train.main(["train.py"])
+    with open(os.path.join(model_dir, "report.json")) as file:
+        return {row["artifact"]: row for row in json.load(file)["rows"]}
+
+
+def _files_written(model_dir):
+    for name in ("report.json", "report.md", "report.png", "config.json"):
+        assert os.path.getsize(os.path.join(model_dir, name)) > 0, name
+    assert os.listdir(os.path.join(model_dir, "logs"))
+    assert os.listdir(os.path.join(model_dir, "checkpoints"))
+
+
+def test_pruning_only(tmp_path):
+    rows = _train(tmp_path, prune=True, target_sparsity=0.7)
+    _files_written(tmp_path)
+    assert list(rows) == ["baseline", "pruned", "tflite", "tflite_int8"]
+    assert rows["pruned"]["sparsity"] == pytest.approx(0.7, abs=0.01)
+    assert rows["pruned"]["nonzero_params"] < 0.4 * rows["pruned"]["params"]
+    assert rows["baseline"]["accuracy"] > 0.8
+    assert abs(rows["tflite_int8"]["accuracy"] - rows["pruned"]["accuracy"]) <= 0.02
+    assert rows["tflite_int8"]["gzip_ratio"] > 3
+
+
+def test_qat_only(tmp_path):
+    rows = _train(tmp_path, qat=True, export=["tflite_int8", "saved_model"])
+    assert list(rows) == ["baseline", "qat", "tflite_int8", "saved_model"]
+    assert abs(rows["tflite_int8"]["accuracy"] - rows["qat"]["accuracy"]) <= 0.02
+    assert rows["saved_model"]["accuracy"] == pytest.approx(rows["qat"]["accuracy"])
+    assert rows["tflite_int8"]["size_bytes"] < rows["baseline"]["size_bytes"]
+
+
+def test_distillation_only(tmp_path):
+    rows = _train(tmp_path, teacher="train", export=["tflite_float16"])
+    assert list(rows) == ["baseline", "distilled", "tflite_float16"]
+    assert rows["baseline"]["params"] > 8 * rows["distilled"]["params"]
+    assert rows["distilled"]["accuracy"] > 0.5
+    assert abs(rows["tflite_float16"]["accuracy"] - rows["distilled"]["accuracy"]) <= 0.02
+
+
+def test_all_combined_under_mirrored(tmp_path):
+    rows = _train(tmp_path, teacher="train", prune=True, qat=True,
+                  strategy="mirrored", epochs=3)
+    assert list(rows) == ["baseline", "distilled+pruned", "qat", "tflite",
+                          "tflite_int8"]
+    assert rows["distilled+pruned"]["sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert rows["qat"]["sparsity"] == pytest.approx(0.8, abs=0.01)  # PQAT
+    assert abs(rows["tflite_int8"]["accuracy"] - rows["qat"]["accuracy"]) <= 0.02
+    table = (tmp_path / "report.md").read_text()
+    assert "| distilled+pruned |" in table and "gzip ratio" in table
+    # Re-running the finished command redoes nothing and reports the same.
+    start = time.monotonic()
+    again = _train(tmp_path, teacher="train", prune=True, qat=True,
+                   strategy="mirrored", epochs=3)
+    assert again["qat"]["accuracy"] == rows["qat"]["accuracy"]
+    assert time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"strategy": "tpu"}, r"^error: --strategy=tpu needs --tpu"),
+        ({"teacher": "/no/such/teacher.keras"},
+         r"^error: --teacher=/no/such/teacher.keras does not exist"),
+        ({"strategy": "mirrored", "batch_size": 33, "prune": True},
+         r"^error: --batch_size=33 must divide evenly over the 2 replicas"),
+    ],
+)
+def test_bad_settings_exit_before_training(tmp_path, overrides, message):
+    with pytest.raises(SystemExit, match=message):
+        _train(tmp_path / "run", **overrides)
+    assert not (tmp_path / "run" / "checkpoints").exists() or not os.listdir(
+        tmp_path / "run" / "checkpoints")
+
+
+def test_model_dir_guards(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("mine")
+    with pytest.raises(SystemExit, match=r"^error: --model_dir=.*file is a file"):
+        _train(a_file, prune=True)
+    assert a_file.read_text() == "mine"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"other": "run"}))
+    with pytest.raises(SystemExit, match=(
+        r"^error: --model_dir=.*run holds a run with other flags; use a new "
+        r"directory, or --overwrite to replace it.$"
+    )):
+        _train(run_dir, prune=True)
+    assert json.loads((run_dir / "config.json").read_text()) == {"other": "run"}
+
+
+def _script(*args, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.Popen([sys.executable, "scripts/train.py", *args], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--strategy=mirror", "value should be one of <auto|default|one_device|"
+                              "mirrored|multi_worker|tpu|parameter_server>"),
+        ("--export=onnx", "--export takes a comma list of saved_model, tflite, "
+                          "tflite_int8, tflite_float16"),
+    ],
+)
+def test_unknown_flag_values_list_the_valid_ones(tmp_path, flag, message):
+    proc = _script(f"--model_dir={tmp_path}", flag)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert message in out
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_report(tmp_path):
+    args = ["--dataset=digits", "--prune", "--epochs=3", "--batch_size=32",
+            "--export=tflite_int8", "--target_sparsity=0.6"]
+    whole = _script(f"--model_dir={tmp_path / 'whole'}", *args)
+    victim = _script(f"--model_dir={tmp_path / 'resumed'}", *args)
+    index = tmp_path / "resumed" / "checkpoints" / "pruned" / "checkpoint"
+    deadline = time.monotonic() + 300
+    while not index.exists() and victim.poll() is None:
+        assert time.monotonic() < deadline, "no pruned-stage checkpoint appeared"
+        time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "resumed" / "report.json").exists()
+    resumed = _script(f"--model_dir={tmp_path / 'resumed'}", *args)
+    outputs = [p.communicate(timeout=300)[0] for p in (whole, resumed)]
+    assert [whole.returncode, resumed.returncode] == [0, 0], outputs
+    assert "stage baseline: finished earlier" in outputs[1]
+    assert "stage pruned: resuming after epoch" in outputs[1]
+    reports = [json.loads((tmp_path / d / "report.json").read_text())["rows"]
+               for d in ("whole", "resumed")]
+    for a, b in zip(*reports, strict=True):
+        for key in ("accuracy", "params", "nonzero_params"):
+            assert a[key] == b[key], (a["artifact"], key)

@@ -1,0 +1,132 @@
+"""The report of a compress run: one row per artifact (accuracy on the test
+split, parameters, non-zero parameters, file and gzipped size, TFLite latency
+per example), as `report.json`, `report.md` and `report.png`."""
+
+import gzip
+import json
+import os
+
+import numpy as np
+
+from tfopt import _sparsity, export
+from tfopt._keras import keras
+
+__all__ = ["file_row", "keras_row", "markdown", "write"]
+
+COLUMNS = ("artifact", "accuracy", "accuracy_delta", "params", "nonzero_params",
+           "size_bytes", "gzip_bytes", "gzip_ratio", "latency_ms_per_example")
+
+
+def _sizes(path):
+    files = [path] if os.path.isfile(path) else [
+        os.path.join(root, name) for root, _, names in os.walk(path) for name in names]
+    size = sum(os.path.getsize(f) for f in files)
+    packed = 0
+    for name in files:
+        with open(name, "rb") as file:
+            packed += len(gzip.compress(file.read(), compresslevel=9))
+    return size, packed
+
+
+# Variables that are bookkeeping rather than parameters: BatchNorm statistics,
+# quantizer ranges and steps, pruning masks and thresholds.
+_NOT_PARAMETERS = ("moving_mean", "moving_variance", "_min", "_max", "step",
+                   "mask", "threshold")
+
+
+def _counts(model):
+    # By name, not `trainable_weights`: a Distiller freezes its teacher.
+    weights = [w.numpy() for w in model.weights
+               if not w.name.split(":")[0].endswith(_NOT_PARAMETERS)]
+    return (int(sum(w.size for w in weights)),
+            int(sum(np.count_nonzero(w) for w in weights)))
+
+
+def _accuracy(run, model):
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model.evaluate(run.splits.test, verbose=0, return_dict=True)["accuracy"]
+
+
+def _row(name, accuracy, counts, sizes, reference, latency=None):
+    row = {"artifact": name, "accuracy": float(accuracy),
+           "params": counts[0], "nonzero_params": counts[1],
+           "size_bytes": sizes[0], "gzip_bytes": sizes[1],
+           "latency_ms_per_example": latency}
+    row["accuracy_delta"] = 0.0 if reference is None else (
+        row["accuracy"] - reference["accuracy"])
+    row["gzip_ratio"] = 1.0 if reference is None else (
+        reference["gzip_bytes"] / row["gzip_bytes"])
+    return row
+
+
+def keras_row(run, name, model, reference):
+    """Evaluates a Keras artifact, saved to `export/{name}.keras` to be sized."""
+    path = run.path("export", f"{name.replace('+', '_')}.keras")
+    model.save(path)
+    row = _row(name, _accuracy(run, model), _counts(model), _sizes(path), reference)
+    row["sparsity"] = _sparsity.sparsity_report(model).sparsity
+    return row
+
+
+def file_row(run, name, path, source, reference):
+    """Evaluates an export of `source`: a TFLite file, or a SavedModel
+    directory (loaded back and evaluated as Keras)."""
+    if name == "saved_model":
+        loaded = export.load_model(path, compile=False)
+        return _row(name, _accuracy(run, loaded), _counts(loaded), _sizes(path),
+                    reference)
+    result = export.evaluate_tflite(path, run.splits.test)
+    latency = result.mean_batch_latency_ms / run.config.batch_size
+    return _row(name, result.accuracy, _counts(source), _sizes(path), reference,
+                latency)
+
+
+def markdown(rows):
+    """The rows as a markdown table."""
+    header = ("artifact", "accuracy", "Δ accuracy", "params", "non-zero",
+              "size", "gzipped", "gzip ratio", "latency/example")
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for r in rows:
+        latency = r["latency_ms_per_example"]
+        lines.append("| " + " | ".join([
+            r["artifact"], f"{r['accuracy']:.4f}", f"{r['accuracy_delta']:+.4f}",
+            f"{r['params']:,}", f"{r['nonzero_params']:,}", f"{r['size_bytes']:,} B",
+            f"{r['gzip_bytes']:,} B", f"{r['gzip_ratio']:.2f}x",
+            "-" if latency is None else f"{latency * 1000:.1f} µs"]) + " |")
+    return "\n".join(lines)
+
+
+def _plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and in CI
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(7, 4.5))
+    for r in rows:
+        axes.scatter(r["gzip_bytes"], 100 * r["accuracy"])
+        axes.annotate(r["artifact"], (r["gzip_bytes"], 100 * r["accuracy"]),
+                      textcoords="offset points", xytext=(5, 5), fontsize=8)
+    axes.set_xscale("log")
+    axes.set_xlabel("gzipped size (bytes, log scale)")
+    axes.set_ylabel("test accuracy (%)")
+    axes.set_title("Accuracy against size")
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)
+
+
+def write(run, rows):
+    """Writes report.json (rows and settings), report.md and report.png."""
+    with open(run.path("report.json"), "w") as file:
+        json.dump({"settings": run.config.settings(), "dataset": run.info._asdict(),
+                   "rows": rows}, file, indent=2)
+    table = markdown(rows)
+    with open(run.path("report.md"), "w") as file:
+        file.write(f"# tfopt report: {run.config.model} on {run.info.name}\n\n")
+        file.write(table + "\n")
+    _plot(rows, run.path("report.png"))
+    return table
