@@ -23,7 +23,7 @@ test: lint
 	$(BIN)/python -m pytest
 
 demo: $(VENV)/.installed-data
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/python scripts/train.py --flagfile=scripts/demo.flags
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -168,7 +169,11 @@ def export_tflite(model, path, *, quantization=None, representative_data=None,
     if int8_io:
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    data = converter.convert()
+    with warnings.catch_warnings():
+        # The converter asks for input statistics that a QAT model does not
+        # need (its ranges are learned); the file is right without them.
+        warnings.filterwarnings("ignore", "Statistics for quantized inputs")
+        data = converter.convert()
     _write_atomically(path, data, overwrite)
     return Exported(path, len(data))
 

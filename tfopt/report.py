@@ -5,6 +5,7 @@ per example), as `report.json`, `report.md` and `report.png`."""
 import gzip
 import json
 import os
+import warnings
 
 import numpy as np
 
@@ -61,9 +62,13 @@ def _row(name, accuracy, counts, sizes, reference, latency=None):
 
 
 def keras_row(run, name, model, reference):
-    """Evaluates a Keras artifact, saved to `export/{name}.keras` to be sized."""
-    path = run.path("export", f"{name.replace('+', '_')}.keras")
-    model.save(path)
+    """Evaluates a Keras artifact, saved to `export/{name}.h5` to be sized."""
+    # .h5 without the optimizer: the deployable size, measured the way TFMOT's
+    # published pruning results are.
+    path = run.path("export", f"{name.replace('+', '_')}.h5")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "You are saving your model as an HDF5")
+        model.save(path, include_optimizer=False)
     row = _row(name, _accuracy(run, model), _counts(model), _sizes(path), reference)
     row["sparsity"] = _sparsity.sparsity_report(model).sparsity
     return row
@@ -105,10 +110,12 @@ def _plot(rows, path):
     from matplotlib import pyplot
 
     figure, axes = pyplot.subplots(figsize=(7, 4.5))
-    for r in rows:
+    for index, r in enumerate(rows):
         axes.scatter(r["gzip_bytes"], 100 * r["accuracy"])
+        # Alternate label sides: neighbouring artifacts often share accuracy.
         axes.annotate(r["artifact"], (r["gzip_bytes"], 100 * r["accuracy"]),
-                      textcoords="offset points", xytext=(5, 5), fontsize=8)
+                      textcoords="offset points", fontsize=8,
+                      xytext=(5, 6 if index % 2 else -12))
     axes.set_xscale("log")
     axes.set_xlabel("gzipped size (bytes, log scale)")
     axes.set_ylabel("test accuracy (%)")
