@@ -64,7 +64,8 @@ def test_distillation_only(tmp_path):
     assert list(rows) == ["baseline", "distilled", "tflite_float16"]
     assert rows["baseline"]["params"] > 8 * rows["distilled"]["params"]
     assert rows["distilled"]["accuracy"] > 0.5
-    assert abs(rows["tflite_float16"]["accuracy"] - rows["distilled"]["accuracy"]) <= 0.02
+    drop = rows["distilled"]["accuracy"] - rows["tflite_float16"]["accuracy"]
+    assert abs(drop) <= 0.02
 
 
 def test_all_combined_under_mirrored(tmp_path):
@@ -166,3 +167,56 @@ def test_killed_run_resumes_to_the_same_report(tmp_path):
     for a, b in zip(*reports, strict=True):
         for key in ("accuracy", "params", "nonzero_params"):
             assert a[key] == b[key], (a["artifact"], key)
+
+
+@pytest.fixture(scope="module")
+def saved_model_file(tmp_path_factory, digits):
+    import tfopt
+
+    keras = tfopt.keras
+    keras.utils.set_random_seed(0)
+    model = tfopt.models.build("tfmot_mnist", (8, 8, 1), 10)
+    model.compile(optimizer="adam", metrics=["accuracy"],
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(digits.train, epochs=3, verbose=0)
+    path = tmp_path_factory.mktemp("saved") / "model.keras"
+    model.save(path)
+    return path
+
+
+def test_export_script_exports_and_verifies(saved_model_file, tmp_path, capsys):
+    from scripts import export as export_script
+
+    with flagsaver.flagsaver(input=str(saved_model_file), output_dir=str(tmp_path),
+                             dataset="digits",
+                             export=["tflite", "tflite_int8", "saved_model"]):
+        export_script.main(["export.py"])
+        table = capsys.readouterr().out
+        assert "| tflite_int8 |" in table and "| saved_model |" in table
+        assert (tmp_path / "tflite_int8.tflite").stat().st_size < (
+            tmp_path / "tflite.tflite").stat().st_size
+        with pytest.raises(SystemExit, match=r"^error: `path` already exists"):
+            export_script.main(["export.py"])  # no --overwrite: refuse
+
+
+def test_export_script_fails_when_an_export_loses_accuracy(saved_model_file,
+                                                           tmp_path, digits):
+    import tfopt
+    from scripts import export as export_script
+
+    model = tfopt.load_model(saved_model_file)
+    with pytest.raises(RuntimeError, match=(
+        r"^exports lost more than --max_accuracy_drop=-1.0: tflite "
+    )):
+        export_script.export_and_verify(model, digits, ["tflite"], str(tmp_path),
+                                        overwrite=False, max_drop=-1.0)
+
+
+def test_export_script_needs_an_existing_input(tmp_path):
+    from scripts import export as export_script
+
+    with flagsaver.flagsaver(input=str(tmp_path / "nope.keras"),
+                             output_dir=str(tmp_path)):
+        with pytest.raises(SystemExit, match=r"^error: --input=.*nope.keras does "
+                           r"not exist"):
+            export_script.main(["export.py"])
