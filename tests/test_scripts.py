@@ -118,6 +118,16 @@ def test_model_dir_guards(tmp_path):
     )):
         _train(run_dir, prune=True)
     assert json.loads((run_dir / "config.json").read_text()) == {"other": "run"}
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    for overwrite in (False, True):
+        with pytest.raises(SystemExit, match=(
+            r"^error: --model_dir=.*mine holds files but no tfopt run \(no "
+            r"config.json\); give a new or empty directory.$"
+        )):
+            _train(mine, prune=True, overwrite=overwrite)
+    assert (mine / "notes.txt").read_text() == "keep"
 
 
 def _script(*args, **kwargs):

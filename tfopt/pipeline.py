@@ -103,6 +103,12 @@ def check(config):
         raise ConfigError(f"--teacher={teacher} does not exist; give a saved model "
                           "(.keras, .h5 or SavedModel) or 'train'.")
     previous = os.path.join(config.model_dir, "config.json")
+    if os.path.isdir(config.model_dir) and os.listdir(config.model_dir) and (
+        not os.path.exists(previous)
+    ):
+        # Not a tfopt run: never write into (or, with --overwrite, delete) it.
+        raise ConfigError(f"--model_dir={config.model_dir} holds files but no tfopt "
+                          "run (no config.json); give a new or empty directory.")
     if os.path.exists(previous) and not config.overwrite:
         with open(previous) as file:
             if json.load(file) != config.settings():
