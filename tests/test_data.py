@@ -150,3 +150,12 @@ def test_tfds_missing_says_how_to_install(monkeypatch):
 
 def test_load_is_reachable_from_the_package():
     assert tfopt.data.load is data.load
+
+
+def test_bundled_sets_without_the_data_extra_say_how_to_install(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "sklearn.datasets", None)
+    with pytest.raises(ImportError, match=(
+        r"^This data set needs scikit-learn, which is not installed. Install "
+        r"tfopt's data extra: pip install 'tfopt\[data\]'$"
+    )):
+        data.load("digits", batch_size=32)

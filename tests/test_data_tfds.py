@@ -44,6 +44,26 @@ class TfoptTestDigits(tfds.core.GeneratorBasedBuilder):
             yield i, {"image": image, "label": int(label)}
 
 
+class TfoptTestBroken(TfoptTestDigits):
+    """A data set whose preparation fails, as a download does offline."""
+
+    def _split_generators(self, dl_manager):
+        raise OSError("no route to host")
+
+
+class TfoptTestUnsupervised(TfoptTestDigits):
+    """Images without supervised keys."""
+
+    def _info(self):
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(8, 8, 1))}))
+
+    def _generate_examples(self, images, labels):
+        for i, image in enumerate(images):
+            yield i, {"image": image}
+
+
 @pytest.fixture(scope="module")
 def tfds_splits(tmp_path_factory):
     _DATA_DIR["path"] = str(tmp_path_factory.mktemp("tfds"))
@@ -71,3 +91,20 @@ def test_unknown_tfds_name_is_a_value_error():
         r"Received: name='tfds:no_such_set_xyz'"
     )):
         data.load("tfds:no_such_set_xyz", batch_size=8)
+
+
+def test_a_failed_preparation_names_the_data_set_and_the_bundled_ones(tfds_splits):
+    with pytest.raises(RuntimeError, match=(
+        r"^tensorflow-datasets could not prepare 'tfopt_test_broken' "
+        r"\(OSError: no route to host\)\. If this machine is offline, the bundled "
+        r"data sets work without a network: 'digits', 'mnist5k'.$"
+    )):
+        data.load("tfds:tfopt_test_broken", batch_size=8)
+
+
+def test_unsupervised_tfds_sets_are_refused(tfds_splits):
+    with pytest.raises(ValueError, match=(
+        r"^`name` must name a supervised tensorflow-datasets data set with a "
+        r"'train' split. Received: name='tfds:tfopt_test_unsupervised'"
+    )):
+        data.load("tfds:tfopt_test_unsupervised", batch_size=8)

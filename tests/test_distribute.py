@@ -159,6 +159,41 @@ def test_unreachable_tpu_fails_fast_naming_the_address(name):
     assert time.monotonic() - start < 60
 
 
+def _silent_tpu_job():
+    # A port that accepts TCP connections but never speaks gRPC: what a hung
+    # or wrong TPU looks like. In a process of its own, since connecting
+    # rewires TensorFlow's context for good.
+    import socket
+    import threading
+
+    from tfopt import _cluster
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted = []
+    threading.Thread(target=lambda: [accepted.append(server.accept())
+                                     for _ in range(16)], daemon=True).start()
+    _cluster._TPU_INIT_TIMEOUT_S = 3
+    address = f"grpc://127.0.0.1:{server.getsockname()[1]}"
+    start = time.monotonic()
+    try:
+        tfopt.get_strategy("tpu", tpu=address)
+    except ConnectionError as err:
+        return address, str(err), time.monotonic() - start
+    return address, "no error", time.monotonic() - start
+
+
+def test_a_tpu_that_never_answers_fails_at_the_time_limit():
+    [(address, message, seconds)] = cluster.run_processes(_silent_tpu_job, [{}],
+                                                          timeout=120)
+    assert message.startswith((
+        f"The TPU at tpu='{address}' did not answer within 3 s. Check that it is "
+        "running, healthy and runs the same TensorFlow version",
+        f"Could not connect to the TPU at tpu='{address}'")), message
+    assert seconds < 30
+
+
 def test_local_tpu_on_a_machine_without_one_says_so():
     start = time.monotonic()
     with pytest.raises(ConnectionError, match=(

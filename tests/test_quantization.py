@@ -206,3 +206,15 @@ def test_bad_models_are_refused(keras3):
     qat = tfopt.quantize(models.build("tfmot_mnist", (8, 8), 10))
     with pytest.raises(ValueError, match=r"^`model` is already quantization-aware"):
         tfopt.quantize(qat)
+
+
+def test_a_nested_model_called_twice_cannot_be_flattened():
+    inner = keras.Sequential([keras.Input((4,)), L.Dense(4, name="shared")],
+                             name="block")
+    inputs = keras.Input((4,))
+    outer = keras.Model(inputs, L.Add()([inner(inputs), inner(inputs)]))
+    with pytest.raises(ValueError, match=(
+        r"^Nested model 'block' is called 2 times; only models called once can "
+        r"be flattened.$"
+    )):
+        tfopt.quantize(outer)

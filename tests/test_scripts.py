@@ -230,3 +230,26 @@ def test_export_script_needs_an_existing_input(tmp_path):
         with pytest.raises(SystemExit, match=r"^error: --input=.*nope.keras does "
                            r"not exist"):
             export_script.main(["export.py"])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"dataset": "imagenet"}, r"--dataset must be one of digits, mnist5k, mnist, "
+                                  r"fashion_mnist, cifar10, tfds:NAME."),
+        ({"sparsity_m_by_n": "4:2"},
+         r"--sparsity_m_by_n must look like 2:4 \(m < n\)."),
+        ({"export": ["onnx"]}, r"--export takes a comma list of saved_model"),
+    ],
+)
+def test_flag_validators_name_the_flag(overrides, message):
+    with pytest.raises(flags.IllegalFlagValueError, match=message):
+        with flagsaver.flagsaver(**overrides):
+            pass
+
+
+def test_pruning_begin_must_precede_end():
+    with pytest.raises(flags.IllegalFlagValueError,
+                       match=r"--pruning_begin must be below --pruning_end."):
+        with flagsaver.flagsaver(pruning_begin=0.9, pruning_end=0.5):
+            pass
