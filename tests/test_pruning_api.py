@@ -258,3 +258,16 @@ def test_load_model_bad_input(tmp_path):
         tfopt.load_model(3)
     with pytest.raises(TypeError, match=r"Received: compile='yes'$"):
         tfopt.load_model(tmp_path, compile="yes")
+
+
+def test_pruned_model_and_wrapper_round_trip_their_config(base):
+    pruned = tfopt.prune(base, 0.5, m_by_n=(2, 4), layers=["dense"])
+    again = pruning.PrunedModel.from_config(pruned.get_config())
+    assert isinstance(again, pruning.PrunedModel)
+    assert [type(layer).__name__ for layer in again.layers] == [
+        type(layer).__name__ for layer in pruned.layers]
+    [wrapper] = pruning.wrappers(pruned)
+    copy = pruning.PruneLowMagnitude.from_config(wrapper.get_config())
+    assert copy.sparsity_m_by_n == (2, 4)
+    assert copy.get_config()["pruning_schedule"] == wrapper.get_config()[
+        "pruning_schedule"]

@@ -253,3 +253,11 @@ def test_pruning_begin_must_precede_end():
                        match=r"--pruning_begin must be below --pruning_end."):
         with flagsaver.flagsaver(pruning_begin=0.9, pruning_end=0.5):
             pass
+
+
+def test_model_dir_is_required():
+    with flagsaver.flagsaver(model_dir=None, **QUICK):
+        with pytest.raises(SystemExit, match=r"^error: --model_dir is required"):
+            train.main(["train.py"])
+    with pytest.raises(Exception, match="Unexpected arguments: extra"):
+        train.main(["train.py", "extra"])
