@@ -24,8 +24,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def mirrored():
-    """The process's one 2-replica MirroredStrategy over logical CPUs."""
-    strategy = tfopt.get_strategy("mirrored")
+    """The process's one 2-replica MirroredStrategy over logical CPUs (named,
+    so that GPU machines run the same parity tests)."""
+    strategy = tfopt.get_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
     assert strategy.num_replicas_in_sync == 2
     return strategy
 

@@ -45,6 +45,9 @@ def test_mirrored_falls_back_to_logical_cpus_and_matches_default(mirrored):
     assert isinstance(mirrored, tf.distribute.MirroredStrategy)
     assert [d.split("/")[-1] for d in mirrored.extended.worker_devices] == [
         "device:CPU:0", "device:CPU:1"]
+    if not tf.config.list_physical_devices("GPU"):
+        # Without a GPU, plain "mirrored" is this very strategy.
+        assert tfopt.get_strategy("mirrored") is mirrored
     single, _ = helpers.train_tiny(tfopt.get_strategy("default"))
     double, _ = helpers.train_tiny(mirrored)
     for a, b in zip(single, double, strict=True):
@@ -52,7 +55,8 @@ def test_mirrored_falls_back_to_logical_cpus_and_matches_default(mirrored):
 
 
 def test_one_strategy_per_configuration(mirrored):
-    assert tfopt.get_strategy("mirrored") is mirrored
+    for names in (["/cpu:0", "/cpu:1"], ["CPU:0", "/device:CPU:1"]):
+        assert tfopt.get_strategy("mirrored", devices=names) is mirrored
     assert tfopt.get_strategy("one_device") is tfopt.get_strategy("one_device")
 
 
@@ -62,7 +66,8 @@ def _all_reduce_job():
     config = tfopt.configure_devices(logical_cpus=2, mixed_precision="float32")
     out = {"logical": config.logical_devices}
     for all_reduce in ("hierarchical_copy", "reduction_to_one"):
-        strategy = tfopt.get_strategy("mirrored", all_reduce=all_reduce)
+        strategy = tfopt.get_strategy("mirrored", all_reduce=all_reduce,
+                                      devices=["/cpu:0", "/cpu:1"])
         total = strategy.reduce(
             "SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
         out[all_reduce] = (strategy.num_replicas_in_sync, float(total),
@@ -247,16 +252,17 @@ def test_auto_without_cluster_builds_the_default_strategy(tf_config):
          r"Received: name=False$"),
         ({"name": None}, TypeError, r"Received: name=None$"),
         ({"name": "mirrored", "num_gpus": -1}, ValueError,
-         r"^`num_gpus` must be in \[0, 0\], the GPUs present. "
+         r"^`num_gpus` must be in \[0, \d+\], the GPUs present. "
          r"Received: num_gpus=-1$"),
-        ({"name": "mirrored", "num_gpus": 1}, ValueError,
-         r"Received: num_gpus=1$"),
+        ({"name": "mirrored", "num_gpus": 10_000}, ValueError,
+         r"Received: num_gpus=10000$"),
         ({"name": "mirrored", "num_gpus": 1.0}, TypeError,
          r"Received: num_gpus=1.0$"),
         ({"name": "mirrored", "all_reduce": "ring"}, ValueError,
          r"^`all_reduce` must be one of \['nccl', 'hierarchical_copy', "
          r"'reduction_to_one'\] or None. Received: all_reduce='ring'$"),
-        ({"name": "mirrored", "all_reduce": "nccl"}, ValueError,
+        ({"name": "mirrored", "all_reduce": "nccl",
+          "devices": ["/cpu:0", "/cpu:1"]}, ValueError,
          r"^`all_reduce` must not be 'nccl' without GPUs"),
         ({"name": "multi_worker", "communication": "mpi"}, ValueError,
          r"^`communication` must be one of \['auto', 'ring', 'nccl'\] or "

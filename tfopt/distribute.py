@@ -95,28 +95,37 @@ def _default(**_):
     return tf.distribute.get_strategy()
 
 
-def _one_device(*, devices, **_):
+def _canonical(names):
+    # "/cpu:0", "CPU:0" and "/device:CPU:0" name one device: one cache key.
+    return tuple(tf.DeviceSpec.from_string(n).to_string() for n in names)
+
+
+def _devices(resolved, num_gpus, devices):
+    """The device names a one_device or mirrored strategy will use."""
     if devices:
-        return tf.distribute.OneDeviceStrategy(devices[0])
-    return tf.distribute.OneDeviceStrategy("/gpu:0" if _num_gpus() else "/cpu:0")
+        return _canonical(devices)
+    if resolved == "one_device":
+        return _canonical(["/gpu:0" if _num_gpus() else "/cpu:0"])
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus and num_gpus != 0:
+        return _canonical(d.name for d in gpus[:num_gpus])
+    # No GPU: use the logical CPUs (configure_devices(logical_cpus=N)) so
+    # that a CPU machine still gets real replicas.
+    return _canonical(d.name for d in tf.config.list_logical_devices("CPU"))
 
 
-def _mirrored(*, num_gpus, devices, all_reduce, **_):
-    if devices is None:
-        gpus = tf.config.list_logical_devices("GPU")
-        if gpus and num_gpus != 0:
-            devices = [d.name for d in gpus[:num_gpus]]
-        else:
-            # No GPU: use the logical CPUs (configure_devices(logical_cpus=N))
-            # so that a CPU machine still gets real replicas.
-            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+def _one_device(*, devices, **_):
+    return tf.distribute.OneDeviceStrategy(devices[0])
+
+
+def _mirrored(*, devices, all_reduce, **_):
     if all_reduce == "nccl" and not any("GPU" in d.upper() for d in devices):
         raise ValueError(
             "`all_reduce` must not be 'nccl' without GPUs: NCCL only reduces "
-            f"across GPUs. Received: all_reduce='nccl', devices={devices!r}"
+            f"across GPUs. Received: all_reduce='nccl', devices={list(devices)!r}"
         )
     ops = ALL_REDUCE[all_reduce]() if all_reduce else None
-    return tf.distribute.MirroredStrategy(devices, cross_device_ops=ops)
+    return tf.distribute.MirroredStrategy(list(devices), cross_device_ops=ops)
 
 
 def _multi_worker(*, communication, **_):
@@ -282,11 +291,15 @@ def get_strategy(name="auto", *, tpu=None, num_gpus=None, devices=None,
         logging.info("get_strategy('auto') chose %r: %s.", resolved, reason)
     if resolved == "default":
         return _default()
+    if resolved in ("one_device", "mirrored"):
+        # Key by the devices actually used, so that "mirrored" and "mirrored"
+        # over the same explicit devices are one strategy, not two.
+        devices, num_gpus = _devices(resolved, num_gpus, devices), None
     key = (resolved, tpu, num_gpus, tuple(devices or ()), all_reduce,
            communication)
     if key not in _STRATEGIES:
         _STRATEGIES[key] = _BUILDERS[resolved](
-            tpu=tpu, num_gpus=num_gpus, devices=devices, all_reduce=all_reduce,
+            tpu=tpu, devices=devices, all_reduce=all_reduce,
             communication=communication,
         )
     return _STRATEGIES[key]
