@@ -7,7 +7,6 @@ report medians as ratios: absolute times on a shared machine are noise.
     python scripts/benchmark.py --quick --suite=overhead       # smoke run
 """
 
-import gzip
 import json
 import logging as std_logging
 import os
@@ -50,13 +49,9 @@ def median_ratio(numerator, denominator):
 
 def gzip_size(path):
     """Bytes of `path` after gzip -9 (summed over the files of a directory)."""
-    files = [path] if os.path.isfile(path) else [
-        os.path.join(root, name) for root, _, names in os.walk(path) for name in names]
-    total = 0
-    for name in files:
-        with open(name, "rb") as file:
-            total += len(gzip.compress(file.read(), compresslevel=9))
-    return total
+    from tfopt import export
+
+    return export.disk_sizes(path)[1]
 
 
 def interleaved(variants, rounds):

@@ -27,9 +27,6 @@ if "input" not in FLAGS:
 if "overwrite" not in FLAGS:
     flags.DEFINE_bool("overwrite", False, "Replace existing files.")
 
-_QUANTIZATION = {"tflite": None, "tflite_int8": "int8", "tflite_float16": "float16"}
-
-
 def export_and_verify(model, splits, formats, output_dir, *, overwrite,
                       max_drop):
     """Exports `model` in each format and checks it on `splits.test`.
@@ -55,7 +52,7 @@ def export_and_verify(model, splits, formats, output_dir, *, overwrite,
         else:
             exported = tfopt.export_tflite(
                 model, os.path.join(output_dir, f"{name}.tflite"),
-                quantization=_QUANTIZATION[name], overwrite=overwrite,
+                quantization=tfopt.export.TFLITE_FORMATS[name], overwrite=overwrite,
                 representative_data=splits.train)
             accuracy = tfopt.evaluate_tflite(exported.path, splits.test).accuracy
         rows.append((name, exported.path, exported.size_bytes, accuracy,

@@ -7,6 +7,7 @@ place, so a crash never leaves half a file, and an existing file is never
 replaced unless `overwrite=True`.
 """
 
+import gzip
 import os
 import shutil
 import tempfile
@@ -21,8 +22,8 @@ import tensorflow_model_optimization as tfmot
 from tfopt import _checks, _keras, _selection, distillation, pruning
 from tfopt._keras import keras
 
-__all__ = ["QUANTIZATIONS", "evaluate_tflite", "export_saved_model",
-           "export_tflite", "load_model"]
+__all__ = ["EXPORTS", "QUANTIZATIONS", "TFLITE_FORMATS", "disk_sizes",
+           "evaluate_tflite", "export_saved_model", "export_tflite", "load_model"]
 
 QUANTIZATIONS = {
     None: "float32 weights and activations",
@@ -30,6 +31,10 @@ QUANTIZATIONS = {
     "float16": "float16 weights",
     "int8": "int8 weights and activations (QAT ranges or calibration data)",
 }
+# The artifacts the scripts can make: a SavedModel or a TFLite file per
+# quantization (the flag names map to `export_tflite`'s `quantization`).
+TFLITE_FORMATS = {"tflite": None, "tflite_int8": "int8", "tflite_float16": "float16"}
+EXPORTS = ("saved_model", *TFLITE_FORMATS)
 # Calibration samples taken from `representative_data` for a float model.
 _CALIBRATION_SAMPLES = 200
 
@@ -43,6 +48,19 @@ class TFLiteEvaluation(NamedTuple):
     accuracy: float
     examples: int
     mean_batch_latency_ms: float
+
+
+def disk_sizes(path):
+    """(bytes, gzip -9 bytes) of a file, or summed over a directory's files."""
+    files = [path] if os.path.isfile(path) else [
+        os.path.join(root, name) for root, _, names in os.walk(path) for name in names]
+    size = packed = 0
+    for name in files:
+        with open(name, "rb") as file:
+            content = file.read()
+        size += len(content)
+        packed += len(gzip.compress(content, compresslevel=9))
+    return size, packed
 
 
 def _check_path(path):
@@ -214,9 +232,7 @@ def export_saved_model(model, path, *, overwrite=False):
         os.rename(os.path.join(staging, "model"), path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    size = sum(os.path.getsize(os.path.join(root, name))
-               for root, _, names in os.walk(path) for name in names)
-    return Exported(path, size)
+    return Exported(path, disk_sizes(path)[0])
 
 
 def _custom_objects():

@@ -7,9 +7,9 @@ Validators are pure. Only `scripts/` and this module touch absl flags.
 
 from absl import flags
 
-from tfopt import data, devices, distillation, distribute, models
+from tfopt import data, devices, distillation, distribute, export, models
 
-EXPORTS = ("saved_model", "tflite", "tflite_int8", "tflite_float16")
+EXPORTS = export.EXPORTS
 FLAGS = flags.FLAGS
 
 

@@ -278,7 +278,6 @@ def _qat(run, model):
 
 
 def _exports(run, final):
-    formats = {"tflite": None, "tflite_int8": "int8", "tflite_float16": "float16"}
     made = []
     for name in run.config.export:
         if name == "saved_model":
@@ -288,9 +287,9 @@ def _exports(run, final):
             continue
         path = run.path("export", f"model_{name[7:] or 'float32'}.tflite")
         # A QAT model carries its ranges; a float one is calibrated on data.
-        export.export_tflite(final, path, quantization=formats[name], overwrite=True,
-                             representative_data=None if run.config.qat
-                             else run.splits.train)
+        export.export_tflite(final, path, quantization=export.TFLITE_FORMATS[name],
+                             overwrite=True, representative_data=None
+                             if run.config.qat else run.splits.train)
         made.append((name, path))
     return made
 

@@ -2,9 +2,7 @@
 split, parameters, non-zero parameters, file and gzipped size, TFLite latency
 per example), as `report.json`, `report.md` and `report.png`."""
 
-import gzip
 import json
-import os
 import warnings
 
 import numpy as np
@@ -14,19 +12,10 @@ from tfopt._keras import keras
 
 __all__ = ["file_row", "keras_row", "markdown", "write"]
 
+_sizes = export.disk_sizes  # (bytes, gzipped bytes)
+
 COLUMNS = ("artifact", "accuracy", "accuracy_delta", "params", "nonzero_params",
            "size_bytes", "gzip_bytes", "gzip_ratio", "latency_ms_per_example")
-
-
-def _sizes(path):
-    files = [path] if os.path.isfile(path) else [
-        os.path.join(root, name) for root, _, names in os.walk(path) for name in names]
-    size = sum(os.path.getsize(f) for f in files)
-    packed = 0
-    for name in files:
-        with open(name, "rb") as file:
-            packed += len(gzip.compress(file.read(), compresslevel=9))
-    return size, packed
 
 
 # Variables that are bookkeeping rather than parameters: BatchNorm statistics,
