@@ -7,12 +7,13 @@ Flags are tfopt's (see --helpfull); --flagfile=FILE reads them from a file.
 """
 
 import logging as std_logging
+import os
 import sys
 
 from absl import app, logging
 
+from tfopt import distribute, pipeline
 from tfopt import flags as tfopt_flags
-from tfopt import pipeline
 
 FLAGS = tfopt_flags.FLAGS
 tfopt_flags.define_all()
@@ -43,13 +44,16 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     # TensorFlow's own INFO lines (converter, SavedModel) drown the stage log.
     std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
+    config = config_from_flags()
     try:
-        pipeline.run(config_from_flags())
-    except pipeline.ConfigError as err:
+        pipeline.run(config, command=sys.argv)
+    except (pipeline.ConfigError, pipeline.ClusterError) as err:
         logging.error("%s", err)
         sys.exit(f"error: {err}")
-    with open(f"{FLAGS.model_dir}/report.md") as file:
-        print(file.read())
+    # Only the chief of a cluster writes the report.
+    if distribute.worker_info(pipeline.get_strategy(config)).is_chief:
+        with open(os.path.join(FLAGS.model_dir, "report.md")) as file:
+            print(file.read())
 
 
 def run():

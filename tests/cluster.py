@@ -138,6 +138,40 @@ def run_workers(fn, *args, num_workers=2, timeout=240):
                          timeout=timeout)
 
 
+def start_script(script, args, envs, log_dir):
+    """Starts `python scripts/{script}.py *args` once per environment in
+    `envs` (each process's output goes to `log_dir/{rank}.log`).
+
+    Returns:
+        The `subprocess.Popen` objects, in order.
+    """
+    procs = []
+    for rank, extra in enumerate(envs):
+        env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+        env.update(PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2", **extra)
+        with open(Path(log_dir) / f"{rank}.log", "w") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, f"scripts/{script}.py", *args], cwd=ROOT,
+                env=env, stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def wait_all(procs, log_dir, timeout):
+    """Waits for `procs`; returns their exit codes and outputs. Kills them
+    all if they take longer than `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            for other in procs:
+                other.kill()
+                other.wait()
+    return ([proc.returncode for proc in procs],
+            [(Path(log_dir) / f"{rank}.log").read_text()
+             for rank in range(len(procs))])
+
+
 def _child(tmp, rank):
     import traceback
 

@@ -23,12 +23,21 @@ def tf_config():
         `task` (`type` and `index`), or None.
 
     Raises:
-        ValueError: If TF_CONFIG is not JSON, lacks `cluster` or `task`, or
-            names a task type or index that is not in the cluster.
+        ValueError: If TF_CONFIG is set but empty, is not JSON, lacks
+            `cluster` or `task`, or names a task type or index that is not in
+            the cluster.
     """
     raw = os.environ.get("TF_CONFIG")
-    if not raw:
+    if raw is None:
         return None
+    if not raw.strip():
+        # TensorFlow's own resolver (inside MirroredStrategy too) fails on
+        # it with a bare JSONDecodeError; say it once, the same for all.
+        raise ValueError(
+            "TF_CONFIG is set but empty. Unset it (`unset TF_CONFIG`) to train "
+            "on this machine alone, or set it to the cluster's JSON. "
+            f"Received: TF_CONFIG={raw!r}"
+        )
     try:
         config = json.loads(raw)
     except json.JSONDecodeError as err:

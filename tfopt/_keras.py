@@ -100,3 +100,12 @@ def check_model(model, arg="model"):
             f"{type(model).__module__}.{type(model).__qualname__}"
         )
     return model
+
+
+# The `distribute_reduction_method` of tfopt's models, whose `train_step` and
+# `test_step` return Keras metric results: already the same global value on
+# every replica. tf_keras's "auto" SUMs such logs across workers under
+# MultiWorkerMirroredStrategy (and across replicas for any value that is not
+# a metric), so N workers would log N times the loss; "first" reports them
+# as they are on every strategy. `predict` keeps concatenating.
+SYNCED_LOGS = "first"

@@ -5,6 +5,11 @@ CPUs) the first time it runs an op; later changes raise deep inside
 `tf.config`. `configure_devices` applies everything in one call, checks each
 setting against the state already in effect (so a repeated call is a no-op),
 and turns a too-late call into an error that says what to move.
+
+It never starts TensorFlow's runtime itself: a `MultiWorkerMirroredStrategy`
+must configure its collectives before the runtime starts, so
+`configure_devices` followed by `get_strategy("multi_worker")` has to leave
+that to the strategy.
 """
 
 import os
@@ -105,15 +110,31 @@ def _configure_cpus(logical_cpus):
         )
 
 
+def _logical_names(gpus):
+    """The logical devices the configuration in effect gives, named as
+    TensorFlow numbers them, read without starting the runtime
+    (`tf.config.list_logical_devices` would start it)."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    cpus = len(tf.config.get_logical_device_configuration(cpu) or [None])
+    names = [f"/device:CPU:{i}" for i in range(cpus)]
+    if gpus:
+        count = sum(len(tf.config.get_logical_device_configuration(gpu) or [None])
+                    for gpu in tf.config.get_visible_devices("GPU"))
+        names += [f"/device:GPU:{i}" for i in range(count)]
+    return tuple(names)
+
+
 def configure_devices(*, memory_growth=None, memory_limit_mb=None,
                       visible_gpus=None, logical_cpus=None,
                       mixed_precision=None):
     """Configures GPUs, logical CPUs and the Keras precision policy.
 
-    Call it once, first: before any TensorFlow op, model or data set. It
-    initializes TensorFlow's devices when it returns. A later call whose
-    settings are already in effect is a no-op; one that would change them
-    raises. On a machine without GPUs the GPU settings are logged and skipped.
+    Call it first: before any TensorFlow op, model or data set. It does not
+    start TensorFlow's runtime, so `get_strategy` may come before or after
+    it (a `multi_worker` strategy needs the runtime unstarted). A later call
+    whose settings are already in effect is a no-op; one that would change
+    them after the runtime started raises. On a machine without GPUs the
+    GPU settings are logged and skipped.
 
     Args:
         memory_growth: Let each visible GPU allocate memory on demand instead
@@ -174,7 +195,7 @@ def configure_devices(*, memory_growth=None, memory_limit_mb=None,
         keras.mixed_precision.set_global_policy(mixed_precision)
     config = DeviceConfig(
         physical_devices=tuple(d.name for d in tf.config.list_physical_devices()),
-        logical_devices=tuple(d.name for d in tf.config.list_logical_devices()),
+        logical_devices=_logical_names(gpus),
         memory_growth=growth if gpus and memory_limit_mb is None else None,
         memory_limit_mb=memory_limit_mb if gpus else None,
         mixed_precision=keras.mixed_precision.global_policy().name,

@@ -153,6 +153,8 @@ class Distiller(keras.Model):
     ['accuracy', 'distillation_loss', 'loss', 'student_loss']
     """
 
+    distribute_reduction_method = _keras.SYNCED_LOGS
+
     def __init__(self, student, teacher, *, temperature=4.0, alpha=0.1,
                  distillation_loss="kl", features=None, cache_teacher=False,
                  name="distiller"):

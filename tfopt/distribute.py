@@ -12,6 +12,7 @@ anyway, so `get_strategy` hands back the same object for the same arguments.
 """
 
 import os
+from typing import NamedTuple
 
 import tensorflow as tf
 from absl import logging
@@ -19,9 +20,9 @@ from absl import logging
 from tfopt import _checks, _cluster
 from tfopt._cluster import run_server, tf_config
 
-__all__ = ["ALL_REDUCE", "COMMUNICATION", "NAMES", "get_strategy",
+__all__ = ["ALL_REDUCE", "COMMUNICATION", "NAMES", "WorkerInfo", "get_strategy",
            "global_batch_size", "resolve_name", "run_server",
-           "scale_learning_rate", "tf_config"]
+           "scale_learning_rate", "tf_config", "worker_info"]
 
 ALL_REDUCE = {
     "nccl": tf.distribute.NcclAllReduce,
@@ -129,6 +130,15 @@ def _mirrored(*, devices, all_reduce, **_):
 
 
 def _multi_worker(*, communication, **_):
+    if tf_config() is None and "SLURM_PROCID" not in os.environ:
+        # Refused rather than warned: launched on N machines without a
+        # cluster, N processes would each train alone and all write the
+        # same --model_dir, with nothing in the output to show it.
+        raise ValueError(
+            "`name`='multi_worker' needs a cluster: set TF_CONFIG on every "
+            "worker, or run the job as a SLURM step (srun). For the devices of "
+            "this one machine use 'mirrored'. Received: TF_CONFIG and "
+            "SLURM_PROCID unset")
     resolver = None
     if tf_config() is None and "SLURM_PROCID" in os.environ:
         # GPU binding is left to SLURM (its CUDA_VISIBLE_DEVICES per task):
@@ -143,9 +153,20 @@ def _multi_worker(*, communication, **_):
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=COMMUNICATION[communication or "auto"]
     )
-    return tf.distribute.MultiWorkerMirroredStrategy(
-        cluster_resolver=resolver, communication_options=options
-    )
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            cluster_resolver=resolver, communication_options=options
+        )
+    except RuntimeError as err:
+        if "Collective ops must be configured" not in str(err):
+            raise
+        raise RuntimeError(
+            "get_strategy('multi_worker') must come before anything starts "
+            "TensorFlow's runtime (a tensor, a data set, a model, "
+            "tf.config.list_logical_devices): its collectives can only be "
+            "configured at start-up. Call it at the top of the program, right "
+            f"after tfopt.configure_devices. ({err})"
+        ) from err
 
 
 def _parameter_server(**_):
@@ -194,6 +215,9 @@ _APPLIES = {
 
 def _validate(name, tpu, num_gpus, devices, all_reduce, communication):
     _check_name(name)
+    # Every strategy reads TF_CONFIG somewhere (MirroredStrategy too): check
+    # it the same way for all of them.
+    tf_config()
     if tpu is not None and (not isinstance(tpu, str) or not tpu):
         raise TypeError(
             "`tpu` must be a non-empty str ('local', a TPU name or "
@@ -254,9 +278,9 @@ def get_strategy(name="auto", *, tpu=None, num_gpus=None, devices=None,
             CPU:0; `mirrored` uses `devices`, or the first `num_gpus` GPUs,
             or with no GPU the logical CPUs (see `configure_devices`);
             `multi_worker` reads TF_CONFIG, or the SLURM step when TF_CONFIG
-            is unset; `tpu` connects to `tpu`; `parameter_server` is the
-            coordinator's strategy for a TF_CONFIG with chief, worker and ps
-            jobs. Defaults to `auto`.
+            is unset, and raises without either; `tpu` connects to `tpu`;
+            `parameter_server` is the coordinator's strategy for a TF_CONFIG
+            with chief, worker and ps jobs. Defaults to `auto`.
         tpu: `local` for the TPU of a TPU VM, a TPU name, or
             `grpc://host:port`. Defaults to `None` (`local` for `tpu`).
         num_gpus: How many GPUs `mirrored` uses. Defaults to `None` (all).
@@ -274,7 +298,10 @@ def get_strategy(name="auto", *, tpu=None, num_gpus=None, devices=None,
     Raises:
         TypeError: If an argument has the wrong type.
         ValueError: If a name or value is unknown or out of range, an
-            argument does not apply to `name`, or TF_CONFIG is malformed.
+            argument does not apply to `name`, TF_CONFIG is malformed or
+            empty, or `multi_worker` finds no cluster.
+        RuntimeError: If `multi_worker` comes after TensorFlow's runtime
+            started (its collectives must be configured first).
         ConnectionError: If the TPU cannot be reached or initialized (within
             about a minute).
 
@@ -303,6 +330,51 @@ def get_strategy(name="auto", *, tpu=None, num_gpus=None, devices=None,
             communication=communication,
         )
     return _STRATEGIES[key]
+
+
+class WorkerInfo(NamedTuple):
+    """Where this process stands in its strategy's cluster."""
+
+    task_type: str | None
+    task_id: int
+    is_chief: bool
+    num_workers: int
+
+
+def worker_info(strategy):
+    """Returns this process's task, whether it is the chief, and the worker
+    count of `strategy`'s cluster.
+
+    The chief is the `chief` task, or worker 0 when the cluster has no
+    `chief` job (tf.distribute's convention): it alone writes checkpoints,
+    logs and exports where the user asked; the other workers write theirs to
+    temporary directories. A single-process strategy is its own chief.
+
+    Args:
+        strategy: A `tf.distribute.Strategy`.
+
+    Returns:
+        A `WorkerInfo`.
+
+    Raises:
+        TypeError: If `strategy` is not a strategy.
+
+    Example:
+
+    >>> import tfopt
+    >>> tfopt.distribute.worker_info(tfopt.get_strategy("default"))
+    WorkerInfo(task_type=None, task_id=0, is_chief=True, num_workers=1)
+    """
+    _check_strategy(strategy)
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or isinstance(strategy, tf.distribute.TPUStrategy):
+        return WorkerInfo(None, 0, True, 1)
+    spec = resolver.cluster_spec().as_dict()
+    task_type, task_id = resolver.task_type, resolver.task_id or 0
+    workers = len(spec.get("chief", [])) + len(spec.get("worker", []))
+    chief = task_type in (None, "chief") or (
+        task_type == "worker" and task_id == 0 and "chief" not in spec)
+    return WorkerInfo(task_type, int(task_id), chief, max(workers, 1))
 
 
 def _check_strategy(strategy):

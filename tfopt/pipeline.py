@@ -7,6 +7,11 @@ result when done, so re-running the same command after a kill resumes the
 stage it was in at its last finished epoch, skips finished stages, and (with
 per-epoch shuffles seeded by (seed, epoch) and deterministic ops) ends with
 the same numbers.
+
+On a multi-worker cluster every worker runs the same recipe (saving and
+evaluating involve collectives, so all of them must); the chief writes
+`model_dir`, the others write to temporary directories they delete at the
+end, and every worker resumes from the chief's checkpoints.
 """
 
 import dataclasses
@@ -14,12 +19,14 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 
 import tensorflow as tf
 from absl import logging
 
 from tfopt import (
+    _lockstep,
     _summary,
     data,
     devices,
@@ -33,13 +40,17 @@ from tfopt import (
 )
 from tfopt._keras import keras
 
-__all__ = ["Config", "ConfigError", "run"]
+__all__ = ["ClusterError", "Config", "ConfigError", "get_strategy", "run"]
 
 _LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 class ConfigError(ValueError):
     """A bad setting, found before any training; the message names the flag."""
+
+
+class ClusterError(RuntimeError):
+    """A worker of a multi-worker run stopped; the message names it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +113,23 @@ def check(config):
     if teacher not in (None, "", "train") and not os.path.exists(teacher):
         raise ConfigError(f"--teacher={teacher} does not exist; give a saved model "
                           "(.keras, .h5 or SavedModel) or 'train'.")
+    try:
+        resolved, _ = distribute.resolve_name(config.strategy, tpu=config.tpu)
+        cluster = distribute.tf_config()
+    except ValueError as err:  # a malformed or empty TF_CONFIG
+        raise ConfigError(str(err)) from err
+    if resolved == "parameter_server" or (cluster and "ps" in cluster["cluster"]):
+        raise ConfigError(
+            "scripts/train.py does not run parameter-server training (its "
+            "stages checkpoint and evaluate every epoch in lockstep, which a "
+            "ClusterCoordinator does not do): run it with --strategy="
+            "multi_worker and a TF_CONFIG of 'worker' tasks only. The library "
+            "supports parameter servers: tfopt.get_strategy('parameter_server') "
+            "on the chief, tfopt.distribute.run_server() on the other tasks.")
+
+
+def _claim(config):
+    """The chief's checks of `model_dir`, then makes it its own."""
     previous = os.path.join(config.model_dir, "config.json")
     if os.path.isdir(config.model_dir) and os.listdir(config.model_dir) and (
         not os.path.exists(previous)
@@ -115,27 +143,54 @@ def check(config):
                 raise ConfigError(
                     f"--model_dir={config.model_dir} holds a run with other flags; "
                     "use a new directory, or --overwrite to replace it.")
+    if config.overwrite and os.path.isdir(config.model_dir):
+        shutil.rmtree(config.model_dir)
+    for sub in ("checkpoints", "logs", "export"):
+        os.makedirs(os.path.join(config.model_dir, sub), exist_ok=True)
+    with open(previous, "w") as file:
+        json.dump(config.settings(), file, indent=2)
 
 
 class _Run:
-    """Paths, strategy and data of one run."""
+    """Paths, strategy, data and timings of one run."""
 
-    def __init__(self, config):
-        self.config = config
-        self.dir = config.model_dir
-        if config.overwrite and os.path.isdir(self.dir):
-            shutil.rmtree(self.dir)
-        for sub in ("checkpoints", "logs", "export"):
-            os.makedirs(os.path.join(self.dir, sub), exist_ok=True)
-        with open(self.path("config.json"), "w") as file:
-            json.dump(config.settings(), file, indent=2)
-        self.strategy = distribute.get_strategy(
-            config.strategy, tpu=config.tpu, num_gpus=config.num_gpus,
-            all_reduce=config.all_reduce)
-        replicas = self.strategy.num_replicas_in_sync
+    def __init__(self, config, strategy, command):
+        self.config, self.strategy, self.command = config, strategy, command
+        self.worker = distribute.worker_info(strategy)
+        self.strategy_name = distribute.resolve_name(config.strategy,
+                                                     tpu=config.tpu)[0]
+        # Wall seconds per stage of this run, for the report.
+        self.seconds = {}
+        replicas = strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise ConfigError(f"--batch_size={config.batch_size} must divide evenly "
                               f"over the {replicas} replicas of --strategy.")
+        # tf.distribute's convention: the chief writes where the user asked,
+        # the others to directories of their own, deleted when they finish.
+        self.shared = config.model_dir
+        self.dir = self.shared if self.worker.is_chief else tempfile.mkdtemp(
+            prefix=f"tfopt-{self.worker.task_type}{self.worker.task_id}-")
+        self.splits = self.info = self._x = self._y = self.steps = None
+
+    def start(self):
+        """Claims the directories, waits for every worker, loads the data."""
+        config, refusal = self.config, None
+        if self.worker.is_chief:
+            try:
+                _claim(config)
+            except ConfigError as err:
+                refusal = err
+        else:
+            for sub in ("checkpoints", "logs", "export"):
+                os.makedirs(self.path(sub), exist_ok=True)
+        # No worker reads the chief's checkpoints before it has claimed (or,
+        # with --overwrite, emptied) the directory; all stop if one refuses.
+        disagreement = _lockstep.agree(self.strategy, self.worker,
+                                       config.settings(), refusal is None)
+        if refusal is not None:
+            raise refusal
+        if disagreement:
+            raise ConfigError(disagreement)
         self.splits = data.load(config.dataset, batch_size=config.batch_size,
                                 seed=config.seed)
         self.info = self.splits.info
@@ -143,10 +198,23 @@ class _Run:
         # seeded by (seed, e), so a restarted run replays the same batches.
         self._x, self._y = next(iter(self.splits.train.unbatch().batch(
             self.info.train_size)))
-        self.steps = -(-self.info.train_size // config.batch_size)
+        self.steps = self.info.train_size // config.batch_size
+        if not self.steps:
+            raise ConfigError(f"--batch_size={config.batch_size} must be at most the "
+                              f"{self.info.train_size} training examples of "
+                              f"--dataset={config.dataset}.")
 
     def path(self, *parts):
+        """Where this worker writes."""
         return os.path.join(self.dir, *parts)
+
+    def chief_path(self, *parts):
+        """Where every worker reads what earlier runs finished."""
+        return os.path.join(self.shared, *parts)
+
+    def close(self):
+        if self.dir != self.shared:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def stream(self, first_epoch, epochs):
         seed, batch = self.config.seed, self.config.batch_size
@@ -155,7 +223,12 @@ class _Run:
         def epoch(index):
             order = tf.random.experimental.stateless_shuffle(
                 tf.range(size), seed=tf.stack([tf.constant(seed, tf.int64), index]))
-            return tf.data.Dataset.from_tensor_slices(order).batch(batch).map(
+            # Full global batches only: a partial one would be split unevenly
+            # over the replicas, whose mean-of-means loss then depends on
+            # the replica count (and TPUs need static shapes). The shuffle
+            # drops different examples each epoch.
+            return tf.data.Dataset.from_tensor_slices(order).batch(
+                batch, drop_remainder=True).map(
                 lambda rows: (tf.gather(x, rows), tf.gather(y, rows)))
 
         options = tf.data.Options()
@@ -188,12 +261,16 @@ class _ScalarLogger(keras.callbacks.Callback):
 def _stage(run, name, build, epochs, callbacks=()):
     """Builds, compiles and trains one stage (resuming it if interrupted);
     returns the trained model, or the saved result of a finished stage."""
-    done = run.path("checkpoints", f"{name}.keras")
+    done = run.chief_path("checkpoints", f"{name}.keras")
+    start = time.perf_counter()
     if os.path.exists(done):
         logging.info("stage %s: finished earlier, loading %s", name, done)
         with run.strategy.scope():
-            return export.load_model(done)
-    start = time.perf_counter()
+            model = export.load_model(done)
+        run.seconds[name] = time.perf_counter() - start
+        return model
+    logging.info("stage %s: training %d epochs on %d replicas", name, epochs,
+                 run.strategy.num_replicas_in_sync)
     with run.strategy.scope():
         model = build()
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -201,8 +278,9 @@ def _stage(run, name, build, epochs, callbacks=()):
                                          epoch=epoch)
     manager = tf.train.CheckpointManager(
         checkpoint, run.path("checkpoints", name), max_to_keep=1)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint)
+    latest = tf.train.latest_checkpoint(run.chief_path("checkpoints", name))
+    if latest:
+        checkpoint.restore(latest)
         logging.info("stage %s: resuming after epoch %d", name, int(epoch.numpy()))
     first = int(epoch.numpy())
     model.fit(run.stream(first, epochs), epochs=epochs, initial_epoch=first,
@@ -211,10 +289,12 @@ def _stage(run, name, build, epochs, callbacks=()):
               callbacks=[*callbacks, _EpochCheckpoint(manager, epoch),
                          _ScalarLogger(run.path("logs", name))])
     result = model.student if isinstance(model, distillation.Distiller) else model
-    result.save(done + ".tmp.keras")
-    os.replace(done + ".tmp.keras", done)
-    logging.info("stage %s: %d epochs in %.1f s", name, epochs,
-                 time.perf_counter() - start)
+    mine = run.path("checkpoints", f"{name}.keras")
+    result.save(mine + ".tmp.keras")
+    os.replace(mine + ".tmp.keras", mine)
+    run.seconds[name] = time.perf_counter() - start
+    logging.info("stage %s: %d epochs in %.1f s (weights %s)", name, epochs,
+                 run.seconds[name], _lockstep.digest(result))
     return result
 
 
@@ -294,25 +374,70 @@ def _exports(run, final):
     return made
 
 
-def run(config):
+def get_strategy(config):
+    """The run's (cached) strategy; `ConfigError` for a bad cluster."""
+    try:
+        return distribute.get_strategy(
+            config.strategy, tpu=config.tpu, num_gpus=config.num_gpus,
+            all_reduce=config.all_reduce)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def run(config, *, command=None):
     """Runs the recipe for `config`; returns the report rows.
+
+    Args:
+        config: The run's `Config`.
+        command: The command line, for the report. Defaults to `sys.argv`.
 
     Raises:
         ConfigError: For settings that cannot work, before any training.
+        ClusterError: When a worker of a multi-worker run stops; the message
+            names it.
     """
     check(config)
+    start = time.perf_counter()
     devices.configure_devices(
         memory_growth=config.memory_growth, memory_limit_mb=config.memory_limit_mb,
         logical_cpus=config.logical_cpus, mixed_precision=config.mixed_precision)
+    # Before any op: a multi_worker strategy configures the runtime.
+    strategy = get_strategy(config)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         # Same numbers after a restart; a process-wide, one-way switch.
         tf.config.experimental.enable_op_determinism()
-    run_ = _Run(config)
+    run_ = _Run(config, strategy, sys.argv if command is None else command)
+    try:
+        run_.start()
+        rows = _recipe(run_)
+        run_.seconds["total"] = time.perf_counter() - start
+        if run_.worker.is_chief:
+            report.write(run_, rows)
+            logging.info("report written to %s", run_.path("report.md"))
+        else:
+            logging.info("%s %d done; the chief writes the report to %s",
+                         run_.worker.task_type, run_.worker.task_id, run_.shared)
+        # The chief hosts the cluster's coordination service: it must not
+        # leave while a worker still evaluates or exports.
+        _lockstep.barrier(strategy, run_.worker)
+    except _lockstep.PEER_ERRORS as err:
+        if run_.worker.num_workers < 2:
+            raise
+        raise ClusterError(_lockstep.lost_task(err, run_.worker)) from err
+    finally:
+        run_.close()
+    return rows
+
+
+def _recipe(run_):
+    config = run_.config
     rows = []
     teacher = _teacher(run_) if config.teacher else None
     baseline, student = _student(run_, teacher)
     reference = teacher if teacher is not None else baseline
+    start = time.perf_counter()
+    logging.info("evaluating and exporting")
     rows.append(report.keras_row(run_, "baseline", reference, reference=None))
     final = pruning.strip(student)
     if teacher is not None:
@@ -321,9 +446,12 @@ def run(config):
     elif config.prune:
         rows.append(report.keras_row(run_, "pruned", final, rows[0]))
     if config.qat:
+        run_.seconds["evaluate"] = time.perf_counter() - start
         final = _qat(run_, final)
+        start = time.perf_counter()
         rows.append(report.keras_row(run_, "qat", final, rows[0]))
     for name, path in _exports(run_, final):
         rows.append(report.file_row(run_, name, path, final, rows[0]))
-    report.write(run_, rows)
+    run_.seconds["evaluate"] = run_.seconds.get("evaluate", 0.0) + (
+        time.perf_counter() - start)
     return rows

@@ -91,6 +91,8 @@ class PrunedModel(keras.Model):
     `PruningCallback` (in Python, before the first step) and logs the
     `sparsity` of its masks at every step."""
 
+    distribute_reduction_method = _keras.SYNCED_LOGS
+
     def train_step(self, data):
         require_callback(self)
         logs = super().train_step(data)

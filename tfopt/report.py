@@ -3,14 +3,18 @@ split, parameters, non-zero parameters, file and gzipped size, TFLite latency
 per example), as `report.json`, `report.md` and `report.png`."""
 
 import json
+import shlex
+import sys
 import warnings
 
 import numpy as np
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
 
 from tfopt import _sparsity, export
 from tfopt._keras import keras
 
-__all__ = ["file_row", "keras_row", "markdown", "write"]
+__all__ = ["environment", "file_row", "keras_row", "markdown", "write"]
 
 _sizes = export.disk_sizes  # (bytes, gzipped bytes)
 
@@ -92,6 +96,39 @@ def markdown(rows):
     return "\n".join(lines)
 
 
+def environment(run):
+    """Where and how `run` ran: strategy, replicas, workers, versions, wall
+    seconds per stage and the command line."""
+    from tfopt import __version__
+
+    worker = run.worker
+    return {
+        "strategy": run.strategy_name,
+        "replicas": run.strategy.num_replicas_in_sync,
+        "workers": worker.num_workers,
+        "task": None if worker.task_type is None else
+        f"{worker.task_type} {worker.task_id}",
+        "versions": {"tensorflow": tf.__version__, "tf_keras": keras.__version__,
+                     "tfmot": tfmot.__version__, "tfopt": __version__,
+                     "python": sys.version.split()[0]},
+        "stage_seconds": {k: round(v, 2) for k, v in run.seconds.items()},
+        "command": shlex.join(run.command),
+    }
+
+
+def _where(env):
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in env["stage_seconds"].items())
+    task = f", report by {env['task']}" if env["task"] else ""
+    return "\n".join([
+        "## Where it ran", "",
+        f"- strategy: {env['strategy']}, {env['replicas']} replica(s) on "
+        f"{env['workers']} worker(s){task}",
+        f"- versions: {versions}",
+        f"- wall time: {stages}",
+        f"- command: `{env['command']}`", ""])
+
+
 def _plot(rows, path):
     import matplotlib
 
@@ -116,13 +153,15 @@ def _plot(rows, path):
 
 
 def write(run, rows):
-    """Writes report.json (rows and settings), report.md and report.png."""
+    """Writes report.json (rows, settings, environment), report.md and
+    report.png."""
+    env = environment(run)
     with open(run.path("report.json"), "w") as file:
         json.dump({"settings": run.config.settings(), "dataset": run.info._asdict(),
-                   "rows": rows}, file, indent=2)
+                   "environment": env, "rows": rows}, file, indent=2)
     table = markdown(rows)
     with open(run.path("report.md"), "w") as file:
         file.write(f"# tfopt report: {run.config.model} on {run.info.name}\n\n")
-        file.write(table + "\n")
+        file.write(table + "\n\n" + _where(env))
     _plot(rows, run.path("report.png"))
     return table

@@ -1,0 +1,187 @@
+"""tfopt across processes, as users run it: scripts/train.py as two workers on
+127.0.0.1 (every stage, then killed and resumed), the README's device
+pattern in both call orders, and logged metrics that do not depend on how
+the global batch is split."""
+
+import json
+import re
+import signal
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfopt
+from tests import cluster, helpers, parity
+
+# The teacher is tfmot_mnist, which has no BatchNorm or Dropout: those run
+# per replica, so with them no two replica counts train the same model.
+ARGS = ["--dataset=digits", "--teacher=train", "--teacher_model=tfmot_mnist",
+        "--prune", "--qat", "--epochs=3", "--teacher_epochs=1", "--qat_epochs=1",
+        "--batch_size=32", "--export=tflite_int8"]
+TIMEOUT = 300
+
+
+def _digests(output):
+    return dict(re.findall(r"stage (\w+): \d+ epochs in .* \(weights (\w+)\)", output))
+
+
+def _rows(model_dir):
+    report = json.loads((model_dir / "report.json").read_text())
+    return report, {row["artifact"]: row for row in report["rows"]}
+
+
+def _two_workers(tmp_path, name, attempt=0):
+    logs = tmp_path / f"{name}-logs-{attempt}"
+    (logs / "tmp").mkdir(parents=True)
+    # TMPDIR: where worker 1 keeps its own checkpoints until it finishes.
+    envs = [{**env, "TMPDIR": str(logs / "tmp")}
+            for env in cluster.cluster_envs({"worker": 2})]
+    procs = cluster.start_script(
+        "train", [f"--model_dir={tmp_path / name}", *ARGS], envs, logs)
+    return procs, logs
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """An uninterrupted 2-worker run."""
+    tmp_path = tmp_path_factory.mktemp("whole")
+    procs, logs = _two_workers(tmp_path, "run")
+    codes, outputs = cluster.wait_all(procs, logs, TIMEOUT)
+    assert codes == [0, 0], outputs
+    return tmp_path / "run", outputs, logs
+
+
+@pytest.mark.slow
+def test_train_py_on_two_workers_matches_one_process(whole, tmp_path):
+    model_dir, outputs, logs = whole
+    # Both workers trained the same weights, stage by stage.
+    digests = [_digests(out) for out in outputs]
+    assert set(digests[0]) == {"teacher", "distilled", "qat"}
+    assert digests[0] == digests[1]
+    # The chief wrote the run; worker 1 wrote only to its temporary
+    # directory, and deleted it.
+    assert "# tfopt report" in outputs[0] and "# tfopt report" not in outputs[1]
+    assert "worker 1 done; the chief writes the report to" in outputs[1]
+    assert list((logs / "tmp").iterdir()) == []
+    report, rows = _rows(model_dir)
+    env = report["environment"]
+    assert (env["strategy"], env["replicas"], env["workers"], env["task"]) == (
+        "multi_worker", 2, 2, "worker 0")
+    assert set(env["stage_seconds"]) >= {"teacher", "distilled", "qat", "total"}
+    assert env["command"].startswith("scripts/train.py --model_dir=")
+    assert env["versions"]["tfopt"] == tfopt.__version__
+
+    [single] = cluster.start_script(
+        "train", [f"--model_dir={tmp_path / 'single'}", "--strategy=default", *ARGS],
+        [{}], tmp_path)
+    codes, single_out = cluster.wait_all([single], tmp_path, TIMEOUT)
+    assert codes == [0], single_out
+    _, single_rows = _rows(tmp_path / "single")
+    # The all-reduce adds the two half-batch gradients in another order than
+    # one device sums the batch: weights agree to ~1e-7, which can flip the
+    # argmax of a borderline test example, so accuracies may differ by one.
+    test_size = report["dataset"]["test_size"]
+    assert rows.keys() == single_rows.keys()
+    for name, row in rows.items():
+        assert abs(row["accuracy"] - single_rows[name]["accuracy"]) <= (
+            1 / test_size + 1e-9), name
+        assert row["nonzero_params"] == single_rows[name]["nonzero_params"], name
+    # Adam divides each update by the gradient's running RMS: where a
+    # gradient is near zero, a ~1e-7 rounding difference changes a whole
+    # step of the learning rate (3e-3). Measured over the ~200 steps of the
+    # three stages: at most 3.2e-4, on weights of about 0.2.
+    two = tfopt.load_model(model_dir / "checkpoints" / "qat.keras")
+    one = tfopt.load_model(tmp_path / "single" / "checkpoints" / "qat.keras")
+    for a, b in zip(two.get_weights(), one.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_a_lost_worker_stops_the_other_and_both_resume(whole, tmp_path):
+    procs, logs = _two_workers(tmp_path, "run")
+    index = tmp_path / "run" / "checkpoints" / "distilled" / "checkpoint"
+    deadline = time.monotonic() + TIMEOUT
+    while not index.exists():
+        assert time.monotonic() < deadline and procs[0].poll() is None, (
+            "no distilled-stage checkpoint appeared")
+        time.sleep(0.1)
+    # The chief hosts the cluster's coordination service: the harder loss.
+    procs[0].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    codes, outputs = cluster.wait_all(procs, logs, 120)
+    assert time.monotonic() - killed < 90
+    assert codes[1] not in (0, None)
+    assert re.search(r"error: lost worker task 0 at 127\.0\.0\.1:\d+ of this "
+                     r"2-worker cluster \(\w+Error\); this is worker 1\. Re-run "
+                     r"the same command on every worker to resume", outputs[1]), (
+        outputs[1][-3000:])
+    assert not (tmp_path / "run" / "report.json").exists()
+
+    procs, logs = _two_workers(tmp_path, "run", attempt=1)
+    codes, outputs = cluster.wait_all(procs, logs, TIMEOUT)
+    assert codes == [0, 0], outputs
+    assert "stage teacher: finished earlier" in outputs[0]
+    assert "stage distilled: resuming after epoch" in outputs[0]
+    _, resumed = _rows(tmp_path / "run")
+    _, uninterrupted = _rows(whole[0])
+    assert resumed.keys() == uninterrupted.keys()
+    for name, row in resumed.items():
+        for key in ("accuracy", "params", "nonzero_params"):
+            assert row[key] == uninterrupted[name][key], (name, key)
+
+
+def readme_pattern(order):
+    """The README's start-up, in `order`; then what changing it says."""
+    if order == "devices_first":
+        tfopt.configure_devices(logical_cpus=1)
+        strategy = tfopt.get_strategy("auto")
+    else:
+        strategy = tfopt.get_strategy("auto")
+        tfopt.configure_devices(logical_cpus=1)
+    weights, _ = helpers.train_tiny(strategy)
+    try:
+        tfopt.configure_devices(logical_cpus=2)
+        late = None
+    except RuntimeError as err:
+        late = str(err)
+    multi = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    return multi, strategy.num_replicas_in_sync, weights, late
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", ["devices_first", "strategy_first"])
+def test_readme_device_pattern_works_in_either_order(order):
+    results = cluster.run_workers(readme_pattern, order)
+    for multi, replicas, _, late in results:
+        assert (multi, replicas) == (True, 2)
+        assert late.startswith("configure_devices must run before TensorFlow's "
+                               "first op (before building a model, a data set or "
+                               "a strategy)")
+    for a, b in zip(results[0][2], results[1][2], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def _close(a, b):
+    return abs(a - b) <= 1e-5 * max(abs(a), abs(b), 1e-12)
+
+
+@pytest.mark.slow
+def test_logged_metrics_equal_on_one_process_two_replicas_two_workers(mirrored):
+    workers = cluster.run_workers(parity.multi_worker_job)
+    single = parity.histories(tfopt.get_strategy("default"))
+    replicas = parity.histories(mirrored)
+    for name, logs in single.items():
+        assert {"loss", "val_loss"} <= set(logs)
+        for other in (replicas, workers[0], workers[1]):
+            assert other[name].keys() == logs.keys(), name
+            for key, values in logs.items():
+                values = list(values.values()) if key == "evaluate" else values
+                theirs = other[name][key]
+                theirs = list(theirs.values()) if key == "evaluate" else theirs
+                assert all(_close(a, b) for a, b in zip(values, theirs, strict=True)
+                           ), (name, key, values, theirs)
+    assert {"student_loss", "distillation_loss", "val_student_loss"} <= set(
+        single["distiller"])
+    assert "sparsity" in single["pruned"]

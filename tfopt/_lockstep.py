@@ -1,0 +1,91 @@
+"""Keeping the workers of a multi-worker run in step: a barrier that also
+checks they agree, and a readable message when one of them is lost.
+
+Every worker of a MultiWorkerMirroredStrategy must make the same collective
+calls in the same order; one that refuses, runs other flags or dies leaves
+the others waiting. TensorFlow's coordination service notices a dead peer
+within seconds (its heartbeats), aborts the collectives with an
+`UnavailableError`, and `lost_task` turns that into a message naming it.
+"""
+
+import json
+import re
+import zlib
+
+import tensorflow as tf
+
+from tfopt import distribute
+
+# What a collective raises when a peer has stopped.
+PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+               tf.errors.CancelledError, tf.errors.AbortedError)
+
+
+def _all_sum(strategy, values):
+    """Sums `values` over every replica of every worker."""
+
+    @tf.function  # run eagerly, a collective strategy warns of its overhead
+    def total():
+        per_replica = strategy.run(lambda: tf.constant(values, tf.float64))
+        return strategy.reduce("SUM", per_replica, axis=None)
+
+    return total().numpy()
+
+
+def digest(model):
+    """A short hash of `model`'s weights: equal on every worker of a cluster
+    that trained in step (logged, so that it can be checked)."""
+    crc = 0
+    for weight in model.get_weights():
+        crc = zlib.crc32(weight.tobytes(), crc)
+    return f"{crc:08x}"
+
+
+def barrier(strategy, worker):
+    """Returns once every worker got here; a no-op on a single worker."""
+    if worker.num_workers > 1:
+        _all_sum(strategy, [1.0])
+
+
+def agree(strategy, worker, settings, ok):
+    """A barrier that also compares every worker's `settings` and `ok`.
+
+    Every worker gets the same verdict, so all of them stop together.
+
+    Returns:
+        None when all workers are ok and have the same settings, else why
+        not.
+    """
+    if worker.num_workers < 2:
+        return None
+    # A 20-bit fingerprint: its square summed over the replicas stays exact
+    # in float64, and equal values are exactly what zero variance means.
+    mark = zlib.crc32(json.dumps(settings, sort_keys=True).encode()) % (1 << 20)
+    oks, total, squares = _all_sum(strategy, [float(ok), mark, mark * mark])
+    replicas = strategy.num_replicas_in_sync
+    if oks != replicas:
+        return ("a worker refused the run (its log says why, usually the "
+                "chief's about --model_dir); fix that and start every worker "
+                "again.")
+    if squares * replicas != total * total:
+        return ("the workers were started with different flags; start every "
+                "worker with the same command.")
+    return None
+
+
+def lost_task(err, worker):
+    """The message for a collective `err` that failed because a peer
+    stopped: which task, at which address, and how to resume."""
+    me = (worker.task_type, str(worker.task_id))
+    cluster = (distribute.tf_config() or {}).get("cluster", {})
+    lost = "a peer"
+    for job, index in re.findall(r"/job:(\w+)(?:/replica:\d+)?/task:(\d+)",
+                                 err.message):
+        if (job, index) != me:
+            hosts = cluster.get(job, [])
+            where = f" at {hosts[int(index)]}" if int(index) < len(hosts) else ""
+            lost = f"{job} task {index}{where}"
+            break
+    return (f"lost {lost} of this {worker.num_workers}-worker cluster "
+            f"({type(err).__name__}); this is {me[0]} {me[1]}. Re-run the same "
+            "command on every worker to resume from the last finished epoch.")
