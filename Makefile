@@ -1,11 +1,13 @@
 # Two entry points that work on a fresh machine with only Python 3:
 #   make test   create .venv, install tfopt with its test extras, lint, test
 #   make demo   create .venv, install tfopt with the bundled data, run the demo
+# On a CUDA machine (not part of CI):
+#   make gpu-check  add TensorFlow's CUDA wheels, run scripts/gpu_check.py
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo lint clean
+.PHONY: test demo lint clean gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +26,14 @@ test: lint
 
 demo: $(VENV)/.installed-data
 	$(BIN)/python scripts/train.py --flagfile=scripts/demo.flags
+
+# tensorflow[and-cuda] brings the CUDA and cuDNN wheels TensorFlow loads.
+$(VENV)/.installed-cuda: $(VENV)/.installed-test
+	$(BIN)/python -m pip install 'tensorflow[and-cuda]==2.21.*'
+	touch $@
+
+gpu-check: $(VENV)/.installed-cuda
+	$(BIN)/python scripts/gpu_check.py --output=gpu_check.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -127,3 +127,17 @@ def test_visible_gpu_index_out_of_range_lists_the_gpus(no_growth_env):
         rf"Received: visible_gpus=\[{count}\]$"
     )):
         tfopt.configure_devices(visible_gpus=[count])
+
+
+def _runtime_left_unstarted_job():
+    tfopt.configure_devices(logical_cpus=2)
+    # Only possible while TensorFlow's runtime has not started, which a
+    # MultiWorkerMirroredStrategy created next needs.
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 3)
+    return len(tf.config.list_logical_devices("CPU"))
+
+
+def test_configure_devices_leaves_the_runtime_unstarted():
+    assert cluster.run_processes(_runtime_left_unstarted_job, [{}]) == [3]

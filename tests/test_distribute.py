@@ -122,11 +122,17 @@ def test_multi_worker_under_slurm_uses_the_slurm_resolver():
     assert np.isfinite(loss)
 
 
-def _parameter_server_job():
+def _parameter_server_job(order):
     config = distribute.tf_config()
     if config["task"]["type"] != "chief":
         distribute.run_server()  # serves until the test kills it
-    strategy = tfopt.get_strategy("auto")
+    if order == "devices_first":
+        tfopt.configure_devices(logical_cpus=1)
+        tf.constant(1.0) + 1.0  # the runtime has started: still fine here
+        strategy = tfopt.get_strategy("auto")
+    else:
+        strategy = tfopt.get_strategy("auto")
+        tfopt.configure_devices(logical_cpus=1)
     x, y = helpers.tiny_regression()
     with strategy.scope():
         model = tfopt.keras.Sequential([tfopt.keras.Input((6,)),
@@ -139,9 +145,10 @@ def _parameter_server_job():
 
 
 @pytest.mark.slow
-def test_parameter_server_cluster_trains_on_loopback():
+@pytest.mark.parametrize("order", ["devices_first", "strategy_first"])
+def test_parameter_server_cluster_trains_on_loopback(order):
     envs = cluster.cluster_envs({"chief": 1, "worker": 1, "ps": 1})
-    [(is_ps, losses)] = cluster.run_processes(_parameter_server_job, envs,
+    [(is_ps, losses)] = cluster.run_processes(_parameter_server_job, envs, order,
                                               wait=[0])
     assert is_ps
     assert len(losses) == 2 and all(np.isfinite(losses))
@@ -373,3 +380,72 @@ def test_tpu_name_that_cannot_be_resolved_says_what_to_check():
     )):
         tfopt.get_strategy("tpu", tpu="no-such-tpu")
     assert time.monotonic() - start < 60
+
+
+@pytest.mark.parametrize("raw", ["", "  "])
+@pytest.mark.parametrize("name", distribute.NAMES)
+def test_an_empty_tf_config_means_the_same_to_every_strategy(tf_config, raw, name):
+    tf_config(raw)
+    with pytest.raises(ValueError, match=(
+        r"^TF_CONFIG is set but empty. Unset it \(`unset TF_CONFIG`\) to train "
+        r"on this machine alone, or set it to the cluster's JSON. "
+        rf"Received: TF_CONFIG='{raw}'$"
+    )):
+        tfopt.get_strategy(name)
+
+
+def test_multi_worker_without_a_cluster_is_refused(tf_config):
+    with pytest.raises(ValueError, match=(
+        r"^`name`='multi_worker' needs a cluster: set TF_CONFIG on every "
+        r"worker, or run the job as a SLURM step \(srun\). For the devices of "
+        r"this one machine use 'mirrored'. Received: TF_CONFIG and "
+        r"SLURM_PROCID unset$"
+    )):
+        tfopt.get_strategy("multi_worker")
+
+
+def _multi_worker_after_an_op_job():
+    tf.constant(1.0) + 1.0  # starts TensorFlow's runtime
+    try:
+        tfopt.get_strategy("multi_worker")
+    except RuntimeError as err:
+        return str(err)
+    return "no error"
+
+
+def test_multi_worker_after_the_runtime_started_says_what_to_move():
+    # One task of a two-worker cluster: it must fail before waiting for its
+    # peer.
+    env = cluster.cluster_envs({"worker": 2})[:1]
+    [message] = cluster.run_processes(_multi_worker_after_an_op_job, env,
+                                      timeout=60)
+    assert message.startswith(
+        "get_strategy('multi_worker') must come before anything starts "
+        "TensorFlow's runtime (a tensor, a data set, a model, "
+        "tf.config.list_logical_devices): its collectives can only be "
+        "configured at start-up. Call it at the top of the program, right "
+        "after tfopt.configure_devices. ("), message
+
+
+def test_worker_info_of_single_process_strategies(tf_config, mirrored):
+    # A TF_CONFIG naming another task does not concern a strategy that
+    # does not read it.
+    tf_config({**WORKERS_2, "task": {"type": "worker", "index": 1}})
+    for strategy in (tfopt.get_strategy("default"), mirrored):
+        assert distribute.worker_info(strategy) == distribute.WorkerInfo(
+            None, 0, True, 1)
+    with pytest.raises(TypeError, match=(
+        r"^`strategy` must be a tf.distribute.Strategy. Received: "
+        r"strategy='mirrored'$"
+    )):
+        distribute.worker_info("mirrored")
+
+
+def _worker_info_job():
+    return tuple(distribute.worker_info(tfopt.get_strategy("multi_worker")))
+
+
+@pytest.mark.slow
+def test_worker_info_names_the_chief_of_a_cluster():
+    assert cluster.run_workers(_worker_info_job) == [
+        ("worker", 0, True, 2), ("worker", 1, False, 2)]

@@ -103,6 +103,52 @@ def test_bad_settings_exit_before_training(tmp_path, overrides, message):
         tmp_path / "run" / "checkpoints")
 
 
+def test_a_refused_batch_size_leaves_no_run_behind(tmp_path):
+    with pytest.raises(SystemExit, match=r"^error: --batch_size=33 must divide"):
+        _train(tmp_path / "run", strategy="mirrored", batch_size=33)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit, match=(
+        r"^error: --batch_size=4000 must be at most the 1295 training examples "
+        r"of --dataset=digits.$"
+    )):
+        _train(tmp_path / "run", batch_size=4000, prune=True)
+
+
+PS_CLUSTER = {"cluster": {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"],
+                          "ps": ["127.0.0.1:3"]}}
+
+
+@pytest.mark.parametrize(
+    "tf_config, overrides, message",
+    [
+        ({**PS_CLUSTER, "task": {"type": "chief", "index": 0}}, {},
+         r"^error: scripts/train.py does not run parameter-server training .*"
+         r"run it with --strategy=multi_worker and a TF_CONFIG of 'worker' "
+         r"tasks only. The library supports parameter servers"),
+        ({**PS_CLUSTER, "task": {"type": "ps", "index": 0}},
+         {"strategy": "multi_worker"},
+         r"^error: scripts/train.py does not run parameter-server training"),
+        (None, {"strategy": "parameter_server"},
+         r"^error: scripts/train.py does not run parameter-server training"),
+        (None, {"strategy": "multi_worker"},
+         r"^error: `name`='multi_worker' needs a cluster: set TF_CONFIG on every "
+         r"worker, or run the job as a SLURM step \(srun\)"),
+        ("", {}, r"^error: TF_CONFIG is set but empty. Unset it"),
+    ],
+)
+def test_cluster_misconfiguration_exits_before_any_work(
+    tmp_path, monkeypatch, tf_config, overrides, message
+):
+    monkeypatch.delenv("SLURM_PROCID", raising=False)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    if tf_config is not None:
+        monkeypatch.setenv("TF_CONFIG", tf_config if isinstance(tf_config, str)
+                           else json.dumps(tf_config))
+    with pytest.raises(SystemExit, match=message):
+        _train(tmp_path / "run", **overrides)
+    assert not (tmp_path / "run").exists()
+
+
 def test_model_dir_guards(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("mine")
@@ -261,3 +307,20 @@ def test_model_dir_is_required():
             train.main(["train.py"])
     with pytest.raises(Exception, match="Unexpected arguments: extra"):
         train.main(["train.py", "extra"])
+
+
+def test_gpu_check_refuses_at_once_without_a_gpu(tmp_path):
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU: `make gpu-check` runs the real thing")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, "scripts/gpu_check.py",
+                          f"--output={tmp_path / 'gpu.json'}"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.strip().endswith(
+        "error: TensorFlow sees no GPU here, so there is nothing to check. Run this "
+        "on a CUDA machine after `pip install 'tensorflow[and-cuda]==2.21.*'` "
+        "(make gpu-check does that).")
+    assert not (tmp_path / "gpu.json").exists()

@@ -366,9 +366,12 @@ def worker_info(strategy):
     WorkerInfo(task_type=None, task_id=0, is_chief=True, num_workers=1)
     """
     _check_strategy(strategy)
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or isinstance(strategy, tf.distribute.TPUStrategy):
+    # Only these two span processes; the resolver of any other strategy
+    # (MirroredStrategy keeps one) would read a TF_CONFIG it does not use.
+    if not isinstance(strategy, (tf.distribute.MultiWorkerMirroredStrategy,
+                                 tf.distribute.experimental.ParameterServerStrategy)):
         return WorkerInfo(None, 0, True, 1)
+    resolver = strategy.cluster_resolver
     spec = resolver.cluster_spec().as_dict()
     task_type, task_id = resolver.task_type, resolver.task_id or 0
     workers = len(spec.get("chief", [])) + len(spec.get("worker", []))
