@@ -138,20 +138,22 @@ def run_workers(fn, *args, num_workers=2, timeout=240):
                          timeout=timeout)
 
 
-def start_script(script, args, envs, log_dir):
+def start_script(script, args, envs, log_dir, extra=None):
     """Starts `python scripts/{script}.py *args` once per environment in
-    `envs` (each process's output goes to `log_dir/{rank}.log`).
+    `envs` (each process's output goes to `log_dir/{rank}.log`), with
+    `extra[rank]` arguments added where given.
 
     Returns:
         The `subprocess.Popen` objects, in order.
     """
     procs = []
-    for rank, extra in enumerate(envs):
+    for rank, task_env in enumerate(envs):
         env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-        env.update(PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2", **extra)
+        env.update(PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2", **task_env)
         with open(Path(log_dir) / f"{rank}.log", "w") as log:
             procs.append(subprocess.Popen(
-                [sys.executable, f"scripts/{script}.py", *args], cwd=ROOT,
+                [sys.executable, f"scripts/{script}.py", *args,
+                 *(extra or {}).get(rank, [])], cwd=ROOT,
                 env=env, stdout=log, stderr=subprocess.STDOUT))
     return procs
 

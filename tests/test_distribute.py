@@ -433,7 +433,7 @@ def test_worker_info_of_single_process_strategies(tf_config, mirrored):
     tf_config({**WORKERS_2, "task": {"type": "worker", "index": 1}})
     for strategy in (tfopt.get_strategy("default"), mirrored):
         assert distribute.worker_info(strategy) == distribute.WorkerInfo(
-            None, 0, True, 1)
+            None, 0, True, 1, {})
     with pytest.raises(TypeError, match=(
         r"^`strategy` must be a tf.distribute.Strategy. Received: "
         r"strategy='mirrored'$"
@@ -447,5 +447,7 @@ def _worker_info_job():
 
 @pytest.mark.slow
 def test_worker_info_names_the_chief_of_a_cluster():
-    assert cluster.run_workers(_worker_info_job) == [
-        ("worker", 0, True, 2), ("worker", 1, False, 2)]
+    envs = cluster.cluster_envs({"worker": 2})
+    hosts = json.loads(envs[0]["TF_CONFIG"])["cluster"]
+    assert cluster.run_processes(_worker_info_job, envs) == [
+        ("worker", 0, True, 2, hosts), ("worker", 1, False, 2, hosts)]

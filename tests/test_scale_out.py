@@ -32,12 +32,19 @@ def _rows(model_dir):
     return report, {row["artifact"]: row for row in report["rows"]}
 
 
-def _two_workers(tmp_path, name, attempt=0):
+def _slurm_step(tasks):
+    """What srun sets for a step of `tasks` tasks on this one node."""
+    return [{"SLURM_PROCID": str(i), "SLURM_STEP_NUM_TASKS": str(tasks),
+             "SLURM_STEP_NODELIST": "localhost",
+             "SLURM_STEP_TASKS_PER_NODE": str(tasks)} for i in range(tasks)]
+
+
+def _two_workers(tmp_path, name, attempt=0, slurm=False):
     logs = tmp_path / f"{name}-logs-{attempt}"
     (logs / "tmp").mkdir(parents=True)
     # TMPDIR: where worker 1 keeps its own checkpoints until it finishes.
-    envs = [{**env, "TMPDIR": str(logs / "tmp")}
-            for env in cluster.cluster_envs({"worker": 2})]
+    envs = [{**env, "TMPDIR": str(logs / "tmp")} for env in (
+        _slurm_step(2) if slurm else cluster.cluster_envs({"worker": 2}))]
     procs = cluster.start_script(
         "train", [f"--model_dir={tmp_path / name}", *ARGS], envs, logs)
     return procs, logs
@@ -45,9 +52,10 @@ def _two_workers(tmp_path, name, attempt=0):
 
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
-    """An uninterrupted 2-worker run."""
+    """An uninterrupted 2-worker run: a SLURM step (ports 8888 and 8889 on
+    127.0.0.1), where the kill test uses TF_CONFIG, so both are covered."""
     tmp_path = tmp_path_factory.mktemp("whole")
-    procs, logs = _two_workers(tmp_path, "run")
+    procs, logs = _two_workers(tmp_path, "run", slurm=True)
     codes, outputs = cluster.wait_all(procs, logs, TIMEOUT)
     assert codes == [0, 0], outputs
     return tmp_path / "run", outputs, logs
@@ -130,6 +138,37 @@ def test_a_lost_worker_stops_the_other_and_both_resume(whole, tmp_path):
     for name, row in resumed.items():
         for key in ("accuracy", "params", "nonzero_params"):
             assert row[key] == uninterrupted[name][key], (name, key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["other_flags", "chief_refuses"])
+def test_all_workers_stop_together_when_one_cannot_run(tmp_path, case):
+    model_dir = tmp_path / "run"
+    extra = None
+    if case == "other_flags":
+        extra = {1: ["--seed=1"]}
+    else:
+        model_dir.mkdir()
+        (model_dir / "config.json").write_text('{"other": "run"}')
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs = cluster.start_script(
+        "train", [f"--model_dir={model_dir}", *ARGS], cluster.cluster_envs(
+            {"worker": 2}), logs, extra)
+    start = time.monotonic()
+    codes, outputs = cluster.wait_all(procs, logs, 120)
+    assert codes == [1, 1], outputs
+    assert time.monotonic() - start < 60
+    if case == "other_flags":
+        for output in outputs:
+            assert ("error: the workers were started with different flags; start "
+                    "every worker with the same command.") in output
+        assert not (model_dir / "checkpoints" / "teacher").exists()
+    else:
+        assert "holds a run with other flags" in outputs[0]
+        assert ("error: a worker refused the run (its log says why, usually the "
+                "chief's about --model_dir)") in outputs[1]
+        assert (model_dir / "config.json").read_text() == '{"other": "run"}'
 
 
 def readme_pattern(order):

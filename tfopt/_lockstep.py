@@ -14,8 +14,6 @@ import zlib
 
 import tensorflow as tf
 
-from tfopt import distribute
-
 # What a collective raises when a peer has stopped.
 PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
                tf.errors.CancelledError, tf.errors.AbortedError)
@@ -24,12 +22,18 @@ PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
 def _all_sum(strategy, values):
     """Sums `values` over every replica of every worker."""
 
+    def replica_sum():
+        # An explicit all-reduce: `strategy.reduce` of a value that is not
+        # per-replica (one replica per worker returns a plain tensor) just
+        # multiplies it by the replica count, without asking the others.
+        return tf.distribute.get_replica_context().all_reduce(
+            "SUM", tf.constant(values, tf.float64))
+
     @tf.function  # run eagerly, a collective strategy warns of its overhead
     def total():
-        per_replica = strategy.run(lambda: tf.constant(values, tf.float64))
-        return strategy.reduce("SUM", per_replica, axis=None)
+        return strategy.run(replica_sum)
 
-    return total().numpy()
+    return strategy.experimental_local_results(total())[0].numpy()
 
 
 def digest(model):
@@ -77,12 +81,11 @@ def lost_task(err, worker):
     """The message for a collective `err` that failed because a peer
     stopped: which task, at which address, and how to resume."""
     me = (worker.task_type, str(worker.task_id))
-    cluster = (distribute.tf_config() or {}).get("cluster", {})
     lost = "a peer"
     for job, index in re.findall(r"/job:(\w+)(?:/replica:\d+)?/task:(\d+)",
                                  err.message):
         if (job, index) != me:
-            hosts = cluster.get(job, [])
+            hosts = worker.cluster.get(job, [])
             where = f" at {hosts[int(index)]}" if int(index) < len(hosts) else ""
             lost = f"{job} task {index}{where}"
             break

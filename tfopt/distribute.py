@@ -339,11 +339,12 @@ class WorkerInfo(NamedTuple):
     task_id: int
     is_chief: bool
     num_workers: int
+    cluster: dict  # job name -> "host:port" list; empty for one process
 
 
 def worker_info(strategy):
-    """Returns this process's task, whether it is the chief, and the worker
-    count of `strategy`'s cluster.
+    """Returns this process's task, whether it is the chief, the worker count
+    and the cluster of `strategy`.
 
     The chief is the `chief` task, or worker 0 when the cluster has no
     `chief` job (tf.distribute's convention): it alone writes checkpoints,
@@ -363,21 +364,21 @@ def worker_info(strategy):
 
     >>> import tfopt
     >>> tfopt.distribute.worker_info(tfopt.get_strategy("default"))
-    WorkerInfo(task_type=None, task_id=0, is_chief=True, num_workers=1)
+    WorkerInfo(task_type=None, task_id=0, is_chief=True, num_workers=1, cluster={})
     """
     _check_strategy(strategy)
     # Only these two span processes; the resolver of any other strategy
     # (MirroredStrategy keeps one) would read a TF_CONFIG it does not use.
     if not isinstance(strategy, (tf.distribute.MultiWorkerMirroredStrategy,
                                  tf.distribute.experimental.ParameterServerStrategy)):
-        return WorkerInfo(None, 0, True, 1)
+        return WorkerInfo(None, 0, True, 1, {})
     resolver = strategy.cluster_resolver
     spec = resolver.cluster_spec().as_dict()
     task_type, task_id = resolver.task_type, resolver.task_id or 0
     workers = len(spec.get("chief", [])) + len(spec.get("worker", []))
     chief = task_type in (None, "chief") or (
         task_type == "worker" and task_id == 0 and "chief" not in spec)
-    return WorkerInfo(task_type, int(task_id), chief, max(workers, 1))
+    return WorkerInfo(task_type, int(task_id), chief, max(workers, 1), spec)
 
 
 def _check_strategy(strategy):
