@@ -451,3 +451,22 @@ def test_worker_info_names_the_chief_of_a_cluster():
     hosts = json.loads(envs[0]["TF_CONFIG"])["cluster"]
     assert cluster.run_processes(_worker_info_job, envs) == [
         ("worker", 0, True, 2, hosts), ("worker", 1, False, 2, hosts)]
+
+
+def test_a_worker_waiting_for_its_peers_says_so(caplog):
+    import threading
+
+    from tfopt import _cluster
+
+    joined = threading.Event()
+    waiter = threading.Thread(target=_cluster._note_waiting,
+                              args=(joined, "TF_CONFIG task {'index': 1}", 0.05))
+    with caplog.at_level("WARNING"):
+        waiter.start()
+        time.sleep(0.2)
+        joined.set()
+        waiter.join(1)
+    assert not waiter.is_alive()
+    assert ("get_strategy('multi_worker'): TF_CONFIG task {'index': 1} still waits "
+            "for the other workers after 0.05 s; start the same command on each "
+            "of them.") in caplog.text

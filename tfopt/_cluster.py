@@ -1,6 +1,6 @@
 """Cluster and TPU resolution behind `tfopt.distribute`: TF_CONFIG checked
-before TensorFlow reads it, SLURM steps, parameter-server tasks and the TPU
-connection boundary."""
+before TensorFlow reads it, SLURM steps, joining a multi-worker cluster,
+parameter-server tasks and the TPU connection boundary."""
 
 import json
 import os
@@ -9,6 +9,7 @@ import threading
 import urllib.parse
 
 import tensorflow as tf
+from absl import logging
 
 # How long the TPU boundary may take before tfopt gives up on it.
 _TPU_PROBE_TIMEOUT_S = 10
@@ -84,6 +85,65 @@ def slurm_tasks():
         return int(os.environ.get("SLURM_STEP_NUM_TASKS", "0"))
     except ValueError:
         return 0
+
+
+def multi_worker(implementation):
+    """Builds the MultiWorkerMirroredStrategy of TF_CONFIG or the SLURM step."""
+    if tf_config() is None and "SLURM_PROCID" not in os.environ:
+        # Refused rather than warned: launched on N machines without a
+        # cluster, N processes would each train alone and all write the
+        # same --model_dir, with nothing in the output to show it.
+        raise ValueError(
+            "`name`='multi_worker' needs a cluster: set TF_CONFIG on every "
+            "worker, or run the job as a SLURM step (srun). For the devices of "
+            "this one machine use 'mirrored'. Received: TF_CONFIG and "
+            "SLURM_PROCID unset")
+    resolver = None
+    if tf_config() is None and "SLURM_PROCID" in os.environ:
+        # GPU binding is left to SLURM (its CUDA_VISIBLE_DEVICES per task):
+        # TensorFlow has enumerated the GPUs by now, so auto_set_gpu is off.
+        # The resolver still pairs each task of a node with a GPU slot and
+        # drops tasks without one (and divides by zero on CPU nodes):
+        # claiming one slot per task of the step keeps every task.
+        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
+            gpus_per_node=max(slurm_tasks(), 1), gpus_per_task=1,
+            auto_set_gpu=False,
+        )
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=implementation)
+    where = (f"TF_CONFIG task {tf_config()['task']}" if resolver is None else
+             f"SLURM task {os.environ['SLURM_PROCID']}")
+    logging.info("get_strategy('multi_worker'): joining the cluster as %s; "
+                 "waits until every worker has started.", where)
+    joined = threading.Event()
+    threading.Thread(target=_note_waiting, args=(joined, where), daemon=True).start()
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            cluster_resolver=resolver, communication_options=options
+        )
+    except RuntimeError as err:
+        if "Collective ops must be configured" not in str(err):
+            raise
+        raise RuntimeError(
+            "get_strategy('multi_worker') must come before anything starts "
+            "TensorFlow's runtime (a tensor, a data set, a model, "
+            "tf.config.list_logical_devices): its collectives can only be "
+            "configured at start-up. Call it at the top of the program, right "
+            f"after tfopt.configure_devices. ({err})"
+        ) from err
+    finally:
+        joined.set()
+
+
+def _note_waiting(joined, where, every=30):
+    # TensorFlow waits for missing workers without a word (for up to an
+    # hour): say so, so that a worker nobody started is not a silent hang.
+    waited = 0
+    while not joined.wait(every):
+        waited += every
+        logging.warning("get_strategy('multi_worker'): %s still waits for the "
+                        "other workers after %g s; start the same command on "
+                        "each of them.", where, waited)
 
 
 def run_server(*, join=True):

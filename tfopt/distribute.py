@@ -130,43 +130,7 @@ def _mirrored(*, devices, all_reduce, **_):
 
 
 def _multi_worker(*, communication, **_):
-    if tf_config() is None and "SLURM_PROCID" not in os.environ:
-        # Refused rather than warned: launched on N machines without a
-        # cluster, N processes would each train alone and all write the
-        # same --model_dir, with nothing in the output to show it.
-        raise ValueError(
-            "`name`='multi_worker' needs a cluster: set TF_CONFIG on every "
-            "worker, or run the job as a SLURM step (srun). For the devices of "
-            "this one machine use 'mirrored'. Received: TF_CONFIG and "
-            "SLURM_PROCID unset")
-    resolver = None
-    if tf_config() is None and "SLURM_PROCID" in os.environ:
-        # GPU binding is left to SLURM (its CUDA_VISIBLE_DEVICES per task):
-        # TensorFlow has enumerated the GPUs by now, so auto_set_gpu is off.
-        # The resolver still pairs each task of a node with a GPU slot and
-        # drops tasks without one (and divides by zero on CPU nodes):
-        # claiming one slot per task of the step keeps every task.
-        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
-            gpus_per_node=max(_cluster.slurm_tasks(), 1), gpus_per_task=1,
-            auto_set_gpu=False,
-        )
-    options = tf.distribute.experimental.CommunicationOptions(
-        implementation=COMMUNICATION[communication or "auto"]
-    )
-    try:
-        return tf.distribute.MultiWorkerMirroredStrategy(
-            cluster_resolver=resolver, communication_options=options
-        )
-    except RuntimeError as err:
-        if "Collective ops must be configured" not in str(err):
-            raise
-        raise RuntimeError(
-            "get_strategy('multi_worker') must come before anything starts "
-            "TensorFlow's runtime (a tensor, a data set, a model, "
-            "tf.config.list_logical_devices): its collectives can only be "
-            "configured at start-up. Call it at the top of the program, right "
-            f"after tfopt.configure_devices. ({err})"
-        ) from err
+    return _cluster.multi_worker(COMMUNICATION[communication or "auto"])
 
 
 def _parameter_server(**_):
