@@ -55,8 +55,9 @@ def _gpus():
             ", default=str))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=120)
-    return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 \
-        else None
+    if out.returncode:
+        sys.exit(f"error: TensorFlow did not start here: {out.stderr.strip()[-800:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _run(name, args, limit, work):

@@ -112,6 +112,7 @@ def test_a_refused_batch_size_leaves_no_run_behind(tmp_path):
         r"of --dataset=digits.$"
     )):
         _train(tmp_path / "run", batch_size=4000, prune=True)
+    assert not (tmp_path / "run").exists()
 
 
 PS_CLUSTER = {"cluster": {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"],
@@ -134,6 +135,11 @@ PS_CLUSTER = {"cluster": {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"],
          r"^error: `name`='multi_worker' needs a cluster: set TF_CONFIG on every "
          r"worker, or run the job as a SLURM step \(srun\)"),
         ("", {}, r"^error: TF_CONFIG is set but empty. Unset it"),
+        ({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+          "task": {"type": "worker", "index": 1}}, {"strategy": "mirrored"},
+         r"^error: --strategy=mirrored trains in this process alone, but "
+         r"TF_CONFIG names 2 workers, which would all write --model_dir: use "
+         r"--strategy=multi_worker \(or auto\), or run without the cluster.$"),
     ],
 )
 def test_cluster_misconfiguration_exits_before_any_work(

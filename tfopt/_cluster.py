@@ -87,6 +87,16 @@ def slurm_tasks():
         return 0
 
 
+def cluster_workers():
+    """The worker count (chief included) TF_CONFIG or the SLURM step names;
+    0 when neither describes a cluster."""
+    config = tf_config()
+    if config is not None:
+        cluster = config["cluster"]
+        return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+    return slurm_tasks()
+
+
 def multi_worker(implementation):
     """Builds the MultiWorkerMirroredStrategy of TF_CONFIG or the SLURM step."""
     if tf_config() is None and "SLURM_PROCID" not in os.environ:

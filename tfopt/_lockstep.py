@@ -23,9 +23,6 @@ def _all_sum(strategy, values):
     """Sums `values` over every replica of every worker."""
 
     def replica_sum():
-        # An explicit all-reduce: `strategy.reduce` of a value that is not
-        # per-replica (one replica per worker returns a plain tensor) just
-        # multiplies it by the replica count, without asking the others.
         return tf.distribute.get_replica_context().all_reduce(
             "SUM", tf.constant(values, tf.float64))
 
@@ -51,30 +48,25 @@ def barrier(strategy, worker):
         _all_sum(strategy, [1.0])
 
 
-def agree(strategy, worker, settings, ok):
-    """A barrier that also compares every worker's `settings` and `ok`.
+def agree(strategy, worker, ok, value=None):
+    """A barrier that also tells every worker whether all of them are `ok`
+    and hold the same `value` (any JSON-able object).
 
-    Every worker gets the same verdict, so all of them stop together.
+    Every worker gets the same answer, so all of them can stop together
+    instead of leaving the others waiting in a collective.
 
     Returns:
-        None when all workers are ok and have the same settings, else why
-        not.
+        `(all_ok, same)`; `(ok, True)` on a single worker.
     """
     if worker.num_workers < 2:
-        return None
-    # A 20-bit fingerprint: its square summed over the replicas stays exact
-    # in float64, and equal values are exactly what zero variance means.
-    mark = zlib.crc32(json.dumps(settings, sort_keys=True).encode()) % (1 << 20)
+        return bool(ok), True
+    # A 16-bit fingerprint: summed with its square over the replicas it stays
+    # exact in float64 up to a thousand replicas, and equal values are
+    # exactly what zero variance means.
+    mark = zlib.crc32(json.dumps(value, sort_keys=True).encode()) % (1 << 16)
     oks, total, squares = _all_sum(strategy, [float(ok), mark, mark * mark])
     replicas = strategy.num_replicas_in_sync
-    if oks != replicas:
-        return ("a worker refused the run (its log says why, usually the "
-                "chief's about --model_dir); fix that and start every worker "
-                "again.")
-    if squares * replicas != total * total:
-        return ("the workers were started with different flags; start every "
-                "worker with the same command.")
-    return None
+    return oks == replicas, squares * replicas == total * total
 
 
 def lost_task(err, worker):

@@ -65,15 +65,12 @@ def resolve_name(name="auto", *, tpu=None):
     if tpu is not None:
         return "tpu", f"tpu={tpu!r} was given"
     config = tf_config()
-    if config is not None:
-        cluster = config["cluster"]
-        if "ps" in cluster:
-            return "parameter_server", "TF_CONFIG has a 'ps' job"
-        workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
-        if workers > 1:
-            return "multi_worker", f"TF_CONFIG has {workers} workers"
-    if _cluster.slurm_tasks() > 1:
-        return "multi_worker", f"SLURM step has {_cluster.slurm_tasks()} tasks"
+    if config is not None and "ps" in config["cluster"]:
+        return "parameter_server", "TF_CONFIG has a 'ps' job"
+    workers = _cluster.cluster_workers()
+    if workers > 1:
+        return "multi_worker", (f"TF_CONFIG has {workers} workers" if config
+                                else f"SLURM step has {workers} tasks")
     gpus = _num_gpus()
     if gpus > 1:
         return "mirrored", f"{gpus} GPUs are visible"

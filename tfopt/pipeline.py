@@ -10,16 +10,15 @@ the same numbers.
 
 On a multi-worker cluster every worker runs the same recipe (saving and
 evaluating involve collectives, so all of them must); the chief writes
-`model_dir`, the others write to temporary directories they delete at the
-end, and every worker resumes from the chief's checkpoints.
+`model_dir`, the others write beside it in `workertemp_<task>` directories
+they delete at the end, and every worker resumes from the chief's
+checkpoints (see `tfopt._run`).
 """
 
 import dataclasses
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import tensorflow as tf
@@ -28,7 +27,6 @@ from absl import logging
 from tfopt import (
     _lockstep,
     _summary,
-    data,
     devices,
     distillation,
     distribute,
@@ -39,18 +37,12 @@ from tfopt import (
     report,
 )
 from tfopt._keras import keras
+from tfopt._run import ClusterError, ConfigError, check
+from tfopt._run import Run as _Run
 
 __all__ = ["ClusterError", "Config", "ConfigError", "get_strategy", "run"]
 
 _LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-class ConfigError(ValueError):
-    """A bad setting, found before any training; the message names the flag."""
-
-
-class ClusterError(RuntimeError):
-    """A worker of a multi-worker run stopped; the message names it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,146 +90,6 @@ class Config:
         return json.loads(json.dumps(values))
 
 
-def check(config):
-    """Raises `ConfigError` for settings that cannot work, before any training."""
-    if not config.model_dir:
-        raise ConfigError("--model_dir is required: where checkpoints and the "
-                          "report go.")
-    if os.path.isfile(config.model_dir):
-        raise ConfigError(f"--model_dir={config.model_dir} is a file; it must be a "
-                          "directory (new or from this same command).")
-    if config.strategy == "tpu" and not config.tpu:
-        raise ConfigError("--strategy=tpu needs --tpu: 'local' on a Cloud TPU VM, "
-                          "the TPU's name, or grpc://host:port.")
-    teacher = config.teacher
-    if teacher not in (None, "", "train") and not os.path.exists(teacher):
-        raise ConfigError(f"--teacher={teacher} does not exist; give a saved model "
-                          "(.keras, .h5 or SavedModel) or 'train'.")
-    try:
-        resolved, _ = distribute.resolve_name(config.strategy, tpu=config.tpu)
-        cluster = distribute.tf_config()
-    except ValueError as err:  # a malformed or empty TF_CONFIG
-        raise ConfigError(str(err)) from err
-    if resolved == "parameter_server" or (cluster and "ps" in cluster["cluster"]):
-        raise ConfigError(
-            "scripts/train.py does not run parameter-server training (its "
-            "stages checkpoint and evaluate every epoch in lockstep, which a "
-            "ClusterCoordinator does not do): run it with --strategy="
-            "multi_worker and a TF_CONFIG of 'worker' tasks only. The library "
-            "supports parameter servers: tfopt.get_strategy('parameter_server') "
-            "on the chief, tfopt.distribute.run_server() on the other tasks.")
-
-
-def _claim(config):
-    """The chief's checks of `model_dir`, then makes it its own."""
-    previous = os.path.join(config.model_dir, "config.json")
-    if os.path.isdir(config.model_dir) and os.listdir(config.model_dir) and (
-        not os.path.exists(previous)
-    ):
-        # Not a tfopt run: never write into (or, with --overwrite, delete) it.
-        raise ConfigError(f"--model_dir={config.model_dir} holds files but no tfopt "
-                          "run (no config.json); give a new or empty directory.")
-    if os.path.exists(previous) and not config.overwrite:
-        with open(previous) as file:
-            if json.load(file) != config.settings():
-                raise ConfigError(
-                    f"--model_dir={config.model_dir} holds a run with other flags; "
-                    "use a new directory, or --overwrite to replace it.")
-    if config.overwrite and os.path.isdir(config.model_dir):
-        shutil.rmtree(config.model_dir)
-    for sub in ("checkpoints", "logs", "export"):
-        os.makedirs(os.path.join(config.model_dir, sub), exist_ok=True)
-    with open(previous, "w") as file:
-        json.dump(config.settings(), file, indent=2)
-
-
-class _Run:
-    """Paths, strategy, data and timings of one run."""
-
-    def __init__(self, config, strategy, command):
-        self.config, self.strategy, self.command = config, strategy, command
-        self.worker = distribute.worker_info(strategy)
-        self.strategy_name = distribute.resolve_name(config.strategy,
-                                                     tpu=config.tpu)[0]
-        # Wall seconds per stage of this run, for the report.
-        self.seconds = {}
-        replicas = strategy.num_replicas_in_sync
-        if config.batch_size % replicas:
-            raise ConfigError(f"--batch_size={config.batch_size} must divide evenly "
-                              f"over the {replicas} replicas of --strategy.")
-        # tf.distribute's convention: the chief writes where the user asked,
-        # the others to directories of their own, deleted when they finish.
-        self.shared = config.model_dir
-        self.dir = self.shared if self.worker.is_chief else tempfile.mkdtemp(
-            prefix=f"tfopt-{self.worker.task_type}{self.worker.task_id}-")
-        self.splits = self.info = self._x = self._y = self.steps = None
-
-    def start(self):
-        """Claims the directories, waits for every worker, loads the data."""
-        config, refusal = self.config, None
-        if self.worker.is_chief:
-            try:
-                _claim(config)
-            except ConfigError as err:
-                refusal = err
-        else:
-            for sub in ("checkpoints", "logs", "export"):
-                os.makedirs(self.path(sub), exist_ok=True)
-        # No worker reads the chief's checkpoints before it has claimed (or,
-        # with --overwrite, emptied) the directory; all stop if one refuses.
-        disagreement = _lockstep.agree(self.strategy, self.worker,
-                                       config.settings(), refusal is None)
-        if refusal is not None:
-            raise refusal
-        if disagreement:
-            raise ConfigError(disagreement)
-        self.splits = data.load(config.dataset, batch_size=config.batch_size,
-                                seed=config.seed)
-        self.info = self.splits.info
-        # The training split in memory; epoch e is a stateless shuffle of it
-        # seeded by (seed, e), so a restarted run replays the same batches.
-        self._x, self._y = next(iter(self.splits.train.unbatch().batch(
-            self.info.train_size)))
-        self.steps = self.info.train_size // config.batch_size
-        if not self.steps:
-            raise ConfigError(f"--batch_size={config.batch_size} must be at most the "
-                              f"{self.info.train_size} training examples of "
-                              f"--dataset={config.dataset}.")
-
-    def path(self, *parts):
-        """Where this worker writes."""
-        return os.path.join(self.dir, *parts)
-
-    def chief_path(self, *parts):
-        """Where every worker reads what earlier runs finished."""
-        return os.path.join(self.shared, *parts)
-
-    def close(self):
-        if self.dir != self.shared:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def stream(self, first_epoch, epochs):
-        seed, batch = self.config.seed, self.config.batch_size
-        size, x, y = self.info.train_size, self._x, self._y
-
-        def epoch(index):
-            order = tf.random.experimental.stateless_shuffle(
-                tf.range(size), seed=tf.stack([tf.constant(seed, tf.int64), index]))
-            # Full global batches only: a partial one would be split unevenly
-            # over the replicas, whose mean-of-means loss then depends on
-            # the replica count (and TPUs need static shapes). The shuffle
-            # drops different examples each epoch.
-            return tf.data.Dataset.from_tensor_slices(order).batch(
-                batch, drop_remainder=True).map(
-                lambda rows: (tf.gather(x, rows), tf.gather(y, rows)))
-
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.DATA)
-        stream = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch)
-        return stream.with_options(options).prefetch(2)
-
-
 class _EpochCheckpoint(keras.callbacks.Callback):
     def __init__(self, manager, epoch):
         super().__init__()
@@ -262,12 +114,22 @@ def _stage(run, name, build, epochs, callbacks=()):
     """Builds, compiles and trains one stage (resuming it if interrupted);
     returns the trained model, or the saved result of a finished stage."""
     done = run.chief_path("checkpoints", f"{name}.keras")
+    latest = tf.train.latest_checkpoint(run.chief_path("checkpoints", name))
+    # Every worker decides from the chief's files on its own: they must see
+    # the same ones, or they would run different stages and hang.
+    _, same = _lockstep.agree(run.strategy, run.worker, True, [
+        os.path.exists(done), latest and os.path.basename(latest)])
+    if not same:
+        raise ConfigError(
+            f"the workers see different files in --model_dir={run.shared}: it "
+            "must be one directory that every worker reaches at the same path "
+            "(a shared file system).")
     start = time.perf_counter()
     if os.path.exists(done):
         logging.info("stage %s: finished earlier, loading %s", name, done)
         with run.strategy.scope():
             model = export.load_model(done)
-        run.seconds[name] = time.perf_counter() - start
+        run.seconds[f"{name} (loaded)"] = time.perf_counter() - start
         return model
     logging.info("stage %s: training %d epochs on %d replicas", name, epochs,
                  run.strategy.num_replicas_in_sync)
@@ -278,7 +140,6 @@ def _stage(run, name, build, epochs, callbacks=()):
                                          epoch=epoch)
     manager = tf.train.CheckpointManager(
         checkpoint, run.path("checkpoints", name), max_to_keep=1)
-    latest = tf.train.latest_checkpoint(run.chief_path("checkpoints", name))
     if latest:
         checkpoint.restore(latest)
         logging.info("stage %s: resuming after epoch %d", name, int(epoch.numpy()))
@@ -375,12 +236,14 @@ def _exports(run, final):
 
 
 def get_strategy(config):
-    """The run's (cached) strategy; `ConfigError` for a bad cluster."""
+    """The run's (cached) strategy; `ConfigError` for a bad cluster, an
+    unreachable TPU or a too-late start."""
     try:
         return distribute.get_strategy(
             config.strategy, tpu=config.tpu, num_gpus=config.num_gpus,
             all_reduce=config.all_reduce)
-    except ValueError as err:
+    except (ValueError, ConnectionError, RuntimeError) as err:
+        # A cluster, TPU or start-up that cannot work: one error line.
         raise ConfigError(str(err)) from err
 
 
@@ -412,15 +275,26 @@ def run(config, *, command=None):
         run_.start()
         rows = _recipe(run_)
         run_.seconds["total"] = time.perf_counter() - start
+        failure = None
         if run_.worker.is_chief:
-            report.write(run_, rows)
-            logging.info("report written to %s", run_.path("report.md"))
-        else:
-            logging.info("%s %d done; the chief writes the report to %s",
-                         run_.worker.task_type, run_.worker.task_id, run_.shared)
+            try:
+                report.write(run_, rows)
+                logging.info("report written to %s", run_.path("report.md"))
+            except Exception as err:  # noqa: BLE001 - re-raised below
+                failure = err
         # The chief hosts the cluster's coordination service: it must not
-        # leave while a worker still evaluates or exports.
-        _lockstep.barrier(strategy, run_.worker)
+        # leave while a worker still evaluates or exports, and they learn
+        # whether it wrote the report.
+        all_ok, _ = _lockstep.agree(strategy, run_.worker, failure is None)
+        if failure is not None:
+            raise failure
+        if not all_ok:
+            raise ClusterError("the chief could not write the report (its log says "
+                               "why); the run's stages are saved: fix that and "
+                               "re-run the same command on every worker.")
+        if not run_.worker.is_chief:
+            logging.info("%s %d done; the chief wrote the report to %s",
+                         run_.worker.task_type, run_.worker.task_id, run_.shared)
     except _lockstep.PEER_ERRORS as err:
         if run_.worker.num_workers < 2:
             raise
