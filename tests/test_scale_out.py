@@ -174,7 +174,8 @@ def test_all_workers_stop_together_when_one_cannot_run(tmp_path, case):
     elif case == "batch":
         args = ["--batch_size=4000"]
     else:
-        model_dir.mkdir()
+        (model_dir / "workertemp_1").mkdir(parents=True)
+        (model_dir / "workertemp_1" / "notes.txt").write_text("keep")
         (model_dir / "config.json").write_text('{"other": "run"}')
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -197,6 +198,7 @@ def test_all_workers_stop_together_when_one_cannot_run(tmp_path, case):
         assert ("error: a worker refused the run (its log says why, usually the "
                 "chief's about --model_dir)") in outputs[1]
         assert (model_dir / "config.json").read_text() == '{"other": "run"}'
+        assert (model_dir / "workertemp_1" / "notes.txt").read_text() == "keep"
     # Nothing was written unless every worker could run.
     assert case == "chief_refuses" or not model_dir.exists()
 

@@ -115,6 +115,7 @@ class Run:
         self.dir = self.shared if self.worker.is_chief else os.path.join(
             self.shared, f"workertemp_{self.worker.task_id}")
         self.splits = self.info = self._x = self._y = self.steps = None
+        self._own_dir = False  # this worker's directory exists because of us
 
     def start(self):
         """Checks, loads the data, agrees with every worker, then claims the
@@ -147,6 +148,8 @@ class Run:
         # --overwrite, emptied) it.
         _lockstep.barrier(self.strategy, self.worker)
         if not self.worker.is_chief:
+            # Inside a claimed run directory: what a killed run left.
+            self._own_dir = True
             shutil.rmtree(self.dir, ignore_errors=True)
             for sub in ("checkpoints", "logs", "export"):
                 os.makedirs(self.path(sub))
@@ -175,7 +178,8 @@ class Run:
         return os.path.join(self.shared, *parts)
 
     def close(self):
-        if self.dir != self.shared:
+        # Never a directory of a refused run: it may be the user's.
+        if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def stream(self, first_epoch, epochs):
