@@ -135,6 +135,8 @@ PS_CLUSTER = {"cluster": {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"],
          r"^error: `name`='multi_worker' needs a cluster: set TF_CONFIG on every "
          r"worker, or run the job as a SLURM step \(srun\)"),
         ("", {}, r"^error: TF_CONFIG is set but empty. Unset it"),
+        (None, {"tpu": "local"}, r"^error: Could not connect to the TPU at "
+         r"tpu='local' \(.*\)\. this machine has no TPU"),
         ({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
           "task": {"type": "worker", "index": 1}}, {"strategy": "mirrored"},
          r"^error: --strategy=mirrored trains in this process alone, but "
