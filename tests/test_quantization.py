@@ -218,3 +218,80 @@ def test_a_nested_model_called_twice_cannot_be_flattened():
         r"be flattened.$"
     )):
         tfopt.quantize(outer)
+
+
+def _raw_tfmot_untouched_job(directory):
+    import os
+
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+    from tensorflow_model_optimization.python.core.quantization.keras import (
+        quant_ops,
+        quantize_layer,
+        quantize_wrapper,
+    )
+
+    def snapshot():
+        return {
+            "MovingAvgQuantize": quant_ops.MovingAvgQuantize,
+            "AllValuesQuantize": quant_ops.AllValuesQuantize,
+            **{f"QuantizeLayer.{name}": getattr(quantize_layer.QuantizeLayer, name)
+               for name in ("build", "build_from_config", "call")},
+            **{f"QuantizeWrapperV2.{name}": getattr(
+                quantize_wrapper.QuantizeWrapperV2, name)
+               for name in ("build", "call", "save_own_variables",
+                            "load_own_variables")},
+        }
+
+    before = snapshot()
+    import tfopt
+
+    # Everything tfopt's QAT does, in this process.
+    tfopt.quantize(tfopt.models.build("tfmot_mnist", (8, 8, 1), 10))
+    changed = [name for name, value in snapshot().items() if value is not before[name]]
+
+    def raw_qat():
+        tf_keras.utils.set_random_seed(len(changed))
+        base = tf_keras.Sequential([tf_keras.Input((6,)), tf_keras.layers.Dense(4),
+                                    tf_keras.layers.Dense(1)])
+        return tfmot.quantization.keras.quantize_model(base)
+
+    saved = raw_qat()
+    kinds = sorted({f"{type(layer).__module__}.{type(layer).__name__}"
+                    for layer in saved.layers})
+    saved(np.ones((2, 6), np.float32), training=True)  # moves the ranges
+    path = os.path.join(directory, "raw.weights.h5")
+    saved.save_weights(path)
+    loaded = raw_qat()
+    loaded.load_weights(path)
+    equal = all(np.array_equal(a, b) for a, b in
+                zip(saved.get_weights(), loaded.get_weights(), strict=True))
+    return changed, kinds, equal, len(saved.get_weights())
+
+
+def test_importing_tfopt_leaves_raw_tfmot_untouched(tmp_path):
+    [(changed, kinds, equal, count)] = cluster.run_processes(
+        _raw_tfmot_untouched_job, [{}], str(tmp_path))
+    assert changed == []
+    # A raw quantize_model is built of TFMOT's own classes, and its
+    # .weights.h5 round-trips as it does without tfopt.
+    assert kinds == [
+        "tensorflow_model_optimization.python.core.quantization.keras."
+        "quantize_layer.QuantizeLayer",
+        "tensorflow_model_optimization.python.core.quantization.keras."
+        "quantize_wrapper.QuantizeWrapperV2"]
+    assert equal and count > 0
+
+
+def test_tfopt_qat_layers_are_its_subclasses_with_global_ranges():
+    from tfopt import _tfmot
+
+    qat = _quantize_quietly(models.build("tfmot_mnist", (8, 8, 1), 10))
+    kinds = {type(layer) for layer in qat.layers if "quant" in layer.name}
+    assert kinds == {_tfmot.QuantizeLayer, _tfmot.QuantizeWrapperV2}
+    quantizers = [qat.layers[1].quantizer] + [
+        a.quantizer for layer in qat.layers
+        for a in getattr(layer, "_quantize_activations", [])] + [
+        q for layer in qat.layers for q in getattr(layer, "_output_quantizers", [])]
+    assert quantizers and {type(q) for q in quantizers} <= {
+        _tfmot.GlobalRangeAllValuesQuantizer, _tfmot.GlobalRangeMovingAverageQuantizer}

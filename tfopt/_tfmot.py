@@ -3,17 +3,16 @@
 TFMOT's public API (`tfmot.sparsity.keras`, `tfmot.quantization.keras`) does
 not export the pruning wrapper class (needed for `isinstance` checks on
 models pruned by TFMOT itself), a way to ask which weights of a layer it
-would prune, nor a hook into how QAT collects activation ranges (which is
-wrong under distribution). All live in `tensorflow_model_optimization.python.*`;
-this is the only module that imports from there.
+would prune, the input `QuantizeLayer`, nor a hook into how QAT collects
+activation ranges (which is wrong under distribution). All live in
+`tensorflow_model_optimization.python.*`; this is the only module that
+imports from there. Nothing here changes TFMOT itself: tfopt's fixes are
+subclasses given to the layers of tfopt's own models (`adopt`).
 """
-
-import functools
 
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.quantization.keras import (
-    quant_ops,
     quantize_layer,
     quantize_wrapper,
 )
@@ -21,6 +20,8 @@ from tensorflow_model_optimization.python.core.sparsity.keras import (
     prune_registry,
     pruning_wrapper,
 )
+
+from tfopt._keras import keras
 
 sparsity = tfmot.sparsity.keras
 
@@ -64,105 +65,154 @@ def _global_extremes(inputs, per_channel, context):
     return tf.reduce_min(gathered[:, 0], axis=0), tf.reduce_max(gathered[:, 1], axis=0)
 
 
-def _replica_consistent(range_quantize):
-    """Wraps a TFMOT range-collecting quantize op so that, under a strategy
-    with several replicas, it sees the global batch's min and max.
+class _GlobalRange:
+    """A range-collecting quantizer that, under a strategy with several
+    replicas, sees the global batch's min and max.
 
     TFMOT computes the batch min/max on each replica's slice and then averages
     the range updates across replicas (TFMOT issue #1068), so the learned
     ranges depend on the replica count. Two rows holding the global min and
-    max are appended to the batch the op sees (its reductions then return the
-    global values) and cut from its output, which is elementwise.
+    max are appended to the batch the quantizer sees (its reductions then
+    return the global values) and cut from its output, which is elementwise.
     """
 
-    @functools.wraps(range_quantize)
-    def quantize(inputs, min_var, max_var, *args, **kwargs):
+    def __call__(self, inputs, training, weights, **kwargs):
         context = tf.distribute.get_replica_context()
-        if (kwargs.get("is_training", True) is False or context is None
+        if (training is False or context is None
                 or context.num_replicas_in_sync == 1):
-            return range_quantize(inputs, min_var, max_var, *args, **kwargs)
-        per_channel = bool(kwargs.get("per_channel")) and inputs.shape.rank in (2, 4)
+            return super().__call__(inputs, training, weights, **kwargs)
+        per_channel = bool(self.per_axis) and inputs.shape.rank in (2, 4)
         low, high = _global_extremes(inputs, per_channel, context)
         row = tf.shape(inputs)[1:]
         extremes = tf.stop_gradient(tf.stack([tf.broadcast_to(low, row),
                                               tf.broadcast_to(high, row)]))
-        out = range_quantize(tf.concat([inputs, tf.cast(extremes, inputs.dtype)], 0),
-                             min_var, max_var, *args, **kwargs)
+        out = super().__call__(tf.concat([inputs, tf.cast(extremes, inputs.dtype)],
+                                         0), training, weights, **kwargs)
         return out[:-2]
 
-    quantize.tfopt_replica_consistent = True
-    return quantize
+
+_quantizers = tfmot.quantization.keras.quantizers
 
 
-def make_quantizer_ranges_replica_consistent():
-    """Patches TFMOT's activation-range ops; idempotent.
+@keras.utils.register_keras_serializable(package="tfopt")
+class GlobalRangeMovingAverageQuantizer(_GlobalRange,
+                                        _quantizers.MovingAverageQuantizer):
+    """TFMOT's `MovingAverageQuantizer`, with replica-count-independent ranges."""
 
-    `MovingAverageQuantizer` and `AllValuesQuantizer` look these functions up
-    on the `quant_ops` module at call time, so replacing them there reaches
-    every QAT model (weights use `LastValueQuantize`, which sees the whole,
-    identical weight tensor on every replica and needs no change).
+
+@keras.utils.register_keras_serializable(package="tfopt")
+class GlobalRangeAllValuesQuantizer(_GlobalRange, _quantizers.AllValuesQuantizer):
+    """TFMOT's `AllValuesQuantizer`, with replica-count-independent ranges."""
+
+
+# Weights use LastValueQuantizer, which sees the whole, identical weight
+# tensor on every replica and needs no change.
+_GLOBAL_RANGE = {_quantizers.MovingAverageQuantizer: GlobalRangeMovingAverageQuantizer,
+                 _quantizers.AllValuesQuantizer: GlobalRangeAllValuesQuantizer}
+
+
+def _global_range(quantizer):
+    cls = _GLOBAL_RANGE.get(type(quantizer))
+    return quantizer if cls is None else cls.from_config(quantizer.get_config())
+
+
+def _use_global_ranges(layer):
+    """Replaces the activation quantizers a built QAT layer holds by their
+    global-range versions, in this layer only.
+
+    TFMOT offers no hook for the quantizers its transforms and wrappers
+    create, so they are replaced where the wrapper keeps them: its
+    quantize_config, the QuantizeAwareActivations and the output quantizers
+    (new objects: nothing shared with other models changes).
     """
-    for name in ("MovingAvgQuantize", "AllValuesQuantize"):
-        op = getattr(quant_ops, name)
-        if not getattr(op, "tfopt_replica_consistent", False):
-            setattr(quant_ops, name, _replica_consistent(op))
-
-
-def fix_quantize_layer_reload():
-    """Makes QAT models load from the `.keras` format; idempotent.
-
-    `QuantizeLayer.build` never marks the layer built, so loading a `.keras`
-    file builds it twice (once from its build config, once when the graph is
-    called) and fails with "Layer 'quantize_layer' expected 5 variables, but
-    received 3". Marking it built after the first build fixes that.
-    """
-    layer_class = quantize_layer.QuantizeLayer
-    if getattr(layer_class.build_from_config, "tfopt_fixed", False):
+    if isinstance(layer, quantize_layer.QuantizeLayer):
+        layer.quantizer = _global_range(layer.quantizer)
         return
-    original = layer_class.build_from_config
+    config = layer.quantize_config
+    for name, value in vars(config).items():
+        if type(value) in _GLOBAL_RANGE:
+            setattr(config, name, _global_range(value))
+    for activation in layer._quantize_activations:
+        activation.quantizer = _global_range(activation.quantizer)
+    layer._output_quantizers = [_global_range(q) for q in layer._output_quantizers]
 
-    @functools.wraps(original)
-    def build_from_config(self, config):
-        original(self, config)
+
+@keras.utils.register_keras_serializable(package="tfopt")
+class QuantizeLayer(quantize_layer.QuantizeLayer):
+    """TFMOT's input `QuantizeLayer`, with global-range quantizers and a
+    `.keras` round trip.
+
+    TFMOT's `build` never marks the layer built, so loading a `.keras` file
+    builds it twice (once from its build config, once when the graph is
+    called) and fails with "Layer 'quantize_layer' expected 5 variables, but
+    received 3".
+    """
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.quantizer:
+            _use_global_ranges(self)
         self.built = True
 
-    build_from_config.tfopt_fixed = True
-    layer_class.build_from_config = build_from_config
 
+@keras.utils.register_keras_serializable(package="tfopt")
+class QuantizeWrapperV2(quantize_wrapper.QuantizeWrapperV2):
+    """TFMOT's `QuantizeWrapperV2`, with global-range quantizers and one
+    consistent variable list in the `.keras` format.
 
-def _own_variables(wrapper):
-    # The wrapper's variable lists hold the kernel twice (and the bias) when
-    # it was built by quantize_apply, but once (and no bias) when built from
-    # a saved config; the inner layer saves the bias itself. Unique, minus
-    # the inner layer's, in list order, is the same in both cases.
-    inner = {id(v) for v in wrapper.layer.weights}
-    unique = {id(v): v for v in wrapper._trainable_weights
-              + wrapper._non_trainable_weights if id(v) not in inner}
-    return list(unique.values())
+    Without the list fix a saved QAT model fails to load with "Layer
+    'quant_conv2d' expected 6 variables, but received 8".
+    """
 
+    def build(self, input_shape):
+        super().build(input_shape)
+        _use_global_ranges(self)
 
-def fix_quantize_wrapper_reload():
-    """Makes QAT wrappers save and load one consistent variable list in the
-    `.keras` format; idempotent. Without it a saved QAT model fails to load
-    with "Layer 'quant_conv2d' expected 6 variables, but received 8"."""
-    wrapper_class = quantize_wrapper.QuantizeWrapperV2
-    if getattr(wrapper_class.save_own_variables, "tfopt_fixed", False):
-        return
+    def _own_variables(self):
+        # The wrapper's variable lists hold the kernel twice (and the bias)
+        # when it was built by quantize_apply, but once (and no bias) when
+        # built from a saved config; the inner layer saves the bias itself.
+        # Unique, minus the inner layer's, in list order, is the same in both.
+        inner = {id(v) for v in self.layer.weights}
+        unique = {id(v): v for v in self._trainable_weights
+                  + self._non_trainable_weights if id(v) not in inner}
+        return list(unique.values())
 
     def save_own_variables(self, store):
-        for index, variable in enumerate(_own_variables(self)):
+        for index, variable in enumerate(self._own_variables()):
             store[f"{index}"] = variable.numpy()
 
     def load_own_variables(self, store):
-        variables = _own_variables(self)
+        variables = self._own_variables()
         if len(store.keys()) != len(variables):
             raise ValueError(
                 f"Layer {self.name!r} expected {len(variables)} variables, but "
-                f"the file holds {len(store.keys())}: it was saved without "
-                "tfopt's QAT save fix. Save it again after importing tfopt.")
+                f"the file holds {len(store.keys())}: it was not saved from a "
+                "model of tfopt.quantize.")
         for index, variable in enumerate(variables):
             variable.assign(store[f"{index}"])
 
-    save_own_variables.tfopt_fixed = True
-    wrapper_class.save_own_variables = save_own_variables
-    wrapper_class.load_own_variables = load_own_variables
+
+# TFMOT's class -> tfopt's subclass, for the layers quantize_apply makes.
+_ADOPTED = {quantize_layer.QuantizeLayer: QuantizeLayer,
+            quantize_wrapper.QuantizeWrapperV2: QuantizeWrapperV2}
+# Names under which TFMOT's classes appear in saved models.
+RAW_NAMES = {"QuantizeLayer": QuantizeLayer, "QuantizeWrapperV2": QuantizeWrapperV2}
+
+
+def adopt(model):
+    """Turns the QAT layers `quantize_apply` made in `model` into tfopt's
+    subclasses, in place; returns `model`.
+
+    quantize_apply builds TFMOT's own classes, and TFMOT has no option to
+    build others; re-creating the layers from their configs would change
+    their variable lists. So each built layer object of this one model gets
+    tfopt's subclass (which adds no state) and global-range quantizers.
+    """
+    for layer in model.layers:
+        cls = _ADOPTED.get(type(layer))
+        if cls is not None:
+            object.__setattr__(layer, "__class__", cls)
+            if getattr(layer, "quantizer", True):
+                _use_global_ranges(layer)
+    return model

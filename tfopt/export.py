@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfopt import _checks, _keras, _selection, distillation, pruning
+from tfopt import _checks, _keras, _selection, _tfmot, distillation, pruning
 from tfopt._keras import keras
 
 __all__ = ["EXPORTS", "QUANTIZATIONS", "TFLITE_FORMATS", "disk_sizes",
@@ -237,8 +237,9 @@ def export_saved_model(model, path, *, overwrite=False):
 
 def _custom_objects():
     # Registration covers the .keras format; the legacy .h5 config names the
-    # top-level model class without its "tfopt>" package.
-    return {"PrunedModel": pruning.PrunedModel}
+    # top-level model class without its "tfopt>" package. TFMOT's QAT layer
+    # names load as tfopt's subclasses, which fix their .keras round trip.
+    return {"PrunedModel": pruning.PrunedModel, **_tfmot.RAW_NAMES}
 
 
 def load_model(path, *, compile=True):

@@ -4,7 +4,10 @@
 float (listing them), flattens nested models, keeps pruned zeros with
 `preserve_sparsity=True`, builds the QAT model in float32 whatever the
 Keras precision policy, and makes the learned activation ranges independent
-of the number of replicas (see `_tfmot.make_quantizer_ranges_replica_consistent`).
+of the number of replicas (`_tfmot.GlobalRangeMovingAverageQuantizer`).
+
+TFMOT itself is left as it is: the fixes are tfopt subclasses that
+`_tfmot.adopt` gives to the layers of the models `quantize` returns.
 """
 
 import contextlib
@@ -17,9 +20,6 @@ from tfopt._keras import keras
 
 __all__ = ["quantize"]
 
-_tfmot.make_quantizer_ranges_replica_consistent()
-_tfmot.fix_quantize_layer_reload()
-_tfmot.fix_quantize_wrapper_reload()
 _qat = tfmot.quantization.keras
 
 
@@ -66,7 +66,7 @@ def _apply(base, annotated, scheme):
 
     with _qat.quantize_scope(), _flatten.lambdas_allowed():
         marked = keras.models.clone_model(base, clone_function=annotate)
-        return _qat.quantize_apply(marked, scheme)
+        return _tfmot.adopt(_qat.quantize_apply(marked, scheme))
 
 
 def _rejected(error, annotated):
