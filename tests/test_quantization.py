@@ -295,3 +295,36 @@ def test_tfopt_qat_layers_are_its_subclasses_with_global_ranges():
         q for layer in qat.layers for q in getattr(layer, "_output_quantizers", [])]
     assert quantizers and {type(q) for q in quantizers} <= {
         _tfmot.GlobalRangeAllValuesQuantizer, _tfmot.GlobalRangeMovingAverageQuantizer}
+
+
+class _Scale(keras.layers.Layer):
+    """A custom layer its author never registered."""
+
+    def __init__(self, factor=2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, inputs):
+        return inputs * self.factor
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
+def test_an_unregistered_custom_layer_stays_float_and_is_listed(tmp_path):
+    inputs = keras.Input((8,))
+    x = keras.layers.Dense(4, name="a")(inputs)
+    x = _Scale(3.0, name="scale")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="b")(x))
+    with pytest.warns(UserWarning,
+                      match=r"TFMOT cannot quantize \['scale \(_Scale\)'\]"):
+        qat = tfopt.quantize(model)
+    assert qat.tfopt_skipped_layers == ("scale (_Scale)",)
+    assert qat.get_layer("scale").factor == 3.0
+    x = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
+    # In training mode the quantizers take this batch's ranges (untrained
+    # ranges would clip everything).
+    np.testing.assert_allclose(qat(x, training=True), model(x), atol=0.1)
+    path = tmp_path / "custom.tflite"
+    tfopt.export_tflite(qat, str(path), quantization="int8")
+    assert path.stat().st_size > 0

@@ -27,6 +27,29 @@ def lambdas_allowed():
         yield
 
 
+def _custom_classes(model):
+    """The classes of `model`'s layers that come from outside tf_keras,
+    nested models included, by the name their configs use."""
+    found = {}
+    for layer in model.layers:
+        cls = type(layer)
+        if not cls.__module__.startswith("tf_keras."):
+            found[cls.__name__] = cls
+        if isinstance(layer, keras.Model):
+            found.update(_custom_classes(layer))
+    return found
+
+
+@contextlib.contextmanager
+def rebuilding(model):
+    """Lets in-memory cloning of `model` re-create its layers from their
+    configs: its Lambdas (see `lambdas_allowed`) and its custom layer classes,
+    registered or not (they are in this process, so their names resolve to
+    them; without this an unregistered one fails to deserialize)."""
+    with lambdas_allowed(), keras.utils.custom_object_scope(_custom_classes(model)):
+        yield
+
+
 def _is_ref(item):
     return (isinstance(item, list) and len(item) in (3, 4)
             and isinstance(item[0], str) and isinstance(item[1], int)
@@ -122,7 +145,7 @@ def flatten(model):
     entries, origin, inputs, outputs = _inline(model, set())
     config = {"name": model.name, "layers": entries,
               "input_layers": inputs, "output_layers": outputs}
-    with lambdas_allowed():
+    with rebuilding(model):
         flat = keras.Model.from_config(config)
     for layer in flat.layers:
         if layer.weights:

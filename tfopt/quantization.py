@@ -50,7 +50,7 @@ def _float32_copy(model):
     for entry in config["layers"]:
         if "dtype" in entry["config"]:
             entry["config"]["dtype"] = "float32"
-    with _flatten.lambdas_allowed():
+    with _flatten.rebuilding(flat):
         copy = keras.Model.from_config(config)
     for layer, source in zip(copy.layers, flat.layers, strict=True):
         if layer.weights:
@@ -64,7 +64,7 @@ def _apply(base, annotated, scheme):
             return _qat.quantize_annotate_layer(layer)
         return layer
 
-    with _qat.quantize_scope(), _flatten.lambdas_allowed():
+    with _qat.quantize_scope(), _flatten.rebuilding(base):
         marked = keras.models.clone_model(base, clone_function=annotate)
         return _tfmot.adopt(_qat.quantize_apply(marked, scheme))
 
