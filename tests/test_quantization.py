@@ -320,11 +320,64 @@ def test_an_unregistered_custom_layer_stays_float_and_is_listed(tmp_path):
                       match=r"TFMOT cannot quantize \['scale \(_Scale\)'\]"):
         qat = tfopt.quantize(model)
     assert qat.tfopt_skipped_layers == ("scale (_Scale)",)
-    assert qat.get_layer("scale").factor == 3.0
-    x = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
-    # In training mode the quantizers take this batch's ranges (untrained
-    # ranges would clip everything).
-    np.testing.assert_allclose(qat(x, training=True), model(x), atol=0.1)
+    scale = qat.get_layer("scale")
+    assert type(scale) is _Scale and scale.factor == 3.0  # unwrapped, as it was
     path = tmp_path / "custom.tflite"
     tfopt.export_tflite(qat, str(path), quantization="int8")
     assert path.stat().st_size > 0
+
+
+def _modern_blocks():
+    """An input Rescaling, Conv+BN, SeparableConv+BN and a squeeze-excite
+    Multiply: what MobileNetV3/EfficientNet/Xception are built of."""
+    layers = keras.layers
+    inputs = keras.Input((16, 16, 3))
+    x = layers.Rescaling(1 / 127.5, offset=-1, name="rescale")(inputs)
+    x = layers.Conv2D(8, 3, padding="same", name="conv")(x)
+    x = layers.ReLU(name="relu1")(layers.BatchNormalization(name="bn1")(x))
+    x = layers.SeparableConv2D(16, 3, padding="same", name="separable")(x)
+    x = layers.ReLU(name="relu2")(layers.BatchNormalization(name="bn2")(x))
+    s = layers.GlobalAveragePooling2D(name="squeeze")(x)
+    s = layers.Dense(4, activation="relu", name="reduce")(s)
+    s = layers.Dense(16, activation="sigmoid", name="expand")(s)
+    x = layers.Multiply(name="excite")([x, layers.Reshape((1, 1, 16))(s)])
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, layers.Dense(10, name="logits")(x))
+
+
+def test_modern_blocks_are_integer_end_to_end(tmp_path):
+    import tensorflow as tf
+
+    model = _modern_blocks()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (128, 16, 16, 3)).astype(np.float32)
+    y = rng.integers(0, 10, 128)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left in float
+        qat = tfopt.quantize(model)
+    assert qat.tfopt_skipped_layers == ()
+    # The Rescaling became an equal, frozen 1x1 depthwise convolution.
+    rescale = qat.get_layer("quant_rescale")
+    assert type(rescale.layer).__name__ == "DepthwiseConv2D"
+    assert not rescale.layer.trainable
+    # ... which computes what the Rescaling did (a model without BatchNorm,
+    # whose QAT training-mode pass is the float model's up to rounding).
+    plain = keras.Sequential([keras.Input((16, 16, 3)),
+                              keras.layers.Rescaling(1 / 127.5, offset=-1),
+                              keras.layers.Conv2D(4, 3), keras.layers.Flatten()])
+    # (8-bit steps of about 0.016 over 27 inputs; a wrong scale or offset
+    # would be off by about 1.)
+    np.testing.assert_allclose(tfopt.quantize(plain)(x[:8], training=True),
+                               plain(x[:8]), atol=0.1)
+    _compile(qat).fit(x, y, epochs=2, batch_size=32, verbose=0)
+    path = tmp_path / "blocks.tflite"
+    tfopt.export_tflite(qat, str(path), quantization="int8")
+    ops = tfopt.export.tflite_ops(str(path))
+    assert (ops.quantize, ops.dequantize, ops.float_ops) == (1, 1, ()), ops.counts
+    assert ops.counts["DEPTHWISE_CONV_2D"] == 2 and ops.counts["MUL"] == 1
+    # The int8 file computes what the QAT model does.
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    agree = tfopt.evaluate_tflite(str(path), tf.data.Dataset.from_tensor_slices(
+        (x, qat.predict(x, verbose=0).argmax(-1))).batch(32)).accuracy
+    assert agree >= 0.95, agree
+    assert tfopt.evaluate_tflite(str(path), data).examples == 128

@@ -22,7 +22,7 @@ import tensorflow_model_optimization as tfmot
 from tfopt import _checks, _keras, _selection, _tfmot, distillation, pruning
 from tfopt._keras import keras
 
-__all__ = ["EXPORTS", "QUANTIZATIONS", "TFLITE_FORMATS", "disk_sizes",
+__all__ = ["EXPORTS", "QUANTIZATIONS", "TFLITE_FORMATS", "TFLiteOps", "disk_sizes",
            "evaluate_tflite", "export_saved_model", "export_tflite", "load_model"]
 
 QUANTIZATIONS = {
@@ -42,6 +42,15 @@ _CALIBRATION_SAMPLES = 200
 class Exported(NamedTuple):
     path: str
     size_bytes: int
+
+
+class TFLiteOps(NamedTuple):
+    """What a `.tflite` file computes, from `tflite_ops`."""
+
+    counts: dict  # op name -> how many
+    quantize: int  # QUANTIZE ops
+    dequantize: int  # DEQUANTIZE ops
+    float_ops: tuple  # the other ops with a float output: float islands
 
 
 class TFLiteEvaluation(NamedTuple):
@@ -366,3 +375,46 @@ def evaluate_tflite(model, dataset):
         batches += 1
     return TFLiteEvaluation(correct / max(examples, 1), examples,
                             1000 * seconds / max(batches, 1))
+
+
+def _ops_details(interpreter):
+    # The interpreter lists a model's ops only through this method (the
+    # LiteRT and TensorFlow interpreters alike); there is no public one.
+    return interpreter._get_ops_details()
+
+
+def tflite_ops(model):
+    """Counts the ops of a TFLite model and names its float compute ops.
+
+    An int8 file is integer end to end when its only QUANTIZE and
+    DEQUANTIZE ops are at the input and output and `float_ops` is empty.
+
+    Args:
+        model: The `.tflite` path, or its bytes.
+
+    Returns:
+        A `TFLiteOps`; `float_ops` holds "OP (output tensor name)" strings.
+
+    Raises:
+        TypeError: If `model` is neither bytes nor a path.
+        FileNotFoundError: If the path does not exist.
+    """
+    if not isinstance(model, bytes):
+        model = _check_path(model)
+        if not os.path.isfile(model):
+            raise FileNotFoundError(
+                f"`model` must be a .tflite file or its bytes; no file there. "
+                f"Received: model={model!r}")
+    interpreter = _interpreter(model)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    counts, islands = {}, []
+    for op in _ops_details(interpreter):
+        name = op["op_name"]
+        counts[name] = counts.get(name, 0) + 1
+        outputs = [tensors[i] for i in op["outputs"] if i in tensors]
+        if name not in ("QUANTIZE", "DEQUANTIZE") and any(
+            t["dtype"] == np.float32 for t in outputs
+        ):
+            islands.append(f"{name} ({outputs[0]['name']})")
+    return TFLiteOps(counts, counts.get("QUANTIZE", 0), counts.get("DEQUANTIZE", 0),
+                     tuple(islands))
