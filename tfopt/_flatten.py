@@ -28,12 +28,14 @@ def lambdas_allowed():
 
 
 def _custom_classes(model):
-    """The classes of `model`'s layers that come from outside tf_keras,
-    nested models included, by the name their configs use."""
+    """The classes of `model`'s layers that are not tf_keras's own layers
+    (the user's, and those of tf_keras.applications such as ConvNeXt's
+    LayerScale), nested models included, by the name their configs use."""
     found = {}
     for layer in model.layers:
         cls = type(layer)
-        if not cls.__module__.startswith("tf_keras."):
+        if not cls.__module__.startswith(("tf_keras.src.layers.",
+                                          "tf_keras.src.engine.")):
             found[cls.__name__] = cls
         if isinstance(layer, keras.Model):
             found.update(_custom_classes(layer))
