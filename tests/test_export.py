@@ -195,3 +195,14 @@ def test_export_and_evaluate_bad_models(keras3, out, digits):
         r"Received: dataset=7$"
     )):
         tfopt.evaluate_tflite(b"bytes", 7)
+
+
+def test_tflite_ops_refuses_what_is_not_a_tflite_file(tmp_path):
+    with pytest.raises(TypeError, match=r"Received: path=3$"):
+        tfopt.export.tflite_ops(3)
+    missing = tmp_path / "none.tflite"
+    with pytest.raises(FileNotFoundError, match=(
+        r"^`model` must be a .tflite file or its bytes; no file there. "
+        rf"Received: model='{missing}'$"
+    )):
+        tfopt.export.tflite_ops(missing)

@@ -23,7 +23,8 @@ from tfopt import _checks, _keras, _selection, _tfmot, distillation, pruning
 from tfopt._keras import keras
 
 __all__ = ["EXPORTS", "QUANTIZATIONS", "TFLITE_FORMATS", "TFLiteOps", "disk_sizes",
-           "evaluate_tflite", "export_saved_model", "export_tflite", "load_model"]
+           "evaluate_tflite", "export_saved_model", "export_tflite", "load_model",
+           "tflite_ops"]
 
 QUANTIZATIONS = {
     None: "float32 weights and activations",
@@ -398,6 +399,15 @@ def tflite_ops(model):
     Raises:
         TypeError: If `model` is neither bytes nor a path.
         FileNotFoundError: If the path does not exist.
+
+    Example:
+
+    >>> import os, tempfile, tfopt
+    >>> model = tfopt.models.build("tfmot_mnist", (8, 8, 1), 10)
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.tflite")
+    >>> ops = tfopt.export.tflite_ops(tfopt.export_tflite(model, path).path)
+    >>> ops.quantize, ops.dequantize, ops.counts["CONV_2D"], bool(ops.float_ops)
+    (0, 0, 1, True)
     """
     if not isinstance(model, bytes):
         model = _check_path(model)
