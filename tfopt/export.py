@@ -291,6 +291,18 @@ def load_model(path, *, compile=True):
             path, custom_objects=_custom_objects(), compile=compile)
 
 
+def _tflite_source(model):
+    """`model` checked as the bytes of a .tflite file or an existing path."""
+    if isinstance(model, bytes):
+        return model
+    model = _check_path(model)
+    if not os.path.isfile(model):
+        raise FileNotFoundError(
+            f"`model` must be a .tflite file or its bytes; no file there. "
+            f"Received: model={model!r}")
+    return model
+
+
 def _interpreter(model):
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -346,12 +358,7 @@ def evaluate_tflite(model, dataset):
     >>> tfopt.evaluate_tflite(path, test).examples
     359
     """
-    if not isinstance(model, bytes):
-        model = _check_path(model)
-        if not os.path.isfile(model):
-            raise FileNotFoundError(
-                f"`model` must be a .tflite file or its bytes; no file there. "
-                f"Received: model={model!r}")
+    model = _tflite_source(model)
     if not hasattr(dataset, "__iter__"):
         raise TypeError(
             "`dataset` must be an iterable of (x, label) batches. "
@@ -409,12 +416,7 @@ def tflite_ops(model):
     >>> ops.quantize, ops.dequantize, ops.counts["CONV_2D"], bool(ops.float_ops)
     (0, 0, 1, True)
     """
-    if not isinstance(model, bytes):
-        model = _check_path(model)
-        if not os.path.isfile(model):
-            raise FileNotFoundError(
-                f"`model` must be a .tflite file or its bytes; no file there. "
-                f"Received: model={model!r}")
+    model = _tflite_source(model)
     interpreter = _interpreter(model)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     counts, islands = {}, []
