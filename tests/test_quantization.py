@@ -396,3 +396,43 @@ def test_convnext_is_rebuilt_with_its_own_layer_classes():
     # What stays in float today (issue 12 is to quantize these too).
     assert kinds == {"LayerNormalization", "LayerScale", "TFOpLambda"}
     assert len(qat.layers) > 100
+
+
+def test_hard_swish_arithmetic_is_integer_end_to_end(tmp_path):
+    # MobileNetV3's hard-swish: TensorFlow ops with constants on Keras
+    # tensors, i.e. TFOpLambda layers TFMOT's wrapper cannot call.
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(8, 3, padding="same", name="conv")(inputs)
+    gate = layers.ReLU(6.0, name="relu6")(x + 3.0) * (1.0 / 6.0)
+    x = layers.Multiply(name="hard_swish")([x, gate])
+    x = layers.GlobalAveragePooling2D()(x - 1.0)
+    model = keras.Model(inputs, layers.Dense(4, name="logits")(x))
+    assert sum(type(layer).__name__ == "TFOpLambda" for layer in model.layers) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        qat = tfopt.quantize(model)
+    ops = [layer.layer for layer in qat.layers
+           if type(getattr(layer, "layer", None)).__name__ == "ScalarOp"]
+    assert sorted((op.op, round(op.constant, 4)) for op in ops) == [
+        ("add", -1.0), ("add", 3.0), ("multiply", 0.1667)]
+    x = np.random.default_rng(0).normal(size=(64, 8, 8, 3)).astype(np.float32)
+    _compile(qat).fit(x, np.zeros(64), epochs=1, verbose=0)
+    path = tmp_path / "hard_swish.tflite"
+    tfopt.export_tflite(qat, str(path), quantization="int8")
+    found = tfopt.export.tflite_ops(str(path))
+    assert (found.quantize, found.dequantize, found.float_ops) == (1, 1, ()), (
+        found.counts)
+
+
+def test_scalar_op_round_trips_and_checks_its_op():
+    from tfopt import _rewrite
+
+    op = _rewrite.ScalarOp("multiply", 0.5, name="half")
+    again = _rewrite.ScalarOp.from_config(op.get_config())
+    assert (again.op, again.constant, again.name) == ("multiply", 0.5, "half")
+    np.testing.assert_allclose(again(np.ones((2, 3), np.float32)), 0.5)
+    with pytest.raises(ValueError, match=r"^`op` must be 'add' or 'multiply'. "
+                                         r"Received: op='pow'$"):
+        _rewrite.ScalarOp("pow", 2.0)

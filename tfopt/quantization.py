@@ -13,10 +13,9 @@ TFMOT itself is left as it is: the fixes are tfopt subclasses that
 import contextlib
 import warnings
 
-import numpy as np
 import tensorflow_model_optimization as tfmot
 
-from tfopt import _checks, _flatten, _keras, _selection, _tfmot, pruning
+from tfopt import _checks, _flatten, _keras, _rewrite, _selection, _tfmot, pruning
 from tfopt._keras import keras
 
 __all__ = ["OUTPUT_ONLY", "OutputQuantizeConfig", "quantize"]
@@ -59,9 +58,9 @@ class OutputQuantizeConfig(_qat.QuantizeConfig):
 # not support them; TFLite has int8 kernels for all of them.
 OUTPUT_ONLY = (keras.layers.Multiply, keras.layers.Subtract, keras.layers.Maximum,
                keras.layers.Minimum, keras.layers.Average, keras.layers.Rescaling,
-               keras.layers.Normalization)
+               keras.layers.Normalization, _rewrite.ScalarOp)
 # (Image Rescaling and Normalization become 1x1 depthwise convolutions
-# first, see `_affine`; only the others keep OutputQuantizeConfig.)
+# first, and `x + 3.0`-style TFOpLambdas ScalarOps: see `_rewrite`.)
 # Layers outside the registry that the scheme's layout transforms rewrite
 # into quantizable ones (as raw quantize_model does): BatchNormalization is
 # folded into a preceding Conv/Dense, a separable convolution becomes a
@@ -88,66 +87,6 @@ def _float32_policy():
         keras.mixed_precision.set_global_policy(previous)
 
 
-def _affine(layer):
-    """(kernel, bias) of the 1x1 depthwise convolution equal to a
-    `Rescaling` or `Normalization` over the channels of an image, else None.
-
-    TFMOT quantizes neither, and each is two float ops (MUL, ADD) in an int8
-    file; a 1x1 DepthwiseConv2D is one int8 op with per-channel weights.
-    """
-    shape = layer.input_shape
-    if not isinstance(shape, tuple) or len(shape) != 4 or shape[-1] is None:
-        return None
-    channels = shape[-1]
-    if isinstance(layer, keras.layers.Rescaling):
-        scale, offset = layer.scale, layer.offset
-    elif isinstance(layer, keras.layers.Normalization) and tuple(
-        a % 4 for a in layer.axis) == (3,):
-        mean = np.asarray(layer.mean, np.float32).reshape(-1)
-        deviation = np.sqrt(np.asarray(layer.variance, np.float32).reshape(-1))
-        if layer.invert:
-            scale, offset = deviation, mean
-        else:
-            scale = 1.0 / np.maximum(deviation, keras.backend.epsilon())
-            offset = -mean * scale
-    else:
-        return None
-    scale = np.broadcast_to(np.asarray(scale, np.float32), (channels,))
-    offset = np.broadcast_to(np.asarray(offset, np.float32), (channels,))
-    return scale.reshape(1, 1, channels, 1), offset.copy()
-
-
-def _quantizable_copy(model):
-    """A flat float32 functional copy of `model` with the same weights, its
-    image `Rescaling` and `Normalization` layers as 1x1 depthwise
-    convolutions (same names, not trainable)."""
-    flat = _flatten.flatten(model)  # also a copy: the user's model stays as is
-    affine = {layer.name: _affine(layer) for layer in flat.layers
-              if isinstance(layer, (keras.layers.Rescaling,
-                                    keras.layers.Normalization))}
-    affine = {name: weights for name, weights in affine.items() if weights}
-    if not affine and all(layer.dtype_policy.name == "float32"
-                          for layer in flat.layers):
-        return flat
-    config = flat.get_config()
-    for entry in config["layers"]:
-        if "dtype" in entry["config"]:
-            entry["config"]["dtype"] = "float32"
-        if entry["config"]["name"] in affine:
-            for key in ("module", "registered_name"):
-                entry.pop(key, None)
-            entry["class_name"] = "DepthwiseConv2D"
-            entry["config"] = {"name": entry["config"]["name"], "kernel_size": 1,
-                               "use_bias": True, "trainable": False,
-                               "dtype": "float32"}
-    with _flatten.rebuilding(flat):
-        copy = keras.Model.from_config(config)
-    for layer, source in zip(copy.layers, flat.layers, strict=True):
-        if layer.name in affine:
-            layer.set_weights(list(affine[layer.name]))
-        elif layer.weights:
-            layer.set_weights(source.get_weights())
-    return copy
 
 
 def _apply(base, annotated, scheme):
@@ -234,7 +173,7 @@ def quantize(model, *, layers=None, exclude=None, preserve_sparsity=False,
     scheme = _scheme(preserve_sparsity)
     registry = scheme.get_quantize_registry()
     with _float32_policy():
-        base = _quantizable_copy(model)
+        base = _rewrite.quantizable_copy(model)
         chosen = _selection.chosen_layers(base, layers, exclude)
         # Other layers outside the registry cannot be quantized. TFMOT says
         # which transformed ones (e.g. a BN after an Add) it could not.
