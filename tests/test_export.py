@@ -206,3 +206,47 @@ def test_tflite_ops_refuses_what_is_not_a_tflite_file(tmp_path):
         rf"Received: model='{missing}'$"
     )):
         tfopt.export.tflite_ops(missing)
+
+
+def _rewrite_keras_config(path, edit):
+    import zipfile
+
+    with zipfile.ZipFile(path) as source:
+        files = {name: source.read(name) for name in source.namelist()}
+    files["config.json"] = edit(files["config.json"].decode()).encode()
+    with zipfile.ZipFile(path, "w") as target:
+        for name, content in files.items():
+            target.writestr(name, content)
+
+
+def test_load_model_reads_tfmot_class_names_as_tfopt_subclasses(tmp_path):
+    import warnings
+
+    import tensorflow_model_optimization as tfmot
+
+    from tfopt import _tfmot
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qat = tfopt.quantize(models.build("tfmot_mnist", (8, 8, 1), 10))
+    qat(np.ones((2, 8, 8, 1), np.float32), training=True)  # moves the ranges
+    path = tmp_path / "earlier.keras"
+    qat.save(path)
+    # As earlier tfopt versions wrote it: TFMOT's class names, tfopt's
+    # variable layout.
+    _rewrite_keras_config(path, lambda text: text.replace("tfopt>", "").replace(
+        "GlobalRange", ""))
+    loaded = tfopt.load_model(path)
+    assert {type(layer) for layer in loaded.layers if "quant" in layer.name} == {
+        _tfmot.QuantizeLayer, _tfmot.QuantizeWrapperV2}
+    for a, b in zip(qat.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # A raw TFMOT .keras file (which TFMOT cannot load either) is refused
+    # with the reason.
+    base = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+    raw = tfmot.quantization.keras.quantize_model(base)
+    raw.save(tmp_path / "raw.keras")
+    with pytest.raises(ValueError, match=(
+        r"Layer 'quant_dense' expected 6 variables, but the file holds 8: it was "
+        r"not saved from a model of tfopt.quantize.")):
+        tfopt.load_model(tmp_path / "raw.keras")

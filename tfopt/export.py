@@ -247,9 +247,8 @@ def export_saved_model(model, path, *, overwrite=False):
 
 def _custom_objects():
     # Registration covers the .keras format; the legacy .h5 config names the
-    # top-level model class without its "tfopt>" package. TFMOT's QAT layer
-    # names load as tfopt's subclasses, which fix their .keras round trip.
-    return {"PrunedModel": pruning.PrunedModel, **_tfmot.RAW_NAMES}
+    # top-level model class without its "tfopt>" package.
+    return {"PrunedModel": pruning.PrunedModel}
 
 
 def load_model(path, *, compile=True):
@@ -286,7 +285,11 @@ def load_model(path, *, compile=True):
         raise FileNotFoundError(
             f"`path` must name a .keras/.h5 file or a SavedModel directory; "
             f"nothing exists there. Received: path={path!r}")
-    with tfmot.sparsity.keras.prune_scope(), tfmot.quantization.keras.quantize_scope():
+    # TFMOT's QAT layer names load as tfopt's subclasses, which fix their
+    # .keras round trip. A scope, since scopes take precedence over
+    # `custom_objects` and quantize_scope names TFMOT's own classes.
+    with tfmot.sparsity.keras.prune_scope(), tfmot.quantization.keras.quantize_scope(
+    ), keras.utils.custom_object_scope(_tfmot.RAW_NAMES):
         return keras.models.load_model(
             path, custom_objects=_custom_objects(), compile=compile)
 
