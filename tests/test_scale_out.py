@@ -256,3 +256,20 @@ def test_logged_metrics_equal_on_one_process_two_replicas_two_workers(mirrored):
     assert {"student_loss", "distillation_loss", "val_student_loss"} <= set(
         single["distiller"])
     assert "sparsity" in single["pruned"]
+
+
+def test_a_lost_task_is_named_with_its_address_or_as_a_peer():
+    from tfopt import _lockstep, distribute
+
+    me = distribute.WorkerInfo("worker", 1, False, 2,
+                               {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]})
+    err = tf.errors.UnavailableError(
+        None, None, "Collective ops is aborted by: /job:worker/replica:0/task:1 "
+        "and /job:worker/replica:0/task:0 is down")
+    assert _lockstep.lost_task(err, me) == (
+        "lost worker task 0 at 10.0.0.1:2222 of this 2-worker cluster "
+        "(UnavailableError); this is worker 1. Re-run the same command on every "
+        "worker to resume from the last finished epoch.")
+    silent = tf.errors.CancelledError(None, None, "the step was cancelled")
+    assert _lockstep.lost_task(silent, me).startswith(
+        "lost a peer of this 2-worker cluster (CancelledError); this is worker 1.")

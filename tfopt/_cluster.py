@@ -87,19 +87,22 @@ def slurm_tasks():
         return 0
 
 
+def count_workers(cluster):
+    """The training tasks of a `cluster` dict: its workers and chief."""
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+
 def cluster_workers():
     """The worker count (chief included) TF_CONFIG or the SLURM step names;
     0 when neither describes a cluster."""
     config = tf_config()
-    if config is not None:
-        cluster = config["cluster"]
-        return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
-    return slurm_tasks()
+    return slurm_tasks() if config is None else count_workers(config["cluster"])
 
 
 def multi_worker(implementation):
     """Builds the MultiWorkerMirroredStrategy of TF_CONFIG or the SLURM step."""
-    if tf_config() is None and "SLURM_PROCID" not in os.environ:
+    config = tf_config()
+    if config is None and "SLURM_PROCID" not in os.environ:
         # Refused rather than warned: launched on N machines without a
         # cluster, N processes would each train alone and all write the
         # same --model_dir, with nothing in the output to show it.
@@ -108,8 +111,9 @@ def multi_worker(implementation):
             "worker, or run the job as a SLURM step (srun). For the devices of "
             "this one machine use 'mirrored'. Received: TF_CONFIG and "
             "SLURM_PROCID unset")
-    resolver = None
-    if tf_config() is None and "SLURM_PROCID" in os.environ:
+    if config is not None:
+        resolver, where = None, f"TF_CONFIG task {config['task']}"
+    else:
         # GPU binding is left to SLURM (its CUDA_VISIBLE_DEVICES per task):
         # TensorFlow has enumerated the GPUs by now, so auto_set_gpu is off.
         # The resolver still pairs each task of a node with a GPU slot and
@@ -119,10 +123,9 @@ def multi_worker(implementation):
             gpus_per_node=max(slurm_tasks(), 1), gpus_per_task=1,
             auto_set_gpu=False,
         )
+        where = f"SLURM task {os.environ['SLURM_PROCID']}"
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=implementation)
-    where = (f"TF_CONFIG task {tf_config()['task']}" if resolver is None else
-             f"SLURM task {os.environ['SLURM_PROCID']}")
     logging.info("get_strategy('multi_worker'): joining the cluster as %s; "
                  "waits until every worker has started.", where)
     joined = threading.Event()

@@ -106,6 +106,13 @@ def _affine(layer):
     return scale.reshape(1, 1, channels, 1), offset.copy()
 
 
+def _replace(entry, class_name, config):
+    """Makes a functional config `entry` another layer of the same name."""
+    for key in ("module", "registered_name"):
+        entry.pop(key, None)
+    entry["class_name"], entry["config"] = class_name, config
+
+
 def quantizable_copy(model):
     """A flat float32 functional copy of `model` with the same weights, its
     image `Rescaling` and `Normalization` layers as 1x1 depthwise
@@ -128,17 +135,12 @@ def quantizable_copy(model):
             entry["config"]["dtype"] = "float32"
         name = entry["config"]["name"]
         if name in scalar:
-            for key in ("module", "registered_name"):
-                entry.pop(key, None)
-            entry["class_name"] = "ScalarOp"
-            entry["config"], entry["inbound_nodes"] = scalar[name]
-        if name in affine:
-            for key in ("module", "registered_name"):
-                entry.pop(key, None)
-            entry["class_name"] = "DepthwiseConv2D"
-            entry["config"] = {"name": entry["config"]["name"], "kernel_size": 1,
-                               "use_bias": True, "trainable": False,
-                               "dtype": "float32"}
+            _replace(entry, "ScalarOp", scalar[name][0])
+            entry["inbound_nodes"] = scalar[name][1]
+        elif name in affine:
+            _replace(entry, "DepthwiseConv2D", {
+                "name": name, "kernel_size": 1, "use_bias": True,
+                "trainable": False, "dtype": "float32"})
     with _flatten.rebuilding(flat), keras.utils.custom_object_scope(
         {"ScalarOp": ScalarOp}
     ):

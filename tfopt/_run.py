@@ -8,9 +8,11 @@ instead of leaving them waiting in a collective. Only then does the chief
 claim `--model_dir`; the others write beside it, in `workertemp_<task>`.
 """
 
+import contextlib
 import json
 import os
 import shutil
+import time
 
 import tensorflow as tf
 
@@ -168,6 +170,16 @@ class Run:
         # seeded by (seed, e), so a restarted run replays the same batches.
         self._x, self._y = next(iter(self.splits.train.unbatch().batch(
             self.info.train_size)))
+
+    @contextlib.contextmanager
+    def timed(self, name):
+        """Adds the wall time of the block to `seconds[name]`."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + (
+                time.perf_counter() - start)
 
     def path(self, *parts):
         """Where this worker writes."""

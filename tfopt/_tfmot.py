@@ -126,7 +126,7 @@ def _use_global_ranges(layer):
     (new objects: nothing shared with other models changes).
     """
     if isinstance(layer, quantize_layer.QuantizeLayer):
-        layer.quantizer = _global_range(layer.quantizer)
+        layer.quantizer = _global_range(layer.quantizer)  # None stays None
         return
     config = layer.quantize_config
     for name, value in vars(config).items():
@@ -150,8 +150,7 @@ class QuantizeLayer(quantize_layer.QuantizeLayer):
 
     def build(self, input_shape):
         super().build(input_shape)
-        if self.quantizer:
-            _use_global_ranges(self)
+        _use_global_ranges(self)
         self.built = True
 
 
@@ -197,7 +196,7 @@ class QuantizeWrapperV2(quantize_wrapper.QuantizeWrapperV2):
 _ADOPTED = {quantize_layer.QuantizeLayer: QuantizeLayer,
             quantize_wrapper.QuantizeWrapperV2: QuantizeWrapperV2}
 # Names under which TFMOT's classes appear in saved models.
-RAW_NAMES = {"QuantizeLayer": QuantizeLayer, "QuantizeWrapperV2": QuantizeWrapperV2}
+RAW_NAMES = {raw.__name__: ours for raw, ours in _ADOPTED.items()}
 
 
 def adopt(model):
@@ -213,6 +212,5 @@ def adopt(model):
         cls = _ADOPTED.get(type(layer))
         if cls is not None:
             object.__setattr__(layer, "__class__", cls)
-            if getattr(layer, "quantizer", True):
-                _use_global_ranges(layer)
+            _use_global_ranges(layer)
     return model

@@ -336,10 +336,10 @@ def worker_info(strategy):
     resolver = strategy.cluster_resolver
     spec = resolver.cluster_spec().as_dict()
     task_type, task_id = resolver.task_type, resolver.task_id or 0
-    workers = len(spec.get("chief", [])) + len(spec.get("worker", []))
     chief = task_type in (None, "chief") or (
         task_type == "worker" and task_id == 0 and "chief" not in spec)
-    return WorkerInfo(task_type, int(task_id), chief, max(workers, 1), spec)
+    return WorkerInfo(task_type, int(task_id), chief,
+                      max(_cluster.count_workers(spec), 1), spec)
 
 
 def _check_strategy(strategy):

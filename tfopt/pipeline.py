@@ -114,25 +114,33 @@ def _stage(run, name, build, epochs, callbacks=()):
     """Builds, compiles and trains one stage (resuming it if interrupted);
     returns the trained model, or the saved result of a finished stage."""
     done = run.chief_path("checkpoints", f"{name}.keras")
+    finished = os.path.exists(done)
     latest = tf.train.latest_checkpoint(run.chief_path("checkpoints", name))
     # Every worker decides from the chief's files on its own: they must see
     # the same ones, or they would run different stages and hang.
     _, same = _lockstep.agree(run.strategy, run.worker, True, [
-        os.path.exists(done), latest and os.path.basename(latest)])
+        finished, latest and os.path.basename(latest)])
     if not same:
         raise ConfigError(
             f"the workers see different files in --model_dir={run.shared}: it "
             "must be one directory that every worker reaches at the same path "
             "(a shared file system).")
-    start = time.perf_counter()
-    if os.path.exists(done):
+    if finished:
         logging.info("stage %s: finished earlier, loading %s", name, done)
-        with run.strategy.scope():
-            model = export.load_model(done)
-        run.seconds[f"{name} (loaded)"] = time.perf_counter() - start
-        return model
+        with run.timed(f"{name} (loaded)"), run.strategy.scope():
+            return export.load_model(done)
     logging.info("stage %s: training %d epochs on %d replicas", name, epochs,
                  run.strategy.num_replicas_in_sync)
+    with run.timed(name):
+        result = _train(run, name, build, epochs, callbacks, latest)
+    logging.info("stage %s: %d epochs in %.1f s (weights %s)", name, epochs,
+                 run.seconds[name], _lockstep.digest(result))
+    return result
+
+
+def _train(run, name, build, epochs, callbacks, latest):
+    """Trains a stage from `latest` (its last checkpoint, or None) and saves
+    its result."""
     with run.strategy.scope():
         model = build()
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -153,9 +161,6 @@ def _stage(run, name, build, epochs, callbacks=()):
     mine = run.path("checkpoints", f"{name}.keras")
     result.save(mine + ".tmp.keras")
     os.replace(mine + ".tmp.keras", mine)
-    run.seconds[name] = time.perf_counter() - start
-    logging.info("stage %s: %d epochs in %.1f s (weights %s)", name, epochs,
-                 run.seconds[name], _lockstep.digest(result))
     return result
 
 
@@ -310,22 +315,20 @@ def _recipe(run_):
     teacher = _teacher(run_) if config.teacher else None
     baseline, student = _student(run_, teacher)
     reference = teacher if teacher is not None else baseline
-    start = time.perf_counter()
     logging.info("evaluating and exporting")
-    rows.append(report.keras_row(run_, "baseline", reference, reference=None))
-    final = pruning.strip(student)
-    if teacher is not None:
-        rows.append(report.keras_row(run_, "distilled" + ("+pruned" * config.prune),
-                                     final, rows[0]))
-    elif config.prune:
-        rows.append(report.keras_row(run_, "pruned", final, rows[0]))
+    with run_.timed("evaluate"):
+        rows.append(report.keras_row(run_, "baseline", reference, reference=None))
+        final = pruning.strip(student)
+        if teacher is not None:
+            rows.append(report.keras_row(
+                run_, "distilled" + ("+pruned" * config.prune), final, rows[0]))
+        elif config.prune:
+            rows.append(report.keras_row(run_, "pruned", final, rows[0]))
     if config.qat:
-        run_.seconds["evaluate"] = time.perf_counter() - start
         final = _qat(run_, final)
-        start = time.perf_counter()
-        rows.append(report.keras_row(run_, "qat", final, rows[0]))
-    for name, path in _exports(run_, final):
-        rows.append(report.file_row(run_, name, path, final, rows[0]))
-    run_.seconds["evaluate"] = run_.seconds.get("evaluate", 0.0) + (
-        time.perf_counter() - start)
+        with run_.timed("evaluate"):
+            rows.append(report.keras_row(run_, "qat", final, rows[0]))
+    with run_.timed("evaluate"):
+        for name, path in _exports(run_, final):
+            rows.append(report.file_row(run_, name, path, final, rows[0]))
     return rows

@@ -29,9 +29,10 @@ class OutputQuantizeConfig(_qat.QuantizeConfig):
 
     For the layers without weights that TFLite runs in int8 but TFMOT's
     8-bit registry leaves out (`OUTPUT_ONLY`): element-wise merges such as
-    squeeze-excite's `Multiply`, and the affine `Rescaling` and
-    `Normalization` at a model's input. Without an output range each stays
-    a float island between a DEQUANTIZE and a QUANTIZE in the int8 file.
+    squeeze-excite's `Multiply`, hard-swish's arithmetic (`ScalarOp`), and
+    `Rescaling`/`Normalization` that are not over an image's channels.
+    Without an output range each stays a float island between a DEQUANTIZE
+    and a QUANTIZE in the int8 file.
     """
 
     def get_weights_and_quantizers(self, layer):
@@ -55,12 +56,12 @@ class OutputQuantizeConfig(_qat.QuantizeConfig):
 
 
 # Layers quantized with OutputQuantizeConfig when the scheme's registry does
-# not support them; TFLite has int8 kernels for all of them.
+# not support them; TFLite has int8 kernels for all of them. (Image
+# Rescaling/Normalization become 1x1 depthwise convolutions first, and
+# `x + 3.0`-style TFOpLambdas ScalarOps: see `_rewrite`.)
 OUTPUT_ONLY = (keras.layers.Multiply, keras.layers.Subtract, keras.layers.Maximum,
                keras.layers.Minimum, keras.layers.Average, keras.layers.Rescaling,
                keras.layers.Normalization, _rewrite.ScalarOp)
-# (Image Rescaling and Normalization become 1x1 depthwise convolutions
-# first, and `x + 3.0`-style TFOpLambdas ScalarOps: see `_rewrite`.)
 # Layers outside the registry that the scheme's layout transforms rewrite
 # into quantizable ones (as raw quantize_model does): BatchNormalization is
 # folded into a preceding Conv/Dense, a separable convolution becomes a
@@ -85,8 +86,6 @@ def _float32_policy():
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
-
-
 
 
 def _apply(base, annotated, scheme):
