@@ -243,10 +243,10 @@ def test_load_model_reads_tfmot_class_names_as_tfopt_subclasses(tmp_path):
         np.testing.assert_array_equal(a, b)
     # A raw TFMOT .keras file (which TFMOT cannot load either) is refused
     # with the reason.
-    base = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+    base = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="d")])
     raw = tfmot.quantization.keras.quantize_model(base)
     raw.save(tmp_path / "raw.keras")
     with pytest.raises(ValueError, match=(
-        r"Layer 'quant_dense' expected 6 variables, but the file holds 8: it was "
+        r"Layer 'quant_d' expected 6 variables, but the file holds 8: it was "
         r"not saved from a model of tfopt.quantize.")):
         tfopt.load_model(tmp_path / "raw.keras")
