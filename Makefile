@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo lint clean gpu-check
+.PHONY: test test-models demo lint clean gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ lint: $(VENV)/.installed-test
 
 test: lint
 	$(BIN)/python -m pytest
+
+# Every tf_keras.applications family through prune, QAT and int8 export.
+test-models: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m models tests/test_coverage.py
 
 demo: $(VENV)/.installed-data
 	$(BIN)/python scripts/train.py --flagfile=scripts/demo.flags

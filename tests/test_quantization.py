@@ -57,7 +57,9 @@ def test_qat_fine_tuning_trains_and_leaves_the_input_alone(digits, name):
 def test_unsupported_layers_are_skipped_and_reported():
     with pytest.warns(UserWarning, match=(
         r"^quantize: TFMOT cannot quantize \['bn_after_add "
-        r"\(BatchNormalization\)', 'double \(Lambda\)'\]; they stay in float.$"
+        r"\(BatchNormalization\)', 'double \(Lambda\)'\]; they stay in float "
+        r"\(bn_after_add: TFMOT cannot fold it into a neighbouring layer; "
+        r"double: arbitrary TensorFlow code that TFMOT cannot quantize\).$"
     )):
         qat = tfopt.quantize(_awkward())
     assert qat.tfopt_skipped_layers == ("bn_after_add (BatchNormalization)",
@@ -320,6 +322,8 @@ def test_an_unregistered_custom_layer_stays_float_and_is_listed(tmp_path):
                       match=r"TFMOT cannot quantize \['scale \(_Scale\)'\]"):
         qat = tfopt.quantize(model)
     assert qat.tfopt_skipped_layers == ("scale (_Scale)",)
+    assert qat.tfopt_float_reasons == {
+        "scale": "a custom layer: annotate it with a tfmot QuantizeConfig"}
     scale = qat.get_layer("scale")
     assert type(scale) is _Scale and scale.factor == 3.0  # unwrapped, as it was
     path = tmp_path / "custom.tflite"
@@ -393,8 +397,12 @@ def test_convnext_is_rebuilt_with_its_own_layer_classes():
                                             classes=10)
     qat = _quantize_quietly(model)
     kinds = {name.split(" (")[1][:-1] for name in qat.tfopt_skipped_layers}
-    # What stays in float today (issue 12 is to quantize these too).
-    assert kinds == {"LayerNormalization", "LayerScale", "TFOpLambda"}
+    # LayerScale and the residual TFOpLambda adds are rewritten; only layer
+    # norm, which TFLite has no int8 kernel for, stays float.
+    assert kinds == {"LayerNormalization"}
+    assert set(qat.tfopt_float_reasons.values()) == {
+        "TFLite has no int8 layer-norm kernel, and its MEAN/RSQRT "
+        "decomposition has no ranges"}
     assert len(qat.layers) > 100
 
 
@@ -424,6 +432,77 @@ def test_hard_swish_arithmetic_is_integer_end_to_end(tmp_path):
     found = tfopt.export.tflite_ops(str(path))
     assert (found.quantize, found.dequantize, found.float_ops) == (1, 1, ()), (
         found.counts)
+
+
+@keras.utils.register_keras_serializable(package="tests")
+class LayerScale(keras.layers.Layer):
+    """ConvNeXt's layer scale (tf_keras.applications.convnext.LayerScale)."""
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(name="gamma", shape=(input_shape[-1],))
+
+    def call(self, inputs):
+        return inputs * self.gamma
+
+
+def _residual_swish_block():
+    """EfficientNet's squeeze-excite with a swish inside a Conv, and
+    ConvNeXt's LayerScale and `x + residual` TensorFlow op."""
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 4))
+    x = layers.Conv2D(4, 3, padding="same", activation="swish", name="conv")(inputs)
+    s = layers.GlobalAveragePooling2D(keepdims=True)(x)
+    s = layers.Conv2D(2, 1, activation="swish", name="se_reduce")(s)
+    s = layers.Conv2D(4, 1, activation="sigmoid", name="se_expand")(s)
+    x = layers.Multiply(name="excite")([x, s])
+    x = LayerScale(name="layer_scale")(x)
+    x = inputs + x  # a TFOpLambda of two tensors
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, layers.Dense(3, name="logits")(x))
+
+
+def test_swish_layer_scale_and_residual_ops_are_integer_end_to_end(tmp_path):
+    from tfopt import _rewrite
+
+    keras.utils.set_random_seed(0)
+    model = _residual_swish_block()
+    model.get_layer("layer_scale").set_weights([np.array([0.5, 1, 2, 3], "f")])
+    x = np.random.default_rng(0).normal(size=(64, 8, 8, 4)).astype(np.float32)
+    copy = _rewrite.quantizable_copy(model)
+    kinds = {layer.name: type(layer).__name__ for layer in copy.layers}
+    assert kinds["conv_swish"] == kinds["se_reduce_swish"] == "Activation"
+    assert copy.get_layer("conv").activation.__name__ == "linear"
+    assert kinds["layer_scale"] == "DepthwiseConv2D"
+    assert copy.get_layer("layer_scale").trainable
+    residual, = [layer.name for layer in model.layers
+                 if type(layer).__name__ == "TFOpLambda"]
+    assert kinds[residual] == "Add"
+    np.testing.assert_allclose(copy(x), model(x), rtol=1e-5, atol=1e-5)
+    assert model.get_layer("conv").activation.__name__ == "swish"  # untouched
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        qat = tfopt.quantize(model)
+    _compile(qat).fit(x, np.zeros(64), epochs=1, verbose=0)
+    path = tmp_path / "block.tflite"
+    tfopt.export_tflite(qat, str(path), quantization="int8")
+    found = tfopt.export.tflite_ops(str(path))
+    assert (found.quantize, found.dequantize, found.float_ops) == (1, 1, ()), (
+        found.counts)
+
+
+def test_a_layer_named_layer_scale_that_is_not_one_stays_as_it_is():
+    from tfopt import _rewrite
+
+    @keras.utils.register_keras_serializable(package="tests")
+    class OtherScale(LayerScale):
+        def call(self, inputs):
+            return inputs * self.gamma + 1.0
+
+    OtherScale.__name__ = "LayerScale"
+    inputs = keras.Input((4, 4, 2))
+    model = keras.Model(inputs, OtherScale(name="scale")(inputs))
+    copy = _rewrite.quantizable_copy(model)
+    assert type(copy.get_layer("scale")).__name__ == "LayerScale"
 
 
 def test_scalar_op_round_trips_and_checks_its_op():

@@ -1,13 +1,19 @@
 """Rewrites that make a model quantizable, on a flat float32 copy of it.
 
 TFMOT quantizes layers, and an int8 TFLite file is only integer where every
-op's output has a range. Two common patterns have neither:
+op's output has a range. These common patterns have neither:
 - an image `Rescaling` or `Normalization` (two float ops, MUL and ADD, in
-  the file): it becomes an equal, frozen 1x1 `DepthwiseConv2D`;
+  the file): it becomes an equal, frozen 1x1 `DepthwiseConv2D`; ConvNeXt's
+  `LayerScale` (a per-channel MUL) an equal, trainable one;
 - a TensorFlow op on a Keras tensor and a constant (`x + 3.0`, `x * (1/6)`
   in MobileNetV3's hard-swish), a `TFOpLambda` that TFMOT's wrapper cannot
   call: it becomes a `ScalarOp` layer, which `tfopt.quantize` gives an
-  output range.
+  output range; the same op on two tensors (`x + residual` in ConvNeXt and
+  RegNet) becomes an `Add`, `Subtract` or `Multiply` layer;
+- a `swish` inside a Conv or Dense layer (LOGISTIC and MUL in the file, with
+  no range for the layer's pre-activation output: TFMOT's wrapper quantizes
+  a swish only after it): it moves into its own `Activation` layer, after
+  which TFMOT quantizes the convolution's output and the swish's.
 """
 
 import numbers
@@ -42,21 +48,30 @@ class ScalarOp(keras.layers.Layer):
         return {**super().get_config(), "op": self.op, "constant": self.constant}
 
 
-# TFOpLambda symbol -> (ScalarOp op, how its constant maps).
-_SCALAR_OPS = {
-    "__operators__.add": ("add", lambda c: c), "math.add": ("add", lambda c: c),
-    "math.subtract": ("add", lambda c: -c),
-    "math.multiply": ("multiply", lambda c: c),
-    "math.truediv": ("multiply", lambda c: 1.0 / c),
+# TFOpLambda symbol -> (ScalarOp op, how its constant maps, the merge layer
+# for two tensors).
+_TF_OPS = {
+    "__operators__.add": ("add", lambda c: c, "Add"),
+    "math.add": ("add", lambda c: c, "Add"),
+    "math.subtract": ("add", lambda c: -c, "Subtract"),
+    "math.multiply": ("multiply", lambda c: c, "Multiply"),
+    "math.truediv": ("multiply", lambda c: 1.0 / c, None),
 }
 
 
-def _scalar_op(entry):
-    """The ScalarOp config replacing a TFOpLambda `entry` of a functional
-    config, and its inbound nodes; None when it is not tensor-op-number."""
+def _is_tensor_ref(item):
+    return (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+            and all(isinstance(index, int) for index in item[1:]))
+
+
+def _op_layer(entry):
+    """(class name, config, inbound nodes) of the layer replacing a
+    TFOpLambda `entry` of a functional config: a ScalarOp for a tensor and a
+    number, an Add/Subtract/Multiply for two tensors; None for anything else.
+    """
     if entry["class_name"] != "TFOpLambda":
         return None
-    kind = _SCALAR_OPS.get(entry["config"].get("function"))
+    kind = _TF_OPS.get(entry["config"].get("function"))
     nodes = entry["inbound_nodes"]
     if kind is None or len(nodes) != 1:
         return None
@@ -66,28 +81,47 @@ def _scalar_op(entry):
     if len(ref) != 4 or not isinstance(ref[0], str) or not isinstance(ref[3], dict):
         return None
     source, node, tensor, kwargs = ref
-    constant = kwargs.get("y")
-    number = isinstance(constant, numbers.Real) and not isinstance(constant, bool)
-    if set(kwargs) - {"y", "name"} or not number or (
-        entry["config"]["function"] == "math.truediv" and constant == 0
-    ):
+    other = kwargs.get("y")
+    if set(kwargs) - {"y", "name"}:
         return None
-    config = {"name": entry["config"]["name"], "op": kind[0],
-              "constant": kind[1](float(constant)), "dtype": "float32"}
-    return config, [[[source, node, tensor, {}]]]
+    name = entry["config"]["name"]
+    if _is_tensor_ref(other) and kind[2]:
+        return kind[2], {"name": name, "dtype": "float32"}, [
+            [[source, node, tensor, {}], [*other, {}]]]
+    number = isinstance(other, numbers.Real) and not isinstance(other, bool)
+    if not number or (entry["config"]["function"] == "math.truediv" and other == 0):
+        return None
+    config = {"name": name, "op": kind[0], "constant": kind[1](float(other)),
+              "dtype": "float32"}
+    return "ScalarOp", config, [[[source, node, tensor, {}]]]
+
+
+def _is_layer_scale(layer):
+    # ConvNeXt's LayerScale (tf_keras.applications.convnext): x * gamma.
+    return type(layer).__name__ == "LayerScale" and len(layer.weights) == 1
 
 
 def _affine(layer):
-    """(kernel, bias) of the 1x1 depthwise convolution equal to a
-    `Rescaling` or `Normalization` over the channels of an image, else None.
+    """(kernel, bias or None) of the 1x1 depthwise convolution equal to a
+    `Rescaling` or `Normalization` over the channels of an image, or to a
+    ConvNeXt `LayerScale`, else None.
 
-    TFMOT quantizes neither, and each is two float ops (MUL, ADD) in an int8
-    file; a 1x1 DepthwiseConv2D is one int8 op with per-channel weights.
+    TFMOT quantizes none of them, and each is one or two float ops (MUL,
+    ADD) in an int8 file; a 1x1 DepthwiseConv2D is one int8 op with
+    per-channel weights.
     """
     shape = layer.input_shape
     if not isinstance(shape, tuple) or len(shape) != 4 or shape[-1] is None:
         return None
     channels = shape[-1]
+    if _is_layer_scale(layer):
+        gamma = np.asarray(layer.get_weights()[0], np.float32)
+        # Only a layer that really is x * gamma per channel (a user's
+        # "LayerScale" might be something else).
+        ones = np.ones((1, 1, 1, channels), np.float32)
+        if gamma.shape != (channels,) or not np.allclose(layer(ones), gamma):
+            return None
+        return gamma.reshape(1, 1, channels, 1), None
     if isinstance(layer, keras.layers.Rescaling):
         scale, offset = layer.scale, layer.offset
     elif isinstance(layer, keras.layers.Normalization) and tuple(
@@ -106,6 +140,44 @@ def _affine(layer):
     return scale.reshape(1, 1, channels, 1), offset.copy()
 
 
+# Activations that TFMOT quantizes only after they are applied, which
+# TFLite runs as several ops (swish: LOGISTIC, MUL) that then lack ranges.
+_SPLIT = frozenset({"swish", "silu"})
+
+
+def _split_activations(config):
+    """Moves each single-call layer's swish into an `Activation` layer named
+    `<layer>_<activation>` right after it, in place; returns the names."""
+    taken = {entry["config"]["name"] for entry in config["layers"]}
+    moved, layers = {}, []
+    for entry in config["layers"]:
+        layers.append(entry)
+        activation = entry["config"].get("activation")
+        if activation not in _SPLIT or len(entry["inbound_nodes"]) != 1:
+            continue
+        name = entry["config"]["name"]
+        new = f"{name}_{activation}"
+        while new in taken:
+            new += "_"
+        taken.add(new)
+        entry["config"]["activation"] = "linear"
+        layers.append({"class_name": "Activation", "name": new, "config": {
+            "name": new, "activation": activation, "dtype": "float32",
+            "trainable": entry["config"].get("trainable", True)},
+            "inbound_nodes": [[[name, 0, 0, {}]]]})
+        moved[name] = new
+
+    def rewire(ref):
+        return [moved[ref[0]], *ref[1:]] if ref[0] in moved else ref
+
+    for entry in layers:
+        if entry["config"]["name"] not in moved.values():
+            entry["inbound_nodes"] = _flatten._map_refs(entry["inbound_nodes"], rewire)
+    config["output_layers"] = _flatten._map_refs(config["output_layers"], rewire)
+    config["layers"] = layers
+    return moved
+
+
 def _replace(entry, class_name, config):
     """Makes a functional config `entry` another layer of the same name."""
     for key in ("module", "registered_name"):
@@ -114,41 +186,43 @@ def _replace(entry, class_name, config):
 
 
 def quantizable_copy(model):
-    """A flat float32 functional copy of `model` with the same weights, its
-    image `Rescaling` and `Normalization` layers as 1x1 depthwise
-    convolutions (same names, not trainable) and its tensor-op-number
-    TFOpLambdas as ScalarOps (same names)."""
+    """A flat float32 functional copy of `model` computing the same function,
+    rewritten as the module docstring says. Rewritten layers keep their
+    names; a moved swish is a new `Activation` layer `<layer>_swish`."""
     flat = _flatten.flatten(model)  # also a copy: the user's model stays as is
     affine = {layer.name: _affine(layer) for layer in flat.layers
-              if isinstance(layer, (keras.layers.Rescaling,
-                                    keras.layers.Normalization))}
+              if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization))
+              or _is_layer_scale(layer)}
     affine = {name: weights for name, weights in affine.items() if weights}
     config = flat.get_config()
-    scalar = {entry["config"]["name"]: _scalar_op(entry)
-              for entry in config["layers"]}
-    scalar = {name: op for name, op in scalar.items() if op}
-    if not affine and not scalar and all(layer.dtype_policy.name == "float32"
-                                         for layer in flat.layers):
+    ops = {entry["config"]["name"]: _op_layer(entry) for entry in config["layers"]}
+    ops = {name: op for name, op in ops.items() if op}
+    split = _split_activations(config)
+    if not affine and not ops and not split and all(
+            layer.dtype_policy.name == "float32" for layer in flat.layers):
         return flat
     for entry in config["layers"]:
         if "dtype" in entry["config"]:
             entry["config"]["dtype"] = "float32"
         name = entry["config"]["name"]
-        if name in scalar:
-            _replace(entry, "ScalarOp", scalar[name][0])
-            entry["inbound_nodes"] = scalar[name][1]
+        if name in ops:
+            _replace(entry, ops[name][0], ops[name][1])
+            entry["inbound_nodes"] = ops[name][2]
         elif name in affine:
+            # A LayerScale's gamma is trained; preprocessing stays frozen.
+            bias = affine[name][1] is not None
             _replace(entry, "DepthwiseConv2D", {
-                "name": name, "kernel_size": 1, "use_bias": True,
-                "trainable": False, "dtype": "float32"})
+                "name": name, "kernel_size": 1, "use_bias": bias,
+                "trainable": not bias, "dtype": "float32"})
     with _flatten.rebuilding(flat), keras.utils.custom_object_scope(
         {"ScalarOp": ScalarOp}
     ):
         copy = keras.Model.from_config(config)
-    for layer, source in zip(copy.layers, flat.layers, strict=True):
-        # Same names, same order: a rewritten layer replaces its original.
+    sources = {layer.name: layer for layer in flat.layers}
+    for layer in copy.layers:
+        # A rewritten layer keeps its original's name.
         if layer.name in affine:
-            layer.set_weights(list(affine[layer.name]))
+            layer.set_weights([w for w in affine[layer.name] if w is not None])
         elif layer.weights:
-            layer.set_weights(source.get_weights())
+            layer.set_weights(sources[layer.name].get_weights())
     return copy

@@ -70,6 +70,20 @@ _TRANSFORMED = (keras.layers.BatchNormalization, keras.layers.SeparableConv1D,
                 keras.layers.SeparableConv2D)
 
 
+def _why_float(layer):
+    """Why `tfopt.quantize` leaves `layer` in float, for its warning."""
+    if isinstance(layer, keras.layers.LayerNormalization):
+        return ("TFLite has no int8 layer-norm kernel, and its MEAN/RSQRT "
+                "decomposition has no ranges")
+    if type(layer).__name__ in ("Lambda", "TFOpLambda"):
+        return "arbitrary TensorFlow code that TFMOT cannot quantize"
+    if isinstance(layer, _TRANSFORMED):
+        return "TFMOT cannot fold it into a neighbouring layer"
+    if not type(layer).__module__.startswith("tf_keras"):
+        return "a custom layer: annotate it with a tfmot QuantizeConfig"
+    return "not in TFMOT's 8-bit registry"
+
+
 def _scheme(preserve_sparsity):
     if preserve_sparsity:
         return tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
@@ -88,8 +102,16 @@ def _float32_policy():
         keras.mixed_precision.set_global_policy(previous)
 
 
+def _registry():
+    """The default 8-bit registry, which decides what is supported for both
+    schemes: the prune-preserving one delegates its configs to it, but its
+    `supports` says yes to every layer without trainable weights (a Lambda,
+    a ScalarOp) and then fails to give one a config."""
+    return _qat.default_8bit.Default8BitQuantizeScheme().get_quantize_registry()
+
+
 def _apply(base, annotated, scheme):
-    registry = scheme.get_quantize_registry()
+    registry = _registry()
 
     def annotate(layer):
         if layer.name not in annotated:
@@ -135,7 +157,9 @@ def quantize(model, *, layers=None, exclude=None, preserve_sparsity=False,
 
     Returns:
         The QAT model, in float32 even under a mixed-precision policy, with
-        `tfopt_skipped_layers`: a tuple of "name (Class)" strings.
+        `tfopt_skipped_layers`, a tuple of "name (Class)" strings of the
+        layers left in float, and `tfopt_float_reasons`, a dict from their
+        names to why.
 
     Raises:
         TypeError: If `model` is not a tf_keras Sequential/functional model or
@@ -169,8 +193,7 @@ def quantize(model, *, layers=None, exclude=None, preserve_sparsity=False,
             f"(tfopt.strip) before QAT.{hint}", UserWarning, stacklevel=2)
         model = pruning.strip(model)
 
-    scheme = _scheme(preserve_sparsity)
-    registry = scheme.get_quantize_registry()
+    scheme, registry = _scheme(preserve_sparsity), _registry()
     with _float32_policy():
         base = _rewrite.quantizable_copy(model)
         chosen = _selection.chosen_layers(base, layers, exclude)
@@ -187,16 +210,19 @@ def quantize(model, *, layers=None, exclude=None, preserve_sparsity=False,
                 if name is None:
                     raise
                 annotated.discard(name)
-    skipped = tuple(f"{layer.name} ({type(layer).__name__})" for layer in chosen
-                    if layer.name not in annotated)
+    left = [layer for layer in chosen if layer.name not in annotated]
+    skipped = tuple(f"{layer.name} ({type(layer).__name__})" for layer in left)
+    reasons = {layer.name: _why_float(layer) for layer in left}
     if skipped and not skip_unsupported:
         raise ValueError(
             f"TFMOT cannot quantize these layers: {list(skipped)}. Exclude them, "
             "or pass skip_unsupported=True to leave them in float. "
             "Received: skip_unsupported=False")
     if skipped:
+        why = "; ".join(f"{layer.name}: {reasons[layer.name]}" for layer in left)
         warnings.warn(
-            f"quantize: TFMOT cannot quantize {list(skipped)}; they stay in float.",
-            UserWarning, stacklevel=2)
+            f"quantize: TFMOT cannot quantize {list(skipped)}; they stay in float "
+            f"({why}).", UserWarning, stacklevel=2)
     qat.tfopt_skipped_layers = skipped
+    qat.tfopt_float_reasons = reasons
     return qat
