@@ -48,10 +48,11 @@ def test_every_family(name, tmp_path):
 def test_table_rows():
     row = {"model": "M", "input": 32, "raw_prune": "ok", "raw_qat": "ValueError: x",
            "prune": "ok", "strip": "ok", "quantize": "ok", "export": "ok",
-           "float_layers": [], "quantize_ops": 1, "dequantize_ops": 1,
-           "float_ops": [], "ops": 40}
+           "float_layers": [], "quantize_ops": 3, "dequantize_ops": 1,
+           "requantize_ops": 2, "float_ops": [], "ops": 40}
     assert coverage.integer(row)
     assert coverage.markdown([row]).splitlines()[-1] == (
-        "| M | 32 | ok | fails | ok | ok | 0 | 1 / 1 | 0 / 40 |")
+        "| M | 32 | ok | fails | ok | ok | 0 | 3 / 1 | 2 | 0 / 40 |")
     assert not coverage.integer({**row, "float_ops": ["LOGISTIC (x)"]})
     assert not coverage.integer({**row, "quantize_ops": 17})
+    assert not coverage.integer({**row, "dequantize_ops": 2})

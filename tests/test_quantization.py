@@ -490,6 +490,55 @@ def test_swish_layer_scale_and_residual_ops_are_integer_end_to_end(tmp_path):
         found.counts)
 
 
+def _dense_block():
+    """DenseNet's pattern: BatchNormalization after a Concatenate, and a
+    transition convolution followed by average pooling."""
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 4))
+    x = layers.Conv2D(8, 3, padding="same", use_bias=False, name="stem")(inputs)
+    x = layers.ReLU()(layers.BatchNormalization(name="stem_bn")(x))
+    for block in range(2):
+        y = layers.ReLU()(layers.BatchNormalization(name=f"bn{block}")(x))
+        y = layers.Conv2D(4, 3, padding="same", use_bias=False)(y)
+        x = layers.Concatenate()([x, y])
+    x = layers.ReLU()(layers.BatchNormalization(name="transition_bn")(x))
+    x = layers.Conv2D(8, 1, use_bias=False, name="transition")(x)
+    x = layers.AveragePooling2D(2, name="pool")(x)
+    return keras.Model(inputs, layers.Dense(3)(layers.GlobalAveragePooling2D()(x)))
+
+
+def test_dense_blocks_export_integer_with_only_concatenation_rescales(tmp_path):
+    from tfopt import _rewrite
+
+    keras.utils.set_random_seed(0)
+    model = _dense_block()
+    x = np.random.default_rng(0).normal(size=(32, 8, 8, 4)).astype(np.float32)
+    _compile(model).fit(x, np.zeros(32), epochs=2, verbose=0)  # BN statistics
+    copy = _rewrite.quantizable_copy(model)
+    kinds = {layer.name: type(layer).__name__ for layer in copy.layers}
+    # Each BN after a Concatenate is its inference-time affine map, trainable;
+    # the one after a convolution stays, for TFMOT to fold.
+    assert [kinds[f"bn{b}"] for b in range(2)] == ["DepthwiseConv2D"] * 2
+    assert kinds["transition_bn"] == "DepthwiseConv2D"
+    assert kinds["stem_bn"] == "BatchNormalization"
+    assert copy.get_layer("bn0").trainable
+    np.testing.assert_allclose(copy(x), model(x), rtol=1e-4, atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        qat = tfopt.quantize(model)
+    assert type(qat.get_layer("quant_pool").quantize_config).__name__ == (
+        "InputRangeQuantizeConfig")
+    _compile(qat).fit(x, np.zeros(32), epochs=1, verbose=0)
+    path = tmp_path / "dense.tflite"
+    # Once: "'tfl.average_pool_2d' op quantization parameters violate the
+    # same scale constraint".
+    tfopt.export_tflite(qat, str(path), quantization="int8")
+    found = tfopt.export.tflite_ops(str(path))
+    assert found.float_ops == () and found.dequantize == 1, found.counts
+    # One rescale of the running feature map per Concatenate.
+    assert (found.quantize, found.requantize) == (3, 2), found.counts
+
+
 def test_a_layer_named_layer_scale_that_is_not_one_stays_as_it_is():
     from tfopt import _rewrite
 

@@ -4,7 +4,9 @@ TFMOT quantizes layers, and an int8 TFLite file is only integer where every
 op's output has a range. These common patterns have neither:
 - an image `Rescaling` or `Normalization` (two float ops, MUL and ADD, in
   the file): it becomes an equal, frozen 1x1 `DepthwiseConv2D`; ConvNeXt's
-  `LayerScale` (a per-channel MUL) an equal, trainable one;
+  `LayerScale` (a per-channel MUL) an equal, trainable one, and so does a
+  `BatchNormalization` that TFMOT cannot fold into a convolution (after an
+  Add in ResNetV2, a Concatenate in DenseNet), its statistics frozen;
 - a TensorFlow op on a Keras tensor and a constant (`x + 3.0`, `x * (1/6)`
   in MobileNetV3's hard-swish), a `TFOpLambda` that TFMOT's wrapper cannot
   call: it becomes a `ScalarOp` layer, which `tfopt.quantize` gives an
@@ -19,6 +21,7 @@ op's output has a range. These common patterns have neither:
 import numbers
 
 import numpy as np
+import tensorflow as tf
 
 from tfopt import _flatten
 from tfopt._keras import keras
@@ -101,10 +104,31 @@ def _is_layer_scale(layer):
     return type(layer).__name__ == "LayerScale" and len(layer.weights) == 1
 
 
-def _affine(layer):
-    """(kernel, bias or None) of the 1x1 depthwise convolution equal to a
-    `Rescaling` or `Normalization` over the channels of an image, or to a
-    ConvNeXt `LayerScale`, else None.
+# Layers a following BatchNormalization folds into (TFMOT's layout
+# transforms; a separable convolution is split into two first).
+_FOLDS_BN = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D,
+             keras.layers.SeparableConv2D, keras.layers.Dense)
+
+
+def _folds(source):
+    return isinstance(source, _FOLDS_BN) and (
+        source.activation.__name__ == "linear")
+
+
+def _batch_norm(layer):
+    """(scale, offset) per channel that `layer` applies at inference."""
+    channels = layer.moving_mean.shape[0]
+    gamma = layer.gamma.numpy() if layer.scale else np.ones(channels, np.float32)
+    beta = layer.beta.numpy() if layer.center else np.zeros(channels, np.float32)
+    scale = gamma / np.sqrt(layer.moving_variance.numpy() + layer.epsilon)
+    return scale, beta - layer.moving_mean.numpy() * scale
+
+
+def _affine(layer, source):
+    """(kernel, bias or None, trainable) of the 1x1 depthwise convolution
+    equal to a `Rescaling` or `Normalization` over the channels of an image,
+    a ConvNeXt `LayerScale`, or a `BatchNormalization` that does not follow
+    a layer it folds into (`source`, its input's layer), else None.
 
     TFMOT quantizes none of them, and each is one or two float ops (MUL,
     ADD) in an int8 file; a 1x1 DepthwiseConv2D is one int8 op with
@@ -114,6 +138,14 @@ def _affine(layer):
     if not isinstance(shape, tuple) or len(shape) != 4 or shape[-1] is None:
         return None
     channels = shape[-1]
+    if isinstance(layer, keras.layers.BatchNormalization):
+        # After an Add (ResNetV2) or a Concatenate (DenseNet): its
+        # statistics freeze at their current values, and QAT fine-tunes
+        # the per-channel scale and offset they give.
+        if _folds(source) or tuple(a % 4 for a in np.ravel(layer.axis)) != (3,):
+            return None
+        scale, offset = _batch_norm(layer)
+        return scale.reshape(1, 1, channels, 1), offset, True
     if _is_layer_scale(layer):
         gamma = np.asarray(layer.get_weights()[0], np.float32)
         # Only a layer that really is x * gamma per channel (a user's
@@ -121,7 +153,7 @@ def _affine(layer):
         ones = np.ones((1, 1, 1, channels), np.float32)
         if gamma.shape != (channels,) or not np.allclose(layer(ones), gamma):
             return None
-        return gamma.reshape(1, 1, channels, 1), None
+        return gamma.reshape(1, 1, channels, 1), None, True
     if isinstance(layer, keras.layers.Rescaling):
         scale, offset = layer.scale, layer.offset
     elif isinstance(layer, keras.layers.Normalization) and tuple(
@@ -137,7 +169,7 @@ def _affine(layer):
         return None
     scale = np.broadcast_to(np.asarray(scale, np.float32), (channels,))
     offset = np.broadcast_to(np.asarray(offset, np.float32), (channels,))
-    return scale.reshape(1, 1, channels, 1), offset.copy()
+    return scale.reshape(1, 1, channels, 1), offset.copy(), False
 
 
 # Activations that TFMOT quantizes only after they are applied, which
@@ -185,14 +217,31 @@ def _replace(entry, class_name, config):
     entry["class_name"], entry["config"] = class_name, config
 
 
+_AFFINE = (keras.layers.Rescaling, keras.layers.Normalization,
+           keras.layers.BatchNormalization)
+
+
+def _source(layer):
+    """The layer whose output is `layer`'s one input, else None."""
+    if len(layer.inbound_nodes) != 1:
+        return None
+    inbound = tf.nest.flatten(layer.inbound_nodes[0].inbound_layers)
+    return inbound[0] if len(inbound) == 1 else None
+
+
 def quantizable_copy(model):
-    """A flat float32 functional copy of `model` computing the same function,
+    """A flat float32 functional model computing what `model` does,
     rewritten as the module docstring says. Rewritten layers keep their
-    names; a moved swish is a new `Activation` layer `<layer>_swish`."""
-    flat = _flatten.flatten(model)  # also a copy: the user's model stays as is
-    affine = {layer.name: _affine(layer) for layer in flat.layers
-              if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization))
-              or _is_layer_scale(layer)}
+    names; a moved swish is a new `Activation` layer `<layer>_swish`.
+
+    `model` itself when it is already that (nothing to flatten or rewrite):
+    callers must not change it; TFMOT's `quantize_apply` works on a copy.
+    """
+    flat = model
+    if isinstance(model, keras.Sequential) or _flatten.has_nested_models(model):
+        flat = _flatten.flatten(model)  # a copy: the user's model stays as is
+    affine = {layer.name: _affine(layer, _source(layer)) for layer in flat.layers
+              if isinstance(layer, _AFFINE) or _is_layer_scale(layer)}
     affine = {name: weights for name, weights in affine.items() if weights}
     config = flat.get_config()
     ops = {entry["config"]["name"]: _op_layer(entry) for entry in config["layers"]}
@@ -209,11 +258,9 @@ def quantizable_copy(model):
             _replace(entry, ops[name][0], ops[name][1])
             entry["inbound_nodes"] = ops[name][2]
         elif name in affine:
-            # A LayerScale's gamma is trained; preprocessing stays frozen.
-            bias = affine[name][1] is not None
             _replace(entry, "DepthwiseConv2D", {
-                "name": name, "kernel_size": 1, "use_bias": bias,
-                "trainable": not bias, "dtype": "float32"})
+                "name": name, "kernel_size": 1, "use_bias": affine[name][1] is not None,
+                "trainable": affine[name][2], "dtype": "float32"})
     with _flatten.rebuilding(flat), keras.utils.custom_object_scope(
         {"ScalarOp": ScalarOp}
     ):
@@ -222,7 +269,7 @@ def quantizable_copy(model):
     for layer in copy.layers:
         # A rewritten layer keeps its original's name.
         if layer.name in affine:
-            layer.set_weights([w for w in affine[layer.name] if w is not None])
+            layer.set_weights([w for w in affine[layer.name][:2] if w is not None])
         elif layer.weights:
             layer.set_weights(sources[layer.name].get_weights())
     return copy

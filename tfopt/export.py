@@ -52,6 +52,7 @@ class TFLiteOps(NamedTuple):
     quantize: int  # QUANTIZE ops
     dequantize: int  # DEQUANTIZE ops
     float_ops: tuple  # the other ops with a float output: float islands
+    requantize: int = 0  # QUANTIZE ops from int8 to int8 (a change of scale)
 
 
 class TFLiteEvaluation(NamedTuple):
@@ -398,7 +399,9 @@ def tflite_ops(model):
     """Counts the ops of a TFLite model and names its float compute ops.
 
     An int8 file is integer end to end when its only QUANTIZE and
-    DEQUANTIZE ops are at the input and output and `float_ops` is empty.
+    DEQUANTIZE ops are at the input and output and `float_ops` is empty;
+    `requantize` counts the QUANTIZE ops that only change an int8 tensor's
+    scale (e.g. before a CONCATENATION of inputs with different ranges).
 
     Args:
         model: The `.tflite` path, or its bytes.
@@ -422,14 +425,16 @@ def tflite_ops(model):
     model = _tflite_source(model)
     interpreter = _interpreter(model)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    counts, islands = {}, []
+    counts, islands, requantize = {}, [], 0
     for op in _ops_details(interpreter):
         name = op["op_name"]
         counts[name] = counts.get(name, 0) + 1
+        inputs = [tensors[i] for i in op["inputs"] if i in tensors]
+        requantize += name == "QUANTIZE" and inputs[0]["dtype"] != np.float32
         outputs = [tensors[i] for i in op["outputs"] if i in tensors]
         if name not in ("QUANTIZE", "DEQUANTIZE") and any(
             t["dtype"] == np.float32 for t in outputs
         ):
             islands.append(f"{name} ({outputs[0]['name']})")
     return TFLiteOps(counts, counts.get("QUANTIZE", 0), counts.get("DEQUANTIZE", 0),
-                     tuple(islands))
+                     tuple(islands), requantize)

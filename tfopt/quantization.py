@@ -18,7 +18,8 @@ import tensorflow_model_optimization as tfmot
 from tfopt import _checks, _flatten, _keras, _rewrite, _selection, _tfmot, pruning
 from tfopt._keras import keras
 
-__all__ = ["OUTPUT_ONLY", "OutputQuantizeConfig", "quantize"]
+__all__ = ["OUTPUT_ONLY", "SAME_RANGE", "InputRangeQuantizeConfig",
+           "OutputQuantizeConfig", "quantize"]
 
 _qat = tfmot.quantization.keras
 
@@ -54,6 +55,24 @@ class OutputQuantizeConfig(_qat.QuantizeConfig):
     def get_config(self):
         return {}
 
+
+@keras.utils.register_keras_serializable(package="tfopt")
+class InputRangeQuantizeConfig(OutputQuantizeConfig):
+    """No range of its own: the output keeps its input's quantization.
+
+    TFLite's int8 AVERAGE_POOL_2D requires its output scale to equal its
+    input's; TFMOT's registry gives `AveragePooling` an output range of its
+    own, which the converter then rejects ("quantization parameters violate
+    the same scale constraint") wherever the input has a range too, as
+    after DenseNet's transition convolutions.
+    """
+
+    def get_output_quantizers(self, layer):
+        return []
+
+
+SAME_RANGE = (keras.layers.AveragePooling1D, keras.layers.AveragePooling2D,
+              keras.layers.AveragePooling3D)
 
 # Layers quantized with OutputQuantizeConfig when the scheme's registry does
 # not support them; TFLite has int8 kernels for all of them. (Image
@@ -116,6 +135,8 @@ def _apply(base, annotated, scheme):
     def annotate(layer):
         if layer.name not in annotated:
             return layer
+        if isinstance(layer, SAME_RANGE):
+            return _qat.quantize_annotate_layer(layer, InputRangeQuantizeConfig())
         if isinstance(layer, OUTPUT_ONLY) and not registry.supports(layer):
             return _qat.quantize_annotate_layer(layer, OutputQuantizeConfig())
         return _qat.quantize_annotate_layer(layer)
