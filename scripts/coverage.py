@@ -8,10 +8,13 @@ TFLite export, and the file's QUANTIZE/DEQUANTIZE and float compute ops.
     python scripts/coverage.py --output=coverage.json          # every family
     python scripts/coverage.py --models=MobileNetV2,Xception   # some
     python scripts/coverage.py --agreement --output=agreement.json
+    python scripts/coverage.py --timing --output=timing.json
 
 `--agreement` instead trains `AGREEMENT`'s models briefly on mnist5k (as
 RGB at the input size), fine-tunes them with QAT and compares the int8
-file's test accuracy with the QAT Keras model's.
+file's test accuracy with the QAT Keras model's. `--timing` times
+`tfopt.quantize` against raw `quantize_model` (interleaved, medians) where
+raw TFMOT works, and DenseNet121's whole prune + QAT + int8 pipeline at 64x64.
 """
 
 import json
@@ -46,6 +49,7 @@ if "models" not in flags.FLAGS:
     flags.DEFINE_bool("agreement", False, "Measure int8 vs QAT accuracy on "
                       "briefly trained models instead (--models is ignored).")
     flags.DEFINE_integer("epochs", 3, "--agreement: float training epochs.")
+    flags.DEFINE_bool("timing", False, "Time quantize against raw TFMOT instead.")
 FLAGS = flags.FLAGS
 _BATCH = 4
 
@@ -176,6 +180,42 @@ def measure(name, size, *, raw=True, directory=None):
     return row
 
 
+# Where raw quantize_model works: (input side) for --timing.
+TIMING = {"MobileNetV2": 64, "ResNet50": 64, "InceptionV3": 75, "MobileNet": 64}
+
+
+def timing(rounds=3):
+    """Median wall times of raw `quantize_model` and `tfopt.quantize`
+    (alternated, `rounds` each) per `TIMING` model, and DenseNet121's
+    pipeline at 64x64."""
+    import statistics
+
+    import tensorflow_model_optimization as tfmot
+
+    import tfopt
+    from tfopt import keras
+
+    rows = []
+    for name, size in TIMING.items():
+        keras.backend.clear_session()
+        model = build(name, size)
+        times = {"raw": [], "tfopt": []}
+        for _ in range(rounds):
+            for kind, function in (("raw", tfmot.quantization.keras.quantize_model),
+                                   ("tfopt", tfopt.quantize)):
+                start = time.perf_counter()
+                function(model)
+                times[kind].append(time.perf_counter() - start)
+        raw, ours = statistics.median(times["raw"]), statistics.median(times["tfopt"])
+        rows.append({"model": name, "input": size, "raw_s": raw, "tfopt_s": ours,
+                     "ratio": ours / raw})
+        logging.info("  %s", rows[-1])
+    dense = measure("DenseNet121", 64, raw=False)
+    rows.append({"model": "DenseNet121", "input": 64, "pipeline_s": dense.get("pipeline_s"),
+                 "integer": integer(dense)})
+    return rows
+
+
 def integer(row):
     """Whether the row's int8 file is integer end to end: no float ops, one
     QUANTIZE from float (the input's) and one DEQUANTIZE (the output's)."""
@@ -211,6 +251,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     std_logging.getLogger("tensorflow").setLevel(std_logging.ERROR)
+    if FLAGS.timing:
+        rows = timing()
+        with open(FLAGS.output, "w") as file:
+            json.dump(rows, file, indent=2)
+        print(json.dumps(rows, indent=2))
+        return
     if FLAGS.agreement:
         rows = []
         for name, (size, kwargs) in AGREEMENT.items():

@@ -539,6 +539,46 @@ def test_dense_blocks_export_integer_with_only_concatenation_rescales(tmp_path):
     assert (found.quantize, found.requantize) == (3, 2), found.counts
 
 
+def test_inception_resnet_scaled_sums_are_integer_and_pqat_takes_them(tmp_path):
+    from tf_keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+    from tfopt import _rewrite
+
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 4))
+    residual = layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    x = CustomScaleLayer(0.17, name="block")([inputs, residual])
+    x = layers.GlobalAveragePooling2D()(layers.Activation("relu")(x))
+    model = keras.Model(inputs, layers.Dense(3)(x))
+    x = np.random.default_rng(0).normal(size=(32, 8, 8, 4)).astype(np.float32)
+    copy = _rewrite.quantizable_copy(model)
+    assert type(copy.get_layer("block")).__name__ == "Add"
+    assert copy.get_layer("block_scale").constant == pytest.approx(0.17)
+    np.testing.assert_allclose(copy(x), model(x), rtol=1e-6)
+    # TFMOT's prune-preserving registry once failed here: "get_quantize_config()
+    # called on an unsupported layer" for the weightless layer before a Dense.
+    for preserve_sparsity in (False, True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            qat = tfopt.quantize(model, preserve_sparsity=preserve_sparsity)
+    _compile(qat).fit(x, np.zeros(32), epochs=1, verbose=0)
+    path = tmp_path / "scaled.tflite"
+    tfopt.export_tflite(qat, str(path), quantization="int8")
+    found = tfopt.export.tflite_ops(str(path))
+    assert (found.quantize, found.dequantize, found.float_ops) == (1, 1, ()), (
+        found.counts)
+
+
+def test_prune_preserving_qat_leaves_a_weightless_lambda_float():
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(4, name="a")(inputs)
+    x = keras.layers.Lambda(lambda t: t * 2.0, name="double")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="b")(x))
+    with pytest.warns(UserWarning, match=r"\['double \(Lambda\)'\]"):
+        qat = tfopt.quantize(model, preserve_sparsity=True)
+    assert qat.tfopt_skipped_layers == ("double (Lambda)",)
+
+
 def test_a_layer_named_layer_scale_that_is_not_one_stays_as_it_is():
     from tfopt import _rewrite
 

@@ -15,7 +15,9 @@ op's output has a range. These common patterns have neither:
 - a `swish` inside a Conv or Dense layer (LOGISTIC and MUL in the file, with
   no range for the layer's pre-activation output: TFMOT's wrapper quantizes
   a swish only after it): it moves into its own `Activation` layer, after
-  which TFMOT quantizes the convolution's output and the swish's.
+  which TFMOT quantizes the convolution's output and the swish's;
+- InceptionResNetV2's `CustomScaleLayer` (x + r * scale), a custom layer
+  TFMOT cannot quantize: it becomes a ScalarOp and an Add.
 """
 
 import numbers
@@ -210,6 +212,44 @@ def _split_activations(config):
     return moved
 
 
+def _is_scaled_sum(layer):
+    """Whether `layer` is InceptionResNetV2's CustomScaleLayer, x + r * scale
+    (checked by calling it: a user's layer of that name may differ)."""
+    if type(layer).__name__ != "CustomScaleLayer" or layer.weights:
+        return False
+    scale = getattr(layer, "scale", None)
+    if not isinstance(scale, numbers.Real) or len(layer.inbound_nodes) != 1:
+        return False
+    ones = np.ones((1, 2), np.float32)
+    try:
+        return np.allclose(layer([ones, 2 * ones]), 1 + 2 * scale)
+    except (TypeError, ValueError, IndexError):
+        return False
+
+
+def _split_scaled_sums(config, layers):
+    """Makes each CustomScaleLayer `name` (x + r * scale, one call) a
+    ScalarOp `name_scale` (r * scale) and an Add `name`, in place; returns
+    the names. Two layers, so that r * scale gets a range of its own."""
+    names, entries = set(), []
+    for entry in config["layers"]:
+        name = entry["config"]["name"]
+        nodes = entry["inbound_nodes"]
+        if not (_is_scaled_sum(layers[name]) and len(nodes[0]) == 2):
+            entries.append(entry)
+            continue
+        (x, residual), scaled = nodes[0], f"{name}_scale"
+        entries.append({"class_name": "ScalarOp", "name": scaled, "config": {
+            "name": scaled, "op": "multiply", "dtype": "float32",
+            "constant": float(layers[name].scale)}, "inbound_nodes": [[residual]]})
+        _replace(entry, "Add", {"name": name, "dtype": "float32"})
+        entry["inbound_nodes"] = [[x, [scaled, 0, 0, {}]]]
+        entries.append(entry)
+        names.add(name)
+    config["layers"] = entries
+    return names
+
+
 def _replace(entry, class_name, config):
     """Makes a functional config `entry` another layer of the same name."""
     for key in ("module", "registered_name"):
@@ -246,7 +286,8 @@ def quantizable_copy(model):
     config = flat.get_config()
     ops = {entry["config"]["name"]: _op_layer(entry) for entry in config["layers"]}
     ops = {name: op for name, op in ops.items() if op}
-    split = _split_activations(config)
+    split = set(_split_activations(config))
+    split |= _split_scaled_sums(config, {layer.name: layer for layer in flat.layers})
     if not affine and not ops and not split and all(
             layer.dtype_policy.name == "float32" for layer in flat.layers):
         return flat

@@ -103,9 +103,34 @@ def _why_float(layer):
     return "not in TFMOT's 8-bit registry"
 
 
+def _registry():
+    """The default 8-bit registry: it decides what is supported, for both
+    schemes (the prune-preserving one takes its configs from it)."""
+    return _qat.default_8bit.Default8BitQuantizeScheme().get_quantize_registry()
+
+
+_PrunePreserve = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme
+
+
+class _PrunePreserveRegistry(type(_PrunePreserve().get_quantize_registry())):
+    """TFMOT's prune-preserving registry, except that `supports` answers as
+    the default 8-bit one. TFMOT's says yes to every layer without trainable
+    weights (a Lambda, InceptionResNetV2's CustomScaleLayer) and then fails
+    to give it a config ("called on an unsupported layer"), also for layers
+    `quantize_apply` only looks at because an annotated layer follows."""
+
+    def supports(self, layer):
+        return _registry().supports(layer)
+
+
+class _PrunePreserveScheme(_PrunePreserve):
+    def get_quantize_registry(self):
+        return _PrunePreserveRegistry()
+
+
 def _scheme(preserve_sparsity):
     if preserve_sparsity:
-        return tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+        return _PrunePreserveScheme()
     return _qat.default_8bit.Default8BitQuantizeScheme()
 
 
@@ -119,14 +144,6 @@ def _float32_policy():
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
-
-
-def _registry():
-    """The default 8-bit registry, which decides what is supported for both
-    schemes: the prune-preserving one delegates its configs to it, but its
-    `supports` says yes to every layer without trainable weights (a Lambda,
-    a ScalarOp) and then fails to give one a config."""
-    return _qat.default_8bit.Default8BitQuantizeScheme().get_quantize_registry()
 
 
 def _apply(base, annotated, scheme):
