@@ -1,9 +1,11 @@
 """tf_keras.applications architectures through prune, QAT and int8 TFLite.
 
-The `slow` lane takes the architectures whose blocks need tfopt's own
-rewrites and configs (hard-swish, swish, squeeze-excite, image
-preprocessing, separable convolutions); `pytest -m models` (`make
-test-models`) runs every family of `scripts/coverage.py`, about 15 minutes.
+The `slow` lane takes EfficientNetB0, whose blocks need most of tfopt's
+own rewrites and configs (swish inside a conv, squeeze-excite, image
+Rescaling and Normalization); test_quantization.py has each rewrite on a
+small block. `pytest -m models` (`make test-models`) runs every family of
+`scripts/coverage.py`: about 25 minutes on 2 cores, too long for `make
+test`'s 10.
 """
 
 import pytest
@@ -14,6 +16,8 @@ from scripts import coverage
 FLOAT_ISLANDS = {
     # TFLite has no fused int8 layer norm: its MEAN / SQUARED_DIFFERENCE /
     # RSQRT decomposition would need a learned range for every intermediate.
+    # (Rebuilding ConvNeXt once crashed: its LayerScale class lives in
+    # tf_keras.applications, outside the registry.)
     "ConvNeXtTiny": "LayerNormalization",
 }
 
@@ -32,10 +36,8 @@ def _check(row):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["MobileNetV3Small", "EfficientNetB0"])
-def test_modern_blocks_are_integer_end_to_end(name, tmp_path):
-    _check(coverage.measure(name, coverage.MODELS[name], raw=False,
-                            directory=tmp_path))
+def test_efficientnet_is_integer_end_to_end(tmp_path):
+    _check(coverage.measure("EfficientNetB0", 32, raw=False, directory=tmp_path))
 
 
 @pytest.mark.models

@@ -235,7 +235,7 @@ def _split_scaled_sums(config, layers):
     for entry in config["layers"]:
         name = entry["config"]["name"]
         nodes = entry["inbound_nodes"]
-        if not (_is_scaled_sum(layers[name]) and len(nodes[0]) == 2):
+        if not (_is_scaled_sum(layers.get(name)) and len(nodes[0]) == 2):
             entries.append(entry)
             continue
         (x, residual), scaled = nodes[0], f"{name}_scale"
