@@ -217,8 +217,8 @@ def timing(rounds=3):
                      "ratio": ours / raw})
         logging.info("  %s", rows[-1])
     dense = measure("DenseNet121", 64, raw=False)
-    rows.append({"model": "DenseNet121", "input": 64, "pipeline_s": dense.get("pipeline_s"),
-                 "integer": integer(dense)})
+    rows.append({"model": "DenseNet121", "input": 64,
+                 "pipeline_s": dense.get("pipeline_s"), "integer": integer(dense)})
     return rows
 
 
@@ -265,7 +265,12 @@ def main(argv):
         return
     if FLAGS.agreement:
         rows = []
-        for name, (size, kwargs) in AGREEMENT.items():
+        names = FLAGS.models if FLAGS["models"].present else list(AGREEMENT)
+        for name in names:
+            if name not in AGREEMENT:
+                raise app.UsageError(
+                    f"--agreement takes --models from {list(AGREEMENT)}")
+            size, kwargs = AGREEMENT[name]
             logging.info("agreement: %s", name)
             rows.append(agreement(name, size, FLAGS.epochs, **kwargs))
             logging.info("  %s", rows[-1])

@@ -47,6 +47,19 @@ def test_every_family(name, tmp_path):
                             directory=tmp_path))
 
 
+@pytest.mark.models
+@pytest.mark.parametrize("name", sorted(coverage.AGREEMENT))
+def test_int8_file_agrees_with_the_qat_model_when_trained(name, tmp_path):
+    # Trained for 4 epochs on mnist5k as 32x32 RGB (75x75 for InceptionV3):
+    # the int8 file's test accuracy is within half a point of the QAT
+    # model's on 1,000 images.
+    size, kwargs = coverage.AGREEMENT[name]
+    row = coverage.agreement(name, size, 4, directory=tmp_path, **kwargs)
+    assert row["float_ops"] == 0 and row["quantize_ops"] >= 1
+    assert row["qat_accuracy"] > 0.3, row  # it learned something
+    assert abs(row["difference"]) <= 0.005, row
+
+
 def test_table_rows():
     row = {"model": "M", "input": 32, "raw_prune": "ok", "raw_qat": "ValueError: x",
            "prune": "ok", "strip": "ok", "quantize": "ok", "export": "ok",

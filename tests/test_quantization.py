@@ -557,6 +557,48 @@ def test_prune_preserving_qat_leaves_a_weightless_lambda_float():
     assert qat.tfopt_skipped_layers == ("double (Lambda)",)
 
 
+def test_depthwise_kernels_get_one_range_per_channel_as_in_tflite(tmp_path):
+    import tensorflow as tf
+
+    from tfopt import _tfmot
+
+    # Channel 1 is channel 0 times 0.01: with one range per channel it is
+    # quantized to exactly 0.01 times channel 0's grid; with TFMOT's (one
+    # range over the multiplier axis, i.e. all channels) it is mostly zero.
+    rng = np.random.default_rng(0)
+    first = rng.uniform(-1, 1, (3, 3, 1, 1)).astype(np.float32)
+    kernel = tf.constant(np.concatenate([first, 0.01 * first], axis=2))
+    holder = keras.layers.Layer()
+    for quantizer, close in ((_tfmot.DepthwiseKernelQuantizer(), True),
+                             (_tfmot._quantizers.LastValueQuantizer(
+                                 8, per_axis=True, symmetric=True, narrow_range=True),
+                              False)):
+        weights = quantizer.build(kernel.shape, f"k{close}", holder)
+        if not close:  # TFMOT's conv weight quantizer: one range per last axis
+            weights = {key: holder.add_weight(f"{key}x", shape=(1,), trainable=False)
+                       for key in ("min_var", "max_var")}
+        out = quantizer(kernel, True, weights).numpy()
+        ratio = out[:, :, 1] / np.where(out[:, :, 0] == 0, 1, out[:, :, 0])
+        assert np.allclose(ratio, 0.01, rtol=1e-4) == close
+    # The QAT model uses it, and saves and loads with it.
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 4))
+    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(inputs)
+    x = layers.ReLU()(layers.BatchNormalization()(x))
+    model = keras.Model(inputs, layers.Dense(3)(layers.GlobalAveragePooling2D()(x)))
+    qat = tfopt.quantize(model)
+    wrapper = qat.get_layer("quant_dw")
+    assert type(wrapper.quantize_config).__name__ == "DepthwiseQuantizeConfig"
+    assert sorted(tuple(v.shape) for v in wrapper.weights
+                  if "depthwise_kernel_m" in v.name) == [(4,), (4,)]
+    x = rng.normal(size=(32, 8, 8, 4)).astype(np.float32)
+    found = _int8_ops(qat, x, tmp_path / "dw.tflite")
+    assert (found.quantize, found.dequantize, found.float_ops) == (1, 1, ())
+    qat.save(tmp_path / "dw.keras")
+    again = tfopt.load_model(str(tmp_path / "dw.keras"))
+    np.testing.assert_allclose(again.predict(x, verbose=0), qat.predict(x, verbose=0))
+
+
 def test_a_layer_named_layer_scale_that_is_not_one_stays_as_it_is():
     from tfopt import _rewrite
 

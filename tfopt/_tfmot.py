@@ -16,6 +16,9 @@ from tensorflow_model_optimization.python.core.quantization.keras import (
     quantize_layer,
     quantize_wrapper,
 )
+from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+    default_8bit_quantize_registry as _registry8,
+)
 from tensorflow_model_optimization.python.core.sparsity.keras import (
     prune_registry,
     pruning_wrapper,
@@ -190,6 +193,66 @@ class QuantizeWrapperV2(quantize_wrapper.QuantizeWrapperV2):
                 "model of tfopt.quantize.")
         for index, variable in enumerate(variables):
             variable.assign(store[f"{index}"])
+
+
+@keras.utils.register_keras_serializable(package="tfopt")
+class DepthwiseKernelQuantizer(_quantizers.LastValueQuantizer):
+    """8-bit symmetric quantizer with one range per output channel of a
+    depthwise kernel (kh, kw, channels, multiplier), as TFLite quantizes it.
+
+    TFMOT's per-axis weight quantizer takes the kernel's last axis, the
+    channel multiplier (1): one range for all channels. The int8 file is
+    then more precise than the QAT model that simulates it, and the two
+    disagree (EfficientNetB0 on mnist5k: 71.7% QAT, 73.3% int8).
+    """
+
+    def __init__(self, **kwargs):  # the settings are fixed: TFLite's
+        super().__init__(num_bits=8, per_axis=True, symmetric=True,
+                         narrow_range=True)
+
+    def build(self, tensor_shape, name, layer):
+        channels = tensor_shape[2] * tensor_shape[3]
+        return {key: layer.add_weight(
+            f"{name}_{key[:3]}", shape=(channels,), trainable=False,
+            initializer=keras.initializers.Constant(value))
+            for key, value in (("min_var", -6.0), ("max_var", 6.0))}
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        # Output channel c * multiplier + m is TFLite's channel order too
+        # (TFMOT's per-channel op takes rank 2 or 4).
+        shape = inputs.shape
+        flat = tf.reshape(inputs, [shape[0], shape[1], 1, shape[2] * shape[3]])
+        return tf.reshape(super().__call__(flat, training, weights, **kwargs), shape)
+
+    def get_config(self):
+        return {}
+
+
+@keras.utils.register_keras_serializable(package="tfopt")
+class DepthwiseQuantizeConfig(_registry8.Default8BitConvQuantizeConfig):
+    """TFMOT's config for DepthwiseConv2D, with `DepthwiseKernelQuantizer`."""
+
+    def __init__(self, weight_attrs=("depthwise_kernel",),
+                 activation_attrs=("activation",), quantize_output=False):
+        super().__init__(list(weight_attrs), list(activation_attrs), quantize_output)
+        self.weight_quantizer = DepthwiseKernelQuantizer()
+
+
+class Default8BitQuantizeRegistry(_registry8.Default8BitQuantizeRegistry):
+    """TFMOT's 8-bit registry, with per-channel depthwise kernels."""
+
+    def get_quantize_config(self, layer):
+        if type(layer) is keras.layers.DepthwiseConv2D:
+            return DepthwiseQuantizeConfig()
+        return super().get_quantize_config(layer)
+
+
+class Default8BitQuantizeScheme(
+        tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme):
+    """TFMOT's default 8-bit scheme with tfopt's registry."""
+
+    def get_quantize_registry(self):
+        return Default8BitQuantizeRegistry()
 
 
 # TFMOT's class -> tfopt's subclass, for the layers quantize_apply makes.

@@ -130,8 +130,10 @@ class _PrunePreserveScheme(_PrunePreserve):
 
 def _scheme(preserve_sparsity):
     if preserve_sparsity:
+        # (TFMOT's prune-preserving configs know only its own config classes:
+        # depthwise kernels keep one range here.)
         return _PrunePreserveScheme()
-    return _qat.default_8bit.Default8BitQuantizeScheme()
+    return _tfmot.Default8BitQuantizeScheme()
 
 
 @contextlib.contextmanager
