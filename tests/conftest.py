@@ -14,6 +14,13 @@ DEVICES = tfopt.configure_devices(logical_cpus=2)
 def pytest_collection_modifyitems(config, items):
     import tensorflow as tf
 
+    # The applications sweep (`models`, about 25 minutes) runs only when a -m
+    # expression names it (`make test-models`), whatever else -m selects.
+    if "models" not in (config.getoption("markexpr") or ""):
+        kept = [item for item in items if "models" not in item.keywords]
+        config.hook.pytest_deselected(
+            items=[item for item in items if "models" in item.keywords])
+        items[:] = kept
     if tf.config.list_physical_devices("GPU"):
         return
     skip = pytest.mark.skip(reason="needs a GPU; TensorFlow sees none")

@@ -380,12 +380,38 @@ def test_modern_blocks_are_integer_end_to_end(tmp_path):
     ops = tfopt.export.tflite_ops(str(path))
     assert (ops.quantize, ops.dequantize, ops.float_ops) == (1, 1, ()), ops.counts
     assert ops.counts["DEPTHWISE_CONV_2D"] == 2 and ops.counts["MUL"] == 1
-    # The int8 file computes what the QAT model does.
+    # The int8 file computes what the QAT model does: its outputs are within
+    # two of the output's quantization steps of the QAT model's. (Argmax
+    # agreement is no test here: the barely trained logits span a few
+    # steps, so most examples are ties.)
+    int8, step = _tflite_outputs(path, x[:32])
+    assert np.abs(int8 - qat.predict(x[:32], verbose=0)).max() <= 2 * step + 1e-6
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
-    agree = tfopt.evaluate_tflite(str(path), tf.data.Dataset.from_tensor_slices(
-        (x, qat.predict(x, verbose=0).argmax(-1))).batch(32)).accuracy
-    assert agree >= 0.95, agree
     assert tfopt.evaluate_tflite(str(path), data).examples == 128
+
+
+def _tflite_outputs(path, x):
+    """The float outputs of the `.tflite` file at `path` for each example of
+    `x` (batch 1), and the output's quantization step."""
+    from tfopt import export
+
+    interpreter = export._interpreter(str(path))
+    source = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(source["index"], (1, *x.shape[1:]))
+    interpreter.allocate_tensors()
+    target = interpreter.get_output_details()[0]
+    outputs = []
+    for example in x:
+        interpreter.set_tensor(source["index"], export._to_input(example[None], source))
+        interpreter.invoke()
+        outputs.append(export._from_output(interpreter.get_tensor(target["index"]),
+                                           target)[0])
+    # The output is float: the step is that of the DEQUANTIZE's int8 input.
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    step, = [tensors[op["inputs"][0]]["quantization"][0]
+             for op in export._ops_details(interpreter)
+             if op["op_name"] == "DEQUANTIZE" and op["outputs"][0] == target["index"]]
+    return np.array(outputs), step
 
 
 def _int8_ops(qat, x, path):
@@ -457,8 +483,13 @@ def test_swish_layer_scale_and_residual_ops_are_integer_end_to_end(tmp_path):
     x = np.random.default_rng(0).normal(size=(64, 8, 8, 4)).astype(np.float32)
     copy = _rewrite.quantizable_copy(model)
     kinds = {layer.name: type(layer).__name__ for layer in copy.layers}
-    assert kinds["conv_swish"] == kinds["se_reduce_swish"] == "Activation"
+    # Each swish is its sigmoid and a Multiply; each sigmoid a layer.
+    assert kinds["conv_swish"] == kinds["se_reduce_swish"] == "Multiply"
+    assert kinds["conv_sigmoid"] == kinds["se_expand_sigmoid"] == "Activation"
     assert copy.get_layer("conv").activation.__name__ == "linear"
+    assert copy.get_layer("se_expand").activation.__name__ == "linear"
+    assert type(tfopt.quantize(model).get_layer("quant_conv_sigmoid")
+                .quantize_config).__name__ == "SigmoidQuantizeConfig"
     assert kinds["layer_scale"] == "DepthwiseConv2D"
     assert copy.get_layer("layer_scale").trainable
     residual, = [layer.name for layer in model.layers

@@ -12,10 +12,10 @@ op's output has a range. These common patterns have neither:
   call: it becomes a `ScalarOp` layer, which `tfopt.quantize` gives an
   output range; the same op on two tensors (`x + residual` in ConvNeXt and
   RegNet) becomes an `Add`, `Subtract` or `Multiply` layer;
-- a `swish` inside a Conv or Dense layer (LOGISTIC and MUL in the file, with
-  no range for the layer's pre-activation output: TFMOT's wrapper quantizes
-  a swish only after it): it moves into its own `Activation` layer, after
-  which TFMOT quantizes the convolution's output and the swish's;
+- a sigmoid or swish (LOGISTIC, and MUL, in the file) inside a Conv/Dense
+  layer or as an `Activation`: every sigmoid becomes an `Activation` layer
+  of its own, whose output `tfopt.quantize` quantizes as TFLite does, and
+  every swish that sigmoid and a `Multiply`;
 - InceptionResNetV2's `CustomScaleLayer` (x + r * scale), a custom layer
   TFMOT cannot quantize: it becomes a ScalarOp and an Add.
 """
@@ -174,42 +174,82 @@ def _affine(layer, source):
     return scale.reshape(1, 1, channels, 1), offset.copy(), False
 
 
-# Activations that TFMOT quantizes only after they are applied, which
-# TFLite runs as several ops (swish: LOGISTIC, MUL) that then lack ranges.
-_SPLIT = frozenset({"swish", "silu"})
+# Activations TFLite runs with a LOGISTIC, whose int8 output has a fixed
+# scale of 1/256 that TFMOT's QAT model does not simulate.
+_SWISH = frozenset({"swish", "silu"})
+_SPLIT = _SWISH | {"sigmoid"}
+
+
+def _activation(name, activation, source):
+    return {"class_name": "Activation", "name": name, "config": {
+        "name": name, "activation": activation, "dtype": "float32"},
+        "inbound_nodes": [[[source, 0, 0, {}]]]}
+
+
+def _multiply(name, first, second):
+    return {"class_name": "Multiply", "name": name,
+            "config": {"name": name, "dtype": "float32"},
+            "inbound_nodes": [[[first, 0, 0, {}], [second, 0, 0, {}]]]}
 
 
 def _split_activations(config):
-    """Moves each single-call layer's swish into an `Activation` layer named
-    `<layer>_<activation>` right after it, in place; returns the names."""
+    """Makes every sigmoid and swish its own layer, in place: a Conv/Dense
+    layer's sigmoid becomes an `Activation` `<layer>_sigmoid` after it, and
+    each swish x * sigmoid(x) a sigmoid `Activation` and a `Multiply` (an
+    `Activation` swish layer keeps its name on the Multiply; a Conv/Dense's
+    is `<layer>_swish`). Returns the names of the layers changed.
+
+    So every LOGISTIC of the int8 file has a layer whose output range
+    `tfopt.quantize` fixes as TFLite's; TFMOT quantizes a swish only after
+    it and a sigmoid only before (EfficientNet's int8 file and QAT model
+    then disagreed by 1-2 points on mnist5k). A Conv's own output also
+    gets a range that way (before, its swish left it and both ops float).
+    """
     taken = {entry["config"]["name"] for entry in config["layers"]}
-    moved, layers = {}, []
+
+    def unique(name):
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        return name
+
+    # `inner`: the layers that read a Conv/Dense's own (now linear) output.
+    moved, inner, changed, layers = {}, set(), set(), []
     for entry in config["layers"]:
-        layers.append(entry)
         activation = entry["config"].get("activation")
-        if activation not in _SPLIT or len(entry["inbound_nodes"]) != 1:
-            continue
         name = entry["config"]["name"]
-        new = f"{name}_{activation}"
-        while new in taken:
-            new += "_"
-        taken.add(new)
+        is_layer = entry["class_name"] == "Activation"
+        if (activation not in _SPLIT or len(entry["inbound_nodes"]) != 1
+                or is_layer and activation == "sigmoid"):
+            layers.append(entry)
+            continue
+        sigmoid = unique(f"{name}_sigmoid")
+        changed |= {name, sigmoid}
+        if is_layer:  # Activation(swish) -> sigmoid, Multiply of the same name
+            (source,) = entry["inbound_nodes"][0]
+            layers.append(_activation(sigmoid, "sigmoid", source[0]))
+            layers[-1]["inbound_nodes"] = [[source]]
+            _replace(entry, "Multiply", {"name": name, "dtype": "float32"})
+            entry["inbound_nodes"] = [[source, [sigmoid, 0, 0, {}]]]
+            layers.append(entry)
+            continue
         entry["config"]["activation"] = "linear"
-        layers.append({"class_name": "Activation", "name": new, "config": {
-            "name": new, "activation": activation, "dtype": "float32",
-            "trainable": entry["config"].get("trainable", True)},
-            "inbound_nodes": [[[name, 0, 0, {}]]]})
-        moved[name] = new
+        layers += [entry, _activation(sigmoid, "sigmoid", name)]
+        moved[name] = sigmoid
+        if activation in _SWISH:
+            moved[name] = unique(f"{name}_swish")
+            layers.append(_multiply(moved[name], name, sigmoid))
+        inner |= {sigmoid, moved[name]}
 
     def rewire(ref):
         return [moved[ref[0]], *ref[1:]] if ref[0] in moved else ref
 
     for entry in layers:
-        if entry["config"]["name"] not in moved.values():
+        if entry["config"]["name"] not in inner:
             entry["inbound_nodes"] = _flatten._map_refs(entry["inbound_nodes"], rewire)
     config["output_layers"] = _flatten._map_refs(config["output_layers"], rewire)
     config["layers"] = layers
-    return moved
+    return changed | inner
 
 
 def _is_scaled_sum(layer):
