@@ -14,7 +14,7 @@ DEVICES = tfopt.configure_devices(logical_cpus=2)
 def pytest_collection_modifyitems(config, items):
     import tensorflow as tf
 
-    # The applications sweep (`models`, about 25 minutes) runs only when a -m
+    # The applications sweep (`models`, about 35 minutes) runs only when a -m
     # expression names it (`make test-models`), whatever else -m selects.
     if "models" not in (config.getoption("markexpr") or ""):
         kept = [item for item in items if "models" not in item.keywords]

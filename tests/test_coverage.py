@@ -4,8 +4,8 @@ The `slow` lane takes EfficientNetB0, whose blocks need most of tfopt's
 own rewrites and configs (swish inside a conv, squeeze-excite, image
 Rescaling and Normalization); test_quantization.py has each rewrite on a
 small block. `pytest -m models` (`make test-models`) runs every family of
-`scripts/coverage.py`: about 25 minutes on 2 cores, too long for `make
-test`'s 10.
+`scripts/coverage.py` and the agreement runs: about 35 minutes on 2 cores,
+too long for `make test`'s 10.
 """
 
 import pytest

@@ -445,6 +445,9 @@ def test_hard_swish_arithmetic_is_integer_end_to_end(tmp_path):
     found = _int8_ops(qat, x, tmp_path / "hard_swish.tflite")
     assert (found.quantize, found.dequantize, found.float_ops) == (1, 1, ()), (
         found.counts)
+    qat.save(tmp_path / "hard_swish.keras")  # ScalarOp and its config load
+    again = tfopt.load_model(str(tmp_path / "hard_swish.keras"))
+    np.testing.assert_allclose(again.predict(x, verbose=0), qat.predict(x, verbose=0))
 
 
 @keras.utils.register_keras_serializable(package="tests")
@@ -503,6 +506,11 @@ def test_swish_layer_scale_and_residual_ops_are_integer_end_to_end(tmp_path):
     found = _int8_ops(qat, x, tmp_path / "block.tflite")
     assert (found.quantize, found.dequantize, found.float_ops) == (1, 1, ()), (
         found.counts)
+    # Its configs and layers (sigmoid, Multiply, the LayerScale's depthwise)
+    # are registered: the .keras file loads.
+    qat.save(tmp_path / "block.keras")
+    again = tfopt.load_model(str(tmp_path / "block.keras"))
+    np.testing.assert_allclose(again.predict(x, verbose=0), qat.predict(x, verbose=0))
 
 
 def _dense_block():
