@@ -638,6 +638,28 @@ def test_depthwise_kernels_get_one_range_per_channel_as_in_tflite(tmp_path):
     np.testing.assert_allclose(again.predict(x, verbose=0), qat.predict(x, verbose=0))
 
 
+def test_rewrites_see_a_pruned_and_stripped_copy_as_its_own_graph():
+    from tf_keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+    from tfopt import _rewrite
+
+    # prune and strip share the layers they do not wrap (BN, CustomScale)
+    # with the model they copy: each has a node in every copy. The BN after
+    # a conv once looked sourceless, and became a depthwise conv, unfolded.
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 4))
+    x = layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    x = layers.BatchNormalization(name="bn")(x)
+    x = CustomScaleLayer(0.2, name="block")([inputs, x])
+    model = keras.Model(inputs, layers.Dense(2)(layers.GlobalAveragePooling2D()(x)))
+    stripped = tfopt.strip(tfopt.prune(model, 0.5))
+    assert len(stripped.get_layer("bn").inbound_nodes) > 1
+    kinds = {layer.name: type(layer).__name__
+             for layer in _rewrite.quantizable_copy(stripped).layers}
+    assert kinds["bn"] == "BatchNormalization"
+    assert (kinds["block"], kinds["block_scale"]) == ("Add", "ScalarOp")
+
+
 def test_a_layer_named_layer_scale_that_is_not_one_stays_as_it_is():
     from tfopt import _rewrite
 

@@ -23,7 +23,6 @@ op's output has a range. These common patterns have neither:
 import numbers
 
 import numpy as np
-import tensorflow as tf
 
 from tfopt import _flatten
 from tfopt._keras import keras
@@ -136,7 +135,8 @@ def _affine(layer, source):
     ADD) in an int8 file; a 1x1 DepthwiseConv2D is one int8 op with
     per-channel weights.
     """
-    shape = layer.input_shape
+    # Node 0: tfopt's copies (prune, strip, ...) share weightless layers.
+    shape = layer.get_input_shape_at(0)
     if not isinstance(shape, tuple) or len(shape) != 4 or shape[-1] is None:
         return None
     channels = shape[-1]
@@ -258,7 +258,7 @@ def _is_scaled_sum(layer):
     if type(layer).__name__ != "CustomScaleLayer" or layer.weights:
         return False
     scale = getattr(layer, "scale", None)
-    if not isinstance(scale, numbers.Real) or len(layer.inbound_nodes) != 1:
+    if not isinstance(scale, numbers.Real):
         return False
     ones = np.ones((1, 2), np.float32)
     try:
@@ -275,7 +275,8 @@ def _split_scaled_sums(config, layers):
     for entry in config["layers"]:
         name = entry["config"]["name"]
         nodes = entry["inbound_nodes"]
-        if not (_is_scaled_sum(layers.get(name)) and len(nodes[0]) == 2):
+        if not (len(nodes) == 1 and len(nodes[0]) == 2
+                and _is_scaled_sum(layers.get(name))):
             entries.append(entry)
             continue
         (x, residual), scaled = nodes[0], f"{name}_scale"
@@ -301,12 +302,15 @@ _AFFINE = (keras.layers.Rescaling, keras.layers.Normalization,
            keras.layers.BatchNormalization)
 
 
-def _source(layer):
-    """The layer whose output is `layer`'s one input, else None."""
-    if len(layer.inbound_nodes) != 1:
+def _source(entry, layers):
+    """The layer whose output is the one input of the functional config
+    `entry`, else None. (From the config, not `layer.inbound_nodes`: TFMOT's
+    clones share the layers they do not wrap, which then have a node in
+    every copy.)"""
+    refs = _flatten._refs(entry["inbound_nodes"])
+    if len(entry["inbound_nodes"]) != 1 or len(refs) != 1:
         return None
-    inbound = tf.nest.flatten(layer.inbound_nodes[0].inbound_layers)
-    return inbound[0] if len(inbound) == 1 else None
+    return layers.get(refs[0][0])
 
 
 def quantizable_copy(model):
@@ -320,14 +324,18 @@ def quantizable_copy(model):
     flat = model
     if isinstance(model, keras.Sequential) or _flatten.has_nested_models(model):
         flat = _flatten.flatten(model)  # a copy: the user's model stays as is
-    affine = {layer.name: _affine(layer, _source(layer)) for layer in flat.layers
-              if isinstance(layer, _AFFINE) or _is_layer_scale(layer)}
-    affine = {name: weights for name, weights in affine.items() if weights}
     config = flat.get_config()
+    layers = {layer.name: layer for layer in flat.layers}
+    affine = {}
+    for entry in config["layers"]:
+        layer = layers[entry["config"]["name"]]
+        if isinstance(layer, _AFFINE) or _is_layer_scale(layer):
+            affine[layer.name] = _affine(layer, _source(entry, layers))
+    affine = {name: weights for name, weights in affine.items() if weights}
     ops = {entry["config"]["name"]: _op_layer(entry) for entry in config["layers"]}
     ops = {name: op for name, op in ops.items() if op}
     split = set(_split_activations(config))
-    split |= _split_scaled_sums(config, {layer.name: layer for layer in flat.layers})
+    split |= _split_scaled_sums(config, layers)
     if not affine and not ops and not split and all(
             layer.dtype_policy.name == "float32" for layer in flat.layers):
         return flat
@@ -346,11 +354,10 @@ def quantizable_copy(model):
         {"ScalarOp": ScalarOp}
     ):
         copy = keras.Model.from_config(config)
-    sources = {layer.name: layer for layer in flat.layers}
     for layer in copy.layers:
         # A rewritten layer keeps its original's name.
         if layer.name in affine:
             layer.set_weights([w for w in affine[layer.name][:2] if w is not None])
         elif layer.weights:
-            layer.set_weights(sources[layer.name].get_weights())
+            layer.set_weights(layers[layer.name].get_weights())
     return copy
