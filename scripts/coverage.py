@@ -45,11 +45,12 @@ if "models" not in flags.FLAGS:
     flags.DEFINE_list("models", list(MODELS), "Architectures to measure.")
     flags.register_validator("models", lambda v: set(v) <= set(MODELS),
                              message=f"--models takes a comma list of {list(MODELS)}.")
-    flags.DEFINE_string("output", "coverage.json", "Where the JSON goes.")
     flags.DEFINE_bool("agreement", False, "Measure int8 vs QAT accuracy on "
-                      "briefly trained models instead (--models is ignored).")
-    flags.DEFINE_integer("epochs", 3, "--agreement: float training epochs.")
+                      "briefly trained models instead.")
+    flags.DEFINE_integer("agreement_epochs", 4, "--agreement: float training epochs.")
     flags.DEFINE_bool("timing", False, "Time quantize against raw TFMOT instead.")
+if "output" not in flags.FLAGS:  # benchmark.py's, when both are imported
+    flags.DEFINE_string("output", "coverage.json", "Where the JSON goes.")
 FLAGS = flags.FLAGS
 _BATCH = 4
 
@@ -272,7 +273,7 @@ def main(argv):
                     f"--agreement takes --models from {list(AGREEMENT)}")
             size, kwargs = AGREEMENT[name]
             logging.info("agreement: %s", name)
-            rows.append(agreement(name, size, FLAGS.epochs, **kwargs))
+            rows.append(agreement(name, size, FLAGS.agreement_epochs, **kwargs))
             logging.info("  %s", rows[-1])
             with open(FLAGS.output, "w") as file:
                 json.dump(rows, file, indent=2)
