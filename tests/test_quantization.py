@@ -586,6 +586,17 @@ def test_inception_resnet_scaled_sums_are_integer_and_pqat_takes_them(tmp_path):
         found.counts)
 
 
+def test_layer_norm_stays_float_with_its_reason():
+    inputs = keras.Input((6,))
+    x = keras.layers.LayerNormalization(name="norm")(keras.layers.Dense(4)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    with pytest.warns(UserWarning, match=r"norm: TFLite has no int8 layer-norm kernel"):
+        qat = tfopt.quantize(model)
+    assert qat.tfopt_float_reasons == {
+        "norm": "TFLite has no int8 layer-norm kernel, and its MEAN/RSQRT "
+                "decomposition has no ranges"}
+
+
 def test_prune_preserving_qat_leaves_a_weightless_lambda_float():
     inputs = keras.Input((6,))
     x = keras.layers.Dense(4, name="a")(inputs)

@@ -63,11 +63,6 @@ _TF_OPS = {
 }
 
 
-def _is_tensor_ref(item):
-    return (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
-            and all(isinstance(index, int) for index in item[1:]))
-
-
 def _op_layer(entry):
     """(class name, config, inbound nodes) of the layer replacing a
     TFOpLambda `entry` of a functional config: a ScalarOp for a tensor and a
@@ -82,14 +77,14 @@ def _op_layer(entry):
     # A TFOpLambda's node is its one tensor argument itself, with the other
     # call arguments as its kwargs: [source, node, tensor, {"y": 3.0, ...}].
     ref = nodes[0]
-    if len(ref) != 4 or not isinstance(ref[0], str) or not isinstance(ref[3], dict):
+    if not (_flatten._is_ref(ref) and len(ref) == 4):
         return None
     source, node, tensor, kwargs = ref
     other = kwargs.get("y")
     if set(kwargs) - {"y", "name"}:
         return None
     name = entry["config"]["name"]
-    if _is_tensor_ref(other) and kind[2]:
+    if _flatten._is_ref(other) and len(other) == 3 and kind[2]:
         return kind[2], {"name": name, "dtype": "float32"}, [
             [[source, node, tensor, {}], [*other, {}]]]
     number = isinstance(other, numbers.Real) and not isinstance(other, bool)
@@ -180,16 +175,16 @@ _SWISH = frozenset({"swish", "silu"})
 _SPLIT = _SWISH | {"sigmoid"}
 
 
+def _output(name):
+    """The reference to layer `name`'s (first) output in a functional config."""
+    return [name, 0, 0, {}]
+
+
 def _activation(name, activation, source):
+    """A functional config entry: `Activation(activation)` of ref `source`."""
     return {"class_name": "Activation", "name": name, "config": {
         "name": name, "activation": activation, "dtype": "float32"},
-        "inbound_nodes": [[[source, 0, 0, {}]]]}
-
-
-def _multiply(name, first, second):
-    return {"class_name": "Multiply", "name": name,
-            "config": {"name": name, "dtype": "float32"},
-            "inbound_nodes": [[[first, 0, 0, {}], [second, 0, 0, {}]]]}
+        "inbound_nodes": [[source]]}
 
 
 def _split_activations(config):
@@ -227,18 +222,19 @@ def _split_activations(config):
         changed |= {name, sigmoid}
         if is_layer:  # Activation(swish) -> sigmoid, Multiply of the same name
             (source,) = entry["inbound_nodes"][0]
-            layers.append(_activation(sigmoid, "sigmoid", source[0]))
-            layers[-1]["inbound_nodes"] = [[source]]
+            layers.append(_activation(sigmoid, "sigmoid", source))
             _replace(entry, "Multiply", {"name": name, "dtype": "float32"})
-            entry["inbound_nodes"] = [[source, [sigmoid, 0, 0, {}]]]
+            entry["inbound_nodes"] = [[source, _output(sigmoid)]]
             layers.append(entry)
             continue
         entry["config"]["activation"] = "linear"
-        layers += [entry, _activation(sigmoid, "sigmoid", name)]
+        layers += [entry, _activation(sigmoid, "sigmoid", _output(name))]
         moved[name] = sigmoid
         if activation in _SWISH:
             moved[name] = unique(f"{name}_swish")
-            layers.append(_multiply(moved[name], name, sigmoid))
+            layers.append({"class_name": "Multiply", "name": moved[name],
+                           "config": {"name": moved[name], "dtype": "float32"},
+                           "inbound_nodes": [[_output(name), _output(sigmoid)]]})
         inner |= {sigmoid, moved[name]}
 
     def rewire(ref):
@@ -284,7 +280,7 @@ def _split_scaled_sums(config, layers):
             "name": scaled, "op": "multiply", "dtype": "float32",
             "constant": float(layers[name].scale)}, "inbound_nodes": [[residual]]})
         _replace(entry, "Add", {"name": name, "dtype": "float32"})
-        entry["inbound_nodes"] = [[x, [scaled, 0, 0, {}]]]
+        entry["inbound_nodes"] = [[x, _output(scaled)]]
         entries.append(entry)
         names.add(name)
     config["layers"] = entries
@@ -316,7 +312,8 @@ def _source(entry, layers):
 def quantizable_copy(model):
     """A flat float32 functional model computing what `model` does,
     rewritten as the module docstring says. Rewritten layers keep their
-    names; a moved swish is a new `Activation` layer `<layer>_swish`.
+    names; the new ones are named after them (`<layer>_sigmoid`,
+    `<layer>_swish`, `<layer>_scale`).
 
     `model` itself when it is already that (nothing to flatten or rewrite):
     callers must not change it; TFMOT's `quantize_apply` works on a copy.
@@ -334,8 +331,7 @@ def quantizable_copy(model):
     affine = {name: weights for name, weights in affine.items() if weights}
     ops = {entry["config"]["name"]: _op_layer(entry) for entry in config["layers"]}
     ops = {name: op for name, op in ops.items() if op}
-    split = set(_split_activations(config))
-    split |= _split_scaled_sums(config, layers)
+    split = _split_activations(config) | _split_scaled_sums(config, layers)
     if not affine and not ops and not split and all(
             layer.dtype_policy.name == "float32" for layer in flat.layers):
         return flat

@@ -11,6 +11,7 @@ TFMOT itself is left as it is: the fixes are tfopt subclasses that
 """
 
 import contextlib
+import functools
 import warnings
 
 import tensorflow_model_optimization as tfmot
@@ -124,9 +125,11 @@ def _why_float(layer):
     return "not in TFMOT's 8-bit registry"
 
 
+@functools.cache
 def _registry():
     """The default 8-bit registry: it decides what is supported, for both
-    schemes (the prune-preserving one takes its configs from it)."""
+    schemes (the prune-preserving one takes its configs from it). One, made
+    on first use: `supports` is asked for every layer of every model."""
     return _qat.default_8bit.Default8BitQuantizeScheme().get_quantize_registry()
 
 
