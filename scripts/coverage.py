@@ -40,6 +40,7 @@ MODELS = {
 AGREEMENT = {
     "MobileNetV2": (32, {"alpha": 0.35}), "MobileNetV3Small": (32, {}),
     "EfficientNetB0": (32, {}), "ResNet50": (32, {}), "InceptionV3": (75, {}),
+    "DenseNet121": (32, {}),  # concatenation chains sharing one range
 }
 if "models" not in flags.FLAGS:
     flags.DEFINE_list("models", list(MODELS), "Architectures to measure.")

@@ -514,49 +514,104 @@ def test_swish_layer_scale_and_residual_ops_are_integer_end_to_end(tmp_path):
 
 
 def _dense_block():
-    """DenseNet's pattern: BatchNormalization after a Concatenate, and a
-    transition convolution followed by average pooling."""
+    """DenseNet's pattern: a padded max pool, then Concatenates each feeding
+    the next one and a BatchNormalization, and a transition convolution
+    followed by average pooling."""
     layers = keras.layers
     inputs = keras.Input((8, 8, 4))
     x = layers.Conv2D(8, 3, padding="same", use_bias=False, name="stem")(inputs)
-    x = layers.ReLU()(layers.BatchNormalization(name="stem_bn")(x))
-    for block in range(2):
+    x = layers.ReLU(name="stem_relu")(layers.BatchNormalization(name="stem_bn")(x))
+    x = layers.MaxPooling2D(3, 1, name="stem_pool")(layers.ZeroPadding2D(name="pad")(x))
+    for block in range(3):
         y = layers.ReLU()(layers.BatchNormalization(name=f"bn{block}")(x))
-        y = layers.Conv2D(4, 3, padding="same", use_bias=False)(y)
-        x = layers.Concatenate()([x, y])
+        y = layers.Conv2D(4, 3, padding="same", use_bias=False, name=f"conv{block}")(y)
+        x = layers.Concatenate(name=f"concat{block}")([x, y])
     x = layers.ReLU()(layers.BatchNormalization(name="transition_bn")(x))
     x = layers.Conv2D(8, 1, use_bias=False, name="transition")(x)
     x = layers.AveragePooling2D(2, name="pool")(x)
     return keras.Model(inputs, layers.Dense(3)(layers.GlobalAveragePooling2D()(x)))
 
 
-def test_dense_blocks_export_integer_with_only_concatenation_rescales(tmp_path):
-    from tfopt import _rewrite
+def test_dense_blocks_share_one_range_and_export_with_no_rescale(tmp_path):
+    from tfopt import _ranges, _rewrite
 
     keras.utils.set_random_seed(0)
     model = _dense_block()
-    x = np.random.default_rng(0).normal(size=(32, 8, 8, 4)).astype(np.float32)
-    _compile(model).fit(x, np.zeros(32), epochs=2, verbose=0)  # BN statistics
+    x = np.random.default_rng(0).normal(size=(64, 8, 8, 4)).astype(np.float32)
+    _compile(model).fit(x, np.zeros(64), epochs=2, verbose=0)  # BN statistics
     copy = _rewrite.quantizable_copy(model)
     kinds = {layer.name: type(layer).__name__ for layer in copy.layers}
     # Each BN after a Concatenate is its inference-time affine map, trainable;
     # the one after a convolution stays, for TFMOT to fold.
-    assert [kinds[f"bn{b}"] for b in range(2)] == ["DepthwiseConv2D"] * 2
+    assert [kinds[f"bn{b}"] for b in range(3)] == ["DepthwiseConv2D"] * 3
     assert kinds["transition_bn"] == "DepthwiseConv2D"
     assert kinds["stem_bn"] == "BatchNormalization"
     assert copy.get_layer("bn0").trainable
     np.testing.assert_allclose(copy(x), model(x), rtol=1e-4, atol=1e-5)
+    # The padding, the pool and the first two Concatenates take the last
+    # one's range, as do the layers feeding them.
+    followers, producers = _ranges.shared_ranges(copy)
+    assert followers == {"pad", "stem_pool", "concat0", "concat1"}
+    assert producers == {"stem_relu", "conv0", "conv1", "conv2"}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         qat = tfopt.quantize(model)
+
+    def output_ranges(name):
+        return len(qat.get_layer(f"quant_{name}")._output_quantizers)
+
+    assert [output_ranges(f"concat{b}") for b in range(3)] == [0, 0, 1]
+    assert output_ranges("stem_relu") == 0
+    conv = qat.get_layer("quant_conv0")
+    assert not conv.quantize_config.get_activations_and_quantizers(conv.layer)
     assert type(qat.get_layer("quant_pool").quantize_config).__name__ == (
         "InputRangeQuantizeConfig")
     # The export once failed: "'tfl.average_pool_2d' op quantization
-    # parameters violate the same scale constraint".
+    # parameters violate the same scale constraint"; then it rescaled the
+    # running feature map before each Concatenate and after the padding.
     found = _int8_ops(qat, x, tmp_path / "dense.tflite")
-    assert found.float_ops == () and found.dequantize == 1, found.counts
-    # One rescale of the running feature map per Concatenate.
-    assert (found.quantize, found.requantize) == (3, 2), found.counts
+    assert (found.quantize, found.dequantize, found.float_ops) == (1, 1, ()), (
+        found.counts)
+    assert found.requantize == 0
+    int8, step = _tflite_outputs(tmp_path / "dense.tflite", x[:16])
+    assert np.abs(int8 - qat.predict(x[:16], verbose=0)).max() <= 3 * step + 1e-6
+    qat.save(tmp_path / "dense.keras")  # the range-less configs load
+    again = tfopt.load_model(str(tmp_path / "dense.keras"))
+    np.testing.assert_allclose(again.predict(x, verbose=0), qat.predict(x, verbose=0))
+
+
+def test_prune_preserving_qat_shares_ranges_and_keeps_the_zeros(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = _dense_block()
+    x = np.random.default_rng(0).normal(size=(64, 8, 8, 4)).astype(np.float32)
+    pruned = tfopt.prune(model, 0.5, end=1.0)
+    _compile(pruned).fit(x, np.zeros(64), epochs=2, verbose=0,
+                         callbacks=[tfopt.PruningCallback()])
+    stripped = tfopt.strip(pruned)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        qat = tfopt.quantize(stripped, preserve_sparsity=True)
+    found = _int8_ops(qat, x, tmp_path / "dense.tflite")
+    assert (found.quantize, found.requantize, found.float_ops) == (1, 0, ()), (
+        found.counts)
+    # conv0-2 lost their output ranges and kept their zeros through fit.
+    before = tfopt.sparsity_report(stripped).sparsity
+    assert before > 0.4
+    assert tfopt.sparsity_report(qat).sparsity == pytest.approx(before, abs=0.01)
+
+
+def test_a_group_with_two_last_concatenations_keeps_its_ranges():
+    from tfopt import _ranges
+
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 4))
+    pooled = layers.MaxPooling2D(2, name="pool")(layers.Conv2D(4, 1)(inputs))
+    left = layers.Concatenate(name="left")([pooled, layers.Conv2D(4, 1)(pooled)])
+    right = layers.Concatenate(name="right")([pooled, layers.Conv2D(2, 1)(pooled)])
+    model = keras.Model(inputs, layers.Add()([layers.Conv2D(3, 1)(left),
+                                              layers.Conv2D(3, 1)(right)]))
+    # Which of the two ranges the pool should take is not clear: none changes.
+    assert _ranges.shared_ranges(model) == (set(), set())
 
 
 def test_inception_resnet_scaled_sums_are_integer_and_pqat_takes_them(tmp_path):

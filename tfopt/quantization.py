@@ -5,6 +5,8 @@ float (listing them), flattens nested models, keeps pruned zeros with
 `preserve_sparsity=True`, builds the QAT model in float32 whatever the
 Keras precision policy, and makes the learned activation ranges independent
 of the number of replicas (`_tfmot.GlobalRangeMovingAverageQuantizer`).
+Tensors TFLite must give one int8 scale (a chain of concatenations, pools
+and paddings) share one range (`_ranges`), so the file needs no rescale.
 
 TFMOT itself is left as it is: the fixes are tfopt subclasses that
 `_tfmot.adopt` gives to the layers of the models `quantize` returns.
@@ -16,7 +18,16 @@ import warnings
 
 import tensorflow_model_optimization as tfmot
 
-from tfopt import _checks, _flatten, _keras, _rewrite, _selection, _tfmot, pruning
+from tfopt import (
+    _checks,
+    _flatten,
+    _keras,
+    _ranges,
+    _rewrite,
+    _selection,
+    _tfmot,
+    pruning,
+)
 from tfopt._keras import keras
 
 __all__ = ["OUTPUT_ONLY", "SAME_RANGE", "InputRangeQuantizeConfig",
@@ -186,6 +197,7 @@ def _apply(base, annotated, scheme):
             return _qat.quantize_annotate_layer(layer, OutputQuantizeConfig())
         return _qat.quantize_annotate_layer(layer)
 
+    scheme = _ranges.SharedRangeScheme(scheme, base, InputRangeQuantizeConfig)
     with _qat.quantize_scope(), _flatten.rebuilding(base):
         marked = keras.models.clone_model(base, clone_function=annotate)
         return _tfmot.adopt(_qat.quantize_apply(marked, scheme))
