@@ -119,9 +119,10 @@ def overhead(quick):
             "tfopt_qat": fit(_compiled(keras, tfopt.quantize(build()))),
             "tfmot_qat": fit(_compiled(keras, tfmot.quantization.keras.quantize_model(
                 build()))),
-            "distill": fit(_compiled(keras, tfopt.Distiller(build(), teacher))),
+            "distill": fit(_compiled(keras, tfopt.Distiller(
+                student=build(), teacher=teacher))),
             "distill_cached": fit(_compiled(keras, tfopt.Distiller(
-                build(), teacher, cache_teacher=True))),
+                student=build(), teacher=teacher, cache_teacher=True))),
         }
         with tfopt.get_strategy("mirrored").scope():
             mirrored = _compiled(keras, build())
@@ -227,10 +228,12 @@ def distillation(quick):
 
     scratch = _compiled(keras, student(), 3e-3)
     scratch.fit(few, epochs=epochs, verbose=0)
-    distilled = _compiled(keras, tfopt.Distiller(student(), teacher), 3e-3)
+    distilled = _compiled(
+        keras, tfopt.Distiller(student=student(), teacher=teacher), 3e-3)
     distilled.fit(few, epochs=epochs, verbose=0)
     pruned = _compiled(
-        keras, tfopt.Distiller(tfopt.prune(student(), 0.8), teacher), 3e-3)
+        keras, tfopt.Distiller(
+            student=tfopt.prune(student(), 0.8), teacher=teacher), 3e-3)
     pruned.fit(few, epochs=epochs, verbose=0, callbacks=[tfopt.PruningCallback()])
     small = tfopt.strip(pruned.student)
     int8_path, int8_gzip = _tflite(tfopt, small, work, "student_int8",
@@ -266,7 +269,7 @@ def _parity_run(kind, strategy, steps):
             model = tfopt.quantize(model)
         elif kind == "distill":
             teacher = tfopt.models.build("tfmot_mnist", (8, 8, 1), 10)
-            model = tfopt.Distiller(model, teacher)
+            model = tfopt.Distiller(student=model, teacher=teacher)
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss=_loss(keras))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (

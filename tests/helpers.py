@@ -114,7 +114,8 @@ def train_distilled(strategy, *, global_batch=32, steps=4, seed=0):
         student = tfopt.models.build("student_cnn", (8, 8, 1), 10)
         student.add_loss(lambda: 1e-3 * tf.reduce_sum(
             tf.square(student.get_layer("logits").kernel)))
-        distiller = tfopt.Distiller(student, teacher, temperature=3.0, alpha=0.3)
+        distiller = tfopt.Distiller(student=student, teacher=teacher, temperature=3.0,
+                                    alpha=0.3)
         distiller.compile(optimizer=keras.optimizers.SGD(0.1),
                           loss=keras.losses.SparseCategoricalCrossentropy(
                               from_logits=True))

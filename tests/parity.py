@@ -53,7 +53,8 @@ def histories(strategy):
                 callbacks = [tfopt.PruningCallback()]
             elif name == "distiller":
                 teacher = _mlp()
-                model = tfopt.Distiller(base, teacher, temperature=3.0, alpha=0.3)
+                model = tfopt.Distiller(student=base, teacher=teacher, temperature=3.0,
+                                        alpha=0.3)
             else:
                 model = base
             _compile(model)

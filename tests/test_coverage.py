@@ -33,6 +33,8 @@ def _check(row):
         assert row["float_layers"] == [], row["float_layers"]
         assert coverage.integer(row), (row["quantize_ops"], row["dequantize_ops"],
                                        row["float_ops"])
+        # Not even an int8 rescale: one QUANTIZE, at the input.
+        assert row["quantize_ops"] == 1, row["requantize_ops"]
 
 
 @pytest.mark.slow
@@ -47,27 +49,16 @@ def test_every_family(name, tmp_path):
                             directory=tmp_path))
 
 
-# Measured 0.7 to 1.8 points apart over runs (either way), after the two
-# causes found were fixed (one range for all depthwise channels; sigmoid
-# outputs not rounded as TFLite's LOGISTIC does). The rest accumulates
-# through its 16 squeeze-excite blocks; the layer responsible is not found.
-_EFFICIENTNET = pytest.mark.xfail(
-    reason="EfficientNetB0's int8 file is 0.7-1.8 points from its QAT model",
-    strict=False)
-
-
 @pytest.mark.models
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=_EFFICIENTNET) if name == "EfficientNetB0" else name
-    for name in sorted(coverage.AGREEMENT)])
+@pytest.mark.parametrize("name", sorted(coverage.AGREEMENT))
 def test_int8_file_agrees_with_the_qat_model_when_trained(name, tmp_path):
-    # Trained for 4 epochs on mnist5k as 32x32 RGB (75x75 for InceptionV3):
-    # the int8 file's test accuracy is within half a point of the QAT
-    # model's on 1,000 images.
-    size, kwargs = coverage.AGREEMENT[name]
-    row = coverage.agreement(name, size, 4, directory=tmp_path, **kwargs)
-    assert row["float_ops"] == 0 and row["quantize_ops"] >= 1
-    assert row["qat_accuracy"] > 0.3, row  # it learned something
+    # Trained for 4 epochs (EfficientNetB0 10) on mnist5k as 32x32 RGB
+    # (75x75 for InceptionV3): the int8 file's test accuracy is within half
+    # a point of the QAT model's on 1,000 images.
+    size, kwargs, epochs = coverage.AGREEMENT[name]
+    row = coverage.agreement(name, size, epochs, directory=tmp_path, **kwargs)
+    assert row["float_ops"] == 0 and row["quantize_ops"] == 1, row
+    assert row["qat_accuracy"] > 0.5, row  # it learned something
     assert abs(row["difference"]) <= 0.005, row
 
 

@@ -102,6 +102,33 @@ def check_model(model, arg="model"):
     return model
 
 
+def check_compile(optimizer, loss, metrics):
+    """Raises `TypeError` for a Keras 3 optimizer, loss or metric given to
+    the `compile` of a tfopt model (tf_keras would say only "Could not
+    interpret optimizer identifier")."""
+    check_keras2(optimizer, "optimizer")
+    for item in loss.values() if isinstance(loss, dict) else [loss]:
+        check_keras2(item, "loss")
+    found = metrics.values() if isinstance(metrics, dict) else metrics or []
+    for item in found:
+        check_keras2(item, "metrics")
+
+
+def frozen(model):
+    """Names of `model`'s layers with weights when none of its weights is
+    trainable (`model.trainable = False`, or every layer frozen); else []."""
+    if model.trainable_weights or not model.weights:
+        return []
+    return [layer.name for layer in model.layers if layer.weights]
+
+
+def frozen_message(model, arg, consequence):
+    """What to tell a user whose `model` is frozen, and the `consequence`."""
+    return (f"`{arg}` has no trainable variables (its layers {frozen(model)} are "
+            f"frozen: trainable=False): {consequence}. Set `{arg}.trainable = "
+            f"True` first. Received: {arg}={_describe(model)}")
+
+
 # The `distribute_reduction_method` of tfopt's models, whose `train_step` and
 # `test_step` return Keras metric results: already the same global value on
 # every replica. tf_keras's "auto" SUMs such logs across workers under

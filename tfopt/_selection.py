@@ -129,22 +129,24 @@ def copy_model(model):
     return copy
 
 
-def check_graph_model(model, action="pruning"):
+def check_graph_model(model, action="pruning", arg="model", hint=None):
     """Raises unless `model` is a built Sequential or functional model."""
     # TFMOT (and so tfopt) rewrites a model through its layer graph, which a
     # subclassed model does not expose; `_is_graph_network` is how TFMOT tells.
     if not (isinstance(model, keras.Sequential) or model._is_graph_network):
-        raise TypeError(
-            "`model` must be a Sequential or functional tf_keras model: a "
-            f"subclassed model ({type(model).__name__}) hides its layer graph. "
+        hint = hint or (
             f"Either apply {action} to its layers (tfopt.keras layers inside it, "
             "each wrapped with the matching tfmot.*.keras layer API), or build "
-            f"it with the functional API. Received: model={model!r}"
+            "it with the functional API.")
+        raise TypeError(
+            f"`{arg}` must be a Sequential or functional tf_keras model: a "
+            f"subclassed model ({type(model).__name__}) hides its layer graph. "
+            f"{hint} Received: {arg}={model!r}"
         )
     if not model.built:
         raise ValueError(
-            f"`model` must be built (give its first layer an input shape or "
-            f"call it once) before {action}. Received: model={model!r}"
+            f"`{arg}` must be built (give its first layer an input shape or "
+            f"call it once) before {action}. Received: {arg}={model!r}"
         )
 
 

@@ -10,7 +10,7 @@ batch gives the same student on one replica or many. `evaluate`, `predict`,
 
 import tensorflow as tf
 
-from tfopt import _checks, _keras, pruning
+from tfopt import _checks, _keras, _selection, pruning
 from tfopt._keras import keras
 
 __all__ = ["DISTILLATION_LOSSES", "DistillationSchedule", "Distiller"]
@@ -115,12 +115,17 @@ class Distiller(keras.Model):
     teacher and student logits at temperature T. Every per-example term is
     averaged over the global batch, so results do not depend on the number
     of replicas. The teacher runs with `training=False` outside the gradient
-    tape and is set non-trainable; the student runs once with
+    tape and its variables are not trained (the model itself is left as it
+    is: still trainable if it was); the student runs once with
     `training=True`, so a pruned student's step advances once per batch.
+    `evaluate` (and validation) compute the same loss, with the student in
+    inference mode; `student_loss` and `distillation_loss` are its parts.
 
     Args:
-        student: The tf_keras model to train (plain, pruned or QAT).
-        teacher: A built tf_keras model with the same output shape.
+        student: The tf_keras model to train (plain, pruned or QAT), with
+            trainable variables. Keyword-only, as is `teacher`.
+        teacher: A built tf_keras model with the same output shape; it may
+            be the model `student` was pruned from.
         temperature: Softening temperature T, > 0. Defaults to `4.0`.
         alpha: Weight of the hard-label loss, in [0, 1]. Defaults to `0.1`.
         distillation_loss: One of `DISTILLATION_LOSSES`: `kl` or `mse`.
@@ -137,7 +142,9 @@ class Distiller(keras.Model):
         name: The model name. Defaults to `distiller`.
 
     Raises:
-        TypeError, ValueError: For a bad argument, named with its value.
+        TypeError, ValueError: For a bad argument, named with its value
+            (models given by position, a student without trainable
+            variables).
 
     Example:
 
@@ -146,7 +153,8 @@ class Distiller(keras.Model):
     >>> train, val, test, info = tfopt.data.load("digits", batch_size=64)
     >>> teacher = tfopt.models.build("teacher_cnn", info.input_shape, 10)
     >>> student = tfopt.models.build("student_cnn", info.input_shape, 10)
-    >>> distiller = tfopt.Distiller(student, teacher, temperature=4.0, alpha=0.1)
+    >>> distiller = tfopt.Distiller(student=student, teacher=teacher,
+    ...                             temperature=4.0, alpha=0.1)
     >>> distiller.compile(optimizer="adam", metrics=["accuracy"],
     ...     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     >>> sorted(distiller.fit(train, epochs=1, verbose=0).history)
@@ -155,16 +163,23 @@ class Distiller(keras.Model):
 
     distribute_reduction_method = _keras.SYNCED_LOGS
 
-    def __init__(self, student, teacher, *, temperature=4.0, alpha=0.1,
-                 distillation_loss="kl", features=None, cache_teacher=False,
-                 name="distiller"):
-        _keras.check_model(student, "student")
-        _keras.check_model(teacher, "teacher")
-        for arg, model in (("teacher", teacher), ("student", student)):
-            if not model.built:
-                raise ValueError(
-                    f"`{arg}` must be a built model (give it an input shape). "
-                    f"Received: {arg}={model!r}")
+    def __init__(self, *args, student=None, teacher=None, temperature=4.0,
+                 alpha=0.1, distillation_loss="kl", features=None,
+                 cache_teacher=False, name="distiller"):
+        if args:
+            # Keras 3's keras.distillation.Distiller takes the teacher first:
+            # a positional order would be read both ways.
+            raise TypeError(
+                "Distiller takes its models as keywords: Distiller(student=..., "
+                f"teacher=...). Received: {len(args)} positional argument(s)")
+        for arg, model in (("student", student), ("teacher", teacher)):
+            _keras.check_model(model, arg)
+            _selection.check_graph_model(model, "distillation", arg, hint=(
+                "The Distiller checks its output shape and taps its layers: "
+                f"wrap it, e.g. keras.Model(inputs, {arg}(inputs))."))
+        if _keras.frozen(student):
+            raise ValueError(_keras.frozen_message(
+                student, "student", "distilling into it would train nothing"))
         if tuple(student.output_shape) != tuple(teacher.output_shape):
             raise ValueError(
                 "`student` and `teacher` must produce the same output shape. "
@@ -183,8 +198,11 @@ class Distiller(keras.Model):
                 f"features={features!r}")
         super().__init__(name=name)
         self.student = student
+        # The teacher is left as given (a model the user goes on using, e.g.
+        # to prune a copy of it, must stay trainable): it runs in inference
+        # mode outside the tape, and its variables are not the Distiller's
+        # trainable ones.
         self.teacher = teacher
-        teacher.trainable = False
         self.distillation_loss = distillation_loss
         self.features = [tuple(f) for f in features or ()]
         self.cache_teacher = cache_teacher
@@ -225,8 +243,24 @@ class Distiller(keras.Model):
                 "`loss` must be the student's hard-label loss, e.g. "
                 "keras.losses.SparseCategoricalCrossentropy(from_logits=True). "
                 "Received: loss=None")
+        _keras.check_compile(optimizer, loss, metrics)
         self._hard_loss = _per_example(loss)
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+
+    def _teacher_only(self):
+        student = {id(v) for v in self.student.weights}
+        return {id(v) for v in self.teacher.weights if id(v) not in student}
+
+    @property
+    def trainable_weights(self):
+        teacher = self._teacher_only()
+        return [v for v in super().trainable_weights if id(v) not in teacher]
+
+    @property
+    def non_trainable_weights(self):
+        teacher = self._teacher_only()
+        return super().non_trainable_weights + [
+            v for v in super().trainable_weights if id(v) in teacher]
 
     @property
     def metrics(self):
@@ -304,14 +338,19 @@ class Distiller(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def test_step(self, data):
+        # The same loss as in training (so `val_loss` compares with `loss`),
+        # with the student in inference mode.
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        logits = self.student(x, training=False)
-        hard = self._hard_loss(y, tf.cast(logits, tf.float32))
-        for tracker in self._trackers[:2]:
-            tracker.update_state(hard, sample_weight=sample_weight)
-        self.compiled_metrics.update_state(y, logits, sample_weight)
-        return {m.name: m.result() for m in self.metrics
-                if m.name != "distillation_loss"}
+        teacher_out = self._teacher_outputs(x)
+        student_out = self._student_outputs(x, training=False)
+        total, hard, soft = self._per_example_losses(y, student_out, teacher_out)
+        regularization = (tf.add_n(self.student.losses)
+                          if self.student.losses else tf.constant(0.0))
+        for tracker, value in zip(self._trackers,
+                                  (total + regularization, hard, soft), strict=True):
+            tracker.update_state(value, sample_weight=sample_weight)
+        self.compiled_metrics.update_state(y, student_out[0], sample_weight)
+        return {m.name: m.result() for m in self.metrics}
 
     def save(self, filepath, *args, **kwargs):
         """Saves the student alone (what is deployed); see `keras.Model.save`.
@@ -338,7 +377,7 @@ class Distiller(keras.Model):
         config = dict(config)
         student = keras.layers.deserialize(config.pop("student"), custom_objects)
         teacher = keras.layers.deserialize(config.pop("teacher"), custom_objects)
-        return cls(student, teacher, **config)
+        return cls(student=student, teacher=teacher, **config)
 
 
 class DistillationSchedule(keras.callbacks.Callback):

@@ -13,8 +13,10 @@ import shutil
 import tempfile
 import time
 import warnings
+import zipfile
 from typing import NamedTuple
 
+import h5py
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
@@ -88,6 +90,14 @@ def _refuse_overwrite(path, overwrite):
             f"overwrite=True. Received: path={path!r}")
 
 
+def _umask():
+    # Python has no getter: set and restore at once (no file is created
+    # meanwhile by this thread).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomically(path, data, overwrite):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -95,6 +105,8 @@ def _write_atomically(path, data, overwrite):
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
+        # mkstemp makes the file 0600; give it the mode open() would have.
+        os.chmod(tmp, 0o666 & ~_umask())
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -252,7 +264,7 @@ def _custom_objects():
     return {"PrunedModel": pruning.PrunedModel}
 
 
-def load_model(path, *, compile=True):
+def load_model(path, *, compile=True, safe_mode=True):
     """Loads a `.keras`, `.h5` or SavedModel file of any tfopt/TFMOT model.
 
     TFMOT's wrappers and schedules, and tfopt's own classes, are in scope, so
@@ -263,13 +275,18 @@ def load_model(path, *, compile=True):
     Args:
         path: The file or SavedModel directory.
         compile: Restore the optimizer and loss too. Defaults to `True`.
+        safe_mode: Refuse to run code stored in a `.keras` file (a `Lambda`
+            layer's). Pass `False` only for files you trust. Defaults to
+            `True`.
 
     Returns:
         The tf_keras model.
 
     Raises:
-        TypeError: If `path` is not a path or `compile` not a bool.
+        TypeError: If `path` is not a path or `compile`/`safe_mode` not a bool.
         FileNotFoundError: If nothing exists at `path`.
+        OSError: If the file is truncated or not a Keras file (the message
+            names it).
 
     Example:
 
@@ -282,17 +299,31 @@ def load_model(path, *, compile=True):
     """
     path = _check_path(path)
     _checks.check_bool(compile, "compile")
+    _checks.check_bool(safe_mode, "safe_mode")
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"`path` must name a .keras/.h5 file or a SavedModel directory; "
             f"nothing exists there. Received: path={path!r}")
-    # TFMOT's QAT layer names load as tfopt's subclasses, which fix their
-    # .keras round trip. A scope, since scopes take precedence over
-    # `custom_objects` and quantize_scope names TFMOT's own classes.
-    with tfmot.sparsity.keras.prune_scope(), tfmot.quantization.keras.quantize_scope(
-    ), keras.utils.custom_object_scope(_tfmot.RAW_NAMES):
-        return keras.models.load_model(
-            path, custom_objects=_custom_objects(), compile=compile)
+    # tf_keras tries anything that is not a zip archive as HDF5 and says only
+    # "file signature not found", without the path.
+    unreadable = os.path.isfile(path) and not (
+        zipfile.is_zipfile(path) or h5py.is_hdf5(path))
+    try:
+        if unreadable:
+            raise OSError("neither a .keras archive nor an HDF5 file")
+        # TFMOT's QAT layer names load as tfopt's subclasses, which fix their
+        # .keras round trip. A scope, since scopes take precedence over
+        # `custom_objects` and quantize_scope names TFMOT's own classes.
+        with tfmot.sparsity.keras.prune_scope(), \
+                tfmot.quantization.keras.quantize_scope(), \
+                keras.utils.custom_object_scope(_tfmot.RAW_NAMES):
+            return keras.models.load_model(
+                path, custom_objects=_custom_objects(), compile=compile,
+                safe_mode=safe_mode)
+    except (OSError, zipfile.BadZipFile) as err:
+        raise OSError(
+            f"{path!r} is truncated or not a Keras file ({err}); an interrupted "
+            f"save or copy leaves such a file. Received: path={path!r}") from err
 
 
 def _tflite_source(model):
@@ -312,9 +343,15 @@ def _interpreter(model):
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # tf.lite.Interpreter is deprecated but still there
         Interpreter = tf.lite.Interpreter
-    if isinstance(model, bytes):
-        return Interpreter(model_content=model)
-    return Interpreter(model_path=model)
+    try:
+        if isinstance(model, bytes):
+            return Interpreter(model_content=model)
+        return Interpreter(model_path=model)
+    except ValueError as err:
+        where = "the bytes given" if isinstance(model, bytes) else repr(model)
+        raise ValueError(f"`model` is not a readable .tflite file ({err}): "
+                         f"{where} is truncated or holds something else. "
+                         f"Received: model={where}") from err
 
 
 def _to_input(x, detail):

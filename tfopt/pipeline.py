@@ -202,7 +202,8 @@ def _student(run, teacher):
         def distill():
             student = _prune(config, fresh()) if config.prune else fresh()
             return _compiled(distillation.Distiller(
-                student, teacher, temperature=config.temperature, alpha=config.alpha,
+                student=student, teacher=teacher, temperature=config.temperature,
+                alpha=config.alpha,
                 distillation_loss=config.distillation_loss,
                 cache_teacher=config.cache_teacher), config.learning_rate)
         return None, _stage(run, "distilled", distill, config.epochs, callbacks)

@@ -93,6 +93,10 @@ class PrunedModel(keras.Model):
 
     distribute_reduction_method = _keras.SYNCED_LOGS
 
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        _keras.check_compile(optimizer, loss, metrics)
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
     def train_step(self, data):
         require_callback(self)
         logs = super().train_step(data)
@@ -159,6 +163,11 @@ def prune(model, target_sparsity, *, schedule="polynomial", begin=0.0, end=0.75,
     """
     _keras.check_model(model)
     _selection.check_prunable_model(model)
+    if _keras.frozen(model):
+        # The copy keeps the flags: training it would move only the masks.
+        warnings.warn("prune: " + _keras.frozen_message(
+            model, "model", "the pruned copy would only move its masks when "
+            "trained"), UserWarning, stacklevel=2)
     _checks.check_real(target_sparsity, "target_sparsity")
     if not 0 < target_sparsity < 1:
         raise ValueError(
@@ -245,7 +254,8 @@ def strip(model):
         A plain functional (or Sequential) tf_keras model.
 
     Raises:
-        TypeError: If `model` is not a tf_keras model.
+        TypeError: If `model` is not a Sequential or functional tf_keras
+            model.
 
     Example:
 
@@ -255,6 +265,9 @@ def strip(model):
     'Functional'
     """
     _keras.check_model(model)
+    _selection.check_graph_model(model, "stripping", hint=(
+        "tfopt.prune makes only functional models; strip_pruning cannot see "
+        "wrappers a subclassed model holds."))
     apply_masks(model)
     stripped = _tfmot.sparsity.strip_pruning(model)
     if isinstance(stripped, PrunedModel):
@@ -316,6 +329,11 @@ class PruningCallback(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._wrappers = wrappers(self.model)
+        trained = getattr(self.model, "student", self.model)
+        if _keras.frozen(trained):
+            warnings.warn("PruningCallback: " + _keras.frozen_message(
+                trained, "model", "this fit only moves the pruning masks"),
+                UserWarning, stacklevel=2)
         if not self._wrappers:
             warnings.warn("PruningCallback found no pruning wrappers in the "
                           "model; it does nothing.", UserWarning, stacklevel=2)

@@ -259,6 +259,10 @@ def quantize(model, *, layers=None, exclude=None, preserve_sparsity=False,
     _selection.check_specs(exclude, "exclude")
     _checks.check_bool(preserve_sparsity, "preserve_sparsity")
     _checks.check_bool(skip_unsupported, "skip_unsupported")
+    if _keras.frozen(model):
+        warnings.warn("quantize: " + _keras.frozen_message(
+            model, "model", "QAT fine-tuning would learn only the ranges"),
+            UserWarning, stacklevel=2)
     if _selection.is_quantized(model):
         raise ValueError(
             "`model` is already quantization-aware: fine-tune it, or export "
