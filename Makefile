@@ -1,13 +1,14 @@
 # Two entry points that work on a fresh machine with only Python 3:
 #   make test   create .venv, install tfopt with its test extras, lint, test
 #   make demo   create .venv, install tfopt with the bundled data, run the demo
+# and, for everyday work, make test-fast: everything not marked slow.
 # On a CUDA machine (not part of CI):
 #   make gpu-check  add TensorFlow's CUDA wheels, run scripts/gpu_check.py
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test test-models demo lint clean gpu-check
+.PHONY: test test-fast test-models demo lint clean gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,9 @@ lint: $(VENV)/.installed-test
 
 test: lint
 	$(BIN)/python -m pytest
+
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow"
 
 # Every tf_keras.applications family through prune, QAT and int8 export.
 test-models: $(VENV)/.installed-test

@@ -6,86 +6,82 @@ model's, or the command fails.
         --output_dir=out --export=tflite_int8,saved_model --dataset=mnist5k
 """
 
-import logging as std_logging
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
-import tfopt
 from tfopt import flags as tfopt_flags
+from tfopt.config import Config, ConfigError
 
 FLAGS = tfopt_flags.FLAGS
-tfopt_flags.define_data_flags()
-tfopt_flags.define_export_flags()
+tfopt_flags.define_fields(["dataset", "batch_size", "seed", "export"])
 if "input" not in FLAGS:
     flags.DEFINE_string("input", None, "The model to export (.keras, .h5 or "
                         "SavedModel).")
     flags.DEFINE_string("output_dir", None, "Where the exported files go.")
     flags.DEFINE_float("max_accuracy_drop", 0.02, "Largest accuracy loss an "
                        "export may show against the Keras model.", lower_bound=0.0)
-if "overwrite" not in FLAGS:
+if "overwrite" not in FLAGS:  # train.py's, when both are imported
     flags.DEFINE_bool("overwrite", False, "Replace existing files.")
+flags.adopt_module_key_flags(tfopt_flags)
 
-def export_and_verify(model, splits, formats, output_dir, *, overwrite,
-                      max_drop):
-    """Exports `model` in each format and checks it on `splits.test`.
+
+def export_and_verify(model, splits, formats, output_dir, *, overwrite, max_drop,
+                      batch_size):
+    """Exports `model` in each format and checks it on `splits.test`
+    (`tfopt.pipeline.export_and_verify`, as the main job does).
 
     Returns:
-        Rows (format, path, size, accuracy, drop) and the Keras accuracy.
+        The `Verified` artifacts and the Keras model's accuracy.
 
     Raises:
         RuntimeError: If an export loses more than `max_drop` accuracy.
     """
-    loss = tfopt.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(loss=loss, metrics=["accuracy"])
-    reference = model.evaluate(splits.test, verbose=0, return_dict=True)["accuracy"]
-    rows = []
-    for name in formats:
-        if name == "saved_model":
-            exported = tfopt.export_saved_model(
-                model, os.path.join(output_dir, "saved_model"), overwrite=overwrite)
-            loaded = tfopt.load_model(exported.path, compile=False)
-            loaded.compile(loss=loss, metrics=["accuracy"])
-            accuracy = loaded.evaluate(splits.test, verbose=0,
-                                       return_dict=True)["accuracy"]
-        else:
-            exported = tfopt.export_tflite(
-                model, os.path.join(output_dir, f"{name}.tflite"),
-                quantization=tfopt.export.TFLITE_FORMATS[name], overwrite=overwrite,
-                representative_data=splits.train)
-            accuracy = tfopt.evaluate_tflite(exported.path, splits.test).accuracy
-        rows.append((name, exported.path, exported.size_bytes, accuracy,
-                     reference - accuracy))
-    bad = [row for row in rows if row[4] > max_drop]
+    from tfopt import pipeline, report
+
+    reference = report.keras_accuracy(model, splits.test)
+    verified = pipeline.export_and_verify(model, formats, output_dir, splits,
+                                          batch_size=batch_size,
+                                          overwrite=overwrite)
+    bad = [v for v in verified if reference - v.accuracy > max_drop]
     if bad:
         raise RuntimeError(
             f"exports lost more than --max_accuracy_drop={max_drop}: "
-            + ", ".join(f"{r[0]} {r[3]:.4f} vs {reference:.4f}" for r in bad))
-    return rows, reference
+            + ", ".join(f"{v.name} {v.accuracy:.4f} vs {reference:.4f}" for v in bad))
+    return verified, reference
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
     if not FLAGS.input or not os.path.exists(FLAGS.input):
         sys.exit(f"error: --input={FLAGS.input} does not exist; give a .keras, .h5 "
                  "or SavedModel path.")
     if not FLAGS.output_dir:
         sys.exit("error: --output_dir is required.")
+    try:  # the fields it shares with the main job, checked the same way
+        Config(model_dir=FLAGS.output_dir, dataset=FLAGS.dataset,
+               batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+               export=tuple(FLAGS.export)).check()
+    except ConfigError as err:
+        sys.exit(f"error: {err.for_flags()}")
+    import tfopt  # TensorFlow: only once the flags are good
+
     splits = tfopt.data.load(FLAGS.dataset, batch_size=FLAGS.batch_size,
                              seed=FLAGS.seed)
     try:
-        rows, reference = export_and_verify(
+        verified, reference = export_and_verify(
             tfopt.load_model(FLAGS.input), splits, FLAGS.export, FLAGS.output_dir,
-            overwrite=FLAGS.overwrite, max_drop=FLAGS.max_accuracy_drop)
-    except (RuntimeError, FileExistsError) as err:
+            overwrite=FLAGS.overwrite, max_drop=FLAGS.max_accuracy_drop,
+            batch_size=FLAGS.batch_size)
+    except (RuntimeError, FileExistsError, OSError) as err:
         sys.exit(f"error: {err}")
-    logging.info("Keras accuracy %.4f", reference)
+    print(f"Keras accuracy {reference:.4f}")
     print("| format | file | size | accuracy | drop |\n|---|---|---:|---:|---:|")
-    for name, path, size, accuracy, drop in rows:
-        print(f"| {name} | {path} | {size:,} B | {accuracy:.4f} | {drop:+.4f} |")
+    for v in verified:
+        print(f"| {v.name} | {v.path} | {v.size_bytes:,} B | {v.accuracy:.4f} | "
+              f"{reference - v.accuracy:+.4f} |")
 
 
 def run():

@@ -5,22 +5,15 @@ import numpy as np
 import pytest
 
 import tfopt
+from tests.conftest import compiled
 from tfopt import export, keras, models
-
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def _compile(model, learning_rate=1e-3):
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=LOSS,
-                  metrics=["accuracy"])
-    return model
 
 
 def _float_and_qat(name, data, epochs):
     keras.utils.set_random_seed(0)
-    model = _compile(models.build(name, data.info.input_shape, 10))
+    model = compiled(models.build(name, data.info.input_shape, 10))
     model.fit(data.train, epochs=epochs, verbose=0)
-    qat = _compile(tfopt.quantize(model), 1e-4)
+    qat = compiled(tfopt.quantize(model), 1e-4)
     qat.fit(data.train, epochs=1, verbose=0)
     return model, qat
 

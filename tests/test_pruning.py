@@ -7,15 +7,8 @@ import pytest
 
 import tfopt
 from tests import cluster, helpers
+from tests.conftest import compiled
 from tfopt import keras, models, pruning
-
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def _compile(model):
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=LOSS,
-                  metrics=["accuracy"])
-    return model
 
 
 def _fit(model, data, epochs=1, **kwargs):
@@ -34,7 +27,7 @@ def trained(digits):
     """tfmot_mnist pruned to 80% over two epochs of digits."""
     base = _base(digits.info)
     before = [w.copy() for w in base.get_weights()]
-    pruned = _compile(tfopt.prune(base, 0.8, end=0.75))
+    pruned = compiled(tfopt.prune(base, 0.8, end=0.75))
     history = _fit(pruned, digits, epochs=2)
     return base, before, pruned, history
 
@@ -68,7 +61,7 @@ def test_strip_gives_a_plain_model_with_the_zeros(trained):
 
 
 def test_a_ten_step_run_with_fractions_reaches_the_target(digits):
-    model = _compile(tfopt.prune(_base(digits.info), 0.6, begin=0.1, end=0.5))
+    model = compiled(tfopt.prune(_base(digits.info), 0.6, begin=0.1, end=0.5))
     model.fit(digits.train.take(10), epochs=1, verbose=0,
               callbacks=[tfopt.PruningCallback()])
     [schedule] = {id(w.pruning_schedule): w.pruning_schedule
@@ -78,7 +71,7 @@ def test_a_ten_step_run_with_fractions_reaches_the_target(digits):
 
 
 def test_training_without_the_callback_fails_before_the_first_step(digits):
-    model = _compile(tfopt.prune(_base(digits.info), 0.5))
+    model = compiled(tfopt.prune(_base(digits.info), 0.5))
     before = model.get_weights()
     with pytest.raises(RuntimeError, match=re.escape(pruning.MISSING_CALLBACK)):
         model.fit(digits.train, epochs=1, verbose=0)
@@ -87,7 +80,7 @@ def test_training_without_the_callback_fails_before_the_first_step(digits):
 
 
 def test_unreachable_absolute_schedule_warns_with_the_numbers(digits):
-    model = _compile(tfopt.prune(_base(digits.info), 0.8, begin=0, end=1000))
+    model = compiled(tfopt.prune(_base(digits.info), 0.8, begin=0, end=1000))
     steps = digits.info.train_size // 32 + 1  # 41 batches of 32
     with pytest.warns(UserWarning, match=(
         rf"^pruning reaches 80% at step 1000 but this fit runs {steps} steps; "
@@ -99,7 +92,7 @@ def test_unreachable_absolute_schedule_warns_with_the_numbers(digits):
 
 
 def test_reachable_absolute_schedule_is_silent(digits):
-    model = _compile(tfopt.prune(_base(digits.info), 0.5, begin=0, end=20))
+    model = compiled(tfopt.prune(_base(digits.info), 0.5, begin=0, end=20))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _fit(model, digits)
@@ -107,7 +100,7 @@ def test_reachable_absolute_schedule_is_silent(digits):
 
 
 def test_constant_schedule_prunes_fully_at_begin(digits):
-    model = _compile(tfopt.prune(_base(digits.info), 0.7, schedule="constant",
+    model = compiled(tfopt.prune(_base(digits.info), 0.7, schedule="constant",
                                  begin=2, end=30, frequency=5))
     model.fit(digits.train.take(2), verbose=0, callbacks=[tfopt.PruningCallback()])
     assert tfopt.sparsity_report(model).sparsity == pytest.approx(0.7, abs=0.01)
@@ -151,7 +144,7 @@ def test_layer_selection(digits, kwargs, wrapped):
 
 
 def test_excluded_layers_stay_dense_after_training(digits):
-    model = _compile(tfopt.prune(_base(digits.info), 0.8, end=1.0,
+    model = compiled(tfopt.prune(_base(digits.info), 0.8, end=1.0,
                                  exclude=["conv2d"]))
     _fit(model, digits)
     report = tfopt.sparsity_report(tfopt.strip(model))
@@ -166,7 +159,7 @@ def test_two_by_four_is_exact_where_it_fits_and_named_where_not(digits):
         r"m_by_n=\(2, 4\) does not fit layers \['conv1'\] \(input channels must "
         r"be a multiple of n"
     )):
-        model = _compile(tfopt.prune(base, 0.5, m_by_n=(2, 4), end=1.0))
+        model = compiled(tfopt.prune(base, 0.5, m_by_n=(2, 4), end=1.0))
     _fit(model, digits)
     report = tfopt.sparsity_report(tfopt.strip(model))
     for name in ("conv2", "logits"):
@@ -177,7 +170,7 @@ def test_two_by_four_is_exact_where_it_fits_and_named_where_not(digits):
 
 
 def test_block_sparsity_zeros_whole_blocks(digits):
-    model = _compile(tfopt.prune(_base(digits.info), 0.5, end=1.0,
+    model = compiled(tfopt.prune(_base(digits.info), 0.5, end=1.0,
                                  block_size=(1, 2), layers=["dense"]))
     _fit(model, digits)
     kernel = tfopt.strip(model).get_layer("dense").kernel.numpy()  # 108 x 10
@@ -190,7 +183,7 @@ def test_nested_functional_models_are_pruned_through(digits):
     inner = _base(digits.info)
     inputs = keras.Input(digits.info.input_shape)
     outer = keras.Model(inputs, keras.layers.Activation("linear")(inner(inputs)))
-    model = _compile(tfopt.prune(outer, 0.6, end=1.0))
+    model = compiled(tfopt.prune(outer, 0.6, end=1.0))
     assert [w.layer.name for w in pruning.wrappers(model)] == ["conv2d", "dense"]
     _fit(model, digits)
     assert tfopt.sparsity_report(tfopt.strip(model)).sparsity == pytest.approx(
@@ -198,7 +191,7 @@ def test_nested_functional_models_are_pruned_through(digits):
 
 
 def test_resnet_tiny_prunes_its_convolutions(digits):
-    model = _compile(tfopt.prune(_base(digits.info, "resnet_tiny"), 0.5, end=1.0))
+    model = compiled(tfopt.prune(_base(digits.info, "resnet_tiny"), 0.5, end=1.0))
     names = {w.layer.name for w in pruning.wrappers(model)}
     assert names == {"stem_conv", "res1_pw", "res2_pw", "res2_proj", "res3_pw",
                      "logits"}
@@ -249,7 +242,7 @@ class _Interrupt(keras.callbacks.Callback):
 
 
 def _resumable_run(digits, backup, interrupt):
-    model = _compile(tfopt.prune(_base(digits.info), 0.7, end=0.8))
+    model = compiled(tfopt.prune(_base(digits.info), 0.7, end=0.8))
     callbacks = [tfopt.PruningCallback(),
                  keras.callbacks.BackupAndRestore(str(backup))]
     model.fit(digits.train, epochs=4, verbose=0,

@@ -5,21 +5,16 @@ import pytest
 
 import tfopt
 from tests import cluster, helpers
+from tests.conftest import compiled
 from tfopt import keras, models
 
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 L = keras.layers
 
-
-def _compile(model, learning_rate=1e-3):
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=LOSS,
-                  metrics=["accuracy"])
-    return model
 
 
 def _trained(name, data, epochs=2):
     keras.utils.set_random_seed(0)
-    model = _compile(models.build(name, data.info.input_shape, 10))
+    model = compiled(models.build(name, data.info.input_shape, 10))
     model.fit(data.train, epochs=epochs, verbose=0)
     return model
 
@@ -45,7 +40,7 @@ def _awkward():
 def test_qat_fine_tuning_trains_and_leaves_the_input_alone(digits, name):
     model = _trained(name, digits, epochs=1)
     before = [w.copy() for w in model.get_weights()]
-    qat = _compile(tfopt.quantize(model), 1e-3)
+    qat = compiled(tfopt.quantize(model), 1e-3)
     assert qat.tfopt_skipped_layers == ()
     assert sum("QuantizeWrapper" in type(layer).__name__ for layer in qat.layers) >= 4
     history = qat.fit(digits.train, epochs=2, verbose=0)
@@ -121,7 +116,7 @@ def test_pruned_model_is_stripped_first_with_a_warning(digits):
 @pytest.fixture(scope="module")
 def pruned_and_stripped(digits):
     keras.utils.set_random_seed(0)
-    model = _compile(tfopt.prune(models.build("tfmot_mnist", (8, 8, 1), 10), 0.6,
+    model = compiled(tfopt.prune(models.build("tfmot_mnist", (8, 8, 1), 10), 0.6,
                                  end=1.0))
     model.fit(digits.train, epochs=2, verbose=0, callbacks=[tfopt.PruningCallback()])
     return tfopt.strip(model)
@@ -132,11 +127,11 @@ def test_preserve_sparsity_keeps_the_zeros_through_fine_tuning(
 ):
     before = tfopt.sparsity_report(pruned_and_stripped).sparsity
     assert before == pytest.approx(0.6, abs=0.01)
-    kept = _compile(tfopt.quantize(pruned_and_stripped, preserve_sparsity=True))
+    kept = compiled(tfopt.quantize(pruned_and_stripped, preserve_sparsity=True))
     kept.fit(digits.train, epochs=2, verbose=0)
     assert tfopt.sparsity_report(kept).sparsity == pytest.approx(before, abs=0.01)
     # Without the prune-preserving scheme the zeros fill back in.
-    lost = _compile(tfopt.quantize(pruned_and_stripped))
+    lost = compiled(tfopt.quantize(pruned_and_stripped))
     lost.fit(digits.train, epochs=2, verbose=0)
     assert tfopt.sparsity_report(lost).sparsity < before - 0.3
 
@@ -147,7 +142,7 @@ def test_mixed_precision_builds_a_float32_qat_model_that_trains(digits, policy):
         keras.mixed_precision.set_global_policy(policy)
         model = models.build("tfmot_mnist", digits.info.input_shape, 10)
         assert model.layers[2].compute_dtype != "float32"
-        qat = _compile(tfopt.quantize(model))
+        qat = compiled(tfopt.quantize(model))
         assert keras.mixed_precision.global_policy().name == policy
         assert {layer.compute_dtype for layer in qat.layers} == {"float32"}
         history = qat.fit(digits.train.take(5), epochs=1, verbose=0)
@@ -374,7 +369,7 @@ def test_modern_blocks_are_integer_end_to_end(tmp_path):
     # would be off by about 1.)
     np.testing.assert_allclose(tfopt.quantize(plain)(x[:8], training=True),
                                plain(x[:8]), atol=0.1)
-    _compile(qat).fit(x, y, epochs=2, batch_size=32, verbose=0)
+    compiled(qat).fit(x, y, epochs=2, batch_size=32, verbose=0)
     path = tmp_path / "blocks.tflite"
     tfopt.export_tflite(qat, str(path), quantization="int8")
     ops = tfopt.export.tflite_ops(str(path))
@@ -417,7 +412,7 @@ def _tflite_outputs(path, x):
 def _int8_ops(qat, x, path):
     """Fine-tunes `qat` for an epoch on `x`, exports it to int8 at `path`
     and returns the file's `tflite_ops`."""
-    _compile(qat).fit(x, np.zeros(len(x)), epochs=1, verbose=0)
+    compiled(qat).fit(x, np.zeros(len(x)), epochs=1, verbose=0)
     tfopt.export_tflite(qat, str(path), quantization="int8")
     return tfopt.export.tflite_ops(str(path))
 
@@ -538,7 +533,7 @@ def test_dense_blocks_share_one_range_and_export_with_no_rescale(tmp_path):
     keras.utils.set_random_seed(0)
     model = _dense_block()
     x = np.random.default_rng(0).normal(size=(64, 8, 8, 4)).astype(np.float32)
-    _compile(model).fit(x, np.zeros(64), epochs=2, verbose=0)  # BN statistics
+    compiled(model).fit(x, np.zeros(64), epochs=2, verbose=0)  # BN statistics
     copy = _rewrite.quantizable_copy(model)
     kinds = {layer.name: type(layer).__name__ for layer in copy.layers}
     # Each BN after a Concatenate is its inference-time affine map, trainable;
@@ -585,7 +580,7 @@ def test_prune_preserving_qat_shares_ranges_and_keeps_the_zeros(tmp_path):
     model = _dense_block()
     x = np.random.default_rng(0).normal(size=(64, 8, 8, 4)).astype(np.float32)
     pruned = tfopt.prune(model, 0.5, end=1.0)
-    _compile(pruned).fit(x, np.zeros(64), epochs=2, verbose=0,
+    compiled(pruned).fit(x, np.zeros(64), epochs=2, verbose=0,
                          callbacks=[tfopt.PruningCallback()])
     stripped = tfopt.strip(pruned)
     with warnings.catch_warnings():

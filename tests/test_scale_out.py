@@ -153,8 +153,8 @@ def test_a_lost_worker_stops_the_other_and_both_resume(whole, tmp_path, victim):
     procs, logs = _two_workers(tmp_path, "run", attempt=1)
     codes, outputs = cluster.wait_all(procs, logs, TIMEOUT)
     assert codes == [0, 0], outputs
-    assert "stage teacher: finished earlier" in outputs[0]
-    assert "stage distilled: resuming after epoch" in outputs[0]
+    assert "[1/4] train teacher tfmot_mnist, 1 epochs: finished earlier" in outputs[0]
+    assert "resuming after epoch" in outputs[0]
     assert not (tmp_path / "run" / "workertemp_1").exists()
     _, resumed = _rows(tmp_path / "run")
     _, uninterrupted = _rows(whole[0])

@@ -61,17 +61,19 @@ def test_qat_only(tmp_path):
 
 def test_distillation_only(tmp_path):
     rows = _train(tmp_path, teacher="train", export=["tflite_float16"])
-    assert list(rows) == ["baseline", "distilled", "tflite_float16"]
-    assert rows["baseline"]["params"] > 8 * rows["distilled"]["params"]
+    # The reference row of a distilled run is the teacher, named so.
+    assert list(rows) == ["teacher", "distilled", "tflite_float16"]
+    assert rows["teacher"]["params"] > 8 * rows["distilled"]["params"]
     assert rows["distilled"]["accuracy"] > 0.5
     drop = rows["distilled"]["accuracy"] - rows["tflite_float16"]["accuracy"]
     assert abs(drop) <= 0.02
 
 
+@pytest.mark.slow  # every stage under a 2-replica strategy: 20 s
 def test_all_combined_under_mirrored(tmp_path):
     rows = _train(tmp_path, teacher="train", prune=True, qat=True,
                   strategy="mirrored", epochs=3)
-    assert list(rows) == ["baseline", "distilled+pruned", "qat", "tflite",
+    assert list(rows) == ["teacher", "distilled+pruned", "qat", "tflite",
                           "tflite_int8"]
     assert rows["distilled+pruned"]["sparsity"] == pytest.approx(0.8, abs=0.01)
     assert rows["qat"]["sparsity"] == pytest.approx(0.8, abs=0.01)  # PQAT
@@ -207,6 +209,44 @@ def test_unknown_flag_values_list_the_valid_ones(tmp_path, flag, message):
     assert message in out
 
 
+def _quick_script(*args):
+    """scripts/train.py run to completion; (return code, output)."""
+    proc = _script(*args)
+    out, _ = proc.communicate(timeout=120)
+    return proc.returncode, out
+
+
+def test_flags_are_checked_before_tensorflow_is_imported(tmp_path):
+    # A typo once took 12-17 s to be reported: TensorFlow was imported first.
+    probe = ("import sys; import scripts.train; "
+             "print('tensorflow' in sys.modules, 'tf_keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, text=True,
+                         capture_output=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.split() == ["False", "False"], out.stderr
+    code, out = _quick_script(f"--model_dir={tmp_path / 'run'}", "--epocs=3")
+    assert code == 1 and "Unknown command line flag 'epocs'" in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_error_is_printed_once(tmp_path):
+    code, out = _quick_script(f"--model_dir={tmp_path / 'run'}", "--prune",
+                              "--target_sparsity=0")
+    assert code == 1
+    # Once an absl "E..." log line and the same text again.
+    assert out.strip().splitlines() == [
+        "error: --target_sparsity=0.0 must be in (0, 1) with --prune: the "
+        "fraction of weights pruned."]
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_lists_the_main_flags():
+    _, out = _quick_script("--help")  # absl exits with 1 after the usage
+    for flag in ("--model_dir", "--prune", "--target_sparsity", "--qat",
+                 "--teacher", "--strategy", "--export"):
+        assert flag in out, flag
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_report(tmp_path):
     args = ["--dataset=digits", "--prune", "--epochs=3", "--batch_size=32",
@@ -224,13 +264,16 @@ def test_killed_run_resumes_to_the_same_report(tmp_path):
     resumed = _script(f"--model_dir={tmp_path / 'resumed'}", *args)
     outputs = [p.communicate(timeout=300)[0] for p in (whole, resumed)]
     assert [whole.returncode, resumed.returncode] == [0, 0], outputs
-    assert "stage baseline: finished earlier" in outputs[1]
-    assert "stage pruned: resuming after epoch" in outputs[1]
+    assert "[1/3] train student_cnn, 3 epochs: finished earlier" in outputs[1]
+    assert "resuming after epoch" in outputs[1]
     reports = [json.loads((tmp_path / d / "report.json").read_text())["rows"]
                for d in ("whole", "resumed")]
+    # Every figure but the latency, sizes included: a stage trained in this
+    # process and one loaded from disk are measured the same way (from
+    # disk). They once differed by up to 11,000 B.
     for a, b in zip(*reports, strict=True):
-        for key in ("accuracy", "params", "nonzero_params"):
-            assert a[key] == b[key], (a["artifact"], key)
+        assert {k: v for k, v in a.items() if k != "latency_ms_per_example"} == {
+            k: v for k, v in b.items() if k != "latency_ms_per_example"}
 
 
 @pytest.fixture(scope="module")
@@ -257,8 +300,8 @@ def test_export_script_exports_and_verifies(saved_model_file, tmp_path, capsys):
         export_script.main(["export.py"])
         table = capsys.readouterr().out
         assert "| tflite_int8 |" in table and "| saved_model |" in table
-        assert (tmp_path / "tflite_int8.tflite").stat().st_size < (
-            tmp_path / "tflite.tflite").stat().st_size
+        assert (tmp_path / "model_int8.tflite").stat().st_size < (
+            tmp_path / "model_float32.tflite").stat().st_size
         with pytest.raises(SystemExit, match=r"^error: `path` already exists"):
             export_script.main(["export.py"])  # no --overwrite: refuse
 
@@ -273,7 +316,8 @@ def test_export_script_fails_when_an_export_loses_accuracy(saved_model_file,
         r"^exports lost more than --max_accuracy_drop=-1.0: tflite "
     )):
         export_script.export_and_verify(model, digits, ["tflite"], str(tmp_path),
-                                        overwrite=False, max_drop=-1.0)
+                                        overwrite=False, max_drop=-1.0,
+                                        batch_size=32)
 
 
 def test_export_script_needs_an_existing_input(tmp_path):
@@ -289,23 +333,30 @@ def test_export_script_needs_an_existing_input(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"dataset": "imagenet"}, r"--dataset must be one of digits, mnist5k, mnist, "
-                                  r"fashion_mnist, cifar10, tfds:NAME."),
-        ({"sparsity_m_by_n": "4:2"},
-         r"--sparsity_m_by_n must look like 2:4 \(m < n\)."),
-        ({"export": ["onnx"]}, r"--export takes a comma list of saved_model"),
+        ({"dataset": "imagenet"}, r"^error: --dataset=imagenet must be one of "
+                                  r"digits, mnist5k, mnist, fashion_mnist, cifar10, "
+                                  r"or tfds:NAME.$"),
+        ({"sparsity_m_by_n": "4:2", "prune": True},
+         r"^error: --sparsity_m_by_n=4:2 must look like 2:4 \(m zeros in every n "
+         r"weights, 0 < m < n\).$"),
+        ({"pruning_begin": 0.9, "pruning_end": 0.5},
+         r"^error: --pruning_begin=0.9 must be below --pruning_end=0.5.$"),
+        # Once passed, trained the whole baseline stage, then died.
+        ({"prune": True, "target_sparsity": 0.0},
+         r"^error: --target_sparsity=0.0 must be in \(0, 1\) with --prune"),
     ],
 )
-def test_flag_validators_name_the_flag(overrides, message):
-    with pytest.raises(flags.IllegalFlagValueError, match=message):
-        with flagsaver.flagsaver(**overrides):
-            pass
+def test_settings_that_cannot_work_are_refused_before_any_file(tmp_path, overrides,
+                                                               message):
+    with pytest.raises(SystemExit, match=message):
+        _train(tmp_path / "run", **overrides)
+    assert not (tmp_path / "run").exists()
 
 
-def test_pruning_begin_must_precede_end():
+def test_export_flag_lists_the_formats():
     with pytest.raises(flags.IllegalFlagValueError,
-                       match=r"--pruning_begin must be below --pruning_end."):
-        with flagsaver.flagsaver(pruning_begin=0.9, pruning_end=0.5):
+                       match=r"--export takes a comma list of saved_model"):
+        with flagsaver.flagsaver(export=["onnx"]):
             pass
 
 

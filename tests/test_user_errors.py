@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 import tfopt
+from tests.conftest import LOSS
 from tfopt import keras, models
-
-LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 class _Subclassed(keras.Model):

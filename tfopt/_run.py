@@ -17,14 +17,7 @@ import time
 import tensorflow as tf
 
 from tfopt import _cluster, _lockstep, data, distribute
-
-
-class ConfigError(ValueError):
-    """A bad setting, found before any training; the message names the flag."""
-
-
-class ClusterError(RuntimeError):
-    """A worker of a multi-worker run stopped; the message names it."""
+from tfopt.config import ClusterError, ConfigError  # noqa: F401 (re-exported)
 
 
 def check(config):
@@ -34,12 +27,7 @@ def check(config):
     disk is checked once the cluster has formed, so that all workers can
     refuse together.
     """
-    if not config.model_dir:
-        raise ConfigError("--model_dir is required: where checkpoints and the "
-                          "report go.")
-    if config.strategy == "tpu" and not config.tpu:
-        raise ConfigError("--strategy=tpu needs --tpu: 'local' on a Cloud TPU VM, "
-                          "the TPU's name, or grpc://host:port.")
+    config.check()
     try:
         resolved, _ = distribute.resolve_name(config.strategy, tpu=config.tpu)
         cluster = distribute.tf_config()
@@ -49,29 +37,29 @@ def check(config):
         raise ConfigError(
             "scripts/train.py does not run parameter-server training (its "
             "stages checkpoint and evaluate every epoch in lockstep, which a "
-            "ClusterCoordinator does not do): run it with --strategy="
-            "multi_worker and a TF_CONFIG of 'worker' tasks only. The library "
+            "ClusterCoordinator does not do): run it with `strategy="
+            "multi_worker` and a TF_CONFIG of 'worker' tasks only. The library "
             "supports parameter servers: tfopt.get_strategy('parameter_server') "
             "on the chief, tfopt.distribute.run_server() on the other tasks.")
     workers = _cluster.cluster_workers()
     if workers > 1 and resolved != "multi_worker":
         # Each process would train alone, and each would be a chief.
         raise ConfigError(
-            f"--strategy={config.strategy} trains in this process alone, but "
+            f"`strategy={config.strategy}` trains in this process alone, but "
             f"{'TF_CONFIG' if cluster else 'the SLURM step'} names {workers} "
-            "workers, which would all write --model_dir: use --strategy="
-            "multi_worker (or auto), or run without the cluster.")
+            "workers, which would all write `model_dir`: use `strategy="
+            "multi_worker` (or auto), or run without the cluster.")
 
 
 def _check_files(config, worker):
     """This worker's checks of the paths it was given; the chief's also of
     what `model_dir` holds. Changes nothing."""
     if os.path.isfile(config.model_dir):
-        raise ConfigError(f"--model_dir={config.model_dir} is a file; it must be a "
+        raise ConfigError(f"`model_dir={config.model_dir}` is a file; it must be a "
                           "directory (new or from this same command).")
     teacher = config.teacher
     if teacher not in (None, "", "train") and not os.path.exists(teacher):
-        raise ConfigError(f"--teacher={teacher} does not exist; give a saved model "
+        raise ConfigError(f"`teacher={teacher}` does not exist; give a saved model "
                           "(.keras, .h5 or SavedModel) or 'train'.")
     if not worker.is_chief:
         return
@@ -80,14 +68,14 @@ def _check_files(config, worker):
         not os.path.exists(previous)
     ):
         # Not a tfopt run: never write into (or, with --overwrite, delete) it.
-        raise ConfigError(f"--model_dir={config.model_dir} holds files but no tfopt "
+        raise ConfigError(f"`model_dir={config.model_dir}` holds files but no tfopt "
                           "run (no config.json); give a new or empty directory.")
     if os.path.exists(previous) and not config.overwrite:
         with open(previous) as file:
             if json.load(file) != config.settings():
                 raise ConfigError(
-                    f"--model_dir={config.model_dir} holds a run with other flags; "
-                    "use a new directory, or --overwrite to replace it.")
+                    f"`model_dir={config.model_dir}` holds a run with other flags; "
+                    "use a new directory, or `overwrite` to replace it.")
 
 
 def _claim(config):
@@ -126,9 +114,9 @@ class Run:
         try:
             replicas = self.strategy.num_replicas_in_sync
             if config.batch_size % replicas:
-                raise ConfigError(f"--batch_size={config.batch_size} must divide "
+                raise ConfigError(f"`batch_size={config.batch_size}` must divide "
                                   f"evenly over the {replicas} replicas of "
-                                  "--strategy.")
+                                  "`strategy`.")
             _check_files(config, self.worker)
             self._load()
         except ConfigError as err:
@@ -139,7 +127,7 @@ class Run:
             raise refusal
         if not all_ok:
             raise ConfigError("a worker refused the run (its log says why, usually "
-                              "the chief's about --model_dir); fix that and start "
+                              "the chief's about `model_dir`); fix that and start "
                               "every worker again.")
         if not same:
             raise ConfigError("the workers were started with different flags; "
@@ -163,9 +151,9 @@ class Run:
         self.info = self.splits.info
         self.steps = self.info.train_size // config.batch_size
         if not self.steps:
-            raise ConfigError(f"--batch_size={config.batch_size} must be at most the "
+            raise ConfigError(f"`batch_size={config.batch_size}` must be at most the "
                               f"{self.info.train_size} training examples of "
-                              f"--dataset={config.dataset}.")
+                              f"`dataset={config.dataset}`.")
         # The training split in memory; epoch e is a stateless shuffle of it
         # seeded by (seed, e), so a restarted run replays the same batches.
         self._x, self._y = next(iter(self.splits.train.unbatch().batch(

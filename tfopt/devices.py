@@ -18,11 +18,11 @@ from typing import NamedTuple
 import tensorflow as tf
 from absl import logging
 
-from tfopt import _checks
+from tfopt import _checks, config
 from tfopt._keras import keras
 
 # Keras policy names accepted for `mixed_precision`.
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = config.PRECISIONS
 _GROWTH_ENV = "TF_FORCE_GPU_ALLOW_GROWTH"
 
 

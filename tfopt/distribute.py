@@ -17,7 +17,7 @@ from typing import NamedTuple
 import tensorflow as tf
 from absl import logging
 
-from tfopt import _checks, _cluster
+from tfopt import _checks, _cluster, config
 from tfopt._cluster import run_server, tf_config
 
 __all__ = ["ALL_REDUCE", "COMMUNICATION", "NAMES", "WorkerInfo", "get_strategy",
@@ -79,8 +79,7 @@ def resolve_name(name="auto", *, tpu=None):
     return "default", "no TPU, cluster or GPU found"
 
 
-NAMES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu",
-         "parameter_server")
+NAMES = config.STRATEGIES
 
 
 def _check_name(name):

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfopt import _checks, _keras, _selection, _tfmot, distillation, pruning
+from tfopt import _checks, _keras, _selection, _tfmot, config, distillation, pruning
 from tfopt._keras import keras
 
 __all__ = ["EXPORTS", "QUANTIZATIONS", "TFLITE_FORMATS", "TFLiteOps", "disk_sizes",
@@ -36,8 +36,9 @@ QUANTIZATIONS = {
 }
 # The artifacts the scripts can make: a SavedModel or a TFLite file per
 # quantization (the flag names map to `export_tflite`'s `quantization`).
-TFLITE_FORMATS = {"tflite": None, "tflite_int8": "int8", "tflite_float16": "float16"}
-EXPORTS = ("saved_model", *TFLITE_FORMATS)
+TFLITE_FORMATS = {name: form.quantization for name, form in config.EXPORTS.items()
+                  if form.kind == "tflite"}
+EXPORTS = tuple(config.EXPORTS)
 # Calibration samples taken from `representative_data` for a float model.
 _CALIBRATION_SAMPLES = 200
 

@@ -15,17 +15,17 @@ they delete at the end, and every worker resumes from the chief's
 checkpoints (see `tfopt._run`).
 """
 
-import dataclasses
-import json
+import logging
 import os
 import sys
 import time
+from typing import NamedTuple
 
 import tensorflow as tf
-from absl import logging
 
 from tfopt import (
     _lockstep,
+    _selection,
     _summary,
     devices,
     distillation,
@@ -37,57 +37,23 @@ from tfopt import (
     report,
 )
 from tfopt._keras import keras
-from tfopt._run import ClusterError, ConfigError, check
 from tfopt._run import Run as _Run
+from tfopt._run import check
+from tfopt.config import EXPORTS, ClusterError, Config, ConfigError
 
-__all__ = ["ClusterError", "Config", "ConfigError", "get_strategy", "run"]
+__all__ = ["ClusterError", "Config", "ConfigError", "Report", "get_strategy", "run"]
 
 _LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+# Stage lines; `scripts/train.py` shows them as plain lines.
+_log = logging.getLogger("tfopt.pipeline")
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """The settings of one run; `scripts/train.py` fills it from flags."""
+class Report(NamedTuple):
+    """What `run` returns: one row per artifact, and the report as markdown
+    (None on the workers of a cluster other than the chief)."""
 
-    model_dir: str
-    dataset: str = "mnist5k"
-    batch_size: int = 64
-    seed: int = 0
-    model: str = "student_cnn"
-    epochs: int = 3
-    learning_rate: float = 3e-3
-    teacher: str | None = None
-    teacher_model: str = "teacher_cnn"
-    teacher_epochs: int = 3
-    temperature: float = 4.0
-    alpha: float = 0.1
-    distillation_loss: str = "kl"
-    cache_teacher: bool = True
-    prune: bool = False
-    target_sparsity: float = 0.8
-    pruning_begin: float = 0.0
-    pruning_end: float = 0.75
-    m_by_n: tuple | None = None
-    qat: bool = False
-    qat_epochs: int = 1
-    export: tuple = ("tflite", "tflite_int8")
-    strategy: str = "auto"
-    tpu: str | None = None
-    num_gpus: int | None = None
-    all_reduce: str | None = None
-    memory_growth: bool | None = None
-    memory_limit_mb: int | None = None
-    logical_cpus: int | None = None
-    mixed_precision: str | None = None
-    deterministic: bool = True
-    overwrite: bool = False
-
-    def settings(self):
-        """What identifies the run's results (not where or whether to overwrite)."""
-        values = dataclasses.asdict(self)
-        for key in ("model_dir", "overwrite", "deterministic"):
-            values.pop(key)
-        return json.loads(json.dumps(values))
+    rows: list
+    markdown: str | None
 
 
 class _EpochCheckpoint(keras.callbacks.Callback):
@@ -100,6 +66,23 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         self.manager.save(checkpoint_number=index + 1)
 
 
+class _EpochLine(keras.callbacks.Callback):
+    """One line per epoch where there is no terminal for a progress bar."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_begin(self, index, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, index, logs=None):
+        values = ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items()
+                           if isinstance(v, (int, float)))
+        _log.info("      epoch %d/%d: %s (%.1f s)", index + 1, self.epochs, values,
+                  time.perf_counter() - self.start)
+
+
 class _ScalarLogger(keras.callbacks.Callback):
     def __init__(self, log_dir):
         super().__init__()
@@ -110,9 +93,39 @@ class _ScalarLogger(keras.callbacks.Callback):
             k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))})
 
 
+def _plan(config):
+    """Stage name -> what its banner says, in order."""
+    stages = {}
+    if config.teacher == "train":
+        stages["teacher"] = (f"train teacher {config.teacher_model}, "
+                             f"{config.teacher_epochs} epochs")
+    if config.teacher:
+        teacher = (config.teacher_model if config.teacher == "train"
+                   else os.path.basename(config.teacher))
+        stages["distilled"] = (f"distill{' + prune' * config.prune} "
+                               f"{config.model} ← {teacher}, {config.epochs} epochs")
+    else:
+        stages["baseline"] = f"train {config.model}, {config.epochs} epochs"
+        if config.prune:
+            stages["pruned"] = (f"prune {config.model} to {config.target_sparsity:g} "
+                                f"sparsity, {config.epochs} epochs")
+    if config.qat:
+        stages["qat"] = f"quantization-aware training, {config.qat_epochs} epochs"
+    stages["export"] = f"evaluate and export {', '.join(config.export)}"
+    return stages
+
+
+def _banner(run, name, note=""):
+    stages = list(_plan(run.config))
+    _log.info("[%d/%d] %s%s", stages.index(name) + 1, len(stages),
+              _plan(run.config)[name], note)
+
+
 def _stage(run, name, build, epochs, callbacks=()):
-    """Builds, compiles and trains one stage (resuming it if interrupted);
-    returns the trained model, or the saved result of a finished stage."""
+    """Builds, compiles and trains one stage (resuming it if interrupted)
+    and saves its result; returns that result as loaded back from disk,
+    whether trained now or earlier, so a resumed run measures and exports
+    exactly what an uninterrupted one does."""
     done = run.chief_path("checkpoints", f"{name}.keras")
     finished = os.path.exists(done)
     latest = tf.train.latest_checkpoint(run.chief_path("checkpoints", name))
@@ -122,25 +135,28 @@ def _stage(run, name, build, epochs, callbacks=()):
         finished, latest and os.path.basename(latest)])
     if not same:
         raise ConfigError(
-            f"the workers see different files in --model_dir={run.shared}: it "
+            f"the workers see different files in `model_dir={run.shared}`: it "
             "must be one directory that every worker reaches at the same path "
             "(a shared file system).")
     if finished:
-        logging.info("stage %s: finished earlier, loading %s", name, done)
+        _banner(run, name, f": finished earlier, loading {done}")
         with run.timed(f"{name} (loaded)"), run.strategy.scope():
             return export.load_model(done)
-    logging.info("stage %s: training %d epochs on %d replicas", name, epochs,
-                 run.strategy.num_replicas_in_sync)
+    replicas = run.strategy.num_replicas_in_sync
+    _banner(run, name, f" on {replicas} replicas" if replicas > 1 else "")
     with run.timed(name):
-        result = _train(run, name, build, epochs, callbacks, latest)
-    logging.info("stage %s: %d epochs in %.1f s (weights %s)", name, epochs,
-                 run.seconds[name], _lockstep.digest(result))
+        saved = _train(run, name, build, epochs, callbacks, latest)
+        with run.strategy.scope():
+            result = export.load_model(saved)
+    # The digest lets the workers of a cluster be compared from their logs.
+    _log.info("      stage %s: %d epochs in %.1f s (weights %s)", name, epochs,
+              run.seconds[name], _lockstep.digest(result))
     return result
 
 
 def _train(run, name, build, epochs, callbacks, latest):
     """Trains a stage from `latest` (its last checkpoint, or None) and saves
-    its result."""
+    its result; returns where."""
     with run.strategy.scope():
         model = build()
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -150,18 +166,21 @@ def _train(run, name, build, epochs, callbacks, latest):
         checkpoint, run.path("checkpoints", name), max_to_keep=1)
     if latest:
         checkpoint.restore(latest)
-        logging.info("stage %s: resuming after epoch %d", name, int(epoch.numpy()))
+        _log.info("      resuming after epoch %d", int(epoch.numpy()))
     first = int(epoch.numpy())
+    # Keras's progress bar on a terminal; else one line per epoch.
+    bar = sys.stdout.isatty()
     model.fit(run.stream(first, epochs), epochs=epochs, initial_epoch=first,
               steps_per_epoch=run.steps, validation_data=run.splits.validation,
-              verbose=1 if sys.stdout.isatty() else 2,
+              verbose=1 if bar else 0,
               callbacks=[*callbacks, _EpochCheckpoint(manager, epoch),
-                         _ScalarLogger(run.path("logs", name))])
+                         _ScalarLogger(run.path("logs", name)),
+                         *([] if bar else [_EpochLine(epochs)])])
     result = model.student if isinstance(model, distillation.Distiller) else model
     mine = run.path("checkpoints", f"{name}.keras")
     result.save(mine + ".tmp.keras")
     os.replace(mine + ".tmp.keras", mine)
-    return result
+    return mine
 
 
 def _compiled(model, learning_rate):
@@ -224,21 +243,46 @@ def _qat(run, model):
         config.learning_rate / 10), config.qat_epochs)
 
 
-def _exports(run, final):
-    made = []
-    for name in run.config.export:
-        if name == "saved_model":
-            path = run.path("export", "saved_model")
-            made.append(("saved_model", export.export_saved_model(final, path,
-                                                                  overwrite=True).path))
+class Verified(NamedTuple):
+    """One exported artifact and how it did on the test split."""
+
+    name: str  # a `tfopt.config.EXPORTS` name
+    path: str
+    size_bytes: int
+    accuracy: float
+    latency_ms_per_example: float | None  # TFLite files only
+    model: object  # what it was made from (a SavedModel: as loaded back)
+
+
+def export_and_verify(model, formats, output_dir, splits, *, batch_size,
+                      overwrite=False):
+    """Exports `model` in each of `formats` (`tfopt.config.EXPORTS` names)
+    under `output_dir` and evaluates each file on `splits.test`; the main
+    job and `scripts/export.py` both use it. A float model's int8 file is
+    calibrated on `splits.train`; a QAT model's uses its learned ranges.
+
+    Returns:
+        One `Verified` per format, in order.
+    """
+    calibration = None if _selection.is_quantized(model) else splits.train
+    verified = []
+    for name in formats:
+        form = EXPORTS[name]
+        path = os.path.join(output_dir, form.filename)
+        if form.kind == "saved_model":
+            made = export.export_saved_model(model, path, overwrite=overwrite)
+            loaded = export.load_model(made.path, compile=False)
+            verified.append(Verified(name, made.path, made.size_bytes,
+                                     report.keras_accuracy(loaded, splits.test),
+                                     None, loaded))
             continue
-        path = run.path("export", f"model_{name[7:] or 'float32'}.tflite")
-        # A QAT model carries its ranges; a float one is calibrated on data.
-        export.export_tflite(final, path, quantization=export.TFLITE_FORMATS[name],
-                             overwrite=True, representative_data=None
-                             if run.config.qat else run.splits.train)
-        made.append((name, path))
-    return made
+        made = export.export_tflite(model, path, quantization=form.quantization,
+                                    overwrite=overwrite,
+                                    representative_data=calibration)
+        result = export.evaluate_tflite(made.path, splits.test)
+        verified.append(Verified(name, made.path, made.size_bytes, result.accuracy,
+                                 result.mean_batch_latency_ms / batch_size, model))
+    return verified
 
 
 def get_strategy(config):
@@ -254,7 +298,7 @@ def get_strategy(config):
 
 
 def run(config, *, command=None):
-    """Runs the recipe for `config`; returns the report rows.
+    """Runs the recipe for `config`; returns its `Report`.
 
     Args:
         config: The run's `Config`.
@@ -281,11 +325,11 @@ def run(config, *, command=None):
         run_.start()
         rows = _recipe(run_)
         run_.seconds["total"] = time.perf_counter() - start
-        failure = None
+        failure = text = None
         if run_.worker.is_chief:
             try:
-                report.write(run_, rows)
-                logging.info("report written to %s", run_.path("report.md"))
+                text = report.write(run_, rows)
+                _log.info("report written to %s", run_.path("report.md"))
             except Exception as err:  # noqa: BLE001 - re-raised below
                 failure = err
         # The chief hosts the cluster's coordination service: it must not
@@ -299,15 +343,15 @@ def run(config, *, command=None):
                                "why); the run's stages are saved: fix that and "
                                "re-run the same command on every worker.")
         if not run_.worker.is_chief:
-            logging.info("%s %d done; the chief wrote the report to %s",
-                         run_.worker.task_type, run_.worker.task_id, run_.shared)
+            _log.info("%s %d done; the chief wrote the report to %s",
+                      run_.worker.task_type, run_.worker.task_id, run_.shared)
     except _lockstep.PEER_ERRORS as err:
         if run_.worker.num_workers < 2:
             raise
         raise ClusterError(_lockstep.lost_task(err, run_.worker)) from err
     finally:
         run_.close()
-    return rows
+    return Report(rows, text)
 
 
 def _recipe(run_):
@@ -316,9 +360,9 @@ def _recipe(run_):
     teacher = _teacher(run_) if config.teacher else None
     baseline, student = _student(run_, teacher)
     reference = teacher if teacher is not None else baseline
-    logging.info("evaluating and exporting")
     with run_.timed("evaluate"):
-        rows.append(report.keras_row(run_, "baseline", reference, reference=None))
+        rows.append(report.keras_row(run_, "teacher" if teacher is not None
+                                     else "baseline", reference, reference=None))
         final = pruning.strip(student)
         if teacher is not None:
             rows.append(report.keras_row(
@@ -329,7 +373,10 @@ def _recipe(run_):
         final = _qat(run_, final)
         with run_.timed("evaluate"):
             rows.append(report.keras_row(run_, "qat", final, rows[0]))
+    _banner(run_, "export")
     with run_.timed("evaluate"):
-        for name, path in _exports(run_, final):
-            rows.append(report.file_row(run_, name, path, final, rows[0]))
+        for verified in export_and_verify(
+                final, config.export, run_.path("export"), run_.splits,
+                batch_size=config.batch_size, overwrite=True):
+            rows.append(report.file_row(verified, rows[0]))
     return rows

@@ -97,6 +97,14 @@ class PrunedModel(keras.Model):
         _keras.check_compile(optimizer, loss, metrics)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
+    def compile_from_config(self, config):
+        # tf_keras does not restore the compile of a class that overrides
+        # compile() (this one only checks its arguments first): do it here.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if isinstance(getattr(self, "optimizer", None),
+                      keras.optimizers.Optimizer) and self.built:
+            self.optimizer.build(self.trainable_variables)  # its variables
+
     def train_step(self, data):
         require_callback(self)
         logs = super().train_step(data)

@@ -14,7 +14,8 @@ import tensorflow_model_optimization as tfmot
 from tfopt import _sparsity, export
 from tfopt._keras import keras
 
-__all__ = ["environment", "file_row", "keras_row", "markdown", "write"]
+__all__ = ["environment", "file_row", "keras_accuracy", "keras_row", "markdown",
+           "render", "write"]
 
 _sizes = export.disk_sizes  # (bytes, gzipped bytes)
 
@@ -36,10 +37,11 @@ def _counts(model):
             int(sum(np.count_nonzero(w) for w in weights)))
 
 
-def _accuracy(run, model):
+def keras_accuracy(model, data):
+    """`model`'s accuracy on `data` (labels as class indices, logits out)."""
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
-    return model.evaluate(run.splits.test, verbose=0, return_dict=True)["accuracy"]
+    return model.evaluate(data, verbose=0, return_dict=True)["accuracy"]
 
 
 def _row(name, accuracy, counts, sizes, reference, latency=None):
@@ -62,22 +64,16 @@ def keras_row(run, name, model, reference):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "You are saving your model as an HDF5")
         model.save(path, include_optimizer=False)
-    row = _row(name, _accuracy(run, model), _counts(model), _sizes(path), reference)
+    row = _row(name, keras_accuracy(model, run.splits.test), _counts(model),
+               _sizes(path), reference)
     row["sparsity"] = _sparsity.sparsity_report(model).sparsity
     return row
 
 
-def file_row(run, name, path, source, reference):
-    """Evaluates an export of `source`: a TFLite file, or a SavedModel
-    directory (loaded back and evaluated as Keras)."""
-    if name == "saved_model":
-        loaded = export.load_model(path, compile=False)
-        return _row(name, _accuracy(run, loaded), _counts(loaded), _sizes(path),
-                    reference)
-    result = export.evaluate_tflite(path, run.splits.test)
-    latency = result.mean_batch_latency_ms / run.config.batch_size
-    return _row(name, result.accuracy, _counts(source), _sizes(path), reference,
-                latency)
+def file_row(verified, reference):
+    """The row of an exported artifact (`pipeline.Verified`)."""
+    return _row(verified.name, verified.accuracy, _counts(verified.model),
+                _sizes(verified.path), reference, verified.latency_ms_per_example)
 
 
 def markdown(rows):
@@ -154,14 +150,18 @@ def _plot(rows, path):
 
 def write(run, rows):
     """Writes report.json (rows, settings, environment), report.md and
-    report.png."""
+    report.png; returns report.md's text."""
     env = environment(run)
     with open(run.path("report.json"), "w") as file:
         json.dump({"settings": run.config.settings(), "dataset": run.info._asdict(),
                    "environment": env, "rows": rows}, file, indent=2)
-    table = markdown(rows)
+    text = render(f"{run.config.model} on {run.info.name}", rows, env)
     with open(run.path("report.md"), "w") as file:
-        file.write(f"# tfopt report: {run.config.model} on {run.info.name}\n\n")
-        file.write(table + "\n\n" + _where(env))
+        file.write(text)
     _plot(rows, run.path("report.png"))
-    return table
+    return text
+
+
+def render(title, rows, env):
+    """The markdown report: a pure function of its values."""
+    return f"# tfopt report: {title}\n\n{markdown(rows)}\n\n{_where(env)}"
