@@ -248,6 +248,34 @@ def test_help_lists_the_main_flags():
 
 
 @pytest.mark.slow
+def test_the_main_job_prints_stage_lines_and_no_tensorflow_noise(tmp_path):
+    # `make demo` once printed 81 lines: TensorFlow's C++ banner twice,
+    # cuInit's error on a CPU machine, INFO lines of SavedModel and the
+    # converter, and two lines per epoch without saying which stage ran.
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = subprocess.run(
+        [sys.executable, "scripts/train.py", f"--model_dir={tmp_path}",
+         "--dataset=digits", "--teacher=train", "--teacher_epochs=2", "--epochs=3",
+         "--prune", "--qat", "--batch_size=32", "--export=tflite,tflite_int8"],
+        cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True,
+        text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = (out.stdout + out.stderr).splitlines()
+    banners = [line for line in lines if line.startswith("[")]
+    assert banners == [
+        "[1/4] train teacher teacher_cnn, 2 epochs",
+        "[2/4] distill + prune student_cnn ← teacher_cnn, 3 epochs",
+        "[3/4] quantization-aware training, 1 epochs",
+        "[4/4] evaluate and export tflite, tflite_int8"]
+    assert sum("      epoch " in line for line in lines) == 2 + 3 + 1
+    noise = [line for line in lines if line[:5] in ("I0000", "W0000", "E0000")
+             or line.startswith(("WARNING: All log", "I1", "W1", "E1"))]
+    assert noise == []
+    assert len(lines) <= 35, "\n".join(lines)
+    assert "| teacher | " in out.stdout
+
+
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_report(tmp_path):
     args = ["--dataset=digits", "--prune", "--epochs=3", "--batch_size=32",
             "--export=tflite_int8", "--target_sparsity=0.6"]
