@@ -1,0 +1,104 @@
+"""Channel dependency groups (issue 14's groundwork): which channels of a
+model must be removed together."""
+
+import pytest
+
+from tfopt import _channels, keras
+
+L = keras.layers
+
+
+def _block():
+    """A residual stream, a depthwise convolution, a squeeze-excite gate, a
+    concatenation and a Flatten before a Dense head."""
+    inputs = keras.Input((8, 8, 3))
+    stem = L.Conv2D(4, 3, padding="same", name="stem")(inputs)
+    x = L.ReLU(name="stem_relu")(L.BatchNormalization(name="stem_bn")(stem))
+    wide = L.Conv2D(6, 1, name="expand")(x)
+    wide = L.DepthwiseConv2D(3, padding="same", name="dw")(wide)
+    gate = L.GlobalAveragePooling2D(keepdims=True, name="squeeze")(wide)
+    gate = L.Conv2D(2, 1, activation="relu", name="se_reduce")(gate)
+    gate = L.Conv2D(6, 1, activation="sigmoid", name="se_expand")(gate)
+    wide = L.Multiply(name="excite")([wide, gate])
+    x = L.Add(name="add")([x, L.Conv2D(4, 1, name="project")(wide)])
+    side = L.Conv2D(3, 1, name="side")(x)
+    x = L.Concatenate(name="concat")([x, side])
+    x = L.Conv2D(5, 3, strides=2, name="head")(x)
+    x = L.Flatten(name="flat")(x)
+    return keras.Model(inputs, L.Dense(2, name="logits")(x))
+
+
+def _by_producer(groups):
+    return {group.producers: group for group in groups}
+
+
+def test_groups_of_a_block_with_every_kind_of_tie():
+    groups = _by_producer(_channels.channel_groups(_block()))
+    assert set(groups) == {("project", "stem"), ("expand", "se_expand"),
+                           ("se_reduce",), ("side",), ("head",)}
+    stream = groups[("project", "stem")]  # tied by the Add
+    assert stream.size == 4
+    assert stream.channels["concat"] == (0, 1, 2, 3)  # at offset 0
+    assert stream.channels["stem_bn"] == stream.channels["add"] == (0, 1, 2, 3)
+    gated = groups[("expand", "se_expand")]  # the gate multiplies its channels
+    assert gated.size == 6 and {"dw", "excite", "squeeze"} <= set(gated.channels)
+    side = groups[("side",)]
+    assert side.channels["concat"] == (4, 5, 6)
+    # The Flatten spreads each of head's 5 channels over 3x3 positions.
+    head = groups[("head",)]
+    assert head.size == 5
+    assert head.channels["flat"][1] == (1, 6, 11, 16, 21, 26, 31, 36, 41)
+    # The model's input and its logits are never pruned.
+    assert all("logits" not in g.channels and "input_1" not in g.channels
+               for g in groups.values())
+
+
+def test_a_layer_that_cannot_be_followed_freezes_its_channels():
+    inputs = keras.Input((8, 8, 3))
+    a = L.Conv2D(4, 3, name="a")(inputs)
+    x = L.LayerNormalization(name="norm")(a)  # mixes channels
+    b = L.Conv2D(4, 3, name="b")(x)
+    model = keras.Model(inputs, L.Dense(2)(L.GlobalAveragePooling2D()(b)))
+    assert [g.producers for g in _channels.channel_groups(model)] == [("b",)]
+
+
+def _app(name, **kwargs):
+    keras.backend.clear_session()
+    return getattr(keras.applications, name)(
+        weights=None, input_shape=(32, 32, 3), classes=10, **kwargs)
+
+
+def test_resnet50_stages_are_one_group_each():
+    groups = _channels.channel_groups(_app("ResNet50"))
+    # 4 residual streams, 2 groups inside each of 16 bottlenecks, the stem.
+    assert len(groups) == 4 + 2 * 16 + 1
+    streams = [g for g in groups if len(g.producers) > 1]
+    assert [g.size for g in streams] == [2048, 1024, 512, 256]
+    assert streams[0].producers == ("conv5_block1_0_conv", "conv5_block1_3_conv",
+                                    "conv5_block2_3_conv", "conv5_block3_3_conv")
+    inner = {g.producers: g.size for g in groups if len(g.producers) == 1}
+    assert inner[("conv2_block1_1_conv",)] == 64
+    assert inner[("conv5_block3_2_conv",)] == 512
+
+
+def test_mobilenet_v2_and_efficientnet_b0_groups():
+    groups = _channels.channel_groups(_app("MobileNetV2", alpha=0.35))
+    expanded = _by_producer(groups)[("block_1_expand",)]
+    assert {"block_1_depthwise", "block_1_depthwise_relu"} <= set(expanded.channels)
+    assert all("predictions" not in g.channels for g in groups)
+    groups = _channels.channel_groups(_app("EfficientNetB0"))
+    gated = _by_producer(groups)[("block2a_expand_conv", "block2a_se_expand")]
+    assert gated.size == 96
+    assert {"block2a_dwconv", "block2a_se_squeeze", "block2a_se_excite"} <= set(
+        gated.channels)
+    assert all(g.size > 0 for g in groups)
+
+
+@pytest.mark.parametrize("kind", [L.Lambda(lambda t: t * 2.0), L.Softmax()])
+def test_unknown_or_mixing_layers_before_the_head_stop_nothing_else(kind):
+    inputs = keras.Input((8, 8, 3))
+    a = L.Conv2D(4, 3, name="a")(inputs)
+    b = L.Conv2D(4, 3, name="b")(kind(a))
+    model = keras.Model(inputs, L.GlobalAveragePooling2D()(b))
+    # `a` feeds a layer it cannot see through; `b` feeds the output.
+    assert _channels.channel_groups(model) == []
