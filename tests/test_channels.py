@@ -1,6 +1,7 @@
 """Channel dependency groups (issue 14's groundwork): which channels of a
 model must be removed together."""
 
+import numpy as np
 import pytest
 
 from tfopt import _channels, keras
@@ -102,3 +103,77 @@ def test_unknown_or_mixing_layers_before_the_head_stop_nothing_else(kind):
     model = keras.Model(inputs, L.GlobalAveragePooling2D()(b))
     # `a` feeds a layer it cannot see through; `b` feeds the output.
     assert _channels.channel_groups(model) == []
+
+
+def _masked(model, kept):
+    """A copy of `model` whose layers ignore the removed input channels:
+    their input slices of the kernels are zero."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    sources = {e["config"]["name"]: [r[0] for r in e["inbound_nodes"][0]]
+               for e in model.get_config()["layers"] if e["inbound_nodes"]}
+    for layer in copy.layers:
+        if not isinstance(layer, (L.Conv2D, L.Dense)) or isinstance(
+                layer, L.DepthwiseConv2D):
+            continue
+        source = sources[layer.name][0]
+        kernel, *rest = layer.get_weights()
+        drop = [c for c in range(kernel.shape[-2]) if c not in set(kept[source])]
+        kernel[..., drop, :] = 0
+        layer.set_weights([kernel, *rest])
+    return copy
+
+
+def _half(groups, seed=0):
+    rng = np.random.default_rng(seed)
+    return {i: sorted(rng.choice(g.size, max(1, g.size // 2), replace=False))
+            for i, g in enumerate(groups)}
+
+
+@pytest.mark.parametrize("build", [
+    pytest.param(_block, id="block"),
+    pytest.param(lambda: _app("MobileNetV2", alpha=0.35), id="MobileNetV2"),
+    pytest.param(lambda: _app("ResNet50"), id="ResNet50", marks=pytest.mark.slow),
+    pytest.param(lambda: _app("EfficientNetB0"), id="EfficientNetB0",
+                 marks=pytest.mark.slow)])
+def test_shrunk_model_computes_what_the_masked_one_does(build):
+    keras.utils.set_random_seed(0)
+    model = build()
+    # BatchNorm statistics away from 0/1, so slicing them is checked too.
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            layer.set_weights([np.random.default_rng(1).uniform(0.5, 1.5, w.shape)
+                               .astype("float32") for w in layer.get_weights()])
+    groups = _channels.channel_groups(model)
+    keep = _half(groups)
+    small = _channels.shrink(model, groups, keep)
+    assert small.count_params() < 0.6 * model.count_params()
+    kept = _channels.kept_channels(model, groups, keep)
+    shape = model.input_shape[1:]
+    x = np.random.default_rng(2).uniform(0, 1, (4, *shape)).astype("float32")
+    expected = _masked(model, kept)(x, training=False).numpy()
+    np.testing.assert_allclose(small(x, training=False).numpy(), expected,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_a_shrunk_model_saves_quantizes_and_exports(tmp_path):
+    import warnings
+
+    import tfopt
+
+    model = _block()
+    groups = _channels.channel_groups(model)
+    small = _channels.shrink(model, groups, _half(groups))
+    small.save(tmp_path / "small.keras")
+    again = tfopt.load_model(str(tmp_path / "small.keras"))
+    x = np.random.default_rng(0).uniform(0, 1, (8, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(again(x).numpy(), small(x).numpy(), atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qat = tfopt.quantize(small)
+    qat.compile(optimizer="adam", loss="mse")
+    qat.fit(x, np.zeros((8, 2)), verbose=0)
+    path = tfopt.export_tflite(qat, str(tmp_path / "small.tflite"),
+                               quantization="int8").path
+    ops = tfopt.export.tflite_ops(path)
+    assert ops.float_ops == () and ops.quantize == 1, ops.counts

@@ -168,3 +168,82 @@ def _group(sets, frozen, widths, layers):
             len(slots), {n: tuple(slot[n] for slot in slots) for n in names},
             tuple(n for n in names if isinstance(layers[n], _PRODUCERS))))
     return sorted(groups, key=lambda g: (-g.size, g.producers))
+
+
+def _flat(indices):
+    for index in indices:
+        yield from (index if isinstance(index, tuple) else (index,))
+
+
+def kept_channels(model, groups, keep):
+    """Layer name -> the output channels that stay, when group i of `groups`
+    keeps the group positions `keep[i]` (groups not in `keep` keep all)."""
+    removed = {}
+    for i, group in enumerate(groups):
+        if i not in keep:
+            continue
+        drop = [k for k in range(group.size) if k not in set(keep[i])]
+        for name, channels in group.channels.items():
+            removed.setdefault(name, set()).update(_flat(channels[k] for k in drop))
+    return {layer.name: [c for c in range(_width(layer) or 0)
+                         if c not in removed.get(layer.name, ())]
+            for layer in model.layers}
+
+
+_RESIZED = {"Conv1D": "filters", "Conv2D": "filters", "Conv3D": "filters",
+            "Conv2DTranspose": "filters", "Conv3DTranspose": "filters",
+            "SeparableConv1D": "filters", "SeparableConv2D": "filters",
+            "Dense": "units"}
+
+
+def _sliced(layer, kept_in, kept_out):
+    """`layer`'s weights without the removed input and output channels."""
+    weights = layer.get_weights()
+    if isinstance(layer, (_L.SeparableConv1D, _L.SeparableConv2D)):
+        depthwise, pointwise, *bias = weights
+        multiplier = depthwise.shape[-1]
+        rows = [i * multiplier + m for i in kept_in for m in range(multiplier)]
+        return [depthwise[..., kept_in, :], pointwise[..., rows, :][..., kept_out],
+                *[b[kept_out] for b in bias]]
+    if isinstance(layer, _PRODUCERS):
+        kernel, *bias = weights
+        axis = -1 if not isinstance(layer, (_L.Conv2DTranspose,
+                                             _L.Conv3DTranspose)) else -2
+        kernel = kernel.take(kept_out, axis=axis).take(
+            kept_in, axis=-2 if axis == -1 else -1)
+        return [kernel, *[b[kept_out] for b in bias]]
+    if isinstance(layer, _L.DepthwiseConv2D):
+        kernel, *bias = weights
+        return [kernel[:, :, kept_out, :], *[b[kept_out] for b in bias]]
+    # BatchNormalization, PReLU, ...: per-channel weights on the last axis.
+    return [w[..., kept_out] if w.ndim and w.shape[-1] == _width(layer) else w
+            for w in weights]
+
+
+def shrink(model, groups, keep):
+    """A smaller copy of the flat functional `model` without the channels
+    that `keep` (see `kept_channels`) removes; its weights are the kept
+    slices of `model`'s."""
+    kept = kept_channels(model, groups, keep)
+    config = model.get_config()
+    sources = {}
+    for entry in config["layers"]:
+        name = entry["config"]["name"]
+        sources[name] = [r[0] for r in _flatten._refs(entry["inbound_nodes"])]
+        key = _RESIZED.get(entry["class_name"])
+        if key is not None:
+            entry["config"][key] = len(kept[name])
+        elif entry["class_name"] == "Reshape":
+            target = list(entry["config"]["target_shape"])
+            target[-1] = len(kept[name])
+            entry["config"]["target_shape"] = tuple(target)
+    with _flatten.rebuilding(model):
+        small = keras.Model.from_config(config)
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        source = sources[layer.name][0] if sources[layer.name] else None
+        kept_in = kept[source] if source is not None else []
+        small.get_layer(layer.name).set_weights(
+            _sliced(layer, kept_in, kept[layer.name]))
+    return small
