@@ -1,0 +1,67 @@
+"""Channel pruning during fit (issue 14's first step): groups zeroed on the
+schedule, the same on 1 and 2 replicas, then shrunk to a smaller model that
+computes the same."""
+
+import numpy as np
+import pytest
+
+import tfopt
+from tests.conftest import compiled
+from tfopt import _channel_pruning, keras
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    return tfopt.models.build("resnet_tiny", (8, 8, 1), 10)
+
+
+def _train(strategy, digits, target=0.5):
+    with strategy.scope():
+        model = compiled(_model())
+        pruning = _channel_pruning.ChannelPruning(model, target, end=0.5,
+                                                  round_to=4)
+    model.fit(digits.train.take(20), epochs=2, verbose=0, callbacks=[pruning])
+    return model, pruning
+
+
+def test_groups_reach_their_kept_counts_and_shrink_exactly(digits):
+    model, pruning = _train(tfopt.get_strategy("default"), digits)
+    assert pruning.groups
+    for i, group in enumerate(pruning.groups):
+        kept = _channel_pruning.kept_count(group.size, 0.5, 4)
+        assert len(pruning.keep[i]) == kept
+        assert kept % 4 == 0 or kept == group.size
+        for name in group.producers:
+            kernel = model.get_layer(name).kernel.numpy()
+            norms = np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(0)
+            removed = [group.channels[name][k] for k in range(group.size)
+                       if k not in pruning.keep[i]]
+            assert np.all(norms[removed] == 0)
+    small = pruning.shrink()
+    assert small.count_params() < 0.5 * model.count_params()
+    x = next(iter(digits.test))[0]
+    np.testing.assert_allclose(small(x, training=False), model(x, training=False),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_the_same_channels_on_one_and_two_replicas(digits, mirrored):
+    _, single = _train(tfopt.get_strategy("default"), digits)
+    _, double = _train(mirrored, digits)
+    assert single.keep == double.keep
+
+
+@pytest.mark.parametrize("size, fraction, round_to, kept", [
+    (64, 0.5, 8, 32), (64, 0.6, 8, 32), (12, 0.5, 8, 8), (6, 0.9, 8, 6),
+    (10, 0.95, 1, 1)])
+def test_kept_counts_round_up_and_never_reach_zero(size, fraction, round_to, kept):
+    assert _channel_pruning.kept_count(size, fraction, round_to) == kept
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"target": 1.0}, r"^`target` must be in \(0, 1\). Received: target=1.0$"),
+    ({"target": 0.5, "importance": "taylor"}, r"^`importance` must be one of"),
+    ({"target": 0.5, "round_to": 0}, r"^`round_to` must be an int >= 1"),
+])
+def test_bad_arguments_name_the_value(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _channel_pruning.ChannelPruning(_model(), **kwargs)
