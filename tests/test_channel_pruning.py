@@ -24,6 +24,7 @@ def _train(strategy, digits, target=0.5):
     return model, pruning
 
 
+@pytest.mark.slow  # trains twice
 def test_groups_reach_their_kept_counts_and_shrink_exactly(digits):
     model, pruning = _train(tfopt.get_strategy("default"), digits)
     assert pruning.groups
@@ -44,6 +45,7 @@ def test_groups_reach_their_kept_counts_and_shrink_exactly(digits):
                                rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # trains on both strategies
 def test_the_same_channels_on_one_and_two_replicas(digits, mirrored):
     _, single = _train(tfopt.get_strategy("default"), digits)
     _, double = _train(mirrored, digits)

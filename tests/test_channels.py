@@ -69,6 +69,7 @@ def _app(name, **kwargs):
         weights=None, input_shape=(32, 32, 3), classes=10, **kwargs)
 
 
+@pytest.mark.slow  # builds ResNet50
 def test_resnet50_stages_are_one_group_each():
     groups = _channels.channel_groups(_app("ResNet50"))
     # 4 residual streams, 2 groups inside each of 16 bottlenecks, the stem.
@@ -82,6 +83,7 @@ def test_resnet50_stages_are_one_group_each():
     assert inner[("conv5_block3_2_conv",)] == 512
 
 
+@pytest.mark.slow  # builds MobileNetV2 and EfficientNetB0
 def test_mobilenet_v2_and_efficientnet_b0_groups():
     groups = _channels.channel_groups(_app("MobileNetV2", alpha=0.35))
     expanded = _by_producer(groups)[("block_1_expand",)]
@@ -132,7 +134,8 @@ def _half(groups, seed=0):
 
 @pytest.mark.parametrize("build", [
     pytest.param(_block, id="block"),
-    pytest.param(lambda: _app("MobileNetV2", alpha=0.35), id="MobileNetV2"),
+    pytest.param(lambda: _app("MobileNetV2", alpha=0.35), id="MobileNetV2",
+                 marks=pytest.mark.slow),
     pytest.param(lambda: _app("ResNet50"), id="ResNet50", marks=pytest.mark.slow),
     pytest.param(lambda: _app("EfficientNetB0"), id="EfficientNetB0",
                  marks=pytest.mark.slow)])
