@@ -43,6 +43,8 @@ def test_groups_reach_their_kept_counts_and_shrink_exactly(digits):
     x = next(iter(digits.test))[0]
     np.testing.assert_allclose(small(x, training=False), model(x, training=False),
                                rtol=1e-4, atol=1e-5)
+    # tfopt.shrink finds the same channels from the zeros alone.
+    assert tfopt.shrink(model).count_params() == small.count_params()
 
 
 @pytest.mark.slow  # trains on both strategies
@@ -67,3 +69,54 @@ def test_kept_counts_round_up_and_never_reach_zero(size, fraction, round_to, kep
 def test_bad_arguments_name_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         _channel_pruning.ChannelPruning(_model(), **kwargs)
+
+
+def _zeroed(model, layer_names, channels):
+    """Zeroes `channels` of each named Conv (kernel out-slice and bias) and
+    of the BatchNormalization after it, as channel pruning leaves them."""
+    for name in layer_names:
+        layer = model.get_layer(name)
+        weights = layer.get_weights()
+        for w in weights:
+            w[..., channels] = 0
+        layer.set_weights(weights)
+
+
+def _conv_block(activation="relu"):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="a")(inputs)
+    x = keras.layers.BatchNormalization(name="a_bn")(x)
+    x = keras.layers.Activation(activation)(x)
+    x = keras.layers.Conv2D(4, 3, name="b")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(3, name="logits")(x))
+
+
+def test_shrink_removes_zeroed_channels_and_checks_the_result(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = _conv_block()
+    _zeroed(model, ["a", "a_bn"], [1, 4, 6])
+    model.save(tmp_path / "masked.keras")  # it works from a reloaded file too
+    small = tfopt.shrink(tfopt.load_model(str(tmp_path / "masked.keras")))
+    assert small.get_layer("a").filters == 5
+    assert small.get_layer("b").kernel.shape == (3, 3, 5, 4)
+    x = np.random.default_rng(1).uniform(0, 1, (4, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(small(x), model(x), rtol=1e-5, atol=1e-5)
+    # Nothing zeroed: a same-size copy.
+    assert tfopt.shrink(_conv_block()).count_params() == model.count_params()
+
+
+def test_shrink_refuses_a_copy_that_would_compute_something_else():
+    keras.utils.set_random_seed(0)
+    model = _conv_block("sigmoid")  # sigmoid(0) = 0.5 still reaches `b`
+    _zeroed(model, ["a", "a_bn"], [0, 1])
+    with pytest.raises(RuntimeError, match=(
+            r"^the shrunk model's outputs differ from the model's by")):
+        tfopt.shrink(model)
+
+
+def test_shrink_refuses_what_is_not_a_graph_model(keras3):
+    with pytest.raises(TypeError, match=r"^`model` must be a tf_keras object"):
+        tfopt.shrink(keras3.Sequential([keras3.Input((2,)), keras3.layers.Dense(1)]))
+    with pytest.raises(TypeError, match=r"^`model` must be a tf_keras Model"):
+        tfopt.shrink("model.keras")

@@ -5,8 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["tfopt._keras", "tfopt._sparsity", "tfopt.data", "tfopt.devices",
-           "tfopt.distillation",
+MODULES = ["tfopt._channels", "tfopt._keras", "tfopt._sparsity", "tfopt.data",
+           "tfopt.devices", "tfopt.distillation",
            "tfopt.distribute", "tfopt.export", "tfopt.models", "tfopt.pruning",
            "tfopt.quantization", "tfopt.report"]
 

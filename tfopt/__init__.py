@@ -39,6 +39,7 @@ _NAMES = {
     "sparsity_report": ("tfopt.pruning", "sparsity_report"),
     "strip": ("tfopt.pruning", "strip"),
     "quantize": ("tfopt.quantization", "quantize"),
+    "shrink": ("tfopt._channels", "shrink_zeroed"),
 }
 
 __all__ = ["__version__", *_MODULES, *_NAMES]

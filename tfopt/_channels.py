@@ -19,6 +19,8 @@ Lambda, a layer norm, a custom layer), are left out: they are never pruned.
 
 from typing import NamedTuple
 
+import numpy as np
+
 from tfopt import _flatten
 from tfopt._keras import keras
 
@@ -246,4 +248,73 @@ def shrink(model, groups, keep):
         kept_in = kept[source] if source is not None else []
         small.get_layer(layer.name).set_weights(
             _sliced(layer, kept_in, kept[layer.name]))
+    return small
+
+
+def _zero_slots(model, group):
+    """Positions of `group` whose producer slices are all exactly zero."""
+    zero = [True] * group.size
+    for name in group.producers:
+        layer = model.get_layer(name)
+        kernel = (layer.pointwise_kernel if isinstance(
+            layer, (_L.SeparableConv1D, _L.SeparableConv2D)) else layer.kernel).numpy()
+        axis = -2 if isinstance(layer, (_L.Conv2DTranspose, _L.Conv3DTranspose)) else -1
+        kernel = np.moveaxis(kernel, axis, -1)
+        for k in range(group.size):
+            zero[k] = zero[k] and not np.any(kernel[..., group.channels[name][k]])
+    return [k for k in range(group.size) if zero[k]]
+
+
+def shrink_zeroed(model, *, atol=1e-4):
+    """A physically smaller copy of `model` without its zeroed channels.
+
+    A channel goes when the output slices of every layer that produces it
+    (kernels of its Conv/Dense layers) are exactly zero, as channel pruning
+    leaves them; each group keeps at least one channel. The copy is checked
+    against `model` on random inputs.
+
+    Args:
+        model: A built functional or Sequential tf_keras model.
+        atol: Largest difference allowed between the outputs of the copy and
+            of `model`, relative to the largest output. Defaults to `1e-4`.
+
+    Returns:
+        The smaller functional model (or a same-size copy when nothing is
+        zeroed).
+
+    Raises:
+        TypeError: If `model` is not a tf_keras Sequential/functional model.
+        RuntimeError: If the copy's outputs differ by more than `atol` (a
+            zeroed channel that still mattered, e.g. after a sigmoid).
+
+    Example:
+
+    >>> import tfopt
+    >>> model = tfopt.models.build("student_cnn", (8, 8, 1), 10)
+    >>> tfopt.shrink(model).count_params() == model.count_params()  # no zeros
+    True
+    """
+    from tfopt import _keras, _selection
+
+    _keras.check_model(model)
+    _selection.check_graph_model(model, "shrinking")
+    flat = _flatten.flatten(model) if isinstance(model, keras.Sequential) or (
+        _flatten.has_nested_models(model)) else model
+    groups = channel_groups(flat)
+    keep = {}
+    for i, group in enumerate(groups):
+        zero = set(_zero_slots(flat, group))
+        kept = [k for k in range(group.size) if k not in zero] or [0]
+        if len(kept) < group.size:
+            keep[i] = kept
+    small = shrink(flat, groups, keep)
+    shape = [d or 1 for d in flat.input_shape[1:]]
+    x = np.random.default_rng(0).uniform(0, 1, (2, *shape)).astype("float32")
+    expected = flat(x, training=False).numpy()
+    error = np.abs(small(x, training=False).numpy() - expected).max()
+    if error > atol * max(1.0, np.abs(expected).max()):
+        raise RuntimeError(
+            f"the shrunk model's outputs differ from the model's by {error:.3g}: "
+            "a zeroed channel still contributed (a layer that maps 0 to a "
+            "non-zero value, e.g. a sigmoid or a bias after it, is in its path).")
     return small
