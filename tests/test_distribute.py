@@ -196,6 +196,7 @@ def _silent_tpu_job():
     return address, "no error", time.monotonic() - start
 
 
+@pytest.mark.slow  # waits out the time limit
 def test_a_tpu_that_never_answers_fails_at_the_time_limit():
     [(address, message, seconds)] = cluster.run_processes(_silent_tpu_job, [{}],
                                                           timeout=120)

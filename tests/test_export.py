@@ -43,6 +43,7 @@ def test_int8_file_matches_qat_accuracy_at_under_30_percent_size(
     assert keras_accuracy > 0.8
 
 
+@pytest.mark.slow  # trains and converts a residual model: 9 s
 def test_resnet_tiny_int8_matches_its_qat_model(digits, out):
     _, qat = _float_and_qat("resnet_tiny", digits, epochs=2)
     path = tfopt.export_tflite(qat, out / "resnet.tflite", quantization="int8").path
