@@ -63,6 +63,9 @@ def test_flags_become_the_config_without_a_mapping():
                          "tflite_int8, tflite_float16."),
         ({"alpha": 1.5}, "`alpha=1.5` must be at most 1.0."),
         ({"temperature": 0.0}, "`temperature=0.0` must be > 0."),
+        ({"learning_rate": 0.0}, "`learning_rate=0.0` must be > 0."),
+        ({"strategy": "tpu"}, "`strategy=tpu` needs `tpu`: 'local' on a Cloud TPU "
+                              "VM, the TPU's name, or grpc://host:port."),
         ({"sparsity_m_by_n": "2:4"}, "`sparsity_m_by_n=2:4` needs `prune`."),
     ],
 )

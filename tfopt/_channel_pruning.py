@@ -26,23 +26,6 @@ IMPORTANCES = ("l2", "bn_gamma")
 _L = keras.layers
 
 
-def _sliced_variables(layer):
-    """(variable, axis) pairs of `layer` that hold its output channels."""
-    if isinstance(layer, (_L.SeparableConv1D, _L.SeparableConv2D)):
-        return [(layer.pointwise_kernel, -1)] + (
-            [(layer.bias, -1)] if layer.use_bias else [])
-    if isinstance(layer, (_L.Conv2DTranspose, _L.Conv3DTranspose)):
-        return [(layer.kernel, -2)] + ([(layer.bias, -1)] if layer.use_bias else [])
-    if isinstance(layer, _L.DepthwiseConv2D):
-        return [(layer.depthwise_kernel, -2)] + (
-            [(layer.bias, -1)] if layer.use_bias else [])
-    if isinstance(layer, _channels._PRODUCERS):
-        return [(layer.kernel, -1)] + ([(layer.bias, -1)] if layer.use_bias else [])
-    if isinstance(layer, _L.BatchNormalization):
-        return [(v, -1) for v in (layer.gamma, layer.beta) if v is not None]
-    return []
-
-
 def kept_count(size, fraction, round_to):
     """Channels a group of `size` keeps when `fraction` is pruned."""
     kept = math.ceil(size * (1.0 - fraction) / round_to) * round_to
@@ -94,7 +77,7 @@ class ChannelPruning(keras.callbacks.Callback):
         for name in group.producers:
             layer = self._pruned.get_layer(name)
             index = list(group.channels[name])
-            for variable, axis in _sliced_variables(layer):
+            for variable, axis in _channels.output_variables(layer):
                 values = np.moveaxis(variable.numpy(), axis, -1)[..., index]
                 total += np.square(values).reshape(-1, group.size).sum(0)
         return total
@@ -112,18 +95,19 @@ class ChannelPruning(keras.callbacks.Callback):
             for name, channels in group.channels.items():
                 removed = list(_channels._flat(channels[k] for k in drop))
                 layer = self._pruned.get_layer(name)
-                for variable, axis in _sliced_variables(layer):
+                for variable, axis in _channels.output_variables(layer):
                     mask = np.ones(variable.shape[axis], np.float32)
                     mask[removed] = 0.0
                     shape = [1] * len(variable.shape)
                     shape[axis] = -1
-                    self._masks.append((variable, tf.constant(mask.reshape(shape))))
+                    self._masks.append((variable, tf.constant(
+                        mask.reshape(shape), dtype=variable.dtype)))
         self.apply()
 
     def apply(self):
         """Zeroes the pruned channels' weights."""
         for variable, mask in self._masks:
-            variable.assign(variable * tf.cast(mask, variable.dtype))
+            variable.assign(variable * mask)
 
     def on_train_begin(self, logs=None):
         epochs, steps = self.params.get("epochs"), self.params.get("steps")

@@ -122,9 +122,8 @@ def channel_groups(model):
     """The `ChannelGroup`s of a flat functional tf_keras model, largest
     first. Layers called more than once are frozen."""
     layers = {layer.name: layer for layer in model.layers}
-    entries = model.get_config()["layers"]
-    sources = {e["config"]["name"]: [r[0] for r in _flatten._refs(e["inbound_nodes"])]
-               for e in entries}
+    config = model.get_config()
+    entries, sources = config["layers"], _flatten.inbound(config)
     widths = {name: _width(layer) for name, layer in layers.items()}
     sets, frozen = _Sets(), set()
     for entry in entries:
@@ -138,7 +137,7 @@ def channel_groups(model):
         for source, channel, out in ties:
             sets.union((source, channel), (name, out))
     ends = [layer.name for layer in model.layers if isinstance(layer, _L.InputLayer)]
-    ends += [ref[0] for ref in _flatten._refs(model.get_config()["output_layers"])]
+    ends += [ref[0] for ref in _flatten._refs(config["output_layers"])]
     for name in ends:
         frozen |= {(name, c) for c in range(widths[name] or 0)}
     return _group(sets, frozen, widths, layers)
@@ -228,10 +227,9 @@ def shrink(model, groups, keep):
     slices of `model`'s."""
     kept = kept_channels(model, groups, keep)
     config = model.get_config()
-    sources = {}
+    sources = _flatten.inbound(config)
     for entry in config["layers"]:
         name = entry["config"]["name"]
-        sources[name] = [r[0] for r in _flatten._refs(entry["inbound_nodes"])]
         key = _RESIZED.get(entry["class_name"])
         if key is not None:
             entry["config"][key] = len(kept[name])
@@ -251,15 +249,28 @@ def shrink(model, groups, keep):
     return small
 
 
+def output_variables(layer):
+    """(variable, axis) pairs of `layer` that hold its output channels."""
+    bias = [(layer.bias, -1)] if getattr(layer, "use_bias", False) else []
+    if isinstance(layer, (_L.SeparableConv1D, _L.SeparableConv2D)):
+        return [(layer.pointwise_kernel, -1)] + bias
+    if isinstance(layer, (_L.Conv2DTranspose, _L.Conv3DTranspose)):
+        return [(layer.kernel, -2)] + bias
+    if isinstance(layer, _L.DepthwiseConv2D):
+        return [(layer.depthwise_kernel, -2)] + bias
+    if isinstance(layer, _PRODUCERS):
+        return [(layer.kernel, -1)] + bias
+    if isinstance(layer, _L.BatchNormalization):
+        return [(v, -1) for v in (layer.gamma, layer.beta) if v is not None]
+    return []
+
+
 def _zero_slots(model, group):
     """Positions of `group` whose producer slices are all exactly zero."""
     zero = [True] * group.size
     for name in group.producers:
-        layer = model.get_layer(name)
-        kernel = (layer.pointwise_kernel if isinstance(
-            layer, (_L.SeparableConv1D, _L.SeparableConv2D)) else layer.kernel).numpy()
-        axis = -2 if isinstance(layer, (_L.Conv2DTranspose, _L.Conv3DTranspose)) else -1
-        kernel = np.moveaxis(kernel, axis, -1)
+        variable, axis = output_variables(model.get_layer(name))[0]
+        kernel = np.moveaxis(variable.numpy(), axis, -1)
         for k in range(group.size):
             zero[k] = zero[k] and not np.any(kernel[..., group.channels[name][k]])
     return [k for k in range(group.size) if zero[k]]

@@ -138,6 +138,14 @@ def _inline(model, taken):
     return entries, origin, inputs, outputs
 
 
+def inbound(config):
+    """Layer name -> the names of the layers it reads, in order, from a
+    functional `config` (refs of the config, not `layer.inbound_nodes`:
+    TFMOT's clones share the layers they do not wrap)."""
+    return {entry["config"]["name"]: [ref[0] for ref in _refs(entry["inbound_nodes"])]
+            for entry in config["layers"]}
+
+
 def has_nested_models(model):
     return any(isinstance(layer, keras.Model) for layer in model.layers)
 

@@ -36,11 +36,11 @@ SAME_SCALE = (
 
 def _graph(model):
     """(layer name -> names of the layers it reads, -> names reading it)."""
-    inputs, consumers = {}, {}
-    for entry in model.get_config()["layers"]:
-        name = entry["config"]["name"]
-        inputs[name] = {ref[0] for ref in _flatten._refs(entry["inbound_nodes"])}
-        for source in inputs[name]:
+    inputs = {name: set(sources)
+              for name, sources in _flatten.inbound(model.get_config()).items()}
+    consumers = {}
+    for name, sources in inputs.items():
+        for source in sources:
             consumers.setdefault(source, set()).add(name)
     return inputs, consumers
 

@@ -116,9 +116,9 @@ def _plan(config):
 
 
 def _banner(run, name, note=""):
-    stages = list(_plan(run.config))
-    _log.info("[%d/%d] %s%s", stages.index(name) + 1, len(stages),
-              _plan(run.config)[name], note)
+    stages = _plan(run.config)
+    _log.info("[%d/%d] %s%s", list(stages).index(name) + 1, len(stages),
+              stages[name], note)
 
 
 def _stage(run, name, build, epochs, callbacks=()):

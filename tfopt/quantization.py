@@ -197,7 +197,6 @@ def _apply(base, annotated, scheme):
             return _qat.quantize_annotate_layer(layer, OutputQuantizeConfig())
         return _qat.quantize_annotate_layer(layer)
 
-    scheme = _ranges.SharedRangeScheme(scheme, base, InputRangeQuantizeConfig)
     with _qat.quantize_scope(), _flatten.rebuilding(base):
         marked = keras.models.clone_model(base, clone_function=annotate)
         return _tfmot.adopt(_qat.quantize_apply(marked, scheme))
@@ -283,6 +282,8 @@ def quantize(model, *, layers=None, exclude=None, preserve_sparsity=False,
         # which transformed ones (e.g. a BN after an Add) it could not.
         annotated = {layer.name for layer in chosen if registry.supports(layer)
                      or isinstance(layer, _TRANSFORMED + OUTPUT_ONLY)}
+        # Its groups are of `base`, the same for every try below.
+        scheme = _ranges.SharedRangeScheme(scheme, base, InputRangeQuantizeConfig)
         while True:
             try:
                 qat = _apply(base, annotated, scheme)

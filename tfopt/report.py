@@ -30,7 +30,7 @@ _NOT_PARAMETERS = ("moving_mean", "moving_variance", "_min", "_max", "step",
 
 
 def _counts(model):
-    # By name, not `trainable_weights`: a Distiller freezes its teacher.
+    # By name, not `trainable_weights`: frozen layers' weights count too.
     weights = [w.numpy() for w in model.weights
                if not w.name.split(":")[0].endswith(_NOT_PARAMETERS)]
     return (int(sum(w.size for w in weights)),
