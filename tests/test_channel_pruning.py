@@ -1,13 +1,17 @@
-"""Channel pruning during fit (issue 14's first step): groups zeroed on the
-schedule, the same on 1 and 2 replicas, then shrunk to a smaller model that
-computes the same."""
+"""Channel pruning during fit (`tfopt.prune(..., structure="channels")`):
+groups zeroed on the schedule to a share of channels, parameters or MACs,
+the same on 1 and 2 replicas, resumed where a run stopped, then shrunk to a
+smaller model that computes the same."""
+
+import re
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfopt
-from tests.conftest import compiled
-from tfopt import _channel_pruning, keras
+from tests.conftest import LOSS, compiled
+from tfopt import _channel_pruning, _channels, keras, pruning
 
 
 def _model():
@@ -15,30 +19,35 @@ def _model():
     return tfopt.models.build("resnet_tiny", (8, 8, 1), 10)
 
 
-def _train(strategy, digits, target=0.5):
+def _pruned(target=0.5, **kwargs):
+    return tfopt.prune(_model(), target, structure="channels", end=0.5,
+                       round_to=4, **kwargs)
+
+
+def _train(strategy, digits, target=0.5, **kwargs):
     with strategy.scope():
-        model = compiled(_model())
-        pruning = _channel_pruning.ChannelPruning(model, target, end=0.5,
-                                                  round_to=4)
-    model.fit(digits.train.take(20), epochs=2, verbose=0, callbacks=[pruning])
-    return model, pruning
+        model = compiled(_pruned(target, **kwargs))
+    model.fit(digits.train.take(20), epochs=2, verbose=0,
+              callbacks=[tfopt.PruningCallback()])
+    return model, _channel_pruning.controller(model)
 
 
 @pytest.mark.slow  # trains twice
 def test_groups_reach_their_kept_counts_and_shrink_exactly(digits):
-    model, pruning = _train(tfopt.get_strategy("default"), digits)
-    assert pruning.groups
-    for i, group in enumerate(pruning.groups):
+    model, pruning_ = _train(tfopt.get_strategy("default"), digits)
+    assert pruning_.prunable
+    for i in pruning_.prunable:
+        group = pruning_.groups[i]
         kept = _channel_pruning.kept_count(group.size, 0.5, 4)
-        assert len(pruning.keep[i]) == kept
+        assert len(pruning_.keep[i]) == kept
         assert kept % 4 == 0 or kept == group.size
         for name in group.producers:
             kernel = model.get_layer(name).kernel.numpy()
             norms = np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(0)
             removed = [group.channels[name][k] for k in range(group.size)
-                       if k not in pruning.keep[i]]
+                       if k not in pruning_.keep[i]]
             assert np.all(norms[removed] == 0)
-    small = pruning.shrink()
+    small = pruning_.shrink()
     assert small.count_params() < 0.5 * model.count_params()
     x = next(iter(digits.test))[0]
     np.testing.assert_allclose(small(x, training=False), model(x, training=False),
@@ -54,6 +63,102 @@ def test_the_same_channels_on_one_and_two_replicas(digits, mirrored):
     assert single.keep == double.keep
 
 
+def test_taylor_scores_choose_the_same_channels_on_one_and_two_replicas(
+        digits, mirrored):
+    data = digits.train.take(4).cache()  # the same batches on both
+    runs = []
+    for strategy in (tfopt.get_strategy("default"), mirrored):
+        with strategy.scope():
+            model = compiled(_pruned(importance="taylor"))
+        pruning_ = _channel_pruning.controller(model)
+        pruning_.update(0.5, model, data)
+        runs.append(pruning_.keep)
+        replicas = strategy.experimental_local_results(
+            model.get_layer("stem_conv").kernel)
+        for replica in replicas[1:]:
+            np.testing.assert_array_equal(replica.numpy(), replicas[0].numpy())
+    assert runs[0] == runs[1]
+    # The gradients matter: L2 norms alone choose other channels.
+    by_norm = _channel_pruning.controller(compiled(_pruned()))
+    by_norm.update(0.5)
+    assert by_norm.keep != runs[0]
+
+
+@pytest.mark.parametrize("measure", ["params", "macs"])
+def test_a_target_share_of_params_or_macs_is_met_by_the_shrunk_model(measure):
+    model = _model()
+    pruned = tfopt.prune(model, 0.4, structure="channels", measure=measure,
+                         round_to=1)
+    pruning_ = _channel_pruning.controller(pruned)
+    pruning_.update(pruned.tfopt_channel_pruning["fraction"])  # its last update
+    index = _channel_pruning.MEASURES.index(measure) - 1
+    flat = _channels.cost(model)[index]
+    small = _channels.cost(pruning_.shrink())[index]
+    assert small <= 0.6 * flat
+    assert small >= 0.5 * flat  # the smallest fraction that meets it
+    assert pruning_.sparsity() == pytest.approx(1 - small / flat)
+
+
+def test_an_unreachable_mac_target_names_the_most_it_can_cut():
+    with pytest.raises(ValueError, match=(
+            r"^`target_sparsity` must be at most 0\.\d+ with measure='macs': "
+            r"removing every prunable channel \(down to round_to=8 per group\)")):
+        tfopt.prune(_model(), 0.99, structure="channels", measure="macs")
+
+
+@pytest.mark.slow  # trains three times
+def test_a_resumed_fit_ends_with_the_channels_of_an_uninterrupted_one(
+        digits, tmp_path):
+    data = digits.train.take(20).cache()  # the same batches in every epoch
+    whole = compiled(_pruned())
+    whole.fit(data, epochs=2, verbose=0, callbacks=[tfopt.PruningCallback()])
+    half = compiled(_pruned())
+    half.fit(data, epochs=1, verbose=0, callbacks=[tfopt.PruningCallback()])
+    half.save(tmp_path / "half.keras")
+    resumed = tfopt.load_model(str(tmp_path / "half.keras"))
+    assert isinstance(resumed, _channel_pruning.ChannelPrunedModel)
+    # A reloaded model refuses to train without the callback, like a new one.
+    with pytest.raises(RuntimeError, match=re.escape(pruning.MISSING_CALLBACK)):
+        resumed.fit(data.take(1), verbose=0)
+    resumed = tfopt.load_model(str(tmp_path / "half.keras"))
+    resumed.fit(data, epochs=2, initial_epoch=1, verbose=0,
+                callbacks=[tfopt.PruningCallback()])
+    assert (_channel_pruning.controller(resumed).keep
+            == _channel_pruning.controller(whole).keep)
+    assert tfopt.shrink(resumed).count_params() == tfopt.shrink(whole).count_params()
+
+
+@pytest.mark.slow  # distils
+def test_a_channel_pruned_student_distils_against_its_unpruned_self(digits):
+    teacher = compiled(_model())
+    teacher.fit(digits.train.take(10), verbose=0)
+    student = tfopt.prune(teacher, 0.5, structure="channels", round_to=4, end=0.5)
+    distiller = tfopt.Distiller(student=student, teacher=teacher)
+    distiller.compile(optimizer="adam", loss=LOSS, metrics=["accuracy"])
+    with pytest.raises(RuntimeError, match=re.escape(pruning.MISSING_CALLBACK)):
+        distiller.fit(digits.train.take(1), verbose=0)
+    before = [w.copy() for w in teacher.get_weights()]
+    history = distiller.fit(digits.train.take(20), epochs=2, verbose=0,
+                            callbacks=[tfopt.PruningCallback()])
+    assert history.history["sparsity"][-1] == pytest.approx(0.5)
+    for old, new in zip(before, teacher.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)  # the teacher is a copy's source
+    small = tfopt.shrink(distiller.student)
+    assert small.count_params() < 0.6 * teacher.count_params()
+
+
+def test_taylor_importance_needs_data():
+    pruned = compiled(_pruned(importance="taylor"))
+    x = np.zeros((8, 8, 8, 1), "float32")
+    with pytest.raises(ValueError, match=(
+            r"^importance='taylor' scores channels on training data: pass batches "
+            r"of \(x, y\) as PruningCallback\(data=...\)\.$")):
+        pruned.fit(x, np.zeros(8), epochs=2, verbose=0,
+                   callbacks=[tfopt.PruningCallback()])
+    with pytest.raises(TypeError, match=r"^`data` must be a tf.data.Dataset"):
+        tfopt.PruningCallback(data=x)
+
+
 @pytest.mark.parametrize("size, fraction, round_to, kept", [
     (64, 0.5, 8, 32), (64, 0.6, 8, 32), (12, 0.5, 8, 8), (6, 0.9, 8, 6),
     (10, 0.95, 1, 1)])
@@ -61,14 +166,37 @@ def test_kept_counts_round_up_and_never_reach_zero(size, fraction, round_to, kep
     assert _channel_pruning.kept_count(size, fraction, round_to) == kept
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"target": 1.0}, r"^`target` must be in \(0, 1\). Received: target=1.0$"),
-    ({"target": 0.5, "importance": "taylor"}, r"^`importance` must be one of"),
-    ({"target": 0.5, "round_to": 0}, r"^`round_to` must be an int >= 1"),
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"structure": "filters"}, ValueError, r"^`structure` must be one of"),
+    ({"structure": "channels", "importance": "random"}, ValueError,
+     r"^`importance` must be one of"),
+    ({"structure": "channels", "measure": "flops"}, ValueError,
+     r"^`measure` must be one of"),
+    ({"structure": "channels", "round_to": 0}, ValueError, r"^`round_to` must be"),
+    ({"structure": "channels", "m_by_n": (2, 4)}, ValueError,
+     r"^`m_by_n` and `block_size` apply to structure='weights'"),
+    ({"measure": "macs"}, ValueError,
+     r"^`measure` applies to structure='channels'. Received: measure='macs'$"),
+    ({"importance": "taylor"}, ValueError, r"^`importance` applies to"),
+    ({"structure": "channels", "exclude": [".*"]}, ValueError,
+     r"^`model` has no channel group that can be pruned"),
 ])
-def test_bad_arguments_name_the_value(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        _channel_pruning.ChannelPruning(_model(), **kwargs)
+def test_bad_arguments_name_the_value(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        tfopt.prune(_model(), 0.5, **kwargs)
+
+
+def test_the_pruned_model_is_a_flat_copy_and_the_source_is_untouched():
+    model = _model()
+    before = [w.copy() for w in model.get_weights()]
+    pruned = _pruned()
+    pruning_ = _channel_pruning.controller(pruned)
+    pruning_.update(0.5)
+    assert pruned.tfopt_channel_pruning["measure"] == "channels"
+    for old, new in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)
+    assert tf.reduce_sum(tf.cast(pruned.get_layer("stem_conv").kernel == 0,
+                                 tf.int32)) > 0
 
 
 def _zeroed(model, layer_names, channels):

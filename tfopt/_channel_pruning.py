@@ -1,29 +1,40 @@
-"""Channel pruning during `fit` (issue 14, first step): whole channel groups
-(`_channels.channel_groups`) are zeroed on a fractional schedule, so that
-`_channels.shrink` can then remove them for a model that runs faster.
+"""Channel pruning during `fit`: `tfopt.prune(..., structure="channels")`.
 
-`ChannelPruning` is a callback: at each update step of its schedule it ranks
-every group's channels (L2 norm of the producers' output slices, or the
-BatchNorm scales) and keeps the best `(1 - fraction)` of each group,
-rounded up to a multiple of `round_to` and never fewer than one; after
-every training batch it zeroes the other channels' producer kernels and
-biases, depthwise slices and BatchNorm scales and offsets, undoing what the
-optimizer step moved. A zeroed channel is zero all the way to its
-consumers, so the shrunk model computes what the masked one does. The
-masks follow from the weights, which are the same on every replica; the
-step comes from the optimizer, so a resumed `fit` goes on where it was.
+Whole channel groups (`_channels.channel_groups`) are zeroed on the same
+fractional schedule as magnitude pruning, so that `tfopt.shrink` can then
+remove them for a model that runs faster. The pruned model is a
+`ChannelPrunedModel`: a functional model whose config carries the settings,
+so it saves, reloads and resumes like any model. `PruningCallback` drives
+it through a `ChannelPruning` controller: at each update step of the
+schedule it ranks every group's channels (L2 norm of the producers' output
+slices, BatchNorm scales, or a first-order Taylor score) and keeps the best
+`(1 - fraction)` of each, rounded up to a multiple of `round_to` and never
+fewer than one; after every batch it zeroes the other channels' producer
+kernels and biases, depthwise slices and BatchNorm scales and offsets,
+undoing what the optimizer step moved. A zeroed channel is zero all the way
+to its consumers, so the shrunk model computes what the masked one does.
+
+The masks follow from the weights, which are the same on every replica, and
+the step from the optimizer, so a resumed `fit` (or a reloaded model) goes
+on where it was: the channels already zeroed rank last.
 """
 
 import math
+import weakref
 
 import numpy as np
 import tensorflow as tf
 
-from tfopt import _channels, _schedule
+from tfopt import _channels, _checks, _selection, distillation, pruning
 from tfopt._keras import keras
+from tfopt._schedule import PruningSchedule
 
-IMPORTANCES = ("l2", "bn_gamma")
+MEASURES = ("channels", "params", "macs")
+IMPORTANCES = ("l2", "bn_gamma", "taylor")
+# Batches of `PruningCallback(data=...)` each Taylor score is summed over.
+TAYLOR_BATCHES = 4
 _L = keras.layers
+_controllers = weakref.WeakKeyDictionary()  # ChannelPrunedModel -> controller
 
 
 def kept_count(size, fraction, round_to):
@@ -32,41 +43,161 @@ def kept_count(size, fraction, round_to):
     return int(min(size, max(kept, min(size, round_to), 1)))
 
 
-class ChannelPruning(keras.callbacks.Callback):
-    """Prunes `target` of the channels of every group of `model` during fit.
+def _kept_at(groups, prunable, fraction, round_to):
+    return {i: list(range(kept_count(groups[i].size, fraction, round_to)))
+            for i in prunable}
 
-    Args:
-        model: The flat functional tf_keras model being trained.
-        target: Fraction of each group's channels pruned by `end`, in (0, 1).
-        begin, end: When pruning starts and reaches `target`: fractions of
-            the run, or optimizer steps (ints).
-        frequency: Steps between updates. Defaults to about 20 updates.
-        round_to: Kept channels per group are a multiple of this (or the
-            whole group). Defaults to 8.
-        importance: `l2` (producers' output slices) or `bn_gamma`.
-    """
 
-    def __init__(self, model, target, *, begin=0.0, end=0.75, frequency=None,
-                 round_to=8, importance="l2"):
-        super().__init__()
-        if importance not in IMPORTANCES:
-            raise ValueError(f"`importance` must be one of {list(IMPORTANCES)}. "
-                             f"Received: importance={importance!r}")
-        if not 0 < target < 1:
-            raise ValueError(f"`target` must be in (0, 1). Received: target={target!r}")
-        if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
-            raise ValueError(
-                f"`round_to` must be an int >= 1. Received: round_to={round_to!r}")
+def channel_fraction(model, groups, prunable, measure, target, round_to):
+    """The fraction of each prunable group's channels to prune so that
+    `measure` of `model` falls by `target`."""
+    if measure == "channels":
+        return target
+    index = MEASURES.index(measure) - 1
+    terms = _channels.cost_terms(model)
+    dense = _channels.cost(model, terms=terms)[index]
+
+    def left(fraction):
+        kept = _channels.kept_channels(
+            model, groups, _kept_at(groups, prunable, fraction, round_to))
+        return _channels.cost(model, kept, terms)[index] / dense
+
+    most = 1.0 - left(1.0)
+    if most < target:
+        raise ValueError(
+            f"`target_sparsity` must be at most {math.floor(most * 1000) / 1000} "
+            f"with measure={measure!r}: removing every prunable channel (down "
+            f"to round_to={round_to} per group) cuts only that fraction of the "
+            f"model's {measure}. Received: target_sparsity={target!r}")
+    low, high = 0.0, 1.0  # left(low) > 1 - target >= left(high)
+    for _ in range(40):
+        middle = (low + high) / 2
+        if left(middle) <= 1.0 - target:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+@keras.utils.register_keras_serializable(package="tfopt")
+class ChannelPrunedModel(pruning.PrunedModel):
+    """What `prune(..., structure="channels")` returns: a flat functional
+    model whose `tfopt_channel_pruning` settings say how `PruningCallback`
+    zeroes its channels; `tfopt.shrink` then removes them."""
+
+    tfopt_channel_pruning = None  # the settings; set by prune or from_config
+
+    def train_step(self, data):
+        pruning.require_callback(self)
+        return keras.Model.train_step(self, data)
+
+    def get_config(self):
+        config = super().get_config()
+        config["tfopt_channel_pruning"] = dict(self.tfopt_channel_pruning)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        settings = config.pop("tfopt_channel_pruning")
+        model = super().from_config(config, custom_objects)
+        model.tfopt_channel_pruning = settings
+        return model
+
+
+def prune_channels(model, target, *, measure, importance, round_to, schedule,
+                   begin, end, initial_sparsity, frequency, power, layers,
+                   exclude):
+    """`tfopt.prune(..., structure="channels")` after its common checks."""
+    _checks.check_choice(measure, "measure", MEASURES)
+    _checks.check_choice(importance, "importance", IMPORTANCES)
+    _checks.check_int(round_to, "round_to", minimum=1)
+    copy = _selection.copy_model(model)
+    flat = copy if not (isinstance(copy, keras.Sequential)
+                        or _channels._flatten.has_nested_models(copy)) else (
+        _channels._flatten.flatten(copy))
+    chosen = {layer.name for layer in _selection.chosen_layers(flat, layers, exclude)}
+    groups = _channels.channel_groups(flat)
+    prunable = [i for i, g in enumerate(groups)
+                if all(name in chosen for name in g.producers)]
+    if not prunable:
+        raise ValueError(
+            "`model` has no channel group that can be pruned (each group's "
+            "channels must run from Conv/Dense producers to consumers, not to "
+            "the model's outputs or through layers whose channels cannot be "
+            f"followed) among the chosen layers. Received: layers={layers!r}, "
+            f"exclude={exclude!r}")
+    fraction = channel_fraction(flat, groups, prunable, measure, target, round_to)
+    pruned = ChannelPrunedModel(flat.inputs, flat.outputs, name=model.name)
+    pruned.tfopt_channel_pruning = {
+        "target": float(target), "measure": measure, "fraction": fraction,
+        "importance": importance, "round_to": round_to,
+        "prunable": [list(groups[i].producers) for i in prunable],
+        "schedule": PruningSchedule(fraction, schedule, begin, end,
+                                    initial_sparsity * fraction / target,
+                                    frequency, power).get_config()["config"],
+    }
+    return pruned
+
+
+def channel_models(model):
+    """The `ChannelPrunedModel`s that training `model` trains: itself, or a
+    Distiller's student."""
+    found = [m for m in (model, getattr(model, "student", None))
+             if isinstance(m, ChannelPrunedModel)]
+    return list({id(m): m for m in found}.values())
+
+
+def controller(model):
+    """The `ChannelPruning` of a `ChannelPrunedModel` (made once)."""
+    if model not in _controllers:
+        _controllers[model] = ChannelPruning(model)
+    return _controllers[model]
+
+
+class ChannelPruning:
+    """Chooses and applies the channel masks of a `ChannelPrunedModel`."""
+
+    def __init__(self, model):
+        settings = model.tfopt_channel_pruning
+        self.model = model
         self.groups = _channels.channel_groups(model)
-        self.schedule = _schedule.PruningSchedule(target, "polynomial", begin, end,
-                                                  0.0, frequency)
-        self.round_to, self.importance = round_to, importance
+        chosen = {tuple(p) for p in settings["prunable"]}
+        self.prunable = [i for i, g in enumerate(self.groups) if g.producers in chosen]
+        self.schedule = PruningSchedule(**settings["schedule"])
+        self.fraction = settings["fraction"]
+        self.round_to, self.importance = settings["round_to"], settings["importance"]
+        self.measure = settings["measure"]
         self.keep = {i: list(range(g.size)) for i, g in enumerate(self.groups)}
-        self._pruned = model
-        self._masks = []
+        self.ready = False
+        self._terms = _channels.cost_terms(model)
+        self._dense = _channels.cost(model, terms=self._terms)
+        # One mask variable per masked weight, and one traced function that
+        # applies them all: called after every batch, it must cost far less
+        # than the batch, and never retrace when the masks change.
+        self._masks = {}
+        with model.distribute_strategy.scope():
+            for i in self.prunable:
+                for name in self.groups[i].channels:
+                    for variable, axis in _channels.output_variables(
+                            model.get_layer(name)):
+                        shape = [1] * len(variable.shape)
+                        shape[axis] = variable.shape[axis]
+                        self._masks[id(variable)] = (variable, tf.Variable(
+                            tf.ones(shape, variable.dtype), trainable=False,
+                            name="channel_mask"), axis)
+        pairs = [(v, m) for v, m, _ in self._masks.values()]
 
-    def _scores(self, group):
-        layers = [self._pruned.get_layer(n) for n in group.channels]
+        @tf.function(autograph=False)
+        def apply():
+            for variable, mask in pairs:
+                variable.assign(variable * mask)
+
+        self._apply = apply
+        self._gradient = None  # traced on the first Taylor update
+
+    def _scores(self, group, gradients):
+        layers = [self.model.get_layer(n) for n in group.channels]
         if self.importance == "bn_gamma":
             norms = [layer for layer in layers
                      if isinstance(layer, _L.BatchNormalization) and layer.scale]
@@ -74,60 +205,118 @@ class ChannelPruning(keras.callbacks.Callback):
                 return sum(np.abs(n.gamma.numpy()[list(group.channels[n.name])])
                            for n in norms)
         total = np.zeros(group.size)
-        for name in group.producers:
-            layer = self._pruned.get_layer(name)
+        names = group.producers if gradients is None else group.channels
+        for name in names:
+            layer = self.model.get_layer(name)
             index = list(group.channels[name])
             for variable, axis in _channels.output_variables(layer):
-                values = np.moveaxis(variable.numpy(), axis, -1)[..., index]
+                values = variable.numpy()
+                if gradients is not None:  # first-order Taylor: (w * dL/dw)^2
+                    values = values * gradients[id(variable)]
+                values = np.moveaxis(values, axis, -1)[..., index]
                 total += np.square(values).reshape(-1, group.size).sum(0)
         return total
 
-    def update(self, fraction):
+    def _gradients(self, trained, data):
+        """Gradients of the training loss on the first batches of `data`."""
+        variables = [v for v, _, _ in self._masks.values()]
+        if self._gradient is None:
+            # The hard-label loss: a Distiller's, or the compiled one (not
+            # `compute_loss`, which would also move the loss metric).
+            loss_fn = getattr(trained, "_hard_loss", None) or (
+                distillation.per_example(trained.loss))
+
+            strategy = self.model.distribute_strategy
+
+            def replica(x, y):
+                with tf.GradientTape() as tape:
+                    loss = tf.reduce_mean(loss_fn(y, self.model(x, training=False)))
+                return [tf.zeros_like(v) if g is None else g for v, g in
+                        zip(variables, tape.gradient(loss, variables), strict=True)]
+
+            @tf.function
+            def gradient(x, y):
+                # Every replica (and worker) scores the same batch; the mean
+                # over them all makes the scores, and so the masks, agree
+                # even where workers were given different batches.
+                return [strategy.reduce("MEAN", g, axis=None)
+                        for g in strategy.run(replica, args=(x, y))]
+
+            self._gradient = gradient
+        sums = [0.0] * len(variables)
+        for x, y in data.take(TAYLOR_BATCHES):
+            sums = [total + g.numpy() for total, g in
+                    zip(sums, self._gradient(x, y), strict=True)]
+        return {id(v): total for v, total in zip(variables, sums, strict=True)}
+
+    def update(self, fraction, trained=None, data=None):
         """Chooses the channels each group keeps at `fraction` pruned."""
-        self._masks = []
-        for i, group in enumerate(self.groups):
+        gradients = None
+        if self.importance == "taylor" and fraction > 0:
+            if data is None:
+                raise ValueError(
+                    "importance='taylor' scores channels on training data: pass "
+                    "batches of (x, y) as PruningCallback(data=...).")
+            gradients = self._gradients(trained, data)
+        removed = {key: [] for key in self._masks}
+        for i in self.prunable:
+            group = self.groups[i]
             count = kept_count(group.size, fraction, self.round_to)
-            order = np.argsort(-self._scores(group), kind="stable")
+            order = np.argsort(-self._scores(group, gradients), kind="stable")
             self.keep[i] = sorted(int(k) for k in order[:count])
-            drop = [k for k in range(group.size) if k not in set(self.keep[i])]
+            drop = sorted(set(range(group.size)) - set(self.keep[i]))
             if not drop:
                 continue
             for name, channels in group.channels.items():
-                removed = list(_channels._flat(channels[k] for k in drop))
-                layer = self._pruned.get_layer(name)
-                for variable, axis in _channels.output_variables(layer):
-                    mask = np.ones(variable.shape[axis], np.float32)
-                    mask[removed] = 0.0
-                    shape = [1] * len(variable.shape)
-                    shape[axis] = -1
-                    self._masks.append((variable, tf.constant(
-                        mask.reshape(shape), dtype=variable.dtype)))
+                for variable, _ in _channels.output_variables(
+                        self.model.get_layer(name)):
+                    removed[id(variable)] += _channels._flat(
+                        channels[k] for k in drop)
+        with self.model.distribute_strategy.scope():
+            for key, (variable, mask, axis) in self._masks.items():
+                values = np.ones(variable.shape[axis], np.float32)
+                values[removed[key]] = 0.0
+                mask.assign(tf.reshape(tf.constant(values, mask.dtype), mask.shape))
         self.apply()
 
     def apply(self):
-        """Zeroes the pruned channels' weights."""
-        for variable, mask in self._masks:
-            variable.assign(variable * mask)
+        """Zeroes the pruned channels' weights (on every replica)."""
+        with self.model.distribute_strategy.scope():
+            self._apply()
 
-    def on_train_begin(self, logs=None):
-        epochs, steps = self.params.get("epochs"), self.params.get("steps")
+    def begin(self, trained, epochs, steps, data=None):
+        """At the start of `fit`: resolves the schedule, restores the masks
+        of the step the optimizer is at (a resumed or continued fit)."""
         if self.schedule.fractional:
             if not (epochs and steps):
-                raise ValueError("ChannelPruning's `begin`/`end` are fractions of "
-                                 "the run: pass steps_per_epoch to fit.")
+                raise ValueError(
+                    "Pruning `begin`/`end` are fractions of the run, but this fit "
+                    "does not know its length (the data set has no known size): "
+                    "pass steps_per_epoch to fit, or give prune() int steps.")
             self.schedule.resolve(epochs * steps)
-        step = int(self.model.optimizer.iterations.numpy())
+        step = int(trained.optimizer.iterations.numpy())
         last = self.schedule.last_update_at_or_before(step)
-        if last is not None:  # a resumed fit: the masks of where it was
-            self.update(self.schedule.sparsity_at(last))
+        if last is not None:
+            self.update(self.schedule.sparsity_at(last), trained, data)
+        self.ready = True
 
-    def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
+    def batch_end(self, trained, data=None):
+        step = int(trained.optimizer.iterations.numpy())
         if self.schedule.last_update_at_or_before(step) == step:
-            self.update(self.schedule.sparsity_at(step))
+            self.update(self.schedule.sparsity_at(step), trained, data)
         else:
             self.apply()
 
+    def sparsity(self):
+        """The fraction of the model's `measure` removed now."""
+        if self.measure == "channels":
+            sizes = [self.groups[i].size for i in self.prunable]
+            return 1.0 - sum(len(self.keep[i]) for i in self.prunable) / sum(sizes)
+        index = MEASURES.index(self.measure) - 1
+        kept = _channels.kept_channels(self.model, self.groups, self.keep)
+        return 1.0 - (_channels.cost(self.model, kept, self._terms)[index]
+                      / self._dense[index])
+
     def shrink(self):
         """The physically smaller model of the channels kept now."""
-        return _channels.shrink(self._pruned, self.groups, self.keep)
+        return _channels.shrink(self.model, self.groups, self.keep)

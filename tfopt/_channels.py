@@ -266,14 +266,76 @@ def output_variables(layer):
 
 
 def _zero_slots(model, group):
-    """Positions of `group` whose producer slices are all exactly zero."""
+    """Positions of `group` whose producers' output slices (kernels, biases)
+    and BatchNorm scales and offsets are all exactly zero."""
     zero = [True] * group.size
-    for name in group.producers:
-        variable, axis = output_variables(model.get_layer(name))[0]
-        kernel = np.moveaxis(variable.numpy(), axis, -1)
-        for k in range(group.size):
-            zero[k] = zero[k] and not np.any(kernel[..., group.channels[name][k]])
+    for name, channels in group.channels.items():
+        for variable, axis in output_variables(model.get_layer(name)):
+            values = np.moveaxis(variable.numpy(), axis, -1)
+            for k in range(group.size):
+                zero[k] = zero[k] and not np.any(values[..., channels[k]])
     return [k for k in range(group.size) if zero[k]]
+
+
+def _spatial(shape):
+    """Positions per example of a layer output: the product of its middle
+    dimensions (1 for a Dense on vectors)."""
+    if isinstance(shape, list):
+        shape = shape[0]
+    return int(np.prod([d or 1 for d in shape[1:-1]])) if len(shape) > 2 else 1
+
+
+def cost_terms(model):
+    """What `cost` adds up, once per model: (source, layer, parameters,
+    how they scale, positions per example) per weight."""
+    sources = _flatten.inbound(model.get_config())
+    terms = []
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)  # a pruning/QAT wrapper's layer
+        source = sources[layer.name][0] if sources[layer.name] else None
+        positions = _spatial(layer.input_shape if isinstance(
+            inner, (_L.Conv2DTranspose, _L.Conv3DTranspose)) else layer.output_shape)
+        for weight in inner.weights:
+            short = weight.name.split(":")[0].split("/")[-1]
+            if short in ("moving_mean", "moving_variance"):
+                continue
+            if isinstance(inner, _L.DepthwiseConv2D) and short == "depthwise_kernel":
+                scale = "out"
+            elif short == "depthwise_kernel":  # a separable conv's
+                scale = "in"
+            elif short in ("kernel", "pointwise_kernel"):
+                scale = "in*out"
+            elif weight.shape and weight.shape[-1] == _width(layer):
+                scale = "out:params"  # per-channel: no multiplies
+            else:
+                scale = "none:params"
+            terms.append((source, layer.name, float(np.prod(weight.shape)), scale,
+                          positions))
+    return terms
+
+
+def cost(model, kept=None, terms=None):
+    """(parameters, multiply-accumulates per example) of the flat functional
+    `model`, or of its shrunk copy when `kept` (see `kept_channels`) says
+    which output channels each layer keeps. Biases and BatchNorm count as
+    parameters, not MACs (they fold or are negligible). `terms` are
+    `cost_terms(model)`, when the caller has them."""
+    widths = {layer.name: _width(layer) for layer in model.layers}
+
+    def ratio(name):
+        if kept is None or name is None or not widths.get(name):
+            return 1.0
+        return len(kept[name]) / widths[name]
+
+    params = macs = 0.0
+    for source, name, size, scale, positions in terms or cost_terms(model):
+        share = {"in": ratio(source), "out": ratio(name),
+                 "in*out": ratio(source) * ratio(name),
+                 "none": 1.0}[scale.split(":")[0]]
+        params += size * share
+        if not scale.endswith(":params"):
+            macs += size * share * positions
+    return int(round(params)), int(round(macs))
 
 
 def shrink_zeroed(model, *, atol=1e-4):

@@ -56,7 +56,7 @@ def _find_layer(model, name, role):
     return layers[0]
 
 
-def _per_example(loss):
+def per_example(loss):
     """A per-example version of the compiled hard-label `loss`."""
     loss = keras.losses.get(loss)
     if isinstance(loss, keras.losses.Loss):
@@ -244,7 +244,7 @@ class Distiller(keras.Model):
                 "keras.losses.SparseCategoricalCrossentropy(from_logits=True). "
                 "Received: loss=None")
         _keras.check_compile(optimizer, loss, metrics)
-        self._hard_loss = _per_example(loss)
+        self._hard_loss = per_example(loss)
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
 
     def _teacher_only(self):
@@ -318,7 +318,7 @@ class Distiller(keras.Model):
             v for p in self.projections if p is not None for v in p.trainable_variables]
 
     def train_step(self, data):
-        pruning.require_callback(self.student)
+        pruning.require_callback(self.student, self)
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         teacher_out = self._teacher_outputs(x)
         with tf.GradientTape() as tape:

@@ -22,6 +22,7 @@ __all__ = ["PrunedModel", "PruneLowMagnitude", "PruningCallback",
            "PruningSchedule", "SparsityReport", "apply_masks", "prune",
            "sparsity_report", "strip", "wrappers"]
 
+STRUCTURES = ("weights", "channels")
 MISSING_CALLBACK = (
     "This model was pruned with tfopt.prune and is training without "
     "tfopt.PruningCallback(), which advances the pruning schedule and "
@@ -56,10 +57,21 @@ def wrappers(model):
     return list(found.values())
 
 
-def require_callback(model):
-    """Raises `RuntimeError` if `model` has wrappers PruningCallback did not
-    prepare. Models holding a pruned model (a Distiller) call it too."""
-    if any(not getattr(w, "_tfopt_ready", False) for w in wrappers(model)):
+def _channel_models(model):
+    from tfopt import _channel_pruning  # it subclasses PrunedModel
+
+    return _channel_pruning.channel_models(model)
+
+
+def require_callback(model, trainer=None):
+    """Raises `RuntimeError` if `model` has wrappers (or is channel-pruned)
+    and PruningCallback did not prepare it. Models holding a pruned model (a
+    Distiller) call it too, as `trainer`."""
+    if any(not getattr(w, "_tfopt_ready", False)
+           for w in wrappers(model) + _channel_models(model)):
+        # This runs while `fit` traces its step: drop the half-made function,
+        # or the next `fit` (with the callback) would reuse it and fail.
+        (trainer or model).train_function = None
         raise RuntimeError(MISSING_CALLBACK)
 
 
@@ -114,11 +126,13 @@ class PrunedModel(keras.Model):
 
 def prune(model, target_sparsity, *, schedule="polynomial", begin=0.0, end=0.75,
           initial_sparsity=0.0, frequency=None, power=3, layers=None,
-          exclude=None, m_by_n=None, block_size=None):
+          exclude=None, m_by_n=None, block_size=None, structure="weights",
+          measure="channels", importance="l2", round_to=8):
     """Returns a pruned copy of `model` (the input is left untouched).
 
-    Train the result with `PruningCallback`; `strip` it afterwards. Call it
-    inside `strategy.scope()` when training under a strategy.
+    Train the result with `PruningCallback`; `strip` it afterwards (or, for
+    `structure="channels"`, `tfopt.shrink` it: a smaller, faster model).
+    Call it inside `strategy.scope()` when training under a strategy.
 
     Args:
         model: A built Sequential or functional tf_keras model; nested
@@ -149,9 +163,29 @@ def prune(model, target_sparsity, *, schedule="polynomial", begin=0.0, end=0.75,
             Defaults to `None`.
         block_size: `(height, width)` blocks pruned together, on layers with
             2-D kernels (Dense); others as above. Defaults to `None`.
+        structure: `weights` (TFMOT's magnitude pruning: smaller files after
+            compression, not faster ones) or `channels` (whole channel groups
+            zeroed: a producer's output channels with its BatchNorm, the
+            matching depthwise channels and consumer inputs, tied across an
+            `Add`'s inputs and through concatenations; `tfopt.shrink` then
+            removes them, and the model runs faster). Defaults to `weights`.
+        measure: With `channels`, what `target_sparsity` is a fraction of:
+            `channels` (of each prunable group), `params` or `macs` (of the
+            whole model; the same fraction of every group's channels is
+            chosen to meet it). Defaults to `channels`.
+        importance: With `channels`, how channels are ranked: `l2` (norm of
+            the producers' output slices), `bn_gamma` (BatchNorm scales) or
+            `taylor` (first-order: (weight * gradient)^2 summed over the
+            group, on batches given as `PruningCallback(data=...)`).
+            Defaults to `l2`.
+        round_to: With `channels`, each group keeps a multiple of this many
+            channels (or all of them; never none): counts that are not
+            multiples of 8 lose part of the speed-up. Defaults to `8`.
 
     Returns:
-        A `PrunedModel` with TFMOT pruning wrappers around the chosen layers.
+        A `PrunedModel` with TFMOT pruning wrappers around the chosen layers;
+        for `channels`, a flat functional `ChannelPrunedModel` (nested models
+        inlined) without wrappers.
 
     Raises:
         TypeError: If `model` is not a tf_keras Sequential/functional model
@@ -198,6 +232,25 @@ def prune(model, target_sparsity, *, schedule="polynomial", begin=0.0, end=0.75,
         raise ValueError(f"`power` must be > 0. Received: power={power!r}")
     _selection.check_specs(layers, "layers")
     _selection.check_specs(exclude, "exclude")
+    _checks.check_choice(structure, "structure", STRUCTURES)
+    if structure == "channels":
+        if m_by_n or block_size:
+            raise ValueError(
+                "`m_by_n` and `block_size` apply to structure='weights'. "
+                f"Received: m_by_n={m_by_n!r}, block_size={block_size!r}")
+        from tfopt import _channel_pruning
+
+        return _channel_pruning.prune_channels(
+            model, target_sparsity, measure=measure, importance=importance,
+            round_to=round_to, schedule=schedule, begin=begin, end=end,
+            initial_sparsity=initial_sparsity, frequency=frequency, power=power,
+            layers=layers, exclude=exclude)
+    for arg, value, default in (("measure", measure, "channels"),
+                                ("importance", importance, "l2"),
+                                ("round_to", round_to, 8)):
+        if value != default:
+            raise ValueError(f"`{arg}` applies to structure='channels'. "
+                             f"Received: {arg}={value!r}")
     check_m_by_n(m_by_n, "m_by_n", optional=True)
     if block_size is not None and not (
         isinstance(block_size, (tuple, list)) and len(block_size) == 2
@@ -298,9 +351,13 @@ class PruningCallback(keras.callbacks.Callback):
             pruned weight and of the target. Defaults to `None` (none).
         update_freq: When to write them: `epoch`, `batch`, or every N
             batches (an int). Defaults to `epoch`.
+        data: Batches of `(x, y)` (a `tf.data.Dataset`) on which a model
+            pruned with `structure="channels", importance="taylor"` scores
+            its channels at each update (the first few batches). On several
+            workers, give every worker the same batches. Defaults to `None`.
 
     Raises:
-        TypeError, ValueError: For a bad `log_dir` or `update_freq`.
+        TypeError, ValueError: For a bad `log_dir`, `update_freq` or `data`.
 
     Example:
 
@@ -313,8 +370,13 @@ class PruningCallback(keras.callbacks.Callback):
     0.5
     """
 
-    def __init__(self, log_dir=None, update_freq="epoch"):
+    def __init__(self, log_dir=None, update_freq="epoch", data=None):
         super().__init__()
+        if data is not None and not isinstance(data, tf.data.Dataset):
+            raise TypeError("`data` must be a tf.data.Dataset of (x, y) batches or "
+                            f"None. Received: data={data!r}")
+        self.data = data
+        self._channels = []
         if log_dir is not None and not isinstance(log_dir, (str, bytes)) and not (
             hasattr(log_dir, "__fspath__")
         ):
@@ -336,21 +398,31 @@ class PruningCallback(keras.callbacks.Callback):
         return [s for s in unique.values() if isinstance(s, _schedule.PruningSchedule)]
 
     def on_train_begin(self, logs=None):
+        from tfopt import _channel_pruning
+
         self._wrappers = wrappers(self.model)
         trained = getattr(self.model, "student", self.model)
         if _keras.frozen(trained):
             warnings.warn("PruningCallback: " + _keras.frozen_message(
                 trained, "model", "this fit only moves the pruning masks"),
                 UserWarning, stacklevel=2)
+        epochs, steps = self.params.get("epochs"), self.params.get("steps")
+        self._channels = []
+        for model in _channel_pruning.channel_models(self.model):
+            controller = _channel_pruning.controller(model)
+            controller.begin(self.model, epochs, steps, self.data)
+            model._tfopt_ready = True
+            self._channels.append(controller)
         if not self._wrappers:
-            warnings.warn("PruningCallback found no pruning wrappers in the "
-                          "model; it does nothing.", UserWarning, stacklevel=2)
+            if not self._channels:
+                warnings.warn("PruningCallback found no pruned model to drive "
+                              "(no pruning wrappers, no channel-pruned model); it "
+                              "does nothing.", UserWarning, stacklevel=2)
             return
         for wrapper in self._wrappers:
             if int(wrapper.pruning_step.numpy()) == -1:
                 wrapper.pruning_step.assign(0)
         start = int(self._wrappers[0].pruning_step.numpy())
-        epochs, steps = self.params.get("epochs"), self.params.get("steps")
         total = epochs * steps if epochs and steps else None
         changed = False
         for schedule in self._schedules():
@@ -401,11 +473,15 @@ class PruningCallback(keras.callbacks.Callback):
         _summary.write_scalars(self._writer, step, values)
 
     def on_train_batch_end(self, batch, logs=None):
+        for controller in self._channels:
+            controller.batch_end(self.model, self.data)
         if (self._writer is not None and self.update_freq != "epoch"
                 and (batch + 1) % self.update_freq == 0):
             self._write()
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._channels and logs is not None:
+            logs["sparsity"] = float(self._channels[0].sparsity())
         if not self._wrappers:
             return
         # The last optimizer step of the epoch may have moved pruned weights
