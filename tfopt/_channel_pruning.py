@@ -20,17 +20,18 @@ on where it was: the channels already zeroed rank last.
 """
 
 import math
+import warnings
 import weakref
 
 import numpy as np
 import tensorflow as tf
 
-from tfopt import _channels, _checks, _selection, distillation, pruning
+from tfopt import _channels, _checks, _selection, config, distillation, pruning
 from tfopt._keras import keras
 from tfopt._schedule import PruningSchedule
 
-MEASURES = ("channels", "params", "macs")
-IMPORTANCES = ("l2", "bn_gamma", "taylor")
+MEASURES = config.PRUNE_MEASURES  # ("channels", "params", "macs")
+IMPORTANCES = config.PRUNE_IMPORTANCES
 # Batches of `PruningCallback(data=...)` each Taylor score is summed over.
 TAYLOR_BATCHES = 4
 _L = keras.layers
@@ -46,6 +47,18 @@ def kept_count(size, fraction, round_to):
 def _kept_at(groups, prunable, fraction, round_to):
     return {i: list(range(kept_count(groups[i].size, fraction, round_to)))
             for i in prunable}
+
+
+def removed_share(model, groups, prunable, measure, keep, terms=None):
+    """The fraction of `model`'s `measure` that keeping `keep` removes."""
+    if measure == "channels":
+        return 1.0 - (sum(len(keep[i]) for i in prunable)
+                      / sum(groups[i].size for i in prunable))
+    index = MEASURES.index(measure) - 1
+    terms = terms or _channels.cost_terms(model)
+    kept = _channels.kept_channels(model, groups, keep)
+    return 1.0 - (_channels.cost(model, kept, terms)[index]
+                  / _channels.cost(model, terms=terms)[index])
 
 
 def channel_fraction(model, groups, prunable, measure, target, round_to):
@@ -128,6 +141,16 @@ def prune_channels(model, target, *, measure, importance, round_to, schedule,
             f"followed) among the chosen layers. Received: layers={layers!r}, "
             f"exclude={exclude!r}")
     fraction = channel_fraction(flat, groups, prunable, measure, target, round_to)
+    reached = removed_share(flat, groups, prunable, measure,
+                            _kept_at(groups, prunable, fraction, round_to))
+    if reached > target + 0.05:
+        sizes = sorted({groups[i].size for i in prunable})
+        warnings.warn(
+            f"prune: with round_to={round_to}, the nearest cut these channel "
+            f"groups allow removes {reached:.0%} of the {measure} (target "
+            f"{target:.0%}): groups of {sizes} channels keep multiples of "
+            f"{round_to}. A smaller round_to comes closer.", UserWarning,
+            stacklevel=3)
     pruned = ChannelPrunedModel(flat.inputs, flat.outputs, name=model.name)
     pruned.tfopt_channel_pruning = {
         "target": float(target), "measure": measure, "fraction": fraction,
@@ -171,7 +194,6 @@ class ChannelPruning:
         self.keep = {i: list(range(g.size)) for i, g in enumerate(self.groups)}
         self.ready = False
         self._terms = _channels.cost_terms(model)
-        self._dense = _channels.cost(model, terms=self._terms)
         # One mask variable per masked weight, and one traced function that
         # applies them all: called after every batch, it must cost far less
         # than the batch, and never retrace when the masks change.
@@ -309,13 +331,8 @@ class ChannelPruning:
 
     def sparsity(self):
         """The fraction of the model's `measure` removed now."""
-        if self.measure == "channels":
-            sizes = [self.groups[i].size for i in self.prunable]
-            return 1.0 - sum(len(self.keep[i]) for i in self.prunable) / sum(sizes)
-        index = MEASURES.index(self.measure) - 1
-        kept = _channels.kept_channels(self.model, self.groups, self.keep)
-        return 1.0 - (_channels.cost(self.model, kept, self._terms)[index]
-                      / self._dense[index])
+        return removed_share(self.model, self.groups, self.prunable, self.measure,
+                             self.keep, self._terms)
 
     def shrink(self):
         """The physically smaller model of the channels kept now."""

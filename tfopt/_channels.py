@@ -44,6 +44,12 @@ _PRODUCERS = (_L.Conv1D, _L.Conv2D, _L.Conv3D, _L.Conv2DTranspose,
               _L.Dense)
 
 
+# Variables that are bookkeeping rather than parameters: BatchNorm statistics,
+# quantizer ranges and steps, pruning masks and thresholds.
+NOT_PARAMETERS = ("moving_mean", "moving_variance", "_min", "_max", "step",
+                  "mask", "threshold")
+
+
 class ChannelGroup(NamedTuple):
     """Channels pruned together: `size` of them, at `channels[layer][k]` in
     the output of each layer they pass through (k = 0..size-1): an index, or
@@ -295,9 +301,9 @@ def cost_terms(model):
         source = sources[layer.name][0] if sources[layer.name] else None
         positions = _spatial(layer.input_shape if isinstance(
             inner, (_L.Conv2DTranspose, _L.Conv3DTranspose)) else layer.output_shape)
-        for weight in inner.weights:
+        for weight in layer.weights:
             short = weight.name.split(":")[0].split("/")[-1]
-            if short in ("moving_mean", "moving_variance"):
+            if short.endswith(NOT_PARAMETERS):
                 continue
             if isinstance(inner, _L.DepthwiseConv2D) and short == "depthwise_kernel":
                 scale = "out"
@@ -305,7 +311,7 @@ def cost_terms(model):
                 scale = "in"
             elif short in ("kernel", "pointwise_kernel"):
                 scale = "in*out"
-            elif weight.shape and weight.shape[-1] == _width(layer):
+            elif len(weight.shape) and weight.shape[-1] == _width(layer):
                 scale = "out:params"  # per-channel: no multiplies
             else:
                 scale = "none:params"

@@ -98,6 +98,7 @@ class Run:
                                                      tpu=config.tpu)[0]
         # Wall seconds per stage of this run, for the report.
         self.seconds = {}
+        self.speed = None  # rows of `report.speed`, for channel pruning
         # tf.distribute's convention: the chief writes where the user asked,
         # every other worker to a directory of its own beside it, emptied
         # when it starts and deleted when it finishes.

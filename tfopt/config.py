@@ -24,6 +24,9 @@ STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu"
 ALL_REDUCE = ("nccl", "hierarchical_copy", "reduction_to_one")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 DISTILLATION_LOSSES = ("kl", "mse")
+PRUNE_STRUCTURES = ("weights", "channels")
+PRUNE_MEASURES = ("channels", "params", "macs")
+PRUNE_IMPORTANCES = ("l2", "bn_gamma", "taylor")
 
 
 class ExportFormat(NamedTuple):
@@ -120,6 +123,24 @@ class Config:
                                 low=0.0, high=1.0)
     sparsity_m_by_n: str | None = _field(None, "Structured sparsity, e.g. 2:4.",
                                          "string")
+    prune_structure: str = _field(
+        "weights", "What --prune removes: weights (smaller files) or channels "
+        "(then shrunk: a smaller, faster model).", "enum",
+        choices=PRUNE_STRUCTURES)
+    prune_measure: str = _field(
+        "channels", "With --prune_structure=channels, what --target_sparsity is a "
+        "share of: channels (of each group), params or macs (of the model).",
+        "enum", choices=PRUNE_MEASURES)
+    prune_importance: str = _field(
+        "l2", "With --prune_structure=channels, how channels are ranked.", "enum",
+        choices=PRUNE_IMPORTANCES)
+    prune_round_to: int = _field(
+        8, "With --prune_structure=channels, kept channels per group are a "
+        "multiple of this.", "integer", low=1)
+    recover: bool = _field(
+        True, "With --prune and no --teacher, fine-tune the pruned model against "
+        "the unpruned one as its teacher (self-distillation); --norecover: plain "
+        "fine-tuning.", "bool")
     qat: bool = _field(False, "Quantization-aware fine-tuning after training.",
                        "bool")
     qat_epochs: int = _field(1, "Epochs of QAT fine-tuning.", "integer", low=1)
@@ -190,6 +211,16 @@ class Config:
         if self.sparsity_m_by_n is not None and not self.prune:
             raise ConfigError(f"`sparsity_m_by_n={self.sparsity_m_by_n}` needs "
                               "`prune`.")
+        channel_only = {"prune_measure": "channels", "prune_importance": "l2",
+                        "prune_round_to": 8}
+        for name, default in channel_only.items():
+            if getattr(self, name) != default and not (
+                    self.prune and self.prune_structure == "channels"):
+                raise ConfigError(f"`{name}={getattr(self, name)}` needs `prune` "
+                                  "with `prune_structure=channels`.")
+        if self.prune_structure == "channels" and self.sparsity_m_by_n is not None:
+            raise ConfigError(f"`sparsity_m_by_n={self.sparsity_m_by_n}` applies to "
+                              "`prune_structure=weights`.")
         if not self.export:
             raise ConfigError("`export` must name at least one of "
                               f"{', '.join(EXPORTS)}.")

@@ -339,15 +339,15 @@ def _tflite_source(model):
     return model
 
 
-def _interpreter(model):
+def _interpreter(model, num_threads=None):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # tf.lite.Interpreter is deprecated but still there
         Interpreter = tf.lite.Interpreter
     try:
         if isinstance(model, bytes):
-            return Interpreter(model_content=model)
-        return Interpreter(model_path=model)
+            return Interpreter(model_content=model, num_threads=num_threads)
+        return Interpreter(model_path=model, num_threads=num_threads)
     except ValueError as err:
         where = "the bytes given" if isinstance(model, bytes) else repr(model)
         raise ValueError(f"`model` is not a readable .tflite file ({err}): "

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from tfopt import (
+    _channels,
     _lockstep,
     _selection,
     _summary,
@@ -107,12 +108,24 @@ def _plan(config):
     else:
         stages["baseline"] = f"train {config.model}, {config.epochs} epochs"
         if config.prune:
-            stages["pruned"] = (f"prune {config.model} to {config.target_sparsity:g} "
-                                f"sparsity, {config.epochs} epochs")
+            stages["pruned"] = (f"prune {_what_is_pruned(config)} of {config.model}, "
+                                f"{config.epochs} epochs" + (
+                                    ", distilled from the unpruned model"
+                                    if config.recover else ""))
+    if config.prune and config.prune_structure == "channels":
+        stages["shrink"] = "shrink: remove the pruned channels"
     if config.qat:
         stages["qat"] = f"quantization-aware training, {config.qat_epochs} epochs"
     stages["export"] = f"evaluate and export {', '.join(config.export)}"
     return stages
+
+
+def _what_is_pruned(config):
+    if config.prune_structure == "weights":
+        return f"{config.target_sparsity:.0%} of the weights"
+    share = "of each group's channels" if config.prune_measure == "channels" else (
+        f"of the {config.prune_measure.replace('macs', 'MACs')}")
+    return f"channels: {config.target_sparsity:.0%} {share}"
 
 
 def _banner(run, name, note=""):
@@ -202,35 +215,49 @@ def _teacher(run):
 
 
 def _prune(config, model):
+    channels = config.prune_structure == "channels"
+    extra = {"measure": config.prune_measure, "importance": config.prune_importance,
+             "round_to": config.prune_round_to} if channels else {}
     return pruning.prune(model, config.target_sparsity, begin=config.pruning_begin,
-                         end=config.pruning_end, m_by_n=config.m_by_n)
+                         end=config.pruning_end, m_by_n=config.m_by_n,
+                         structure=config.prune_structure, **extra)
 
 
 def _student(run, teacher):
     """The trained student: distilled and/or pruned, from scratch or from a
     plain baseline."""
     config = run.config
-    callbacks = [pruning.PruningCallback(log_dir=run.path("logs", "pruning"))] \
-        if config.prune else []
+    taylor = config.prune_structure == "channels" and (
+        config.prune_importance == "taylor")
+    callbacks = [pruning.PruningCallback(
+        log_dir=run.path("logs", "pruning"),
+        data=run.splits.train if taylor else None)] if config.prune else []
 
     def fresh():
         keras.utils.set_random_seed(config.seed + 1)
         return models.build(config.model, run.info.input_shape, run.info.num_classes)
 
+    def distiller(student, teacher):
+        return _compiled(distillation.Distiller(
+            student=student, teacher=teacher, temperature=config.temperature,
+            alpha=config.alpha, distillation_loss=config.distillation_loss,
+            cache_teacher=config.cache_teacher), config.learning_rate)
+
     if teacher is not None:
         def distill():
-            student = _prune(config, fresh()) if config.prune else fresh()
-            return _compiled(distillation.Distiller(
-                student=student, teacher=teacher, temperature=config.temperature,
-                alpha=config.alpha,
-                distillation_loss=config.distillation_loss,
-                cache_teacher=config.cache_teacher), config.learning_rate)
+            return distiller(_prune(config, fresh()) if config.prune else fresh(),
+                             teacher)
         return None, _stage(run, "distilled", distill, config.epochs, callbacks)
     baseline = _stage(run, "baseline",
                       lambda: _compiled(fresh(), config.learning_rate), config.epochs)
     if not config.prune:
         return baseline, baseline
+
     def pruned():
+        # Recovery: the unpruned model teaches its pruned copy (the copy is
+        # the one that trains; the baseline stays as it was saved).
+        if config.recover:
+            return distiller(_prune(config, baseline), baseline)
         return _compiled(_prune(config, baseline), config.learning_rate)
 
     return baseline, _stage(run, "pruned", pruned, config.epochs, callbacks)
@@ -238,8 +265,9 @@ def _student(run, teacher):
 
 def _qat(run, model):
     config = run.config
+    zeros = config.prune and config.prune_structure == "weights"
     return _stage(run, "qat", lambda: _compiled(
-        quantization.quantize(model, preserve_sparsity=config.prune),
+        quantization.quantize(model, preserve_sparsity=zeros),
         config.learning_rate / 10), config.qat_epochs)
 
 
@@ -359,6 +387,7 @@ def _recipe(run_):
     rows = []
     teacher = _teacher(run_) if config.teacher else None
     baseline, student = _student(run_, teacher)
+    shrunk = None
     reference = teacher if teacher is not None else baseline
     with run_.timed("evaluate"):
         rows.append(report.keras_row(run_, "teacher" if teacher is not None
@@ -369,6 +398,13 @@ def _recipe(run_):
                 run_, "distilled" + ("+pruned" * config.prune), final, rows[0]))
         elif config.prune:
             rows.append(report.keras_row(run_, "pruned", final, rows[0]))
+    if config.prune and config.prune_structure == "channels":
+        _banner(run_, "shrink")
+        with run_.timed("shrink"):
+            # Deterministic from the saved pruned model: a resumed run shrinks
+            # it to the same model, so it needs no checkpoint of its own.
+            final = shrunk = _channels.shrink_zeroed(final)
+            rows.append(report.keras_row(run_, "shrunk", final, rows[0]))
     if config.qat:
         final = _qat(run_, final)
         with run_.timed("evaluate"):
@@ -379,4 +415,10 @@ def _recipe(run_):
                 final, config.export, run_.path("export"), run_.splits,
                 batch_size=config.batch_size, overwrite=True):
             rows.append(report.file_row(verified, rows[0]))
+    if shrunk is not None:
+        _log.info("      timing the dense and the shrunk model (TFLite, batch 1)")
+        with run_.timed("speed"):
+            dense = baseline if baseline is not None else models.build(
+                config.model, run_.info.input_shape, run_.info.num_classes)
+            run_.speed = report.speed(run_, {"dense": dense, "shrunk": shrunk})
     return rows

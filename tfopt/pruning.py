@@ -13,7 +13,7 @@ import warnings
 
 import tensorflow as tf
 
-from tfopt import _checks, _keras, _schedule, _selection, _summary, _tfmot
+from tfopt import _checks, _keras, _schedule, _selection, _summary, _tfmot, config
 from tfopt._keras import keras
 from tfopt._schedule import KINDS, PruningSchedule
 from tfopt._sparsity import SparsityReport, check_m_by_n, sparsity_report
@@ -22,7 +22,7 @@ __all__ = ["PrunedModel", "PruneLowMagnitude", "PruningCallback",
            "PruningSchedule", "SparsityReport", "apply_masks", "prune",
            "sparsity_report", "strip", "wrappers"]
 
-STRUCTURES = ("weights", "channels")
+STRUCTURES = config.PRUNE_STRUCTURES
 MISSING_CALLBACK = (
     "This model was pruned with tfopt.prune and is training without "
     "tfopt.PruningCallback(), which advances the pruning schedule and "

@@ -1,6 +1,8 @@
 """The report of a compress run: one row per artifact (accuracy on the test
-split, parameters, non-zero parameters, file and gzipped size, TFLite latency
-per example), as `report.json`, `report.md` and `report.png`."""
+split, parameters, multiply-accumulates, non-zero parameters, file and
+gzipped size, TFLite latency per example), and for channel pruning the
+speed of the dense and the shrunk model (batch-1 TFLite latency, float32 and
+int8, 1 and 2 threads), as `report.json`, `report.md` and `report.png`."""
 
 import json
 import shlex
@@ -11,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfopt import _sparsity, export
+from tfopt import _channels, _flatten, _sparsity, _speed, export, quantization
 from tfopt._keras import keras
 
 __all__ = ["environment", "file_row", "keras_accuracy", "keras_row", "markdown",
@@ -19,22 +21,30 @@ __all__ = ["environment", "file_row", "keras_accuracy", "keras_row", "markdown",
 
 _sizes = export.disk_sizes  # (bytes, gzipped bytes)
 
-COLUMNS = ("artifact", "accuracy", "accuracy_delta", "params", "nonzero_params",
+COLUMNS = ("artifact", "accuracy", "accuracy_delta", "params", "macs",
+           "nonzero_params",
            "size_bytes", "gzip_bytes", "gzip_ratio", "latency_ms_per_example")
 
 
-# Variables that are bookkeeping rather than parameters: BatchNorm statistics,
-# quantizer ranges and steps, pruning masks and thresholds.
-_NOT_PARAMETERS = ("moving_mean", "moving_variance", "_min", "_max", "step",
-                   "mask", "threshold")
 
 
 def _counts(model):
     # By name, not `trainable_weights`: frozen layers' weights count too.
     weights = [w.numpy() for w in model.weights
-               if not w.name.split(":")[0].endswith(_NOT_PARAMETERS)]
+               if not w.name.split(":")[0].endswith(_channels.NOT_PARAMETERS)]
     return (int(sum(w.size for w in weights)),
             int(sum(np.count_nonzero(w) for w in weights)))
+
+
+def macs(model):
+    """Multiply-accumulates per example of a Keras model (None for what has
+    no layer graph, e.g. a loaded SavedModel)."""
+    if not isinstance(model, keras.Model) or not (
+            isinstance(model, keras.Sequential) or model._is_graph_network):
+        return None
+    flat = _flatten.flatten(model) if isinstance(model, keras.Sequential) or (
+        _flatten.has_nested_models(model)) else model
+    return _channels.cost(flat)[1]
 
 
 def keras_accuracy(model, data):
@@ -44,9 +54,9 @@ def keras_accuracy(model, data):
     return model.evaluate(data, verbose=0, return_dict=True)["accuracy"]
 
 
-def _row(name, accuracy, counts, sizes, reference, latency=None):
+def _row(name, accuracy, counts, sizes, reference, latency=None, model=None):
     row = {"artifact": name, "accuracy": float(accuracy),
-           "params": counts[0], "nonzero_params": counts[1],
+           "params": counts[0], "macs": macs(model), "nonzero_params": counts[1],
            "size_bytes": sizes[0], "gzip_bytes": sizes[1],
            "latency_ms_per_example": latency}
     row["accuracy_delta"] = 0.0 if reference is None else (
@@ -65,7 +75,7 @@ def keras_row(run, name, model, reference):
         warnings.filterwarnings("ignore", "You are saving your model as an HDF5")
         model.save(path, include_optimizer=False)
     row = _row(name, keras_accuracy(model, run.splits.test), _counts(model),
-               _sizes(path), reference)
+               _sizes(path), reference, model=model)
     row["sparsity"] = _sparsity.sparsity_report(model).sparsity
     return row
 
@@ -73,12 +83,13 @@ def keras_row(run, name, model, reference):
 def file_row(verified, reference):
     """The row of an exported artifact (`pipeline.Verified`)."""
     return _row(verified.name, verified.accuracy, _counts(verified.model),
-                _sizes(verified.path), reference, verified.latency_ms_per_example)
+                _sizes(verified.path), reference, verified.latency_ms_per_example,
+                verified.model)
 
 
 def markdown(rows):
     """The rows as a markdown table."""
-    header = ("artifact", "accuracy", "Δ accuracy", "params", "non-zero",
+    header = ("artifact", "accuracy", "Δ accuracy", "params", "MACs", "non-zero",
               "size", "gzipped", "gzip ratio", "latency/example")
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
@@ -86,9 +97,50 @@ def markdown(rows):
         latency = r["latency_ms_per_example"]
         lines.append("| " + " | ".join([
             r["artifact"], f"{r['accuracy']:.4f}", f"{r['accuracy_delta']:+.4f}",
-            f"{r['params']:,}", f"{r['nonzero_params']:,}", f"{r['size_bytes']:,} B",
+            f"{r['params']:,}", "-" if r.get("macs") is None else f"{r['macs']:,}",
+            f"{r['nonzero_params']:,}", f"{r['size_bytes']:,} B",
             f"{r['gzip_bytes']:,} B", f"{r['gzip_ratio']:.2f}x",
             "-" if latency is None else f"{latency * 1000:.1f} µs"]) + " |")
+    return "\n".join(lines)
+
+
+def speed(run, models):
+    """Times `models` ({name: float Keras model}) as TFLite files at batch 1:
+    float32 and int8, 1 and 2 threads, interleaved, medians. Returns one row
+    per model."""
+    files = {}
+    for name, model in models.items():
+        # The int8 file of an untrained QAT copy has the ops of a trained one
+        # (only the ranges differ), without a calibration pass.
+        for kind, source in (("float32", model), ("int8", quantization.quantize(
+                model))):
+            files[name, kind] = export.export_tflite(
+                source, run.path("export", "speed", f"{name}_{kind}.tflite"),
+                quantization=None if kind == "float32" else "int8",
+                overwrite=True).path
+    times = _speed.latencies(list(files.values()))
+    return [{"model": name, "params": _counts(model)[0], "macs": macs(model),
+             **{f"{kind}_ms": {str(t): times[files[name, kind]][t]
+                               for t in _speed.THREADS}
+                for kind in ("float32", "int8")}}
+            for name, model in models.items()]
+
+
+def speed_markdown(rows):
+    """The speed rows as a table, each model's speed-up over the first."""
+    keys = [(kind, str(t)) for kind in ("float32", "int8") for t in _speed.THREADS]
+    header = ["model", "params", "MACs"] + [
+        f"{kind} {t} thread{'s' * (t != '1')}" for kind, t in keys]
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    base = rows[0]
+    for r in rows:
+        cells = [r["model"], f"{r['params']:,}", f"{r['macs']:,}"]
+        for kind, t in keys:
+            ms = r[f"{kind}_ms"][t]
+            cells.append(f"{ms:.3f} ms" + ("" if r is base else
+                                           f" ({base[f'{kind}_ms'][t] / ms:.2f}x)"))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -154,14 +206,18 @@ def write(run, rows):
     env = environment(run)
     with open(run.path("report.json"), "w") as file:
         json.dump({"settings": run.config.settings(), "dataset": run.info._asdict(),
-                   "environment": env, "rows": rows}, file, indent=2)
-    text = render(f"{run.config.model} on {run.info.name}", rows, env)
+                   "environment": env, "rows": rows, "speed": run.speed}, file,
+                  indent=2)
+    text = render(f"{run.config.model} on {run.info.name}", rows, env, run.speed)
     with open(run.path("report.md"), "w") as file:
         file.write(text)
     _plot(rows, run.path("report.png"))
     return text
 
 
-def render(title, rows, env):
+def render(title, rows, env, speed_rows=None):
     """The markdown report: a pure function of its values."""
-    return f"# tfopt report: {title}\n\n{markdown(rows)}\n\n{_where(env)}"
+    timed = "" if not speed_rows else (
+        "## Speed (TFLite, batch 1, median ms per example; speed-up over the "
+        f"dense model)\n\n{speed_markdown(speed_rows)}\n\n")
+    return f"# tfopt report: {title}\n\n{markdown(rows)}\n\n{timed}{_where(env)}"

@@ -1,0 +1,50 @@
+"""TFLite latency at batch 1, measured so that files can be compared: every
+file and thread count gets its own interpreter, the rounds interleave them
+(a noisy machine slows all of them alike, not one), and the median of the
+rounds is reported."""
+
+import statistics
+import time
+
+import numpy as np
+
+from tfopt import export
+
+THREADS = (1, 2)
+
+
+def _interpreter(path, threads):
+    interpreter = export._interpreter(path, num_threads=threads)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    shape = [1, *detail["shape"][1:]]
+    if list(detail["shape"]) != shape:
+        interpreter.resize_tensor_input(detail["index"], shape)
+        interpreter.allocate_tensors()
+    x = np.random.default_rng(0).uniform(0, 1, shape)
+    if detail["dtype"] in (np.int8, np.uint8):
+        scale, zero = detail["quantization"]
+        x = np.clip(np.round(x / scale + zero), -128 if detail["dtype"] == np.int8
+                    else 0, 127 if detail["dtype"] == np.int8 else 255)
+    interpreter.set_tensor(detail["index"], x.astype(detail["dtype"]))
+    return interpreter
+
+
+def latencies(paths, *, threads=THREADS, rounds=15, invokes=10, warmup=3):
+    """Median milliseconds per batch-1 invoke of each file at each thread
+    count: {path: {threads: ms}}."""
+    runners = {(path, t): _interpreter(path, t) for path in paths for t in threads}
+    for interpreter in runners.values():
+        for _ in range(warmup):
+            interpreter.invoke()
+    times = {key: [] for key in runners}
+    for _ in range(rounds):
+        for key, interpreter in runners.items():
+            start = time.perf_counter()
+            for _ in range(invokes):
+                interpreter.invoke()
+            times[key].append((time.perf_counter() - start) * 1000 / invokes)
+    result = {path: {} for path in paths}
+    for (path, t), values in times.items():
+        result[path][t] = statistics.median(values)
+    return result
