@@ -71,7 +71,7 @@ def test_taylor_scores_choose_the_same_channels_on_one_and_two_replicas(
         with strategy.scope():
             model = compiled(_pruned(importance="taylor"))
         pruning_ = _channel_pruning.controller(model)
-        pruning_.update(0.5, model, data)
+        pruning_.update(1.0, model, data)
         runs.append(pruning_.keep)
         replicas = strategy.experimental_local_results(
             model.get_layer("stem_conv").kernel)
@@ -80,7 +80,7 @@ def test_taylor_scores_choose_the_same_channels_on_one_and_two_replicas(
     assert runs[0] == runs[1]
     # The gradients matter: L2 norms alone choose other channels.
     by_norm = _channel_pruning.controller(compiled(_pruned()))
-    by_norm.update(0.5)
+    by_norm.update(1.0)
     assert by_norm.keep != runs[0]
 
 
@@ -90,7 +90,7 @@ def test_a_target_share_of_params_or_macs_is_met_by_the_shrunk_model(measure):
     pruned = tfopt.prune(model, 0.4, structure="channels", measure=measure,
                          round_to=1)
     pruning_ = _channel_pruning.controller(pruned)
-    pruning_.update(pruned.tfopt_channel_pruning["fraction"])  # its last update
+    pruning_.update(1.0)  # its last update
     index = _channel_pruning.MEASURES.index(measure) - 1
     flat = _channels.cost(model)[index]
     small = _channels.cost(pruning_.shrink())[index]
@@ -191,7 +191,7 @@ def test_the_pruned_model_is_a_flat_copy_and_the_source_is_untouched():
     before = [w.copy() for w in model.get_weights()]
     pruned = _pruned()
     pruning_ = _channel_pruning.controller(pruned)
-    pruning_.update(0.5)
+    pruning_.update(1.0)
     assert pruned.tfopt_channel_pruning["measure"] == "channels"
     for old, new in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(old, new)

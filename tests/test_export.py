@@ -244,3 +244,77 @@ def test_load_model_reads_tfmot_class_names_as_tfopt_subclasses(tmp_path):
         r"Layer 'quant_d' expected 6 variables, but the file holds 8: it was "
         r"not saved from a model of tfopt.quantize.")):
         tfopt.load_model(tmp_path / "raw.keras")
+
+
+def _sparse_block(stem="explicit", zeros=0.8):
+    """A MobileNet-like block; its 1x1 kernels get `zeros` of zeros."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    if stem == "explicit":  # what XNNPACK's sparse path needs
+        x = keras.layers.ZeroPadding2D(1)(inputs)
+        x = keras.layers.Conv2D(16, 3, strides=2, name="stem")(x)
+    else:  # TensorFlow's SAME at stride 2: padded on one side only
+        x = keras.layers.Conv2D(16, 3, strides=2, padding="same", name="stem")(inputs)
+    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same")(x)
+    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.Conv2D(64, 1, name="expand")(x)
+    x = keras.layers.ReLU(6.0)(x)
+    x = keras.layers.Conv2D(16, 1, name="project")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(4)(x))
+    rng = np.random.default_rng(0)
+    for name in ("expand", "project"):
+        kernel, bias = model.get_layer(name).get_weights()
+        kernel[rng.uniform(size=kernel.shape) < zeros] = 0.0
+        model.get_layer(name).set_weights([kernel, bias])
+    return model
+
+
+def test_a_sparse_file_reports_that_xnnpack_can_run_it_sparse(out):
+    model = _sparse_block()
+    sparse = tfopt.export_tflite(model, out / "xnn_sparse.tflite", sparse=True)
+    dense = tfopt.export_tflite(model, out / "xnn_dense.tflite")
+    assert dense.sparse is None
+    report = sparse.sparse
+    assert report.eligible, report.reasons
+    assert report.reasons == ()
+    assert report.densify_ops >= 2
+    assert report.sparse_1x1_fraction == pytest.approx(0.8, abs=0.03)
+    assert "x86 CPUs with AVX" in report.note
+    # The sparse encoding is lossless: the same outputs.
+    x = np.random.default_rng(1).uniform(0, 1, (1, 16, 16, 3)).astype("float32")
+    outputs = []
+    for path in (sparse.path, dense.path):
+        interpreter = export._interpreter(path)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(
+            interpreter.get_output_details()[0]["index"]))
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_sparse_file_names_what_keeps_it_off_the_sparse_path(out):
+    same = tfopt.export_tflite(_sparse_block(stem="same"), out / "xnn_same.tflite",
+                               sparse=True).sparse
+    assert not same.eligible
+    assert same.reasons == (
+        "the first convolution (stem) must be 3x3, stride 2, on 3 input channels, "
+        "with one pixel of padding on every side (ZeroPadding2D(1) then "
+        "padding='valid'); TensorFlow's SAME padding at stride 2 is not "
+        "symmetric.",)
+    few = tfopt.export_tflite(_sparse_block(zeros=0.5), out / "xnn_few.tflite",
+                              sparse=True).sparse
+    assert few.reasons == ("the 1x1 convolutions are 51% zeros; XNNPACK needs "
+                           "more than 2/3.",)
+    model = _sparse_block()
+    dynamic = tfopt.export_tflite(model, out / "xnn_dynamic.tflite", sparse=True,
+                                  quantization="dynamic").sparse
+    assert dynamic.reasons[0] == ("quantization='dynamic': XNNPACK's sparse path "
+                                  "is for float models only.")
+
+
+def test_sparse_must_be_a_bool(out):
+    with pytest.raises(TypeError, match=r"^`sparse` must be a bool"):
+        tfopt.export_tflite(_sparse_block(), out / "xnn_x.tflite", sparse="yes")

@@ -56,7 +56,7 @@ def test_flags_become_the_config_without_a_mapping():
         ({"batch_size": 0}, "`batch_size=0` must be at least 1."),
         ({"batch_size": "64"}, "`batch_size='64'` must be an int."),
         ({"model": "vgg"}, "`model=vgg` must be one of tfmot_mnist, teacher_cnn, "
-                           "student_cnn, resnet_tiny."),
+                           "student_cnn, resnet_tiny, mobilenet_v2."),
         ({"export": ("onnx",)}, "`export=onnx` must be one of saved_model, tflite, "
                                 "tflite_int8, tflite_float16."),
         ({"export": ()}, "`export` must name at least one of saved_model, tflite, "
@@ -67,6 +67,16 @@ def test_flags_become_the_config_without_a_mapping():
         ({"strategy": "tpu"}, "`strategy=tpu` needs `tpu`: 'local' on a Cloud TPU "
                               "VM, the TPU's name, or grpc://host:port."),
         ({"sparsity_m_by_n": "2:4"}, "`sparsity_m_by_n=2:4` needs `prune`."),
+        ({"prune": True, "prune_measure": "macs"},
+         "`prune_measure=macs` needs `prune` with `prune_structure=channels`."),
+        ({"prune_round_to": 4}, "`prune_round_to=4` needs `prune` with "
+                                "`prune_structure=channels`."),
+        ({"prune": True, "prune_structure": "channels", "sparsity_m_by_n": "2:4"},
+         "`sparsity_m_by_n=2:4` applies to `prune_structure=weights`."),
+        ({"prune_structure": "filters"}, "`prune_structure=filters` must be one of "
+                                         "weights, channels."),
+        ({"prune_importance": "random"}, "`prune_importance=random` must be one of "
+                                         "l2, bn_gamma, taylor."),
     ],
 )
 def test_config_errors_name_the_fields(fields, message):

@@ -56,6 +56,19 @@ def test_resnet_tiny_has_the_hard_cases():
     assert {"Add", "BatchNormalization", "DepthwiseConv2D"} <= kinds
 
 
+def test_mobilenet_v2_is_the_application_resized_to_its_smallest_input():
+    model = models.build("mobilenet_v2", (28, 28, 1), 10)
+    assert model.get_layer("resize").output_shape == (None, 32, 32, 1)
+    assert model.output_shape == (None, 10)
+    assert 400_000 <= model.count_params() <= 450_000
+    # One flat functional model: channel pruning and QAT see every layer.
+    assert not any(isinstance(layer, keras.Model) for layer in model.layers)
+    assert {layer.momentum for layer in model.layers
+            if isinstance(layer, keras.layers.BatchNormalization)} == {0.9}
+    assert models.build("mobilenet_v2", (40, 40, 3), 5).get_layer(
+        "Conv1").input_shape == (None, 40, 40, 3)
+
+
 def test_rgb_input_is_accepted():
     model = models.build("student_cnn", (32, 32, 3), 10)
     assert model.input_shape == (None, 32, 32, 3)
@@ -66,7 +79,8 @@ def test_rgb_input_is_accepted():
     [
         (("vgg16", (28, 28, 1), 10), ValueError,
          r"^`name` must be one of \['tfmot_mnist', 'teacher_cnn', "
-         r"'student_cnn', 'resnet_tiny'\]. Received: name='vgg16'$"),
+         r"'student_cnn', 'resnet_tiny', 'mobilenet_v2'\]. Received: "
+         r"name='vgg16'$"),
         ((None, (28, 28, 1), 10), TypeError, r"Received: name=None$"),
         (("tfmot_mnist", 28, 10), TypeError,
          r"`input_shape` must be a tuple of ints such as \(28, 28, 1\). "

@@ -1,5 +1,6 @@
 """`tfopt.pipeline.run` driven by a `Config` directly (no flags)."""
 
+import json
 import logging
 
 import pytest
@@ -47,3 +48,37 @@ def test_a_bad_config_is_refused_before_any_file(tmp_path):
         pipeline.run(Config(model_dir=str(tmp_path / "run"), prune=True,
                             target_sparsity=0.0, **QUICK))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # trains two stages
+def test_channel_pruning_runs_prune_shrink_qat_export_and_times_the_result(
+        tmp_path, caplog):
+    config = Config(model_dir=str(tmp_path), prune=True, prune_structure="channels",
+                    prune_measure="macs", target_sparsity=0.5, prune_round_to=4,
+                    qat=True, export=("tflite_int8",), model="resnet_tiny", **QUICK)
+    with caplog.at_level(logging.INFO, logger="tfopt"):
+        result = pipeline.run(config)
+    banners = [r.getMessage() for r in caplog.records if r.getMessage()[:1] == "["]
+    assert banners == [
+        "[1/5] train resnet_tiny, 2 epochs",
+        "[2/5] prune channels: 50% of the MACs of resnet_tiny, 2 epochs, distilled "
+        "from the unpruned model",
+        "[3/5] shrink: remove the pruned channels",
+        "[4/5] quantization-aware training, 1 epochs",
+        "[5/5] evaluate and export tflite_int8"]
+    rows = {row["artifact"]: row for row in result.rows}
+    assert list(rows) == ["baseline", "pruned", "shrunk", "qat", "tflite_int8"]
+    assert rows["pruned"]["macs"] == rows["baseline"]["macs"]  # masked, not removed
+    assert rows["shrunk"]["macs"] <= 0.5 * rows["baseline"]["macs"]
+    assert rows["shrunk"]["params"] < rows["baseline"]["params"]
+    # The shrunk model computes what the masked one does.
+    assert rows["shrunk"]["accuracy"] == pytest.approx(rows["pruned"]["accuracy"],
+                                                       abs=1e-6)
+    assert rows["tflite_int8"]["macs"] == rows["shrunk"]["macs"]
+    saved = json.loads((tmp_path / "report.json").read_text())
+    speed = {row["model"]: row for row in saved["speed"]}
+    assert list(speed) == ["dense", "shrunk"]
+    assert speed["shrunk"]["macs"] == rows["shrunk"]["macs"]
+    assert set(speed["dense"]["int8_ms"]) == {"1", "2"}
+    assert "## Speed (TFLite, batch 1" in result.markdown
+    assert (tmp_path / "export" / "speed" / "shrunk_int8.tflite").exists()

@@ -40,13 +40,9 @@ _controllers = weakref.WeakKeyDictionary()  # ChannelPrunedModel -> controller
 
 def kept_count(size, fraction, round_to):
     """Channels a group of `size` keeps when `fraction` is pruned."""
-    kept = math.ceil(size * (1.0 - fraction) / round_to) * round_to
+    # The epsilon keeps a product like 64 * 0.5 / 8 from rounding up a step.
+    kept = math.ceil(size * (1.0 - fraction) / round_to - 1e-9) * round_to
     return int(min(size, max(kept, min(size, round_to), 1)))
-
-
-def _kept_at(groups, prunable, fraction, round_to):
-    return {i: list(range(kept_count(groups[i].size, fraction, round_to)))
-            for i in prunable}
 
 
 def removed_share(model, groups, prunable, measure, keep, terms=None):
@@ -61,35 +57,55 @@ def removed_share(model, groups, prunable, measure, keep, terms=None):
                   / _channels.cost(model, terms=terms)[index])
 
 
-def channel_fraction(model, groups, prunable, measure, target, round_to):
-    """The fraction of each prunable group's channels to prune so that
-    `measure` of `model` falls by `target`."""
+def final_counts(model, groups, prunable, measure, target, round_to):
+    """{group index: channels it keeps} once `target` of `measure` is cut.
+
+    For `channels`, every group loses `target` of its channels. For `params`
+    and `macs`, every group first loses the largest common fraction that
+    stays short of the target; then the groups with the most channels left
+    (relative to their size) shed `round_to` more, one at a time, until the
+    target is met, so the cut lands just past it instead of a rounding step
+    beyond.
+    """
     if measure == "channels":
-        return target
-    index = MEASURES.index(measure) - 1
+        return {i: kept_count(groups[i].size, target, round_to) for i in prunable}
     terms = _channels.cost_terms(model)
-    dense = _channels.cost(model, terms=terms)[index]
 
-    def left(fraction):
-        kept = _channels.kept_channels(
-            model, groups, _kept_at(groups, prunable, fraction, round_to))
-        return _channels.cost(model, kept, terms)[index] / dense
+    def cut(counts):
+        return removed_share(model, groups, prunable, measure,
+                             {i: range(n) for i, n in counts.items()}, terms)
 
-    most = 1.0 - left(1.0)
+    def at(fraction):
+        return {i: kept_count(groups[i].size, fraction, round_to) for i in prunable}
+
+    most = cut(at(1.0))
     if most < target:
         raise ValueError(
             f"`target_sparsity` must be at most {math.floor(most * 1000) / 1000} "
             f"with measure={measure!r}: removing every prunable channel (down "
             f"to round_to={round_to} per group) cuts only that fraction of the "
             f"model's {measure}. Received: target_sparsity={target!r}")
-    low, high = 0.0, 1.0  # left(low) > 1 - target >= left(high)
-    for _ in range(40):
+    low, high = 0.0, 1.0  # cut(at(low)) < target <= cut(at(high))
+    for _ in range(30):
         middle = (low + high) / 2
-        if left(middle) <= 1.0 - target:
-            high = middle
-        else:
-            low = middle
-    return high
+        low, high = (low, middle) if cut(at(middle)) >= target else (middle, high)
+    counts = at(low)
+    while cut(counts) < target:
+        # The next count down: a multiple of round_to, never below it.
+        lower = {i: (counts[i] - 1) // round_to * round_to for i in prunable}
+        shrinkable = [i for i in prunable if lower[i] >= max(1, min(
+            round_to, groups[i].size))]
+        if not shrinkable:
+            return at(high)
+        cuts = {i: cut({**counts, i: lower[i]}) for i in shrinkable}
+        enough = [i for i in shrinkable if cuts[i] >= target]
+        if enough:  # the last step: the one that overshoots least
+            best = min(enough, key=lambda i: (cuts[i], i))
+            counts[best] = lower[best]
+            break
+        i = max(shrinkable, key=lambda i: (counts[i] / groups[i].size, -i))
+        counts[i] = lower[i]
+    return counts
 
 
 @keras.utils.register_keras_serializable(package="tfopt")
@@ -140,9 +156,9 @@ def prune_channels(model, target, *, measure, importance, round_to, schedule,
             "the model's outputs or through layers whose channels cannot be "
             f"followed) among the chosen layers. Received: layers={layers!r}, "
             f"exclude={exclude!r}")
-    fraction = channel_fraction(flat, groups, prunable, measure, target, round_to)
+    counts = final_counts(flat, groups, prunable, measure, target, round_to)
     reached = removed_share(flat, groups, prunable, measure,
-                            _kept_at(groups, prunable, fraction, round_to))
+                            {i: range(n) for i, n in counts.items()})
     if reached > target + 0.05:
         sizes = sorted({groups[i].size for i in prunable})
         warnings.warn(
@@ -153,11 +169,14 @@ def prune_channels(model, target, *, measure, importance, round_to, schedule,
             stacklevel=3)
     pruned = ChannelPrunedModel(flat.inputs, flat.outputs, name=model.name)
     pruned.tfopt_channel_pruning = {
-        "target": float(target), "measure": measure, "fraction": fraction,
-        "importance": importance, "round_to": round_to,
-        "prunable": [list(groups[i].producers) for i in prunable],
-        "schedule": PruningSchedule(fraction, schedule, begin, end,
-                                    initial_sparsity * fraction / target,
+        "target": float(target), "measure": measure, "importance": importance,
+        "round_to": round_to,
+        # Each prunable group (by its producers) and the channels it ends with.
+        "groups": [{"producers": list(groups[i].producers), "kept": counts[i]}
+                   for i in prunable],
+        # The schedule's "sparsity" is the progress towards those counts.
+        "schedule": PruningSchedule(1.0, schedule, begin, end,
+                                    initial_sparsity / target,
                                     frequency, power).get_config()["config"],
     }
     return pruned
@@ -185,10 +204,10 @@ class ChannelPruning:
         settings = model.tfopt_channel_pruning
         self.model = model
         self.groups = _channels.channel_groups(model)
-        chosen = {tuple(p) for p in settings["prunable"]}
-        self.prunable = [i for i, g in enumerate(self.groups) if g.producers in chosen]
+        final = {tuple(g["producers"]): g["kept"] for g in settings["groups"]}
+        self.prunable = [i for i, g in enumerate(self.groups) if g.producers in final]
+        self.final = {i: final[self.groups[i].producers] for i in self.prunable}
         self.schedule = PruningSchedule(**settings["schedule"])
-        self.fraction = settings["fraction"]
         self.round_to, self.importance = settings["round_to"], settings["importance"]
         self.measure = settings["measure"]
         self.keep = {i: list(range(g.size)) for i, g in enumerate(self.groups)}
@@ -271,10 +290,11 @@ class ChannelPruning:
                     zip(sums, self._gradient(x, y), strict=True)]
         return {id(v): total for v, total in zip(variables, sums, strict=True)}
 
-    def update(self, fraction, trained=None, data=None):
-        """Chooses the channels each group keeps at `fraction` pruned."""
+    def update(self, progress, trained=None, data=None):
+        """Chooses the channels each group keeps `progress` (0 to 1) of the
+        way to its final count."""
         gradients = None
-        if self.importance == "taylor" and fraction > 0:
+        if self.importance == "taylor" and progress > 0:
             if data is None:
                 raise ValueError(
                     "importance='taylor' scores channels on training data: pass "
@@ -283,7 +303,9 @@ class ChannelPruning:
         removed = {key: [] for key in self._masks}
         for i in self.prunable:
             group = self.groups[i]
-            count = kept_count(group.size, fraction, self.round_to)
+            count = self.final[i] if progress >= 1.0 else max(
+                self.final[i], kept_count(group.size, progress * (
+                    1.0 - self.final[i] / group.size), self.round_to))
             order = np.argsort(-self._scores(group, gradients), kind="stable")
             self.keep[i] = sorted(int(k) for k in order[:count])
             drop = sorted(set(range(group.size)) - set(self.keep[i]))

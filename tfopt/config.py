@@ -18,7 +18,8 @@ __all__ = ["Config", "ConfigError", "ExportFormat", "EXPORTS"]
 
 DATASETS = ("digits", "mnist5k", "mnist", "fashion_mnist", "cifar10")
 TFDS_PREFIX = "tfds:"
-MODELS = ("tfmot_mnist", "teacher_cnn", "student_cnn", "resnet_tiny")
+MODELS = ("tfmot_mnist", "teacher_cnn", "student_cnn", "resnet_tiny",
+          "mobilenet_v2")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu",
               "parameter_server")
 ALL_REDUCE = ("nccl", "hierarchical_copy", "reduction_to_one")

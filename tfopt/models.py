@@ -4,7 +4,10 @@
 can be compared with the published ones. `teacher_cnn` and `student_cnn` are
 a distillation pair (267k and 20k parameters on 28x28 inputs), and
 `resnet_tiny` gathers the layers that are hard for pruning and QAT: residual
-adds, BatchNormalization and DepthwiseConv2D.
+adds, BatchNormalization and DepthwiseConv2D. `mobilenet_v2` is
+`tf_keras.applications.MobileNetV2` at width 0.35 (400k parameters),
+resized to at least 32x32: the architecture people deploy, small enough to
+train on the bundled data sets.
 """
 
 from tfopt import _checks
@@ -102,11 +105,30 @@ def _resnet_tiny(input_shape, num_classes):
     return keras.Model(inputs, outputs, name="resnet_tiny")
 
 
+def _mobilenet_v2(input_shape, num_classes):
+    inputs = _inputs(input_shape)
+    x = layers.Reshape(_with_channels(input_shape), name="reshape")(inputs)
+    height, width = input_shape[:2]
+    if min(height, width) < 32:  # the application's smallest input
+        height, width = max(height, 32), max(width, 32)
+        x = layers.Resizing(height, width, name="resize")(x)
+    # Built on the tensor, so the result is one flat functional model.
+    model = keras.applications.MobileNetV2(
+        input_tensor=x, alpha=0.35, weights=None, classes=num_classes,
+        classifier_activation=None)
+    result = keras.Model(inputs, model.output, name="mobilenet_v2")
+    for layer in result.layers:  # the application's 0.999: see _BN_MOMENTUM
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = _BN_MOMENTUM
+    return result
+
+
 BUILDERS = {
     "tfmot_mnist": _tfmot_mnist,
     "teacher_cnn": _teacher_cnn,
     "student_cnn": _student_cnn,
     "resnet_tiny": _resnet_tiny,
+    "mobilenet_v2": _mobilenet_v2,
 }
 
 
@@ -115,7 +137,7 @@ def build(name, input_shape, num_classes):
 
     Args:
         name: One of `BUILDERS`: `tfmot_mnist`, `teacher_cnn`, `student_cnn`,
-            `resnet_tiny`.
+            `resnet_tiny`, `mobilenet_v2`.
         input_shape: `(height, width)` or `(height, width, channels)`, e.g.
             `DatasetInfo.input_shape`.
         num_classes: Number of output logits, at least 2.

@@ -1,0 +1,157 @@
+"""The benchmark's pruning suites (issue 14), run by `scripts/benchmark.py`.
+
+`speed`: batch-1 TFLite latency of a dense model, the same model with
+channels pruned to a MAC cut and shrunk (tfopt; kept counts multiples of 8,
+the default, and for the applications also of 32), and with 80% of its
+weights pruned by magnitude (TFMOT's wrapper, through `tfopt.prune`):
+float32 and int8, 1 and 2 threads, all files interleaved in one run,
+medians. Weights are random: latency depends on the shapes, not the values.
+
+`recovery`: accuracy on mnist5k through the main job (`pipeline.run`), with
+and without fine-tuning the pruned model against its unpruned self: channel
+pruning to a 1.5x MAC cut for the reference models and the small
+MobileNetV2, and 80% unstructured sparsity + int8 for `student_cnn` over 3
+seeds.
+"""
+
+import os
+import statistics
+import tempfile
+
+import numpy as np
+
+# name: (builder, MAC cut, round_to values). Builders take (tfopt, keras).
+# XNNPACK's float32 kernels on this AVX-512 CPU fill 16-wide vectors:
+# counts that are multiples of 32 measured 1.79x where multiples of 8 gave
+# 1.40x (MobileNetV2, the same 1.75x MAC cut), so both are measured.
+SPEED_MODELS = {
+    "mobilenet_v2_96": (lambda tfopt, keras: keras.applications.MobileNetV2(
+        input_shape=(96, 96, 3), weights=None, classes=10), 1.75, (8, 32)),
+    "resnet50_64": (lambda tfopt, keras: keras.applications.ResNet50(
+        input_shape=(64, 64, 3), weights=None, classes=10), 2.0, (8, 32)),
+    **{name: (lambda tfopt, keras, name=name: tfopt.models.build(
+        name, (28, 28, 1), 10), 1.5, (8,))
+       for name in ("student_cnn", "teacher_cnn", "resnet_tiny", "mobilenet_v2")},
+}
+QUICK_SPEED_MODELS = ("student_cnn", "resnet_tiny")
+
+
+def variant_name(round_to):
+    return "channels" if round_to == 8 else f"channels_round_to_{round_to}"
+
+
+def _random_batches(model, count=4):
+    shape = [1, *model.input_shape[1:]]
+
+    def batches():
+        rng = np.random.default_rng(0)
+        for _ in range(count):
+            yield rng.uniform(0, 1, shape).astype("float32")
+
+    return batches
+
+
+def _magnitude(tfopt, keras, model):
+    """`model` with 80% of its weights zeroed by TFMOT's wrapper."""
+    pruned = tfopt.prune(model, 0.8, schedule="constant", begin=0, end=1)
+    pruned.compile("sgd", "mse")
+    x = next(_random_batches(model, 1)())
+    pruned.fit(x, np.zeros((1, *model.output_shape[1:]), "float32"), verbose=0,
+               callbacks=[tfopt.PruningCallback()])
+    return tfopt.strip(pruned)
+
+
+def _variants(tfopt, keras, name):
+    from tfopt import _channel_pruning
+
+    build, cut, round_tos = SPEED_MODELS[name]
+    keras.utils.set_random_seed(0)
+    dense = build(tfopt, keras)
+    models = {"dense": dense}
+    for round_to in round_tos:
+        channels = tfopt.prune(dense, 1.0 - 1.0 / cut, structure="channels",
+                               measure="macs", round_to=round_to)
+        _channel_pruning.controller(channels).update(1.0)  # the schedule's end
+        models[variant_name(round_to)] = tfopt.shrink(channels)
+    models["magnitude_80"] = _magnitude(tfopt, keras, dense)
+    return cut, models
+
+
+def speed(quick):
+    """Speed-ups of channel pruning and of magnitude pruning over dense."""
+    import tfopt
+    from tfopt import _speed, report
+
+    keras = tfopt.keras
+    work = tempfile.mkdtemp()
+    out = {}
+    for name in QUICK_SPEED_MODELS if quick else SPEED_MODELS:
+        cut, models = _variants(tfopt, keras, name)
+        files = {}
+        for variant, model in models.items():
+            for kind in ("float32", "int8"):
+                files[variant, kind] = tfopt.export_tflite(
+                    model, os.path.join(work, f"{name}_{variant}_{kind}.tflite"),
+                    quantization="int8" if kind == "int8" else None,
+                    representative_data=_random_batches(model)).path
+        times = _speed.latencies(list(files.values()), rounds=3 if quick else 15,
+                                 invokes=2 if quick else 10)
+        row = {"mac_cut_target": cut}
+        for variant, model in models.items():
+            row[variant] = {
+                "macs": report.macs(model), "params": model.count_params(),
+                **{f"{kind}_ms": {str(t): times[files[variant, kind]][t]
+                                  for t in _speed.THREADS}
+                   for kind in ("float32", "int8")}}
+        for variant in list(models)[1:]:
+            row[variant]["mac_cut"] = row["dense"]["macs"] / row[variant]["macs"]
+            row[variant]["speedup"] = {
+                kind: {t: row["dense"][f"{kind}_ms"][t] / row[variant][f"{kind}_ms"][t]
+                       for t in row["dense"][f"{kind}_ms"]}
+                for kind in ("float32", "int8")}
+        out[name] = row
+    return out
+
+
+def _job(work, label, **settings):
+    from tfopt import pipeline
+
+    config = pipeline.Config(model_dir=os.path.join(work, label),
+                             dataset="mnist5k", **settings)
+    rows = {r["artifact"]: r for r in pipeline.run(config, command=[label]).rows}
+    return rows
+
+
+def recovery(quick):
+    """Accuracy drops of pruned models with and without self-distillation."""
+    work = tempfile.mkdtemp()
+    epochs = 1 if quick else 4
+    out = {"channels_1.5x_macs": {}, "unstructured_80_int8": {}}
+    models = ("student_cnn",) if quick else (
+        "student_cnn", "teacher_cnn", "resnet_tiny", "mobilenet_v2")
+    for model in models:
+        row = {}
+        for recover in (True, False):
+            rows = _job(work, f"{model}_channels_{recover}", model=model,
+                        epochs=epochs, prune=True, prune_structure="channels",
+                        prune_measure="macs", target_sparsity=1 / 3,
+                        prune_round_to=4, recover=recover, export=("tflite",))
+            key = "with_recovery" if recover else "without_recovery"
+            base, small = rows["baseline"], rows["shrunk"]
+            row[key] = {"baseline": base["accuracy"], "shrunk": small["accuracy"],
+                        "drop": base["accuracy"] - small["accuracy"],
+                        "mac_cut": base["macs"] / small["macs"]}
+        out["channels_1.5x_macs"][model] = row
+    for recover in (True, False):
+        drops = []
+        for seed in (0,) if quick else (0, 1, 2):
+            rows = _job(work, f"unstructured_{recover}_{seed}",
+                        model="student_cnn", epochs=epochs, seed=seed, prune=True,
+                        target_sparsity=0.8, qat=True, recover=recover,
+                        export=("tflite_int8",))
+            drops.append(rows["baseline"]["accuracy"] - rows["tflite_int8"]["accuracy"])
+        out["unstructured_80_int8"]["with_recovery" if recover
+                                    else "without_recovery"] = {
+            "drops": drops, "mean_drop": statistics.mean(drops),
+            "spread": max(drops) - min(drops)}
+    return out
