@@ -39,11 +39,13 @@ def _compile(model):
 
 
 def histories(strategy):
-    """Trains and evaluates a plain model, a pruned model and a Distiller
-    under `strategy`; returns {name: History.history + evaluate's dict}."""
+    """Trains and evaluates a plain model, a pruned model, a channel-pruned
+    one (Taylor scores: gradients reduced over replicas and workers) and a
+    Distiller under `strategy`; returns {name: History.history + evaluate's
+    dict}."""
     out = {}
     ds = _data()
-    for name in ("plain", "pruned", "distiller"):
+    for name in ("plain", "pruned", "channels", "distiller"):
         keras.utils.set_random_seed(0)
         callbacks = []
         with strategy.scope():
@@ -51,6 +53,10 @@ def histories(strategy):
             if name == "pruned":
                 model = tfopt.prune(base, 0.5, end=1.0)
                 callbacks = [tfopt.PruningCallback()]
+            elif name == "channels":
+                model = tfopt.prune(base, 0.5, end=1.0, structure="channels",
+                                    importance="taylor", round_to=4)
+                callbacks = [tfopt.PruningCallback(data=ds)]
             elif name == "distiller":
                 teacher = _mlp()
                 model = tfopt.Distiller(student=base, teacher=teacher, temperature=3.0,

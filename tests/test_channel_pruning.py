@@ -14,27 +14,44 @@ from tests.conftest import LOSS, compiled
 from tfopt import _channel_pruning, _channels, keras, pruning
 
 
-def _model():
+def _model(name="resnet_tiny"):
     keras.utils.set_random_seed(0)
-    return tfopt.models.build("resnet_tiny", (8, 8, 1), 10)
+    return tfopt.models.build(name, (8, 8, 1), 10)
 
 
-def _pruned(target=0.5, **kwargs):
-    return tfopt.prune(_model(), target, structure="channels", end=0.5,
+def _pruned(target=0.5, name="resnet_tiny", **kwargs):
+    return tfopt.prune(_model(name), target, structure="channels", end=0.5,
                        round_to=4, **kwargs)
 
 
-def _train(strategy, digits, target=0.5, **kwargs):
+def _batches(digits, count):
+    """The same `count` batches every time it is iterated: the cache is
+    complete only once an iterator reaches its end, which `fit` (stopping
+    at the known step count) never does."""
+    data = digits.train.take(count).cache()
+    for _ in data:
+        pass
+    return data
+
+
+class _Interrupted(keras.callbacks.Callback):
+    """Stops a 2-epoch fit after its first epoch, as a preemption would."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.stop_training = True
+
+
+def _train(strategy, data, target=0.5, name="resnet_tiny"):
     with strategy.scope():
-        model = compiled(_pruned(target, **kwargs))
-    model.fit(digits.train.take(20), epochs=2, verbose=0,
+        model = compiled(_pruned(target, name))
+    model.fit(data, epochs=2, verbose=0,
               callbacks=[tfopt.PruningCallback()])
     return model, _channel_pruning.controller(model)
 
 
 @pytest.mark.slow  # trains twice
 def test_groups_reach_their_kept_counts_and_shrink_exactly(digits):
-    model, pruning_ = _train(tfopt.get_strategy("default"), digits)
+    model, pruning_ = _train(tfopt.get_strategy("default"), _batches(digits, 20))
     assert pruning_.prunable
     for i in pruning_.prunable:
         group = pruning_.groups[i]
@@ -58,14 +75,17 @@ def test_groups_reach_their_kept_counts_and_shrink_exactly(digits):
 
 @pytest.mark.slow  # trains on both strategies
 def test_the_same_channels_on_one_and_two_replicas(digits, mirrored):
-    _, single = _train(tfopt.get_strategy("default"), digits)
-    _, double = _train(mirrored, digits)
+    # Without BatchNorm, whose batch statistics are per replica, the weights
+    # agree to float rounding: so must the channels chosen from them.
+    data = _batches(digits, 20)
+    _, single = _train(tfopt.get_strategy("default"), data, name="student_cnn")
+    _, double = _train(mirrored, data, name="student_cnn")
     assert single.keep == double.keep
 
 
 def test_taylor_scores_choose_the_same_channels_on_one_and_two_replicas(
         digits, mirrored):
-    data = digits.train.take(4).cache()  # the same batches on both
+    data = _batches(digits, 4)  # the same batches on both
     runs = []
     for strategy in (tfopt.get_strategy("default"), mirrored):
         with strategy.scope():
@@ -109,11 +129,12 @@ def test_an_unreachable_mac_target_names_the_most_it_can_cut():
 @pytest.mark.slow  # trains three times
 def test_a_resumed_fit_ends_with_the_channels_of_an_uninterrupted_one(
         digits, tmp_path):
-    data = digits.train.take(20).cache()  # the same batches in every epoch
+    data = _batches(digits, 20)
     whole = compiled(_pruned())
     whole.fit(data, epochs=2, verbose=0, callbacks=[tfopt.PruningCallback()])
     half = compiled(_pruned())
-    half.fit(data, epochs=1, verbose=0, callbacks=[tfopt.PruningCallback()])
+    half.fit(data, epochs=2, verbose=0, callbacks=[tfopt.PruningCallback(),
+                                                   _Interrupted()])
     half.save(tmp_path / "half.keras")
     resumed = tfopt.load_model(str(tmp_path / "half.keras"))
     assert isinstance(resumed, _channel_pruning.ChannelPrunedModel)
@@ -126,6 +147,33 @@ def test_a_resumed_fit_ends_with_the_channels_of_an_uninterrupted_one(
     assert (_channel_pruning.controller(resumed).keep
             == _channel_pruning.controller(whole).keep)
     assert tfopt.shrink(resumed).count_params() == tfopt.shrink(whole).count_params()
+
+
+@pytest.mark.slow  # trains three times on two replicas
+def test_a_distributed_checkpoint_resumes_to_the_same_channels(
+        digits, mirrored, tmp_path):
+    data = _batches(digits, 20)
+
+    def fresh():
+        with mirrored.scope():
+            model = compiled(_pruned())
+            checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+        return model, checkpoint
+
+    whole, _ = fresh()
+    whole.fit(data, epochs=2, verbose=0, callbacks=[tfopt.PruningCallback()])
+    half, checkpoint = fresh()
+    half.fit(data, epochs=2, verbose=0, callbacks=[tfopt.PruningCallback(),
+                                                   _Interrupted()])
+    saved = checkpoint.save(str(tmp_path / "ckpt"))
+    resumed, checkpoint = fresh()
+    checkpoint.restore(saved)
+    resumed.fit(data, epochs=2, initial_epoch=1, verbose=0,
+                callbacks=[tfopt.PruningCallback()])
+    assert (_channel_pruning.controller(resumed).keep
+            == _channel_pruning.controller(whole).keep)
+    for a, b in zip(resumed.get_weights(), whole.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow  # distils
@@ -157,6 +205,16 @@ def test_taylor_importance_needs_data():
                    callbacks=[tfopt.PruningCallback()])
     with pytest.raises(TypeError, match=r"^`data` must be a tf.data.Dataset"):
         tfopt.PruningCallback(data=x)
+
+
+def test_channels_go_one_at_a_time_and_end_on_a_multiple_of_round_to():
+    pruning_ = _channel_pruning.controller(_pruned(0.75))
+    for progress in (0.0, 0.3, 0.5, 1.0):
+        pruning_.update(progress)
+        for i in pruning_.prunable:
+            size, final = pruning_.groups[i].size, pruning_.final[i]
+            assert final % 4 == 0 and final >= 4
+            assert len(pruning_.keep[i]) == size - int(progress * (size - final))
 
 
 @pytest.mark.parametrize("size, fraction, round_to, kept", [

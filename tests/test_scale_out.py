@@ -256,6 +256,7 @@ def test_logged_metrics_equal_on_one_process_two_replicas_two_workers(mirrored):
     assert {"student_loss", "distillation_loss", "val_student_loss"} <= set(
         single["distiller"])
     assert "sparsity" in single["pruned"]
+    assert single["channels"]["sparsity"][-1] == 0.5
 
 
 def test_a_lost_task_is_named_with_its_address_or_as_a_peer():

@@ -7,12 +7,13 @@ remove them for a model that runs faster. The pruned model is a
 so it saves, reloads and resumes like any model. `PruningCallback` drives
 it through a `ChannelPruning` controller: at each update step of the
 schedule it ranks every group's channels (L2 norm of the producers' output
-slices, BatchNorm scales, or a first-order Taylor score) and keeps the best
-`(1 - fraction)` of each, rounded up to a multiple of `round_to` and never
-fewer than one; after every batch it zeroes the other channels' producer
-kernels and biases, depthwise slices and BatchNorm scales and offsets,
-undoing what the optimizer step moved. A zeroed channel is zero all the way
-to its consumers, so the shrunk model computes what the masked one does.
+slices, BatchNorm scales, or a first-order Taylor score) and keeps the best,
+one channel fewer at a time as the schedule goes, down to a final count
+that is a multiple of `round_to` (never zero); after every batch it zeroes
+the other channels' producer kernels and biases, depthwise slices and
+BatchNorm scales and offsets, undoing what the optimizer step moved. A
+zeroed channel is zero all the way to its consumers, so the shrunk model
+computes what the masked one does.
 
 The masks follow from the weights, which are the same on every replica, and
 the step from the optimizer, so a resumed `fit` (or a reloaded model) goes
@@ -303,9 +304,12 @@ class ChannelPruning:
         removed = {key: [] for key in self._masks}
         for i in self.prunable:
             group = self.groups[i]
-            count = self.final[i] if progress >= 1.0 else max(
-                self.final[i], kept_count(group.size, progress * (
-                    1.0 - self.final[i] / group.size), self.round_to))
+            # One channel at a time on the way: only the final count (what
+            # shrink keeps) must be a multiple of round_to. Rounding every
+            # step would hold a group whole until the last update, then cut it
+            # at once, with little training left to recover.
+            count = group.size - math.floor(
+                min(progress, 1.0) * (group.size - self.final[i]) + 1e-9)
             order = np.argsort(-self._scores(group, gradients), kind="stable")
             self.keep[i] = sorted(int(k) for k in order[:count])
             drop = sorted(set(range(group.size)) - set(self.keep[i]))
