@@ -37,13 +37,22 @@ def _finite(value):
     return not isinstance(value, float) or math.isfinite(value)
 
 
+# `recovery` is the main job run eight times (tests/test_pipeline.py runs it);
+# its numbers are checked below from a recorded result instead.
+QUICK_SUITES = tuple(s for s in benchmark.SUITES if s != "recovery")
+
+
 @pytest.mark.slow
 def test_quick_run_has_every_section_with_finite_numbers(tmp_path):
     output = tmp_path / "benchmark.json"
-    results = benchmark.collect(benchmark.SUITES, quick=True, output=str(output))
+    results = benchmark.collect(QUICK_SUITES, quick=True, output=str(output))
     saved = json.loads(output.read_text())
-    for suite in benchmark.SUITES:
+    for suite in QUICK_SUITES:
         assert saved[suite], suite
+    speed = saved["speed"]["student_cnn"]
+    assert set(speed) == {"mac_cut_target", "dense", "channels", "magnitude_80"}
+    assert speed["channels"]["mac_cut"] >= 1.5
+    assert speed["magnitude_80"]["macs"] == speed["dense"]["macs"]
     assert _finite(saved)
     assert set(saved["compression"]) == {"baseline", "pruned_80", "pruned_90",
                                          "pruned_2_4", "qat"}
@@ -53,3 +62,28 @@ def test_quick_run_has_every_section_with_finite_numbers(tmp_path):
     assert "parity/qat_max_abs_diff" in metrics
     table = benchmark.markdown(results)
     assert table.startswith("| metric | measured | target | met |")
+
+
+def test_speed_and_recovery_targets_are_checked():
+    def timed(ms):
+        return {"float32_ms": {"1": ms, "2": ms}, "int8_ms": {"1": ms, "2": ms}}
+
+    speedup = {"float32": {"1": 1.6, "2": 1.4}, "int8": {"1": 1.35, "2": 1.2}}
+    results = {
+        "speed": {"mobilenet_v2_96": {
+            "mac_cut_target": 1.75, "dense": timed(1.0),
+            "channels": {**timed(0.6), "speedup": speedup},
+            "magnitude_80": {**timed(1.0), "speedup": speedup}}},
+        "recovery": {
+            "channels_1.5x_macs": {"student_cnn": {
+                "with_recovery": {"drop": 0.004}, "without_recovery": {"drop": 0.02}}},
+            "unstructured_80_int8": {"with_recovery": {"mean_drop": 0.02}}}}
+    checks = {row[0]: row[1:] for row in benchmark._checks(results)}
+    assert checks == {
+        "speed/mobilenet_v2_96/channels_float32_1_thread_speedup": (1.6, 1.5, True),
+        "speed/mobilenet_v2_96/channels_float32_2_thread_speedup": (1.4, 1.5, False),
+        "speed/mobilenet_v2_96/channels_int8_1_thread_speedup": (1.35, 1.3, True),
+        "speed/mobilenet_v2_96/channels_int8_2_thread_speedup": (1.2, 1.3, False),
+        "recovery/student_cnn/channels_1.5x_macs_drop": (0.004, 0.01, True),
+        "recovery/student_cnn/unstructured_80_int8_mean_drop": (0.02, 0.01, False),
+    }

@@ -142,6 +142,10 @@ class Config:
         True, "With --prune and no --teacher, fine-tune the pruned model against "
         "the unpruned one as its teacher (self-distillation); --norecover: plain "
         "fine-tuning.", "bool")
+    recover_alpha: float = _field(
+        0.9, "Weight of the hard-label loss when recovering: the unpruned model "
+        "is only as good as its training, so the labels keep most of the weight.",
+        "float", low=0.0, high=1.0)
     qat: bool = _field(False, "Quantization-aware fine-tuning after training.",
                        "bool")
     qat_epochs: int = _field(1, "Epochs of QAT fine-tuning.", "integer", low=1)
@@ -212,6 +216,10 @@ class Config:
         if self.sparsity_m_by_n is not None and not self.prune:
             raise ConfigError(f"`sparsity_m_by_n={self.sparsity_m_by_n}` needs "
                               "`prune`.")
+        if self.recover_alpha != 0.9 and (self.teacher or not self.prune
+                                          or not self.recover):
+            raise ConfigError(f"`recover_alpha={self.recover_alpha}` needs `prune` "
+                              "with `recover` and no `teacher`.")
         channel_only = {"prune_measure": "channels", "prune_importance": "l2",
                         "prune_round_to": 8}
         for name, default in channel_only.items():

@@ -237,10 +237,10 @@ def _student(run, teacher):
         keras.utils.set_random_seed(config.seed + 1)
         return models.build(config.model, run.info.input_shape, run.info.num_classes)
 
-    def distiller(student, teacher):
+    def distiller(student, teacher, alpha=config.alpha):
         return _compiled(distillation.Distiller(
             student=student, teacher=teacher, temperature=config.temperature,
-            alpha=config.alpha, distillation_loss=config.distillation_loss,
+            alpha=alpha, distillation_loss=config.distillation_loss,
             cache_teacher=config.cache_teacher), config.learning_rate)
 
     if teacher is not None:
@@ -257,7 +257,8 @@ def _student(run, teacher):
         # Recovery: the unpruned model teaches its pruned copy (the copy is
         # the one that trains; the baseline stays as it was saved).
         if config.recover:
-            return distiller(_prune(config, baseline), baseline)
+            return distiller(_prune(config, baseline), baseline,
+                             config.recover_alpha)
         return _compiled(_prune(config, baseline), config.learning_rate)
 
     return baseline, _stage(run, "pruned", pruned, config.epochs, callbacks)
