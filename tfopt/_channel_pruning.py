@@ -27,7 +27,15 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from tfopt import _channels, _checks, _selection, config, distillation, pruning
+from tfopt import (
+    _channels,
+    _checks,
+    _flatten,
+    _selection,
+    config,
+    distillation,
+    pruning,
+)
 from tfopt._keras import keras
 from tfopt._schedule import PruningSchedule
 
@@ -143,9 +151,7 @@ def prune_channels(model, target, *, measure, importance, round_to, schedule,
     _checks.check_choice(importance, "importance", IMPORTANCES)
     _checks.check_int(round_to, "round_to", minimum=1)
     copy = _selection.copy_model(model)
-    flat = copy if not (isinstance(copy, keras.Sequential)
-                        or _channels._flatten.has_nested_models(copy)) else (
-        _channels._flatten.flatten(copy))
+    flat = _flatten.flat(copy)
     chosen = {layer.name for layer in _selection.chosen_layers(flat, layers, exclude)}
     groups = _channels.channel_groups(flat)
     prunable = [i for i, g in enumerate(groups)

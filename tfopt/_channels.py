@@ -377,8 +377,7 @@ def shrink_zeroed(model, *, atol=1e-4):
 
     _keras.check_model(model)
     _selection.check_graph_model(model, "shrinking")
-    flat = _flatten.flatten(model) if isinstance(model, keras.Sequential) or (
-        _flatten.has_nested_models(model)) else model
+    flat = _flatten.flat(model)
     groups = channel_groups(flat)
     keep = {}
     for i, group in enumerate(groups):

@@ -161,3 +161,11 @@ def flatten(model):
         if layer.weights:
             layer.set_weights(origin[layer.name].get_weights())
     return flat
+
+
+def flat(model):
+    """`model` itself when it is already one flat functional model, else a
+    flat copy (`flatten`)."""
+    if isinstance(model, keras.Sequential) or has_nested_models(model):
+        return flatten(model)
+    return model

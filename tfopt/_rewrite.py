@@ -318,9 +318,7 @@ def quantizable_copy(model):
     `model` itself when it is already that (nothing to flatten or rewrite):
     callers must not change it; TFMOT's `quantize_apply` works on a copy.
     """
-    flat = model
-    if isinstance(model, keras.Sequential) or _flatten.has_nested_models(model):
-        flat = _flatten.flatten(model)  # a copy: the user's model stays as is
+    flat = _flatten.flat(model)  # a copy if flattened: the user's model stays
     config = flat.get_config()
     layers = {layer.name: layer for layer in flat.layers}
     affine = {}

@@ -245,8 +245,7 @@ def export_tflite(model, path, *, quantization=None, representative_data=None,
         data = converter.convert()
     eligibility = None
     if sparse:
-        flat = _flatten.flatten(model) if isinstance(model, keras.Sequential) or (
-            _flatten.has_nested_models(model)) else model
+        flat = _flatten.flat(model)
         eligibility = _xnnpack.eligibility(
             flat, quantization, tflite_ops(data).counts.get("DENSIFY", 0))
     _write_atomically(path, data, overwrite)

@@ -16,8 +16,8 @@ import tensorflow_model_optimization as tfmot
 from tfopt import _channels, _flatten, _sparsity, _speed, export
 from tfopt._keras import keras
 
-__all__ = ["environment", "file_row", "keras_accuracy", "keras_row", "markdown",
-           "render", "write"]
+__all__ = ["environment", "file_row", "keras_accuracy", "keras_row", "macs",
+           "markdown", "render", "speed", "speed_markdown", "write"]
 
 _sizes = export.disk_sizes  # (bytes, gzipped bytes)
 
@@ -42,8 +42,7 @@ def macs(model):
     if not isinstance(model, keras.Model) or not (
             isinstance(model, keras.Sequential) or model._is_graph_network):
         return None
-    flat = _flatten.flatten(model) if isinstance(model, keras.Sequential) or (
-        _flatten.has_nested_models(model)) else model
+    flat = _flatten.flat(model)
     return _channels.cost(flat)[1]
 
 
