@@ -199,8 +199,9 @@ def test_taylor_importance_needs_data():
     pruned = compiled(_pruned(importance="taylor"))
     x = np.zeros((8, 8, 8, 1), "float32")
     with pytest.raises(ValueError, match=(
-            r"^importance='taylor' scores channels on training data: pass batches "
-            r"of \(x, y\) as PruningCallback\(data=...\)\.$")):
+            r"^`data` must be batches of \(x, y\) for importance='taylor', which "
+            r"scores channels on training data: pass PruningCallback\(data=...\)\. "
+            r"Received: data=None$")):
         pruned.fit(x, np.zeros(8), epochs=2, verbose=0,
                    callbacks=[tfopt.PruningCallback()])
     with pytest.raises(TypeError, match=r"^`data` must be a tf.data.Dataset"):
@@ -215,6 +216,41 @@ def test_channels_go_one_at_a_time_and_end_on_a_multiple_of_round_to():
             size, final = pruning_.groups[i].size, pruning_.final[i]
             assert final % 4 == 0 and final >= 4
             assert len(pruning_.keep[i]) == size - int(progress * (size - final))
+
+
+def test_the_final_counts_apply_when_steps_per_execution_skips_the_end():
+    pruned = _pruned()
+    pruned.compile(optimizer="sgd", loss=LOSS, steps_per_execution=3)
+    x = np.random.default_rng(0).uniform(0, 1, (64, 8, 8, 1)).astype("float32")
+    pruned.fit(x, np.zeros(64), batch_size=8, epochs=2, verbose=0,
+               callbacks=[tfopt.PruningCallback()])  # end: step 8, never seen
+    pruning_ = _channel_pruning.controller(pruned)
+    assert {i: len(pruning_.keep[i]) for i in pruning_.prunable} == pruning_.final
+    # A later fit without the callback is refused like a first one.
+    with pytest.raises(RuntimeError, match=re.escape(pruning.MISSING_CALLBACK)):
+        pruned.fit(x, np.zeros(64), verbose=0)
+
+
+def test_a_target_that_rounding_cannot_come_near_is_named():
+    with pytest.warns(UserWarning, match=(
+            r"^prune: with round_to=8, the nearest cut these channel groups "
+            r"allow removes 17% of the channels \(target 30%\): groups of "
+            r"\[16, 32\] channels keep multiples of 8")):
+        tfopt.prune(_model(), 0.3, structure="channels")
+
+
+@pytest.mark.slow  # a second Python process
+def test_a_saved_channel_pruned_model_loads_in_a_new_process(tmp_path):
+    import subprocess
+    import sys
+
+    _pruned().save(tmp_path / "pruned.keras")
+    path = str(tmp_path / "pruned.keras")
+    code = (f"import tfopt; m = tfopt.load_model({path!r}); "
+            "print(type(m).__name__, m.tfopt_channel_pruning['round_to'])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                            text=True, timeout=300)
+    assert result.stdout.split()[-2:] == ["ChannelPrunedModel", "4"], result.stderr
 
 
 @pytest.mark.parametrize("size, fraction, round_to, kept", [

@@ -75,6 +75,8 @@ def test_flags_become_the_config_without_a_mapping():
          "`sparsity_m_by_n=2:4` applies to `prune_structure=weights`."),
         ({"prune": True, "recover": False, "recover_alpha": 0.5},
          "`recover_alpha=0.5` needs `prune` with `recover` and no `teacher`."),
+        ({"prune_structure": "channels"}, "`prune_structure=channels` needs "
+                                          "`prune`."),
         ({"prune_structure": "filters"}, "`prune_structure=filters` must be one of "
                                          "weights, channels."),
         ({"prune_importance": "random"}, "`prune_importance=random` must be one of "

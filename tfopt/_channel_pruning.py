@@ -22,7 +22,6 @@ on where it was: the channels already zeroed rank last.
 
 import math
 import warnings
-import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -44,7 +43,6 @@ IMPORTANCES = config.PRUNE_IMPORTANCES
 # Batches of `PruningCallback(data=...)` each Taylor score is summed over.
 TAYLOR_BATCHES = 4
 _L = keras.layers
-_controllers = weakref.WeakKeyDictionary()  # ChannelPrunedModel -> controller
 
 
 def kept_count(size, fraction, round_to):
@@ -166,7 +164,7 @@ def prune_channels(model, target, *, measure, importance, round_to, schedule,
     counts = final_counts(flat, groups, prunable, measure, target, round_to)
     reached = removed_share(flat, groups, prunable, measure,
                             {i: range(n) for i, n in counts.items()})
-    if reached > target + 0.05:
+    if abs(reached - target) > 0.05:
         sizes = sorted({groups[i].size for i in prunable})
         warnings.warn(
             f"prune: with round_to={round_to}, the nearest cut these channel "
@@ -198,10 +196,15 @@ def channel_models(model):
 
 
 def controller(model):
-    """The `ChannelPruning` of a `ChannelPrunedModel` (made once)."""
-    if model not in _controllers:
-        _controllers[model] = ChannelPruning(model)
-    return _controllers[model]
+    """The `ChannelPruning` of a `ChannelPrunedModel` (made once, kept on the
+    model: it lives and goes with it)."""
+    found = model.__dict__.get("_tfopt_channel_controller")
+    if found is None:
+        found = ChannelPruning(model)
+        # Not through Keras's attribute tracking: the controller's variables
+        # are bookkeeping, not weights of the model.
+        object.__setattr__(model, "_tfopt_channel_controller", found)
+    return found
 
 
 class ChannelPruning:
@@ -218,7 +221,7 @@ class ChannelPruning:
         self.round_to, self.importance = settings["round_to"], settings["importance"]
         self.measure = settings["measure"]
         self.keep = {i: list(range(g.size)) for i, g in enumerate(self.groups)}
-        self.ready = False
+        self._updated_at = None  # the schedule step of the masks in place
         self._terms = _channels.cost_terms(model)
         # One mask variable per masked weight, and one traced function that
         # applies them all: called after every batch, it must cost far less
@@ -300,12 +303,12 @@ class ChannelPruning:
     def update(self, progress, trained=None, data=None):
         """Chooses the channels each group keeps `progress` (0 to 1) of the
         way to its final count."""
+        # The optimizer step since the last batch moved pruned weights off
+        # zero (BatchNorm offsets, momentum): zero them again before ranking,
+        # so that pruned channels stay pruned.
+        self.apply()
         gradients = None
-        if self.importance == "taylor" and progress > 0:
-            if data is None:
-                raise ValueError(
-                    "importance='taylor' scores channels on training data: pass "
-                    "batches of (x, y) as PruningCallback(data=...).")
+        if self.importance == "taylor" and progress > 0 and data is not None:
             gradients = self._gradients(trained, data)
         removed = {key: [] for key in self._masks}
         for i in self.prunable:
@@ -341,6 +344,11 @@ class ChannelPruning:
     def begin(self, trained, epochs, steps, data=None):
         """At the start of `fit`: resolves the schedule, restores the masks
         of the step the optimizer is at (a resumed or continued fit)."""
+        if self.importance == "taylor" and data is None:
+            raise ValueError(
+                "`data` must be batches of (x, y) for importance='taylor', which "
+                "scores channels on training data: pass "
+                "PruningCallback(data=...). Received: data=None")
         if self.schedule.fractional:
             if not (epochs and steps):
                 raise ValueError(
@@ -348,16 +356,18 @@ class ChannelPruning:
                     "does not know its length (the data set has no known size): "
                     "pass steps_per_epoch to fit, or give prune() int steps.")
             self.schedule.resolve(epochs * steps)
-        step = int(trained.optimizer.iterations.numpy())
-        last = self.schedule.last_update_at_or_before(step)
-        if last is not None:
-            self.update(self.schedule.sparsity_at(last), trained, data)
-        self.ready = True
+        self._updated_at = None
+        self.batch_end(trained, data)
 
     def batch_end(self, trained, data=None):
-        step = int(trained.optimizer.iterations.numpy())
-        if self.schedule.last_update_at_or_before(step) == step:
-            self.update(self.schedule.sparsity_at(step), trained, data)
+        """After a batch: the update of the last schedule step reached (the
+        step counter can jump several steps with steps_per_execution), else
+        the masks again."""
+        last = self.schedule.last_update_at_or_before(
+            int(trained.optimizer.iterations.numpy()))
+        if last is not None and last != self._updated_at:
+            self.update(self.schedule.sparsity_at(last), trained, data)
+            self._updated_at = last
         else:
             self.apply()
 

@@ -189,7 +189,8 @@ def kept_channels(model, groups, keep):
     for i, group in enumerate(groups):
         if i not in keep:
             continue
-        drop = [k for k in range(group.size) if k not in set(keep[i])]
+        kept = set(keep[i])
+        drop = [k for k in range(group.size) if k not in kept]
         for name, channels in group.channels.items():
             removed.setdefault(name, set()).update(_flat(channels[k] for k in drop))
     return {layer.name: [c for c in range(_width(layer) or 0)
@@ -347,9 +348,10 @@ def cost(model, kept=None, terms=None):
 def shrink_zeroed(model, *, atol=1e-4):
     """A physically smaller copy of `model` without its zeroed channels.
 
-    A channel goes when the output slices of every layer that produces it
-    (kernels of its Conv/Dense layers) are exactly zero, as channel pruning
-    leaves them; each group keeps at least one channel. The copy is checked
+    A channel goes when every weight that makes it is exactly zero (the
+    kernel and bias slices of its Conv/Dense producers, its depthwise slices,
+    BatchNorm scale and offset), as channel pruning leaves it; each group
+    keeps at least one channel. The copy is checked
     against `model` on random inputs.
 
     Args:

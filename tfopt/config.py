@@ -221,12 +221,13 @@ class Config:
             raise ConfigError(f"`recover_alpha={self.recover_alpha}` needs `prune` "
                               "with `recover` and no `teacher`.")
         channel_only = {"prune_measure": "channels", "prune_importance": "l2",
-                        "prune_round_to": 8}
+                        "prune_round_to": 8, "prune_structure": "weights"}
         for name, default in channel_only.items():
             if getattr(self, name) != default and not (
                     self.prune and self.prune_structure == "channels"):
-                raise ConfigError(f"`{name}={getattr(self, name)}` needs `prune` "
-                                  "with `prune_structure=channels`.")
+                raise ConfigError(f"`{name}={getattr(self, name)}` needs `prune`" + (
+                    "." if name == "prune_structure" else
+                    " with `prune_structure=channels`."))
         if self.prune_structure == "channels" and self.sparsity_m_by_n is not None:
             raise ConfigError(f"`sparsity_m_by_n={self.sparsity_m_by_n}` applies to "
                               "`prune_structure=weights`.")

@@ -22,6 +22,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 from tfopt import (
+    _channel_pruning,  # registers ChannelPrunedModel, for load_model
     _checks,
     _flatten,
     _keras,
@@ -247,7 +248,8 @@ def export_tflite(model, path, *, quantization=None, representative_data=None,
     if sparse:
         flat = _flatten.flat(model)
         eligibility = _xnnpack.eligibility(
-            flat, quantization, tflite_ops(data).counts.get("DENSIFY", 0))
+            flat, "int8" if qat else quantization,
+            tflite_ops(data).counts.get("DENSIFY", 0))
     _write_atomically(path, data, overwrite)
     return Exported(path, len(data), eligibility)
 
@@ -294,7 +296,8 @@ def export_saved_model(model, path, *, overwrite=False):
 def _custom_objects():
     # Registration covers the .keras format; the legacy .h5 config names the
     # top-level model class without its "tfopt>" package.
-    return {"PrunedModel": pruning.PrunedModel}
+    return {"PrunedModel": pruning.PrunedModel,
+            "ChannelPrunedModel": _channel_pruning.ChannelPrunedModel}
 
 
 def load_model(path, *, compile=True, safe_mode=True):

@@ -171,8 +171,9 @@ def prune(model, target_sparsity, *, schedule="polynomial", begin=0.0, end=0.75,
             removes them, and the model runs faster). Defaults to `weights`.
         measure: With `channels`, what `target_sparsity` is a fraction of:
             `channels` (of each prunable group), `params` or `macs` (of the
-            whole model; the same fraction of every group's channels is
-            chosen to meet it). Defaults to `channels`.
+            whole model: every group loses the largest common fraction short
+            of the target, then the fullest groups `round_to` more channels
+            until it is met). Defaults to `channels`.
         importance: With `channels`, how channels are ranked: `l2` (norm of
             the producers' output slices), `bn_gamma` (BatchNorm scales) or
             `taylor` (first-order: (weight * gradient)^2 summed over the
@@ -413,6 +414,8 @@ class PruningCallback(keras.callbacks.Callback):
             controller.begin(self.model, epochs, steps, self.data)
             model._tfopt_ready = True
             self._channels.append(controller)
+        if self.log_dir is not None and self._writer is None:
+            self._writer = tf.summary.create_file_writer(str(self.log_dir))
         if not self._wrappers:
             if not self._channels:
                 warnings.warn("PruningCallback found no pruned model to drive "
@@ -442,8 +445,14 @@ class PruningCallback(keras.callbacks.Callback):
         if changed and getattr(self.model, "train_function", None) is not None:
             # The schedule's steps are constants of the traced step: retrace.
             self.model.make_train_function(force=True)
-        if self.log_dir is not None and self._writer is None:
-            self._writer = tf.summary.create_file_writer(str(self.log_dir))
+
+    def on_train_end(self, logs=None):
+        # Only this callback keeps pruned channels at zero: a later fit
+        # without it must fail as a first one does, not let them grow back.
+        for controller in self._channels:
+            controller.model._tfopt_ready = False
+        if self._channels:
+            self.model.train_function = None
 
     def _warn_if_unreachable(self, schedule, start, last):
         update = schedule.last_update_at_or_before(last)
@@ -480,8 +489,14 @@ class PruningCallback(keras.callbacks.Callback):
             self._write()
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._channels and logs is not None:
-            logs["sparsity"] = float(self._channels[0].sparsity())
+        if self._channels:
+            sparsity = float(self._channels[0].sparsity())
+            if logs is not None:
+                logs["sparsity"] = sparsity
+            if self._writer is not None:
+                step = int(self.model.optimizer.iterations.numpy())
+                _summary.write_scalars(self._writer, step,
+                                       {"pruning/channel_sparsity": sparsity})
         if not self._wrappers:
             return
         # The last optimizer step of the epoch may have moved pruned weights
