@@ -80,29 +80,16 @@ def _variants(tfopt, keras, name):
 def speed(quick):
     """Speed-ups of channel pruning and of magnitude pruning over dense."""
     import tfopt
-    from tfopt import _speed, report
+    from tfopt import report
 
     keras = tfopt.keras
     work = tempfile.mkdtemp()
     out = {}
     for name in QUICK_SPEED_MODELS if quick else SPEED_MODELS:
         cut, models = _variants(tfopt, keras, name)
-        files = {}
-        for variant, model in models.items():
-            for kind in ("float32", "int8"):
-                files[variant, kind] = tfopt.export_tflite(
-                    model, os.path.join(work, f"{name}_{variant}_{kind}.tflite"),
-                    quantization="int8" if kind == "int8" else None,
-                    representative_data=_random_batches(model)).path
-        times = _speed.latencies(list(files.values()), rounds=3 if quick else 15,
-                                 invokes=2 if quick else 10)
-        row = {"mac_cut_target": cut}
-        for variant, model in models.items():
-            row[variant] = {
-                "macs": report.macs(model), "params": model.count_params(),
-                **{f"{kind}_ms": {str(t): times[files[variant, kind]][t]
-                                  for t in _speed.THREADS}
-                   for kind in ("float32", "int8")}}
+        rows = report.speed(models, work, _random_batches(models["dense"]),
+                            rounds=3 if quick else 15, invokes=2 if quick else 10)
+        row = {"mac_cut_target": cut, **{r.pop("model"): r for r in rows}}
         for variant in list(models)[1:]:
             row[variant]["mac_cut"] = row["dense"]["macs"] / row[variant]["macs"]
             row[variant]["speedup"] = {

@@ -318,3 +318,13 @@ def test_a_sparse_file_names_what_keeps_it_off_the_sparse_path(out):
 def test_sparse_must_be_a_bool(out):
     with pytest.raises(TypeError, match=r"^`sparse` must be a bool"):
         tfopt.export_tflite(_sparse_block(), out / "xnn_x.tflite", sparse="yes")
+
+
+def test_a_sparse_file_without_convolutions_says_so(out):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, keras.layers.Dense(4)(inputs))
+    report = tfopt.export_tflite(model, out / "xnn_dense_only.tflite",
+                                 sparse=True).sparse
+    assert not report.eligible
+    assert "the model has no convolution." in report.reasons

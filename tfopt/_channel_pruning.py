@@ -218,8 +218,7 @@ class ChannelPruning:
         self.prunable = [i for i, g in enumerate(self.groups) if g.producers in final]
         self.final = {i: final[self.groups[i].producers] for i in self.prunable}
         self.schedule = PruningSchedule(**settings["schedule"])
-        self.round_to, self.importance = settings["round_to"], settings["importance"]
-        self.measure = settings["measure"]
+        self.importance, self.measure = settings["importance"], settings["measure"]
         self.keep = {i: list(range(g.size)) for i, g in enumerate(self.groups)}
         self._updated_at = None  # the schedule step of the masks in place
         self._terms = _channels.cost_terms(model)
@@ -308,7 +307,7 @@ class ChannelPruning:
         # so that pruned channels stay pruned.
         self.apply()
         gradients = None
-        if self.importance == "taylor" and progress > 0 and data is not None:
+        if self.importance == "taylor" and progress > 0:
             gradients = self._gradients(trained, data)
         removed = {key: [] for key in self._masks}
         for i in self.prunable:

@@ -21,12 +21,8 @@ def _interpreter(path, threads):
     if list(detail["shape"]) != shape:
         interpreter.resize_tensor_input(detail["index"], shape)
         interpreter.allocate_tensors()
-    x = np.random.default_rng(0).uniform(0, 1, shape)
-    if detail["dtype"] in (np.int8, np.uint8):
-        scale, zero = detail["quantization"]
-        x = np.clip(np.round(x / scale + zero), -128 if detail["dtype"] == np.int8
-                    else 0, 127 if detail["dtype"] == np.int8 else 255)
-    interpreter.set_tensor(detail["index"], x.astype(detail["dtype"]))
+    x = np.random.default_rng(0).uniform(0, 1, shape).astype("float32")
+    interpreter.set_tensor(detail["index"], export._to_input(x, detail))
     return interpreter
 
 

@@ -182,6 +182,11 @@ class Config:
         return None if self.sparsity_m_by_n is None else parse_m_by_n(
             self.sparsity_m_by_n)
 
+    @property
+    def prunes_channels(self):
+        """Whether the run prunes channels (and then shrinks the model)."""
+        return self.prune and self.prune_structure == "channels"
+
     def settings(self):
         """What identifies the run's results (not where or whether to overwrite)."""
         values = dataclasses.asdict(self)
@@ -224,7 +229,7 @@ class Config:
                         "prune_round_to": 8, "prune_structure": "weights"}
         for name, default in channel_only.items():
             if getattr(self, name) != default and not (
-                    self.prune and self.prune_structure == "channels"):
+                    self.prunes_channels):
                 raise ConfigError(f"`{name}={getattr(self, name)}` needs `prune`" + (
                     "." if name == "prune_structure" else
                     " with `prune_structure=channels`."))

@@ -112,7 +112,7 @@ def _plan(config):
                                 f"{config.epochs} epochs" + (
                                     ", distilled from the unpruned model"
                                     if config.recover else ""))
-    if config.prune and config.prune_structure == "channels":
+    if config.prunes_channels:
         stages["shrink"] = "shrink: remove the pruned channels"
     if config.qat:
         stages["qat"] = f"quantization-aware training, {config.qat_epochs} epochs"
@@ -215,9 +215,8 @@ def _teacher(run):
 
 
 def _prune(config, model):
-    channels = config.prune_structure == "channels"
     extra = {"measure": config.prune_measure, "importance": config.prune_importance,
-             "round_to": config.prune_round_to} if channels else {}
+             "round_to": config.prune_round_to} if config.prunes_channels else {}
     return pruning.prune(model, config.target_sparsity, begin=config.pruning_begin,
                          end=config.pruning_end, m_by_n=config.m_by_n,
                          structure=config.prune_structure, **extra)
@@ -227,8 +226,7 @@ def _student(run, teacher):
     """The trained student: distilled and/or pruned, from scratch or from a
     plain baseline."""
     config = run.config
-    taylor = config.prune_structure == "channels" and (
-        config.prune_importance == "taylor")
+    taylor = config.prunes_channels and config.prune_importance == "taylor"
     callbacks = [pruning.PruningCallback(
         log_dir=run.path("logs", "pruning"),
         data=run.splits.train if taylor else None)] if config.prune else []
@@ -266,7 +264,7 @@ def _student(run, teacher):
 
 def _qat(run, model):
     config = run.config
-    zeros = config.prune and config.prune_structure == "weights"
+    zeros = config.prune and not config.prunes_channels
     return _stage(run, "qat", lambda: _compiled(
         quantization.quantize(model, preserve_sparsity=zeros),
         config.learning_rate / 10), config.qat_epochs)
@@ -399,7 +397,7 @@ def _recipe(run_):
                 run_, "distilled" + ("+pruned" * config.prune), final, rows[0]))
         elif config.prune:
             rows.append(report.keras_row(run_, "pruned", final, rows[0]))
-    if config.prune and config.prune_structure == "channels":
+    if config.prunes_channels:
         _banner(run_, "shrink")
         with run_.timed("shrink"):
             # Deterministic from the saved pruned model: a resumed run shrinks
@@ -421,5 +419,6 @@ def _recipe(run_):
         with run_.timed("speed"):
             dense = baseline if baseline is not None else models.build(
                 config.model, run_.info.input_shape, run_.info.num_classes)
-            run_.speed = report.speed(run_, {"dense": dense, "shrunk": shrunk})
+            run_.speed = report.speed({"dense": dense, "shrunk": shrunk},
+                                      run_.path("export", "speed"), run_.splits.train)
     return rows

@@ -354,8 +354,9 @@ class PruningCallback(keras.callbacks.Callback):
             batches (an int). Defaults to `epoch`.
         data: Batches of `(x, y)` (a `tf.data.Dataset`) on which a model
             pruned with `structure="channels", importance="taylor"` scores
-            its channels at each update (the first few batches). On several
-            workers, give every worker the same batches. Defaults to `None`.
+            its channels at each update (the first few batches; the
+            gradients are averaged over replicas and workers, so every worker
+            chooses the same channels). Defaults to `None`.
 
     Raises:
         TypeError, ValueError: For a bad `log_dir`, `update_freq` or `data`.

@@ -5,6 +5,7 @@ speed of the dense and the shrunk model (batch-1 TFLite latency, float32 and
 int8, 1 and 2 threads), as `report.json`, `report.md` and `report.png`."""
 
 import json
+import os
 import shlex
 import sys
 import warnings
@@ -22,10 +23,8 @@ __all__ = ["environment", "file_row", "keras_accuracy", "keras_row", "macs",
 _sizes = export.disk_sizes  # (bytes, gzipped bytes)
 
 COLUMNS = ("artifact", "accuracy", "accuracy_delta", "params", "macs",
-           "nonzero_params",
-           "size_bytes", "gzip_bytes", "gzip_ratio", "latency_ms_per_example")
-
-
+           "nonzero_params", "size_bytes", "gzip_bytes", "gzip_ratio",
+           "latency_ms_per_example")
 
 
 def _counts(model):
@@ -103,20 +102,22 @@ def markdown(rows):
     return "\n".join(lines)
 
 
-def speed(run, models):
-    """Times `models` ({name: float Keras model}) as TFLite files at batch 1:
-    float32 and int8 (calibrated), 1 and 2 threads, interleaved, medians.
-    Returns one row per model."""
+def speed(models, directory, representative_data, *, rounds=15, invokes=10):
+    """Times `models` ({name: float Keras model}) as TFLite files written to
+    `directory` at batch 1: float32 and int8 (calibrated on
+    `representative_data`), 1 and 2 threads, interleaved, medians. Returns
+    one row per model."""
     files = {}
     for name, model in models.items():
-        # int8 calibrated on the training split: the ops of a QAT model's
-        # file, in a third of the time (no QAT copy to build and convert).
+        # int8 calibrated: the ops of a QAT model's file, in a third of the
+        # time (no QAT copy to build and convert).
         for kind, quantization in (("float32", None), ("int8", "int8")):
             files[name, kind] = export.export_tflite(
-                model, run.path("export", "speed", f"{name}_{kind}.tflite"),
+                model, os.path.join(directory, f"{name}_{kind}.tflite"),
                 quantization=quantization, overwrite=True,
-                representative_data=run.splits.train if quantization else None).path
-    times = _speed.latencies(list(files.values()))
+                representative_data=representative_data if quantization else None
+            ).path
+    times = _speed.latencies(list(files.values()), rounds=rounds, invokes=invokes)
     return [{"model": name, "params": _counts(model)[0], "macs": macs(model),
              **{f"{kind}_ms": {str(t): times[files[name, kind]][t]
                                for t in _speed.THREADS}
