@@ -338,7 +338,9 @@ def test_shrink_refuses_a_copy_that_would_compute_something_else():
 
 
 def test_shrink_refuses_what_is_not_a_graph_model(keras3):
-    with pytest.raises(TypeError, match=r"^`model` must be a tf_keras object"):
+    with pytest.raises(TypeError, match=(
+            r"^`model` must be a tf_keras model: tfopt.shrink is not available "
+            r"for Keras 3 models yet")):
         tfopt.shrink(keras3.Sequential([keras3.Input((2,)), keras3.layers.Dense(1)]))
     with pytest.raises(TypeError, match=r"^`model` must be a tf_keras Model"):
         tfopt.shrink("model.keras")

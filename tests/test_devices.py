@@ -40,8 +40,11 @@ def test_mixed_precision_policy_is_set_and_reported(policy):
         assert config.mixed_precision == policy
         assert keras.mixed_precision.global_policy().name == policy
         assert keras.layers.Dense(2).compute_dtype == policy.split("_")[1]
+        import keras as keras3
+
+        assert keras3.mixed_precision.global_policy().name == policy  # both worlds
     finally:
-        keras.mixed_precision.set_global_policy("float32")
+        tfopt.configure_devices(mixed_precision="float32")
     assert tfopt.configure_devices().mixed_precision == "float32"
 
 

@@ -1,4 +1,7 @@
-"""tfopt: prune, distill and quantize tf_keras models while they train.
+"""tfopt: prune, distill and quantize Keras models while they train.
+
+The names that take a model serve tf_keras models (through TFMOT) and Keras
+3 models (tfopt's own path) alike: `_front` picks by the model given.
 
 The public names load on first use (PEP 562), so `tfopt.config` and
 `tfopt.flags` (what a script needs to parse and check its flags) import
@@ -7,17 +10,6 @@ seconds-long import.
 """
 
 import importlib
-import os
-import sys
-
-# What `tfopt._keras` does first, done here too so that `import tfopt`
-# alone (as before the names were lazy) makes a later `tf.keras` tf_keras:
-# TensorFlow reads the variable when it first resolves `tf.keras`.
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
-if "tensorflow" in sys.modules:
-    # Too late for the variable if `tf.keras` already resolved: `_keras`
-    # warns about that now (TensorFlow is loaded anyway).
-    importlib.import_module("tfopt._keras")
 
 __version__ = "0.1.0"
 
@@ -27,19 +19,19 @@ _MODULES = ("data", "devices", "distillation", "distribute", "export", "models",
 _NAMES = {
     "keras": ("tfopt._keras", "keras"),
     "configure_devices": ("tfopt.devices", "configure_devices"),
-    "DistillationSchedule": ("tfopt.distillation", "DistillationSchedule"),
-    "Distiller": ("tfopt.distillation", "Distiller"),
+    "DistillationSchedule": ("tfopt._front", "DistillationSchedule"),
+    "Distiller": ("tfopt._front", "Distiller"),
     "get_strategy": ("tfopt.distribute", "get_strategy"),
-    "evaluate_tflite": ("tfopt.export", "evaluate_tflite"),
-    "export_saved_model": ("tfopt.export", "export_saved_model"),
-    "export_tflite": ("tfopt.export", "export_tflite"),
-    "load_model": ("tfopt.export", "load_model"),
-    "PruningCallback": ("tfopt.pruning", "PruningCallback"),
-    "prune": ("tfopt.pruning", "prune"),
-    "sparsity_report": ("tfopt.pruning", "sparsity_report"),
-    "strip": ("tfopt.pruning", "strip"),
-    "quantize": ("tfopt.quantization", "quantize"),
-    "shrink": ("tfopt._channels", "shrink_zeroed"),
+    "evaluate_tflite": ("tfopt._tflite", "evaluate_tflite"),
+    "export_saved_model": ("tfopt._front", "export_saved_model"),
+    "export_tflite": ("tfopt._front", "export_tflite"),
+    "load_model": ("tfopt._front", "load_model"),
+    "PruningCallback": ("tfopt._front", "PruningCallback"),
+    "prune": ("tfopt._front", "prune"),
+    "sparsity_report": ("tfopt._front", "sparsity_report"),
+    "strip": ("tfopt._front", "strip"),
+    "quantize": ("tfopt._front", "quantize"),
+    "shrink": ("tfopt._front", "shrink"),
 }
 
 __all__ = ["__version__", *_MODULES, *_NAMES]

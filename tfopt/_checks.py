@@ -79,3 +79,19 @@ def check_name(value, arg, choices, *, hint=""):
             f"Received: {arg}={value!r}"
         )
     check_choice(value, arg, choices)
+
+
+def check_callback_output(log_dir, update_freq):
+    """The checks on a callback's TensorBoard `log_dir` and `update_freq`
+    (`epoch`, `batch` or every N batches)."""
+    if log_dir is not None and not isinstance(log_dir, (str, bytes)) and not (
+        hasattr(log_dir, "__fspath__")
+    ):
+        raise TypeError(
+            f"`log_dir` must be a path or None. Received: log_dir={log_dir!r}")
+    if update_freq not in ("epoch", "batch") and not (
+        is_int(update_freq) and update_freq >= 1
+    ):
+        raise ValueError(
+            "`update_freq` must be 'epoch', 'batch' or an int >= 1. "
+            f"Received: update_freq={update_freq!r}")

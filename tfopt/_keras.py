@@ -1,48 +1,39 @@
 """The tf_keras binding that tfopt and TFMOT share, and the Keras 3 guard.
 
-TFMOT 0.8 only accepts tf_keras (Keras 2) objects, while TensorFlow 2.16+
-routes ``tf.keras`` to Keras 3 unless ``TF_USE_LEGACY_KERAS=1`` is set before
-TensorFlow first resolves ``tf.keras``. TFMOT sets the variable itself at
-import time; tfopt sets it here, explicitly and earlier, so that importing
-tfopt first makes ``tf.keras`` and ``tfopt.keras`` the same module.
+This is the tf_keras world. It loads only when a program engages it: reads
+`tfopt.keras`, or hands tfopt a tf_keras model. A Keras 3 model never loads
+it, nor TFMOT, so a program that only uses Keras 3 keeps `tf.keras` as
+TensorFlow made it.
+
+What engaging it does to `tf.keras`: TFMOT 0.8's import sets
+``TF_USE_LEGACY_KERAS=1`` and then reads ``tf.keras``
+(``tensorflow_model_optimization/python/core/keras/compat.py``). ``tf.keras``
+is a lazy module that reads the variable once, on first use: if nothing
+used it yet, it becomes tf_keras for the rest of the process; if the program
+already used it (as Keras 3), it stays Keras 3 and TFMOT imports tf_keras
+directly. tfopt sets the variable here too, before TFMOT, so that both
+orders give a tf_keras program one Keras under both names. A program that
+mixes both worlds and wants ``tf.keras`` to stay Keras 3 touches it first
+(``tf.keras.Model``); ``import keras`` is Keras 3 whatever happens.
 """
 
 import os
-import warnings
+import sys
 
-# Must precede the TensorFlow import: ``tensorflow/__init__`` reads it to
-# route ``from tensorflow.keras import ...`` and ``tf.keras`` reads it on
-# first access.
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import tensorflow as tf  # noqa: E402
 import tf_keras as keras  # noqa: E402
 
+if getattr(sys.modules.get("tfopt.devices"), "requested_policy", None):
+    # configure_devices(mixed_precision=...) ran before tf_keras loaded.
+    keras.mixed_precision.set_global_policy(sys.modules["tfopt.devices"].requested_policy)
+
 _FIXES = (
-    "tfopt and TFMOT only accept tf_keras (Keras 2) objects. Either build it "
-    "with `from tfopt import keras` (or `import tf_keras as keras`), or set "
-    "the environment variable TF_USE_LEGACY_KERAS=1 before importing "
-    "TensorFlow so that `tf.keras` is tf_keras."
+    "tfopt and TFMOT only accept tf_keras (Keras 2) objects here. Either build "
+    "it with `from tfopt import keras` (or `import tf_keras as keras`), or "
+    "build every model of this call with Keras 3 (`import keras`): tfopt "
+    "takes both, one world per call."
 )
-
-
-def _warn_if_tf_keras_is_keras3():
-    # tf.keras resolves once per process: if the user touched it before
-    # importing tfopt, it stays Keras 3 and models built with it will be
-    # rejected later. Say so now, while the fix is cheap.
-    version = str(getattr(tf.keras, "__version__", ""))
-    if version.startswith("3."):
-        warnings.warn(
-            f"`tf.keras` already resolved to Keras {version} before tfopt was "
-            "imported, so models built with `tf.keras` will be rejected. "
-            "Build models with `from tfopt import keras`, or import tfopt "
-            "(or set TF_USE_LEGACY_KERAS=1) before TensorFlow.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-
-
-_warn_if_tf_keras_is_keras3()
 
 
 def _is_foreign_keras(obj):

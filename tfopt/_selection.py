@@ -1,8 +1,6 @@
 """Which layers `tfopt.prune` wraps, and the checks on what it is given."""
 
-import re
-
-from tfopt import _checks, _tfmot
+from tfopt import _specs, _tfmot
 from tfopt._keras import keras
 
 
@@ -15,81 +13,21 @@ def flat_layers(model):
             yield layer
 
 
-def _matches(layer, spec):
-    if isinstance(spec, type):
-        return isinstance(layer, spec)
-    return layer.name == spec or re.fullmatch(spec, layer.name) is not None
-
-
 def check_specs(specs, arg):
-    if specs is None:
-        return
-    if not isinstance(specs, (list, tuple)) or not all(
-        isinstance(s, str)
-        or (isinstance(s, type) and issubclass(s, keras.layers.Layer))
-        for s in specs
-    ):
-        raise TypeError(
-            f"`{arg}` must be a list of layer names, regular expressions or "
-            f"tf_keras layer classes, or None. Received: {arg}={specs!r}"
-        )
-    for spec in specs:
-        if isinstance(spec, str):
-            try:
-                re.compile(spec)
-            except re.error as err:
-                raise ValueError(
-                    f"`{arg}` holds {spec!r}, which is neither a layer name nor "
-                    f"a valid regular expression ({err}). Received: {arg}={specs!r}"
-                ) from err
-
-
-def _pick(all_layers, specs, arg):
-    picked = []
-    for spec in specs:
-        hits = [layer for layer in all_layers if _matches(layer, spec)]
-        if not hits:
-            names = [layer.name for layer in all_layers]
-            raise ValueError(
-                f"`{arg}` names {getattr(spec, '__name__', spec)!r}, which matches "
-                f"no layer of the model. Its layers: {names}. Received: {arg}={specs!r}"
-            )
-        picked += hits
-    return picked
+    _specs.check_specs(specs, arg, keras.layers.Layer, "tf_keras")
 
 
 def select(model, layers, exclude):
     all_layers = list(flat_layers(model))
     prunable = [layer for layer in all_layers if _tfmot.prunable_weights(layer)]
-    if layers is None:
-        selected = prunable
-    else:
-        selected = [layer for layer in _pick(all_layers, layers, "layers")
-                    if layer in prunable]
-        named = [s for s in layers if isinstance(s, str)]
-        for layer in all_layers:
-            if layer.name in named and layer not in prunable:
-                raise ValueError(
-                    f"`layers` names {layer.name!r} ({type(layer).__name__}), which "
-                    "has no weights TFMOT can prune. Received: "
-                    f"layers={layers!r}"
-                )
-    dropped = _pick(all_layers, exclude, "exclude") if exclude else []
-    selected = [layer for layer in dict.fromkeys(selected) if layer not in dropped]
-    if not selected:
-        raise ValueError(
-            "`layers`/`exclude` leave no layer to prune. Prunable layers: "
-            f"{[layer.name for layer in prunable]}. Received: layers={layers!r}, "
-            f"exclude={exclude!r}"
-        )
-    return selected
+    return _specs.select(all_layers, prunable, layers, exclude, "TFMOT")
 
 
 def chosen_layers(model, layers, exclude):
     """The layers of flat `model` that `layers`/`exclude` pick (all by default)."""
     candidates = list(flat_layers(model))
-    picked = candidates if layers is None else _pick(candidates, layers, "layers")
-    dropped = _pick(candidates, exclude, "exclude") if exclude else []
+    picked = candidates if layers is None else _specs.pick(candidates, layers, "layers")
+    dropped = _specs.pick(candidates, exclude, "exclude") if exclude else []
     return [layer for layer in dict.fromkeys(picked) if layer not in dropped]
 
 
@@ -171,28 +109,3 @@ def check_prunable_model(model):
             "tfopt.quantize, whose preserve_sparsity=True keeps the zeros. "
             f"Received: model={model.name!r}"
         )
-
-
-def check_steps(begin, end):
-    for arg, value in (("begin", begin), ("end", end)):
-        if _checks.is_int(value):
-            if value < 0:
-                raise ValueError(
-                    f"`{arg}` must be >= 0 as a step. Received: {arg}={value!r}")
-        elif isinstance(value, float):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(
-                    f"`{arg}` must be in [0, 1] as a fraction of the run. "
-                    f"Received: {arg}={value!r}")
-        else:
-            raise TypeError(
-                f"`{arg}` must be a float (fraction of the run) or an int "
-                f"(optimizer step). Received: {arg}={value!r}")
-    if type(begin) is not type(end):
-        raise ValueError(
-            "`begin` and `end` must both be fractions (floats) or both steps "
-            f"(ints); write 0.0, not 0, for a fraction. Received: begin={begin!r}, "
-            f"end={end!r}")
-    if begin >= end:
-        raise ValueError(
-            f"`begin` must be before `end`. Received: begin={begin!r}, end={end!r}")

@@ -1,10 +1,14 @@
 """`sparsity_report`: zeros per layer and weight, on wrapped or stripped
-models, with 2:4 (m:n) compliance where the layout allows it."""
+models, with 2:4 (m:n) compliance where the layout allows it.
+
+`Row`, `SparsityReport` and the m:n checks serve both Keras worlds; only
+`sparsity_report` (tf_keras's rows) loads tf_keras and TFMOT, when called.
+The Keras 3 rows are `_k3_pruning.rows`.
+"""
 
 from typing import NamedTuple
 
-from tfopt import _checks, _keras, _tfmot
-from tfopt._keras import keras
+from tfopt import _checks
 
 
 class Row(NamedTuple):
@@ -40,7 +44,19 @@ def _weight_name(variable):
     return variable.name.split("/")[-1].split(":")[0]
 
 
+def row(layer_name, variable, values, pruned, m_by_n):
+    """The `Row` of weight `variable` (of layer `layer_name`), whose values
+    as the layer uses them are the NumPy array `values`."""
+    zeros = int((values == 0).sum())
+    return Row(layer_name, _weight_name(variable), tuple(values.shape),
+               int(values.size), zeros, zeros / max(values.size, 1), pruned,
+               m_by_n_compliant(values, m_by_n))
+
+
 def _rows(model, m_by_n):
+    from tfopt import _tfmot
+    from tfopt._keras import keras
+
     for layer in model.layers:
         if isinstance(layer, _tfmot.PruneLowMagnitudeBase):
             # The wrapped weight can hold non-zeros under a zero mask between
@@ -58,10 +74,7 @@ def _rows(model, m_by_n):
             pairs = [(w, w.numpy()) for w in _tfmot.prunable_weights(layer)]
             name, pruned = layer.name, False
         for variable, values in pairs:
-            zeros = int((values == 0).sum())
-            yield Row(name, _weight_name(variable), tuple(values.shape),
-                      int(values.size), zeros, zeros / max(values.size, 1),
-                      pruned, m_by_n_compliant(values, m_by_n))
+            yield row(name, variable, values, pruned, m_by_n)
 
 
 class SparsityReport:
@@ -134,6 +147,8 @@ def sparsity_report(model, *, m_by_n=(2, 4)):
     >>> round(tfopt.sparsity_report(model).sparsity, 2)
     0.0
     """
+    from tfopt import _keras
+
     _keras.check_model(model)
     check_m_by_n(m_by_n, "m_by_n")
     return SparsityReport(_rows(model, tuple(m_by_n)), m_by_n)

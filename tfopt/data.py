@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from tfopt import _checks, _keras
+from tfopt import _checks
 
 BUNDLED = ("digits", "mnist5k")
 # Data sets without an official test split hold out this fraction of each
@@ -81,7 +81,9 @@ def _socket_timeout(seconds):
 
 def _keras_loader(name):
     def load():
-        module = getattr(_keras.keras.datasets, name)
+        import keras  # the files are the same in both Keras worlds
+
+        module = getattr(keras.datasets, name)
         try:
             with _socket_timeout(_DOWNLOAD_TIMEOUT_S):
                 (x_train, y_train), (x_test, y_test) = module.load_data()

@@ -13,13 +13,13 @@ that to the strategy.
 """
 
 import os
+import sys
 from typing import NamedTuple
 
 import tensorflow as tf
 from absl import logging
 
 from tfopt import _checks, config
-from tfopt._keras import keras
 
 # Keras policy names accepted for `mixed_precision`.
 PRECISIONS = config.PRECISIONS
@@ -124,6 +124,30 @@ def _logical_names(gpus):
     return tuple(names)
 
 
+# The policy configure_devices set, for a Keras that loads later (`_keras`).
+requested_policy = None
+
+
+def _set_policy(name):
+    # The policy is global per Keras, and a program may use either (or both):
+    # set it on Keras 3 (TensorFlow ships it), and on tf_keras where this
+    # program has loaded it (else `_keras` sets it when it loads).
+    global requested_policy
+    requested_policy = name
+    import keras
+
+    keras.mixed_precision.set_global_policy(name)
+    if "tf_keras" in sys.modules:
+        sys.modules["tf_keras"].mixed_precision.set_global_policy(name)
+
+
+def _policy():
+    for name in ("tf_keras", "keras"):
+        if name in sys.modules and hasattr(sys.modules[name], "mixed_precision"):
+            return sys.modules[name].mixed_precision.global_policy().name
+    return requested_policy or "float32"
+
+
 def configure_devices(*, memory_growth=None, memory_limit_mb=None,
                       visible_gpus=None, logical_cpus=None,
                       mixed_precision=None):
@@ -192,13 +216,13 @@ def configure_devices(*, memory_growth=None, memory_limit_mb=None,
             f"({err}). Move the call to the top of your program."
         ) from err
     if mixed_precision is not None:
-        keras.mixed_precision.set_global_policy(mixed_precision)
+        _set_policy(mixed_precision)
     config = DeviceConfig(
         physical_devices=tuple(d.name for d in tf.config.list_physical_devices()),
         logical_devices=_logical_names(gpus),
         memory_growth=growth if gpus and memory_limit_mb is None else None,
         memory_limit_mb=memory_limit_mb if gpus else None,
-        mixed_precision=keras.mixed_precision.global_policy().name,
+        mixed_precision=_policy(),
     )
     logging.info("configure_devices: %s", config)
     return config

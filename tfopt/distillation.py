@@ -10,50 +10,12 @@ batch gives the same student on one replica or many. `evaluate`, `predict`,
 
 import tensorflow as tf
 
-from tfopt import _checks, _keras, _selection, pruning
+from tfopt import _checks, _distill, _keras, _selection, pruning
 from tfopt._keras import keras
 
+DISTILLATION_LOSSES = _distill.DISTILLATION_LOSSES
+
 __all__ = ["DISTILLATION_LOSSES", "DistillationSchedule", "Distiller"]
-
-
-def _kl(teacher, student, temperature):
-    soft_teacher = tf.nn.softmax(teacher / temperature)
-    log_student = tf.nn.log_softmax(student / temperature)
-    log_teacher = tf.nn.log_softmax(teacher / temperature)
-    return tf.reduce_sum(soft_teacher * (log_teacher - log_student), axis=-1)
-
-
-def _mse(teacher, student, temperature):
-    del temperature  # logit matching needs no softening
-    return tf.reduce_mean(tf.square(teacher - student), axis=-1)
-
-
-# Per-example soft losses: KL(softmax(t/T) || softmax(s/T)), or MSE on logits.
-DISTILLATION_LOSSES = {"kl": _kl, "mse": _mse}
-
-
-def _check_temperature(value, arg="temperature"):
-    _checks.check_real(value, arg)
-    if not value > 0:
-        raise ValueError(f"`{arg}` must be > 0. Received: {arg}={value!r}")
-
-
-def _check_alpha(value, arg="alpha"):
-    _checks.check_real(value, arg)
-    if not 0 <= value <= 1:
-        raise ValueError(f"`{arg}` must be in [0, 1]. Received: {arg}={value!r}")
-
-
-def _find_layer(model, name, role):
-    layers = [layer for layer in model.layers
-              if name in (layer.name, getattr(getattr(layer, "layer", None),
-                                              "name", None))]
-    if not layers:
-        raise ValueError(
-            f"`features` names {name!r}, which is not a layer of the {role}. Its "
-            f"layers: {[layer.name for layer in model.layers]}. "
-            f"Received: {role} layer={name!r}")
-    return layers[0]
 
 
 def per_example(loss):
@@ -65,48 +27,8 @@ def per_example(loss):
     return loss
 
 
-def _check_features(features, student, teacher):
-    if features is None:
-        return []
-    if not isinstance(features, (list, tuple)) or not all(
-        isinstance(f, (list, tuple)) and len(f) == 3 and isinstance(f[0], str)
-        and isinstance(f[1], str) and _checks.is_real(f[2]) and f[2] >= 0
-        for f in features
-    ):
-        raise TypeError(
-            "`features` must be a list of (teacher_layer, student_layer, weight) "
-            "tuples with a weight >= 0, or None. "
-            f"Received: features={features!r}")
-    taps = []
-    for teacher_name, student_name, weight in features:
-        t_layer = _find_layer(teacher, teacher_name, "teacher")
-        s_layer = _find_layer(student, student_name, "student")
-        taps.append((t_layer, s_layer, float(weight)))
-    return taps
-
-
-def _projection(student_shape, teacher_shape, names):
-    """A learned map from the student's feature to the teacher's, or None."""
-    if student_shape == teacher_shape:
-        return None
-    if len(student_shape) == len(teacher_shape) == 1:
-        projection = keras.layers.Dense(teacher_shape[-1], use_bias=False)
-    elif len(student_shape) == len(teacher_shape) == 3 and (
-        student_shape[:2] == teacher_shape[:2]
-    ):
-        projection = keras.layers.Conv2D(teacher_shape[-1], 1, use_bias=False)
-    else:
-        raise ValueError(
-            f"`features` pairs teacher layer {names[0]!r} {teacher_shape} with "
-            f"student layer {names[1]!r} {student_shape}: only the channel "
-            "count may differ (a 1x1 convolution or Dense maps it). "
-            f"Received: features pair={names!r}")
-    projection.build((None, *student_shape))
-    return projection
-
-
 @keras.utils.register_keras_serializable(package="tfopt")
-class Distiller(keras.Model):
+class Distiller(_distill.DistillerSteps, keras.Model):
     """Trains `student` to match `teacher` and the labels.
 
     Loss = `alpha * hard + (1 - alpha) * T^2 * soft` (+ the weighted feature
@@ -128,7 +50,7 @@ class Distiller(keras.Model):
             be the model `student` was pruned from.
         temperature: Softening temperature T, > 0. Defaults to `4.0`.
         alpha: Weight of the hard-label loss, in [0, 1]. Defaults to `0.1`.
-        distillation_loss: One of `DISTILLATION_LOSSES`: `kl` or `mse`.
+        distillation_loss: One of `_distill.DISTILLATION_LOSSES`: `kl` or `mse`.
             Defaults to `kl`.
         features: `(teacher_layer, student_layer, weight)` tuples adding
             `weight * MSE` between those layers' outputs; a learned 1x1
@@ -185,11 +107,11 @@ class Distiller(keras.Model):
                 "`student` and `teacher` must produce the same output shape. "
                 f"Received: student output {student.output_shape}, teacher "
                 f"output {teacher.output_shape}")
-        _check_temperature(temperature)
-        _check_alpha(alpha)
+        _distill.check_temperature(temperature)
+        _distill.check_alpha(alpha)
         _checks.check_choice(distillation_loss, "distillation_loss",
-                             DISTILLATION_LOSSES)
-        taps = _check_features(features, student, teacher)
+                             _distill.DISTILLATION_LOSSES)
+        taps = _distill.check_features(features, student, teacher)
         _checks.check_bool(cache_teacher, "cache_teacher")
         if cache_teacher and taps:
             raise ValueError(
@@ -221,8 +143,9 @@ class Distiller(keras.Model):
                             [model.output] + [pair[i].output for pair in taps])
                 for i, model in enumerate((teacher, student)))
             self.projections = [
-                _projection(tuple(s.output.shape[1:]), tuple(t.output.shape[1:]),
-                            (t.name, s.name)) for t, s, _ in taps]
+                _distill.projection(keras, tuple(s.output.shape[1:]),
+                                    tuple(t.output.shape[1:]), (t.name, s.name))
+                for t, s, _ in taps]
         self._feature_weights = [w for _, _, w in taps]
         self._cache = None
         if cache_teacher:
@@ -247,21 +170,6 @@ class Distiller(keras.Model):
         self._hard_loss = per_example(loss)
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
 
-    def _teacher_only(self):
-        student = {id(v) for v in self.student.weights}
-        return {id(v) for v in self.teacher.weights if id(v) not in student}
-
-    @property
-    def trainable_weights(self):
-        teacher = self._teacher_only()
-        return [v for v in super().trainable_weights if id(v) not in teacher]
-
-    @property
-    def non_trainable_weights(self):
-        teacher = self._teacher_only()
-        return super().non_trainable_weights + [
-            v for v in super().trainable_weights if id(v) in teacher]
-
     @property
     def metrics(self):
         # Keras resets these each epoch; the trackers are also sub-layers, so
@@ -271,51 +179,6 @@ class Distiller(keras.Model):
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
-
-    def _teacher_outputs(self, x):
-        if self._taps is not None:
-            return [tf.stop_gradient(o) for o in self._taps[0](x, training=False)]
-        if self._cache is None:
-            return [tf.stop_gradient(self.teacher(x, training=False))]
-        flat = tf.reshape(x, [tf.shape(x)[0], -1])
-        keys = tf.bitcast(tf.fingerprint(flat), tf.int64)
-        cached = self._cache.lookup(keys)
-
-        def compute():
-            logits = tf.cast(self.teacher(x, training=False), tf.float32)
-            with tf.control_dependencies([self._cache.insert(keys, logits)]):
-                return tf.identity(logits)
-
-        hit = tf.reduce_all(tf.math.is_finite(cached))
-        return [tf.stop_gradient(tf.cond(hit, lambda: cached, compute))]
-
-    def _student_outputs(self, x, training):
-        if self._taps is not None:
-            return list(self._taps[1](x, training=training))
-        return [self.student(x, training=training)]
-
-    def _per_example_losses(self, y, student_out, teacher_out):
-        t = self.temperature
-        student_logits = tf.cast(student_out[0], tf.float32)
-        teacher_logits = tf.cast(teacher_out[0], tf.float32)
-        hard = self._hard_loss(y, student_logits)
-        soft = DISTILLATION_LOSSES[self.distillation_loss](
-            teacher_logits, student_logits, t)
-        total = self.alpha * hard + (1.0 - self.alpha) * t * t * soft
-        for s_feat, t_feat, projection, weight in zip(
-            student_out[1:], teacher_out[1:], self.projections,
-            self._feature_weights, strict=True
-        ):
-            if projection is not None:
-                s_feat = projection(s_feat)
-            error = tf.square(tf.cast(s_feat, tf.float32) - tf.cast(t_feat, tf.float32))
-            total += weight * tf.reduce_mean(
-                tf.reshape(error, [tf.shape(error)[0], -1]), axis=-1)
-        return total, hard, soft
-
-    def _student_variables(self):
-        return self.student.trainable_variables + [
-            v for p in self.projections if p is not None for v in p.trainable_variables]
 
     def train_step(self, data):
         pruning.require_callback(self.student, self)
@@ -380,7 +243,7 @@ class Distiller(keras.Model):
         return cls(student=student, teacher=teacher, **config)
 
 
-class DistillationSchedule(keras.callbacks.Callback):
+class DistillationSchedule(_distill.ScheduleHooks, keras.callbacks.Callback):
     """Sets a Distiller's temperature and/or alpha at the start of each epoch.
 
     The values live in variables, so changing them does not retrace the
@@ -404,35 +267,9 @@ class DistillationSchedule(keras.callbacks.Callback):
 
     def __init__(self, temperature=None, alpha=None):
         super().__init__()
-        for arg, spec, check in (("temperature", temperature, _check_temperature),
-                                 ("alpha", alpha, _check_alpha)):
-            if spec is None or callable(spec):
-                continue
-            if not isinstance(spec, (list, tuple)) or not spec:
-                raise TypeError(
-                    f"`{arg}` must be a callable epoch -> value, a non-empty list, "
-                    f"or None. Received: {arg}={spec!r}")
-            for value in spec:
-                check(value, arg)
+        _distill.check_schedule_specs(temperature, alpha)
         self.temperature = temperature
         self.alpha = alpha
 
-    def on_train_begin(self, logs=None):
-        if not isinstance(self.model, Distiller):
-            raise TypeError(
-                "DistillationSchedule must be used in Distiller.fit. "
-                f"Received: model={type(self.model).__name__}")
-
-    def on_epoch_begin(self, epoch, logs=None):
-        for arg, spec, check in (("temperature", self.temperature, _check_temperature),
-                                 ("alpha", self.alpha, _check_alpha)):
-            if spec is None:
-                continue
-            value = spec(epoch) if callable(spec) else spec[min(epoch, len(spec) - 1)]
-            check(value, f"{arg} at epoch {epoch}")
-            getattr(self.model, arg).assign(float(value))
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["temperature"] = float(self.model.temperature.numpy())
-            logs["alpha"] = float(self.model.alpha.numpy())
+    def _distiller(self):
+        return Distiller

@@ -13,9 +13,18 @@ import warnings
 
 import tensorflow as tf
 
-from tfopt import _checks, _keras, _schedule, _selection, _summary, _tfmot, config
+from tfopt import (
+    _checks,
+    _keras,
+    _schedule,
+    _selection,
+    _steps,
+    _summary,
+    _tfmot,
+    config,
+)
 from tfopt._keras import keras
-from tfopt._schedule import KINDS, PruningSchedule
+from tfopt._schedule import PruningSchedule
 from tfopt._sparsity import SparsityReport, check_m_by_n, sparsity_report
 
 __all__ = ["PrunedModel", "PruneLowMagnitude", "PruningCallback",
@@ -211,26 +220,8 @@ def prune(model, target_sparsity, *, schedule="polynomial", begin=0.0, end=0.75,
         warnings.warn("prune: " + _keras.frozen_message(
             model, "model", "the pruned copy would only move its masks when "
             "trained"), UserWarning, stacklevel=2)
-    _checks.check_real(target_sparsity, "target_sparsity")
-    if not 0 < target_sparsity < 1:
-        raise ValueError(
-            "`target_sparsity` must be in (0, 1). "
-            f"Received: target_sparsity={target_sparsity!r}")
-    _checks.check_choice(schedule, "schedule", KINDS)
-    _selection.check_steps(begin, end)
-    _checks.check_real(initial_sparsity, "initial_sparsity")
-    if not 0 <= initial_sparsity < target_sparsity:
-        raise ValueError(
-            "`initial_sparsity` must be in [0, target_sparsity). "
-            f"Received: initial_sparsity={initial_sparsity!r}")
-    if schedule == "constant" and initial_sparsity:
-        raise ValueError(
-            "`initial_sparsity` only applies to schedule='polynomial'. "
-            f"Received: initial_sparsity={initial_sparsity!r}")
-    _checks.check_int(frequency, "frequency", minimum=1, optional=True)
-    _checks.check_real(power, "power")
-    if power <= 0:
-        raise ValueError(f"`power` must be > 0. Received: power={power!r}")
+    _steps.check_schedule(target_sparsity, schedule, begin, end,
+                          initial_sparsity, frequency, power)
     _selection.check_specs(layers, "layers")
     _selection.check_specs(exclude, "exclude")
     _checks.check_choice(structure, "structure", STRUCTURES)
@@ -379,17 +370,7 @@ class PruningCallback(keras.callbacks.Callback):
                             f"None. Received: data={data!r}")
         self.data = data
         self._channels = []
-        if log_dir is not None and not isinstance(log_dir, (str, bytes)) and not (
-            hasattr(log_dir, "__fspath__")
-        ):
-            raise TypeError(
-                f"`log_dir` must be a path or None. Received: log_dir={log_dir!r}")
-        if update_freq not in ("epoch", "batch") and not (
-            _checks.is_int(update_freq) and update_freq >= 1
-        ):
-            raise ValueError(
-                "`update_freq` must be 'epoch', 'batch' or an int >= 1. "
-                f"Received: update_freq={update_freq!r}")
+        _checks.check_callback_output(log_dir, update_freq)
         self.log_dir = log_dir
         self.update_freq = 1 if update_freq == "batch" else update_freq
         self._wrappers = []
@@ -432,11 +413,7 @@ class PruningCallback(keras.callbacks.Callback):
         for schedule in self._schedules():
             if schedule.fractional:
                 if total is None:
-                    raise ValueError(
-                        "Pruning `begin`/`end` are fractions of the run, but this "
-                        "fit does not know its length (the data set has no known "
-                        "size): pass steps_per_epoch to fit, or give prune() int "
-                        "steps.")
+                    raise ValueError(_steps.UNKNOWN_LENGTH)
                 changed |= schedule.resolve(total)
             elif total is not None:
                 self._warn_if_unreachable(schedule, start, start + epochs * steps
@@ -456,19 +433,9 @@ class PruningCallback(keras.callbacks.Callback):
             self.model.train_function = None
 
     def _warn_if_unreachable(self, schedule, start, last):
-        update = schedule.last_update_at_or_before(last)
-        final = 0.0 if update is None else schedule.sparsity_at(update)
-        if final >= schedule.target_sparsity - 1e-9:
-            return
-        begin, end, _ = schedule.steps
-        reach = begin if schedule.kind == "constant" else end
-        runs = (f"this fit runs {last} steps" if start == 0
-                else f"this fit ends at step {last}")
-        warnings.warn(
-            f"pruning reaches {schedule.target_sparsity:.0%} at step {reach} but "
-            f"{runs}; final sparsity would be {final:.0%}. Give prune() "
-            "fractional begin/end (e.g. end=0.75) to fit any run length.",
-            UserWarning, stacklevel=2)
+        message = schedule.unreachable_warning(start, last)
+        if message:
+            warnings.warn(message, UserWarning, stacklevel=2)
 
     def _write(self):
         step = int(self._wrappers[0].pruning_step.numpy())

@@ -1,0 +1,96 @@
+"""Keras 3 models and training runs for the Keras 3 tests: the same runs on
+one replica, two mirrored replicas and two worker processes (importable by
+`tests.cluster`). Nothing here touches tf_keras."""
+
+import keras
+import numpy as np
+
+import tfopt
+from tests.helpers import _dataset, tiny_regression
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def cnn(input_shape, width=8, name="k3cnn", l2=None):
+    """A small Keras 3 CNN without BatchNorm (its statistics are per replica),
+    with an L2 penalty on the logits' kernel if `l2` is given."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(width, 3, activation="relu", name="conv")(inputs)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(32, activation="relu", name="hidden")(x)
+    logits = keras.layers.Dense(
+        10, name="logits",
+        kernel_regularizer=keras.regularizers.L2(l2) if l2 else None)(x)
+    return keras.Model(inputs, logits, name=name)
+
+
+def mlp(width=32):
+    return keras.Sequential([keras.Input((6,)),
+                             keras.layers.Dense(width, activation="tanh"),
+                             keras.layers.Dense(1)])
+
+
+def train_pruned(strategy, *, global_batch=16, epochs=2, seed=0, m_by_n=None):
+    """A Keras 3 MLP pruned to 50% (or m:n) with SGD; returns the stripped
+    weights, the masks and the History."""
+    x, y = tiny_regression()
+    keras.utils.set_random_seed(seed)
+    with strategy.scope():
+        model = tfopt.prune(mlp(), 0.5, end=1.0, m_by_n=m_by_n)
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    history = model.fit(_dataset(x, y, global_batch), epochs=epochs, verbose=0,
+                        callbacks=[tfopt.PruningCallback()])
+    masks = [c.mask.numpy()
+             for _, _, c in tfopt._k3_pruning.masked(model)]
+    return tfopt.strip(model).get_weights(), masks, history.history
+
+
+def pruned_multi_worker_job():
+    return train_pruned(tfopt.get_strategy("multi_worker"))
+
+
+def train_distilled(strategy, *, global_batch=32, steps=4, seed=0, pruned=False):
+    """Distills an untrained Keras 3 CNN into a smaller one (with an L2
+    penalty, and pruned when asked); returns the student's weights and the
+    History."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((global_batch * steps, 8, 8, 1)).astype(np.float32)
+    y = rng.integers(0, 10, global_batch * steps).astype(np.int32)
+    keras.utils.set_random_seed(seed)
+    with strategy.scope():
+        teacher = cnn((8, 8, 1), 16, "teacher")
+        student = cnn((8, 8, 1), 4, "student", l2=1e-3)
+        if pruned:
+            student = tfopt.prune(student, 0.5, end=1.0)
+        distiller = tfopt.Distiller(student=student, teacher=teacher,
+                                    temperature=3.0, alpha=0.3)
+        distiller.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    history = distiller.fit(_dataset(x, y, global_batch), epochs=2, verbose=0,
+                            callbacks=[tfopt.PruningCallback()] if pruned else [])
+    return student.get_weights(), history.history
+
+
+def distilled_multi_worker_job():
+    return train_distilled(tfopt.get_strategy("multi_worker"), pruned=True)
+
+
+def plain_fit(strategy, *, fixed):
+    """One epoch of a plain Keras 3 MLP; `fixed` applies tfopt's multi-worker
+    fix. Returns the weights and History."""
+    x, y = tiny_regression()
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = mlp()
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse",
+                      metrics=["mae"])
+    if fixed:
+        tfopt._k3_fit.fix(model)
+    history = model.fit(_dataset(x, y, 16), epochs=2, verbose=0)
+    return model.get_weights(), history.history
+
+
+def plain_multi_worker_job(fixed):
+    try:
+        return plain_fit(tfopt.get_strategy("multi_worker"), fixed=fixed)
+    except Exception as err:  # the upstream failure, reported as text
+        return f"{type(err).__name__}: {err}"

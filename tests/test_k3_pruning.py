@@ -1,0 +1,219 @@
+"""Pruning Keras 3 models: tfopt's own path (`_k3_pruning`), through the
+same public names as tf_keras models."""
+
+import keras
+import numpy as np
+import pytest
+
+import tfopt
+from tests import k3_helpers
+from tests.k3_helpers import LOSS, cnn
+from tfopt import _k3_pruning
+
+
+def _fit(model, data, epochs=1, callbacks=None, **kwargs):
+    return model.fit(data.train, epochs=epochs, verbose=0,
+                     callbacks=[tfopt.PruningCallback()] if callbacks is None
+                     else callbacks, **kwargs)
+
+
+def _pruned(digits, target=0.8, **kwargs):
+    keras.utils.set_random_seed(0)
+    model = tfopt.prune(cnn(digits.info.input_shape), target, **kwargs)
+    model.compile(optimizer="adam", loss=LOSS, metrics=["accuracy"])
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    keras.utils.set_random_seed(0)
+    base = cnn(digits.info.input_shape)
+    before = [w.copy() for w in base.get_weights()]
+    pruned = tfopt.prune(base, 0.8, end=0.75)
+    pruned.compile(optimizer="adam", loss=LOSS, metrics=["accuracy"])
+    history = _fit(pruned, digits, epochs=2)
+    return base, before, pruned, history
+
+
+def test_target_reached_per_layer_and_input_untouched(trained):
+    base, before, pruned, history = trained
+    report = tfopt.sparsity_report(pruned)
+    assert {r.layer for r in report.rows} == {"conv", "hidden", "logits"}
+    for row in report.rows:
+        assert row.pruned
+        assert row.sparsity == pytest.approx(0.8, abs=0.01), row
+    for a, b in zip(before, base.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not _k3_pruning.masked(base)
+    assert history.history["accuracy"][-1] > 0.3  # learning, while pruned
+
+
+def test_sparsity_is_in_history_and_rises_with_the_schedule(trained):
+    sparsity = trained[3].history["sparsity"]
+    assert len(sparsity) == 2
+    assert 0.3 < sparsity[0] < 0.8
+    assert sparsity[1] == pytest.approx(0.8, abs=0.01)
+
+
+def test_strip_gives_a_plain_model_with_the_zeros(trained, digits):
+    pruned = trained[2]
+    stripped = tfopt.strip(pruned)
+    assert not _k3_pruning.masked(stripped)
+    assert all(v.constraint is None for v in stripped.trainable_variables)
+    kernel = stripped.get_layer("hidden").kernel.numpy()
+    assert (kernel == 0).mean() == pytest.approx(0.8, abs=0.01)
+    x = next(iter(digits.test))[0]
+    np.testing.assert_allclose(stripped.predict(x, verbose=0),
+                               pruned.predict(x, verbose=0), atol=1e-5)
+
+
+def test_training_without_the_callback_fails_before_the_first_step(digits):
+    model = _pruned(digits)
+    before = [w.copy() for w in model.get_weights()]
+    for _ in range(2):  # the second fit must not reuse a half-traced step
+        with pytest.raises(RuntimeError, match=(
+                r"^This Keras 3 model was pruned with tfopt.prune and is training "
+                r"without tfopt.PruningCallback\(\)")):
+            _fit(model, digits, callbacks=[])
+    for a, b in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # With the callback it trains, and after that fit a bare one fails again.
+    assert _fit(model, digits).history["sparsity"][-1] > 0.5
+    with pytest.raises(RuntimeError, match="without tfopt.PruningCallback"):
+        _fit(model, digits, callbacks=[])
+
+
+def test_a_ten_step_run_with_fractions_reaches_the_target(digits):
+    model = _pruned(digits, end=0.5)
+    history = _fit(model, digits, steps_per_epoch=10)
+    assert history.history["sparsity"][-1] == pytest.approx(0.8, abs=0.01)
+
+
+def test_steps_per_execution_past_the_end_still_reaches_the_target(digits):
+    model = _pruned(digits, end=7, begin=0)
+    model.compile(optimizer="adam", loss=LOSS, steps_per_execution=3)
+    history = _fit(model, digits, steps_per_epoch=9)
+    assert history.history["sparsity"][-1] == pytest.approx(0.8, abs=0.01)
+
+
+def test_unreachable_absolute_schedule_warns_with_the_numbers(digits):
+    model = _pruned(digits, begin=0, end=1000)
+    with pytest.warns(UserWarning, match=(
+            r"^pruning reaches 80% at step 1000 but this fit runs 41 steps; "
+            r"final sparsity would be \d+%")):
+        _fit(model, digits)
+
+
+def test_layer_selection_by_name_regex_and_class(digits):
+    shape = digits.info.input_shape
+    for kwargs, expected in (({"layers": ["hidden"]}, {"hidden"}),
+                             ({"layers": ["h.*", keras.layers.Conv2D]},
+                              {"hidden", "conv"}),
+                             ({"exclude": ["logits"]}, {"hidden", "conv"})):
+        model = tfopt.prune(cnn(shape), 0.5, **kwargs)
+        assert {layer.name for layer, _, _ in _k3_pruning.masked(model)} == expected
+    with pytest.raises(ValueError, match=r"^`layers` names 'nope', which matches "
+                       r"no layer of the model"):
+        tfopt.prune(cnn(shape), 0.5, layers=["nope"])
+    with pytest.raises(TypeError, match=r"Keras 3 layer classes"):
+        tfopt.prune(cnn(shape), 0.5, layers=[int])
+
+
+def test_two_by_four_is_exact_where_it_fits_and_named_where_not(digits):
+    keras.utils.set_random_seed(0)
+    with pytest.warns(UserWarning, match=r"m_by_n=\(2, 4\) does not fit layers "
+                      r"\['conv'\]"):
+        model = tfopt.prune(cnn(digits.info.input_shape), 0.5, m_by_n=(2, 4))
+    model.compile(optimizer="adam", loss=LOSS)
+    _fit(model, digits)
+    rows = {r.layer: r for r in tfopt.sparsity_report(model).rows}
+    assert rows["hidden"].m_by_n and rows["logits"].m_by_n
+    assert rows["hidden"].sparsity == pytest.approx(0.5)
+    assert rows["conv"].sparsity == pytest.approx(0.5, abs=0.01)
+
+
+def test_save_reload_and_resume(trained, digits, tmp_path):
+    pruned = trained[2]
+    path = tmp_path / "pruned.keras"
+    pruned.save(path)
+    loaded = tfopt.load_model(path)
+    assert [type(c).__name__ for _, _, c in _k3_pruning.masked(loaded)] == [
+        "PruningMask"] * 3
+    assert int(loaded.optimizer.iterations.numpy()) == 2 * 41
+    assert tfopt.sparsity_report(loaded).sparsity == pytest.approx(0.8, abs=0.01)
+    # Resuming: the masks are the zeros, the schedule goes on from step 82.
+    history = loaded.fit(digits.train, epochs=3, initial_epoch=2, verbose=0,
+                         callbacks=[tfopt.PruningCallback()])
+    assert history.history["sparsity"][-1] == pytest.approx(0.8, abs=0.01)
+    zeros = [(v.numpy() == 0) for _, v, _ in
+             _k3_pruning.masked(pruned)]
+    after = [(v.numpy() == 0) for _, v, _ in
+             _k3_pruning.masked(loaded)]
+    for a, b in zip(zeros, after, strict=True):
+        np.testing.assert_array_equal(a, b)  # past `end`, the masks hold
+
+
+def test_nested_functional_models_are_pruned_through(digits):
+    inner = cnn(digits.info.input_shape, name="inner")
+    inputs = keras.Input(digits.info.input_shape)
+    outer = keras.Model(inputs, keras.layers.Activation("linear")(inner(inputs)))
+    pruned = tfopt.prune(outer, 0.5)
+    assert {layer.name for layer, _, _ in _k3_pruning.masked(pruned)} == {
+        "conv", "hidden", "logits"}
+    assert not _k3_pruning.masked(tfopt.strip(pruned))
+
+
+def test_same_masks_and_weights_on_default_and_mirrored(mirrored):
+    single = k3_helpers.train_pruned(tfopt.get_strategy("default"))
+    double = k3_helpers.train_pruned(mirrored)
+    for a, b in zip(single[1], double[1], strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert (a == 0).mean() == pytest.approx(0.5, abs=0.01)
+    for a, b in zip(single[0], double[0], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert single[2]["loss"] == pytest.approx(double[2]["loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"target_sparsity": 1.0}, ValueError, r"^`target_sparsity` must be in \(0, 1\)"),
+    ({"target_sparsity": "x"}, TypeError, r"^`target_sparsity` must be"),
+    ({"begin": 0, "end": 0.5}, ValueError, r"^`begin` and `end` must both be"),
+    ({"structure": "channels"}, ValueError,
+     r"^`structure` is not available for Keras 3 models yet"),
+    ({"block_size": (1, 4)}, ValueError,
+     r"^`block_size` is not available for Keras 3 models yet"),
+    ({"m_by_n": (4, 2)}, ValueError, r"^`m_by_n` must be two ints"),
+    ({"target_sparsity": 0.999}, ValueError,
+     r"must leave at least one weight in every pruned tensor: logits/kernel"),
+])
+def test_bad_arguments_name_the_value(digits, kwargs, error, message):
+    kwargs = {"target_sparsity": 0.5, **kwargs}
+    with pytest.raises(error, match=message):
+        tfopt.prune(keras.Sequential([keras.Input((4,)),
+                                      keras.layers.Dense(2, name="logits")]),
+                    kwargs.pop("target_sparsity"), **kwargs)
+
+
+def test_bad_models_are_refused():
+    class Sub(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(TypeError, match=r"^`model` must be a Sequential or "
+                       r"functional Keras 3 model for pruning: a subclassed model"):
+        tfopt.prune(Sub(), 0.5)
+    pruned = tfopt.prune(keras.Sequential([keras.Input((4,)),
+                                           keras.layers.Dense(2)]), 0.5)
+    with pytest.raises(ValueError, match=r"^`model` is already pruned"):
+        tfopt.prune(pruned, 0.5)
+    with pytest.raises(ValueError, match=r"^`data` ranks channels"):
+        tfopt.PruningCallback(data=None).set_model(pruned) or \
+            _k3_pruning.PruningCallback(data=[1])
+
+
+def test_pruning_mask_round_trips_its_config():
+    mask = _k3_pruning.PruningMask(0.7, "constant", 3, 9, m_by_n=(2, 4),
+                                   inner=keras.constraints.MaxNorm(2.0))
+    again = _k3_pruning.PruningMask(**mask.get_config())
+    assert again.get_config() == mask.get_config()
+    assert isinstance(again.inner, keras.constraints.MaxNorm)

@@ -1,0 +1,204 @@
+"""What the two Distillers share (`distillation.Distiller` for tf_keras,
+`_k3_distillation.Distiller` for Keras 3): the soft losses, the argument
+checks, the teacher and student passes with teacher caching and feature
+taps, the per-example loss, and the `DistillationSchedule` hooks. All of it
+is TensorFlow ops and Python, so it runs in either Keras on the TensorFlow
+backend; nothing here imports a Keras.
+"""
+
+import tensorflow as tf
+
+from tfopt import _checks
+
+
+def _kl(teacher, student, temperature):
+    soft_teacher = tf.nn.softmax(teacher / temperature)
+    log_student = tf.nn.log_softmax(student / temperature)
+    log_teacher = tf.nn.log_softmax(teacher / temperature)
+    return tf.reduce_sum(soft_teacher * (log_teacher - log_student), axis=-1)
+
+
+def _mse(teacher, student, temperature):
+    del temperature  # logit matching needs no softening
+    return tf.reduce_mean(tf.square(teacher - student), axis=-1)
+
+
+# Per-example soft losses: KL(softmax(t/T) || softmax(s/T)), or MSE on logits.
+DISTILLATION_LOSSES = {"kl": _kl, "mse": _mse}
+
+
+def check_temperature(value, arg="temperature"):
+    _checks.check_real(value, arg)
+    if not value > 0:
+        raise ValueError(f"`{arg}` must be > 0. Received: {arg}={value!r}")
+
+
+def check_alpha(value, arg="alpha"):
+    _checks.check_real(value, arg)
+    if not 0 <= value <= 1:
+        raise ValueError(f"`{arg}` must be in [0, 1]. Received: {arg}={value!r}")
+
+
+def _find_layer(model, name, role):
+    layers = [layer for layer in model.layers
+              if name in (layer.name, getattr(getattr(layer, "layer", None),
+                                              "name", None))]
+    if not layers:
+        raise ValueError(
+            f"`features` names {name!r}, which is not a layer of the {role}. Its "
+            f"layers: {[layer.name for layer in model.layers]}. "
+            f"Received: {role} layer={name!r}")
+    return layers[0]
+
+
+def check_features(features, student, teacher):
+    if features is None:
+        return []
+    if not isinstance(features, (list, tuple)) or not all(
+        isinstance(f, (list, tuple)) and len(f) == 3 and isinstance(f[0], str)
+        and isinstance(f[1], str) and _checks.is_real(f[2]) and f[2] >= 0
+        for f in features
+    ):
+        raise TypeError(
+            "`features` must be a list of (teacher_layer, student_layer, weight) "
+            "tuples with a weight >= 0, or None. "
+            f"Received: features={features!r}")
+    taps = []
+    for teacher_name, student_name, weight in features:
+        t_layer = _find_layer(teacher, teacher_name, "teacher")
+        s_layer = _find_layer(student, student_name, "student")
+        taps.append((t_layer, s_layer, float(weight)))
+    return taps
+
+
+def projection(keras, student_shape, teacher_shape, names):
+    """A learned map (a layer of `keras`, either Keras) from the student's
+    feature to the teacher's, or None."""
+    if student_shape == teacher_shape:
+        return None
+    if len(student_shape) == len(teacher_shape) == 1:
+        projection = keras.layers.Dense(teacher_shape[-1], use_bias=False)
+    elif len(student_shape) == len(teacher_shape) == 3 and (
+        student_shape[:2] == teacher_shape[:2]
+    ):
+        projection = keras.layers.Conv2D(teacher_shape[-1], 1, use_bias=False)
+    else:
+        raise ValueError(
+            f"`features` pairs teacher layer {names[0]!r} {teacher_shape} with "
+            f"student layer {names[1]!r} {student_shape}: only the channel "
+            "count may differ (a 1x1 convolution or Dense maps it). "
+            f"Received: features pair={names!r}")
+    projection.build((None, *student_shape))
+    return projection
+
+
+
+
+class DistillerSteps:
+    """The passes and losses of a Distiller (mixed into both): it has
+    `student`, `teacher`, `temperature`, `alpha`, `distillation_loss`,
+    `projections`, `_taps`, `_cache`, `_feature_weights`, `_hard_loss`."""
+
+    def _teacher_only(self):
+        student = {id(v) for v in self.student.weights}
+        return {id(v) for v in self.teacher.weights if id(v) not in student}
+
+    @property
+    def trainable_weights(self):
+        teacher = self._teacher_only()
+        return [v for v in super().trainable_weights if id(v) not in teacher]
+
+    @property
+    def non_trainable_weights(self):
+        teacher = self._teacher_only()
+        return super().non_trainable_weights + [
+            v for v in super().trainable_weights if id(v) in teacher]
+
+    def _teacher_outputs(self, x):
+        if self._taps is not None:
+            return [tf.stop_gradient(o) for o in self._taps[0](x, training=False)]
+        if self._cache is None:
+            return [tf.stop_gradient(self.teacher(x, training=False))]
+        flat = tf.reshape(x, [tf.shape(x)[0], -1])
+        keys = tf.bitcast(tf.fingerprint(flat), tf.int64)
+        cached = self._cache.lookup(keys)
+
+        def compute():
+            logits = tf.cast(self.teacher(x, training=False), tf.float32)
+            with tf.control_dependencies([self._cache.insert(keys, logits)]):
+                return tf.identity(logits)
+
+        hit = tf.reduce_all(tf.math.is_finite(cached))
+        return [tf.stop_gradient(tf.cond(hit, lambda: cached, compute))]
+
+    def _student_outputs(self, x, training):
+        if self._taps is not None:
+            return list(self._taps[1](x, training=training))
+        return [self.student(x, training=training)]
+
+    def _per_example_losses(self, y, student_out, teacher_out):
+        # Tensors, not variables: a Keras 3 variable in arithmetic with a
+        # tensor loses the static shape.
+        t = tf.convert_to_tensor(self.temperature)
+        alpha = tf.convert_to_tensor(self.alpha)
+        student_logits = tf.cast(student_out[0], tf.float32)
+        # A cached teacher's logits come out of a tf.cond without a shape.
+        teacher_logits = tf.ensure_shape(tf.cast(teacher_out[0], tf.float32),
+                                         student_logits.shape)
+        hard = self._hard_loss(y, student_logits)
+        soft = DISTILLATION_LOSSES[self.distillation_loss](
+            teacher_logits, student_logits, t)
+        total = alpha * hard + (1.0 - alpha) * t * t * soft
+        for s_feat, t_feat, projection, weight in zip(
+            student_out[1:], teacher_out[1:], self.projections,
+            self._feature_weights, strict=True
+        ):
+            if projection is not None:
+                s_feat = projection(s_feat)
+            error = tf.square(tf.cast(s_feat, tf.float32) - tf.cast(t_feat, tf.float32))
+            total += weight * tf.reduce_mean(
+                tf.reshape(error, [tf.shape(error)[0], -1]), axis=-1)
+        return total, hard, soft
+
+    def _student_variables(self):
+        return self.student.trainable_variables + [
+            v for p in self.projections if p is not None for v in p.trainable_variables]
+
+
+
+def check_schedule_specs(temperature, alpha):
+    for arg, spec, check in (("temperature", temperature, check_temperature),
+                             ("alpha", alpha, check_alpha)):
+        if spec is None or callable(spec):
+            continue
+        if not isinstance(spec, (list, tuple)) or not spec:
+            raise TypeError(
+                f"`{arg}` must be a callable epoch -> value, a non-empty list, "
+                f"or None. Received: {arg}={spec!r}")
+        for value in spec:
+            check(value, arg)
+
+
+class ScheduleHooks:
+    """`DistillationSchedule`'s hooks, for either Keras's callback class;
+    `_distiller()` names the Distiller class of that Keras."""
+
+    def on_train_begin(self, logs=None):
+        if not isinstance(self.model, self._distiller()):
+            raise TypeError(
+                "DistillationSchedule must be used in Distiller.fit. "
+                f"Received: model={type(self.model).__name__}")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for arg, spec, check in (("temperature", self.temperature, check_temperature),
+                                 ("alpha", self.alpha, check_alpha)):
+            if spec is None:
+                continue
+            value = spec(epoch) if callable(spec) else spec[min(epoch, len(spec) - 1)]
+            check(value, f"{arg} at epoch {epoch}")
+            getattr(self.model, arg).assign(float(value))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["temperature"] = float(self.model.temperature.numpy())
+            logs["alpha"] = float(self.model.alpha.numpy())

@@ -1,0 +1,211 @@
+"""Teacher–student distillation of Keras 3 models, side by side with
+`distillation.py` (tf_keras); the passes and losses are shared
+(`_distill.DistillerSteps`).
+
+Why not `keras.distillation`: in Keras 3.15 `LogitsDistillation()`'s default
+loss (`"kl_divergence"`) is applied to raw logits, without the softmax, and
+its `student_loss`/`distillation_loss` metrics track the loss already
+scaled for the replicas (1/N of the value under N replicas). This
+`Distiller` reduces every per-example loss by the global batch size, tracks
+unscaled per-example values, and logs the same numbers on any strategy.
+"""
+
+import keras
+import tensorflow as tf
+
+from tfopt import _checks, _distill, _k3_fit, _k3_pruning
+
+__all__ = ["DistillationSchedule", "Distiller"]
+
+
+def _check_model(model, arg):
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"`{arg}` must be a Keras 3 Model (both models of a Distiller from the "
+            f"same Keras). Received: {arg}={model!r} of type "
+            f"{type(model).__module__}.{type(model).__qualname__}")
+    if not (isinstance(model, keras.Sequential)
+            or type(model).__name__ == "Functional"):
+        raise TypeError(
+            f"`{arg}` must be a Sequential or functional Keras 3 model: the "
+            "Distiller checks its output shape and taps its layers; wrap a "
+            f"subclassed one, e.g. keras.Model(inputs, {arg}(inputs)). "
+            f"Received: {arg}={model!r}")
+
+
+def _output_shape(model):
+    # A Sequential copied by clone_model has inputs but no `output` until called.
+    return tuple(model.compute_output_spec(
+        keras.KerasTensor((None, *model.inputs[0].shape[1:]))).shape)
+
+
+def per_example(loss):
+    """A per-example version of the compiled hard-label `loss`."""
+    loss = keras.losses.get(loss)
+    if isinstance(loss, keras.losses.Loss):
+        config = {**loss.get_config(), "reduction": None}
+        return loss.__class__.from_config(config)
+    return loss
+
+
+@keras.saving.register_keras_serializable(package="tfopt")
+class Distiller(_distill.DistillerSteps, keras.Model):
+    """`tfopt.Distiller` for Keras 3 models: the arguments, losses and
+    guarantees of `tfopt.distillation.Distiller`."""
+
+    def __init__(self, *args, student=None, teacher=None, temperature=4.0,
+                 alpha=0.1, distillation_loss="kl", features=None,
+                 cache_teacher=False, name="distiller"):
+        if args:
+            raise TypeError(
+                "Distiller takes its models as keywords: Distiller(student=..., "
+                f"teacher=...). Received: {len(args)} positional argument(s)")
+        for arg, model in (("student", student), ("teacher", teacher)):
+            _check_model(model, arg)
+        if not student.trainable_weights:
+            raise ValueError(
+                "`student` has no trainable variables: distilling into it would "
+                f"train nothing. Set `student.trainable = True` first. "
+                f"Received: student={student.name!r}")
+        shapes = [_output_shape(m) for m in (student, teacher)]
+        if shapes[0] != shapes[1]:
+            raise ValueError(
+                "`student` and `teacher` must produce the same output shape. "
+                f"Received: student output {shapes[0]}, teacher output {shapes[1]}")
+        _distill.check_temperature(temperature)
+        _distill.check_alpha(alpha)
+        _checks.check_choice(distillation_loss, "distillation_loss",
+                             _distill.DISTILLATION_LOSSES)
+        taps = _distill.check_features(features, student, teacher)
+        _checks.check_bool(cache_teacher, "cache_teacher")
+        if cache_teacher and taps:
+            raise ValueError(
+                "`cache_teacher` caches logits only; teacher feature maps are "
+                "recomputed. Use one or the other. Received: cache_teacher=True, "
+                f"features={features!r}")
+        super().__init__(name=name)
+        self.student = student
+        self.teacher = teacher  # left as given; never trained (see DistillerSteps)
+        self.distillation_loss = distillation_loss
+        self.features = [tuple(f) for f in features or ()]
+        self.cache_teacher = cache_teacher
+        constant = keras.initializers.Constant
+        self.temperature = self.add_weight(
+            name="temperature", shape=(), trainable=False,
+            initializer=constant(temperature))
+        self.alpha = self.add_weight(
+            name="alpha", shape=(), trainable=False, initializer=constant(alpha))
+        self._taps = None
+        self.projections = []
+        if taps:
+            self._taps = tuple(
+                keras.Model(model.inputs,
+                            [model.output] + [pair[i].output for pair in taps])
+                for i, model in enumerate((teacher, student)))
+            self.projections = [
+                _distill.projection(keras, tuple(s.output.shape[1:]),
+                                    tuple(t.output.shape[1:]), (t.name, s.name))
+                for t, s, _ in taps]
+        self._feature_weights = [w for _, _, w in taps]
+        self._cache = None
+        if cache_teacher:
+            width = _output_shape(teacher)[-1]
+            self._cache = tf.lookup.experimental.MutableHashTable(
+                tf.int64, tf.float32, default_value=tf.fill([width], float("nan")))
+        self._trackers = [keras.metrics.Mean(name=n) for n in
+                          ("loss", "student_loss", "distillation_loss")]
+        self._hard_loss = None
+        _k3_fit.fix(self)
+        _k3_pruning.own(self, student)
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        """Compiles with the student's hard-label `loss` and `metrics`.
+
+        XLA stays off unless `jit_compile` is given (teacher caching uses a
+        hash table XLA cannot compile). Other keyword arguments go to
+        `keras.Model.compile`.
+        """
+        if loss is None:
+            raise ValueError(
+                "`loss` must be the student's hard-label loss, e.g. "
+                "keras.losses.SparseCategoricalCrossentropy(from_logits=True). "
+                "Received: loss=None")
+        self._hard_loss = per_example(loss)
+        kwargs.setdefault("jit_compile", False)
+        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+
+    def call(self, inputs, training=None):
+        return self.student(inputs, training=training)
+
+    def _track(self, x, y, sample_weight, student_out, values):
+        for tracker, value in zip(self._trackers, values, strict=True):
+            tracker.update_state(value, sample_weight=sample_weight)
+        logs = self.compute_metrics(x, y, student_out[0], sample_weight)
+        # Keras's own `loss` tracker is never fed here; ours has the name.
+        logs.update({m.name: m.result() for m in self._trackers})
+        return logs
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        teacher_out = self._teacher_outputs(x)
+        variables = self._student_variables()
+        with tf.GradientTape() as tape:
+            student_out = self._student_outputs(x, training=True)
+            total, hard, soft = self._per_example_losses(y, student_out, teacher_out)
+            # Sum over the local batch / global batch: on N replicas the
+            # summed gradients equal the single-replica ones.
+            loss = tf.nn.compute_average_loss(total, sample_weight=sample_weight)
+            regularization = (tf.add_n(self.student.losses)
+                              if self.student.losses else tf.constant(0.0))
+            loss += tf.nn.scale_regularization_loss(regularization)
+            scaled = self.optimizer.scale_loss(loss)  # mixed precision
+        self.optimizer.apply(tape.gradient(scaled, variables), variables)
+        return self._track(x, y, sample_weight, student_out,
+                           (total + regularization, hard, soft))
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        teacher_out = self._teacher_outputs(x)
+        student_out = self._student_outputs(x, training=False)
+        total, hard, soft = self._per_example_losses(y, student_out, teacher_out)
+        regularization = (tf.add_n(self.student.losses)
+                          if self.student.losses else tf.constant(0.0))
+        return self._track(x, y, sample_weight, student_out,
+                           (total + regularization, hard, soft))
+
+    def save(self, filepath, *args, **kwargs):
+        """Saves the student alone (what is deployed), pruning included."""
+        return self.student.save(filepath, *args, **kwargs)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "student": keras.saving.serialize_keras_object(self.student),
+            "teacher": keras.saving.serialize_keras_object(self.teacher),
+            "temperature": float(self.temperature.numpy()),
+            "alpha": float(self.alpha.numpy()),
+            "distillation_loss": self.distillation_loss,
+            "features": [list(f) for f in self.features] or None,
+            "cache_teacher": self.cache_teacher,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        student = keras.saving.deserialize_keras_object(config.pop("student"))
+        teacher = keras.saving.deserialize_keras_object(config.pop("teacher"))
+        return cls(student=student, teacher=teacher, **config)
+
+
+class DistillationSchedule(_distill.ScheduleHooks, keras.callbacks.Callback):
+    """`tfopt.DistillationSchedule` for a Keras 3 Distiller."""
+
+    def __init__(self, temperature=None, alpha=None):
+        super().__init__()
+        _distill.check_schedule_specs(temperature, alpha)
+        self.temperature = temperature
+        self.alpha = alpha
+
+    def _distiller(self):
+        return Distiller
+

@@ -1,0 +1,60 @@
+"""Keras 3 `fit` under `MultiWorkerMirroredStrategy`: tfopt's fix for the two
+failures of Keras 3.15's TensorFlow trainer, applied per model.
+
+Both are in `keras/src/backend/tensorflow/trainer.py` (an upstream
+reproduction is in BUILD_NOTES.md, "Keras 3 and MultiWorkerMirroredStrategy"):
+
+1. `_maybe_symbolic_build` calls `strategy.reduce("MEAN", batch, axis=None)`
+   on the first distributed batch, only to read its shapes; in multi-worker
+   mode that is a collective over the integer labels too, and `fit` dies
+   before the first step.
+2. `reduce_per_replica(logs, strategy, "auto")` means `reduce("MEAN", v,
+   axis=0)` in multi-worker mode, which fails on scalar logs ("Invalid
+   reduction dimension 0").
+
+The fix: the model's public `distribute_reduction_method = "first"` (its
+logs are Keras metric results, already the same global value on every
+replica and worker), and, on this model only, a symbolic build from the
+first replica's batch. Nothing is patched process-wide. Remove this module
+when Keras fixes the trainer: `tests/test_k3_distribute.py` reproduces both
+failures without it and will start failing then.
+"""
+
+import tensorflow as tf
+
+
+def _multi_worker(strategy):
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.cluster_resolver is not None
+            and bool(strategy.cluster_resolver.cluster_spec().as_dict()))
+
+
+def _first_replica(strategy, batch):
+    def local(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+    return tf.nest.map_structure(local, batch)
+
+
+def fix(model):
+    """Makes Keras 3 `model` train under the multi-worker strategy it was
+    built in; does nothing under any other strategy. Returns `model`."""
+    strategy = model.distribute_strategy
+    if not _multi_worker(strategy):
+        return model
+    model.distribute_reduction_method = "first"
+    build = type(model)._maybe_symbolic_build
+
+    def symbolic_build(iterator=None, data_batch=None):
+        # Keras 3.15 reduces the batch across workers only to read its shapes.
+        if iterator is not None and data_batch is None:
+            for _, _, batches in iterator:
+                data_batch = _first_replica(strategy, next(batches))
+                break
+        return build(model, data_batch=data_batch)
+
+    # An instance attribute, so only this model changes; the one private
+    # name tfopt overrides, for the reason above.
+    model._maybe_symbolic_build = symbolic_build
+    return model

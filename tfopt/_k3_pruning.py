@@ -1,0 +1,420 @@
+"""Magnitude pruning of Keras 3 models (the `keras` package), side by side
+with `pruning.py`, which does it for tf_keras through TFMOT.
+
+TFMOT refuses Keras 3 objects, so this path is tfopt's own, and small: a
+pruned weight gets a `PruningMask` constraint. Keras 3 optimizers apply a
+variable's constraint after every update, so `w * mask` keeps the pruned
+weights at zero inside the training step, on every replica, at the cost of
+one multiply. `PruningCallback` (the Keras 3 half of `tfopt.PruningCallback`)
+moves the masks along the schedule from the optimizer's step counter, which
+a `.keras` file and a checkpoint keep, so a reloaded model resumes where it
+stopped: its masks are its zeros.
+
+The layer graph is left as it was (no wrapper layers), so the pruned model
+saves, reloads and exports as the plain model does. QAT (phase 2) is meant
+to slot in the same way: `rebuild` swaps layer configs of a Sequential or
+functional model, nested ones included.
+"""
+
+import warnings
+import weakref
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfopt import _checks, _specs, _steps, _summary
+from tfopt._sparsity import SparsityReport, check_m_by_n, m_by_n_compliant, row
+
+MISSING_CALLBACK = (
+    "This Keras 3 model was pruned with tfopt.prune and is training without "
+    "tfopt.PruningCallback(), which advances the pruning schedule and keeps "
+    "the masks. Add it: model.fit(..., callbacks=[tfopt.PruningCallback()])."
+)
+
+# (layer classes, weight attribute, constraint attribute): the weights TFMOT
+# prunes in the same layers of tf_keras (the pointwise kernel only, for a
+# separable convolution).
+_PRUNABLE = (
+    ((keras.layers.SeparableConv1D, keras.layers.SeparableConv2D),
+     "pointwise_kernel", "pointwise_constraint"),
+    ((keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D),
+     "depthwise_kernel", "depthwise_constraint"),
+    ((keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Conv1D,
+      keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.Conv1DTranspose,
+      keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose),
+     "kernel", "kernel_constraint"),
+    ((keras.layers.Embedding,), "embeddings", "embeddings_constraint"),
+)
+
+
+def prunable(layer):
+    """(weight attribute, constraint attribute) of `layer`'s prunable
+    weight, or None."""
+    for classes, weight, constraint in _PRUNABLE:
+        if isinstance(layer, classes):
+            return weight, constraint
+    return None
+
+
+@keras.saving.register_keras_serializable(package="tfopt")
+class PruningMask(keras.constraints.Constraint):
+    """The constraint of a pruned weight: `inner(w) * mask`.
+
+    Its config holds the schedule (so a `.keras` file knows how to go on);
+    the mask itself is a variable `PruningCallback` makes from the weight's
+    zeros when `fit` starts, in the model's strategy scope.
+    """
+
+    def __init__(self, target_sparsity, kind="polynomial", begin=0.0, end=0.75,
+                 initial_sparsity=0.0, frequency=None, power=3, m_by_n=None,
+                 inner=None):
+        self.schedule = _steps.ScheduleSteps(target_sparsity, kind, begin, end,
+                                             initial_sparsity, frequency, power)
+        self.m_by_n = tuple(m_by_n) if m_by_n else None
+        self.inner = keras.constraints.get(inner)
+        self.mask = None
+        self.ready = False
+        self.trainer = None  # a weak reference to the model whose fit runs it
+        self.failed = False  # raised MISSING_CALLBACK while a step was traced
+
+    def __call__(self, w):
+        if not self.ready:
+            # Raised while `fit` traces its step, before the first update.
+            # Drop the half-traced step, or the next fit would reuse it.
+            trainer = self.trainer() if self.trainer else None
+            if trainer is not None:
+                trainer.train_function = None
+            self.failed = True
+            raise RuntimeError(MISSING_CALLBACK)
+        if self.inner is not None:
+            w = self.inner(w)
+        return keras.ops.multiply(w, keras.ops.cast(self.mask, w.dtype))
+
+    def get_config(self):
+        return {**self.schedule.settings(),
+                "m_by_n": list(self.m_by_n) if self.m_by_n else None,
+                "inner": keras.constraints.serialize(self.inner)}
+
+
+def flat_layers(model):
+    """Every layer of `model`, nested models flattened, inputs left out."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from flat_layers(layer)
+        elif not isinstance(layer, keras.layers.InputLayer):
+            yield layer
+
+
+def masked(model):
+    """(layer, variable, PruningMask) of every pruned weight of `model`."""
+    found = []
+    for layer in flat_layers(model):
+        names = prunable(layer)
+        if names:
+            variable = getattr(layer, names[0], None)
+            if isinstance(getattr(variable, "constraint", None), PruningMask):
+                found.append((layer, variable, variable.constraint))
+    return found
+
+
+def own(trainer, model=None):
+    """Makes `trainer` (a pruned model, or a Distiller of a pruned `model`)
+    the model whose half-traced step a missing callback drops."""
+    for _, _, constraint in masked(model or trainer):
+        constraint.trainer = weakref.ref(trainer)
+    return trainer
+
+
+def check_graph_model(model, action):
+    if not (isinstance(model, keras.Sequential)
+            or type(model).__name__ == "Functional"):
+        raise TypeError(
+            f"`model` must be a Sequential or functional Keras 3 model for "
+            f"{action}: a subclassed model ({type(model).__name__}) hides its "
+            f"layer graph. Build it with the functional API. Received: "
+            f"model={model!r}")
+    if not model.built:
+        raise ValueError(
+            f"`model` must be built (give it an `Input`) before {action}. "
+            f"Received: model={model!r}")
+
+
+def rebuild(model, new_config):
+    """A copy of Sequential/functional `model` (nested models too) whose
+    layers are made from `new_config(layer, config)`, weights copied."""
+
+    def clone(layer):
+        if isinstance(layer, keras.Model):
+            return keras.models.clone_model(layer, clone_function=clone)
+        config = new_config(layer, layer.get_config())
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def prune(model, target_sparsity, *, schedule="polynomial", begin=0.0, end=0.75,
+          initial_sparsity=0.0, frequency=None, power=3, layers=None,
+          exclude=None, m_by_n=None, block_size=None, structure="weights",
+          measure="channels", importance="l2", round_to=8):
+    """`tfopt.prune` for a Keras 3 model: see `tfopt.pruning.prune` for the
+    arguments. `structure="channels"` and `block_size` are tf_keras only."""
+    check_graph_model(model, "pruning")
+    if masked(model):
+        raise ValueError(
+            "`model` is already pruned: train it with PruningCallback, or "
+            f"tfopt.strip it first. Received: model={model.name!r}")
+    _steps.check_schedule(target_sparsity, schedule, begin, end, initial_sparsity,
+                          frequency, power)
+    _specs.check_specs(layers, "layers", keras.layers.Layer, "Keras 3")
+    _specs.check_specs(exclude, "exclude", keras.layers.Layer, "Keras 3")
+    for arg, value, default in (("structure", structure, "weights"),
+                                ("block_size", block_size, None),
+                                ("measure", measure, "channels"),
+                                ("importance", importance, "l2"),
+                                ("round_to", round_to, 8)):
+        if value != default:
+            raise ValueError(
+                f"`{arg}` is not available for Keras 3 models yet (channel and "
+                "block pruning are tf_keras only); prune weights, or m:n with "
+                f"`m_by_n`. Received: {arg}={value!r}")
+    check_m_by_n(m_by_n, "m_by_n", optional=True)
+    all_layers = list(flat_layers(model))
+    selected = _specs.select(all_layers, [x for x in all_layers if prunable(x)],
+                             layers, exclude, "tfopt")
+    fits = {}
+    for layer in selected:
+        weight = getattr(layer, prunable(layer)[0])
+        fits[id(layer)] = bool(m_by_n) and m_by_n_compliant(
+            np.zeros(weight.shape), m_by_n) is not None
+        count = int(np.prod(weight.shape))
+        if not fits[id(layer)] and target_sparsity > (count - 1) / count:
+            raise ValueError(
+                "`target_sparsity` must leave at least one weight in every "
+                f"pruned tensor: {layer.name}/{prunable(layer)[0]} has {count} "
+                f"weights, so it can be at most {(count - 1) / count:.4f} sparse. "
+                "Exclude that layer or lower the target. "
+                f"Received: target_sparsity={target_sparsity!r}")
+    unfit = [layer.name for layer in selected if m_by_n and not fits[id(layer)]]
+    if unfit:
+        warnings.warn(
+            f"m_by_n={tuple(m_by_n)} does not fit layers {unfit} (input channels "
+            "must be a multiple of n); they are pruned without structure to "
+            f"{target_sparsity}.", UserWarning, stacklevel=3)
+    settings = dict(target_sparsity=target_sparsity, kind=schedule, begin=begin,
+                    end=end, initial_sparsity=initial_sparsity,
+                    frequency=frequency, power=power)
+
+    def add_mask(layer, config):
+        if id(layer) in fits:
+            key = prunable(layer)[1]
+            config[key] = PruningMask(
+                **settings, m_by_n=m_by_n if fits[id(layer)] else None,
+                inner=config.get(key))
+        return config
+
+    return own(rebuild(model, add_mask))
+
+
+def strip(model):
+    """`tfopt.strip` for a Keras 3 model: the masks applied, the
+    `PruningMask` constraints replaced by what they wrapped."""
+    check_graph_model(model, "stripping")
+    apply_masks(model)
+
+    def unmask(layer, config):
+        names = prunable(layer)
+        if names and isinstance(getattr(layer, names[0]).constraint, PruningMask):
+            inner = getattr(layer, names[0]).constraint.inner
+            config[names[1]] = keras.constraints.serialize(inner)
+        return config
+
+    return rebuild(model, unmask)
+
+
+def _values(variable, constraint):
+    values = variable.numpy()
+    if constraint.mask is not None:
+        values = values * constraint.mask.numpy()
+    return values
+
+
+def rows(model, m_by_n):
+    """`_sparsity.Row`s of the prunable weights of Keras 3 `model`."""
+    for layer in flat_layers(model):
+        names = prunable(layer)
+        if not names:
+            continue
+        variable = getattr(layer, names[0])
+        constraint = variable.constraint
+        pruned = isinstance(constraint, PruningMask)
+        values = (_values(variable, constraint) if pruned
+                  else variable.numpy())
+        yield row(layer.name, variable, values, pruned, m_by_n)
+
+
+def sparsity_report(model, *, m_by_n=(2, 4)):
+    """`tfopt.sparsity_report` for a Keras 3 model."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a Keras 3 Model. Received: model={model!r}")
+    check_m_by_n(m_by_n, "m_by_n")
+    return SparsityReport(rows(model, tuple(m_by_n)), m_by_n)
+
+
+def _magnitude_mask(values, sparsity):
+    # Stable order: equal magnitudes fall the same way on every worker.
+    zeros = int(round(sparsity * values.size))
+    zeros = min(zeros, values.size - 1)
+    mask = np.ones(values.size, values.dtype)
+    mask[np.argsort(np.abs(values).ravel(), kind="stable")[:zeros]] = 0
+    return mask.reshape(values.shape)
+
+
+def _m_by_n_mask(values, m_by_n):
+    # Groups of n run along the input channels (axis -2 of a Keras kernel),
+    # as in TFMOT and TFLite: move that axis last, group, move it back.
+    zeros, n = m_by_n
+    moved = np.moveaxis(values, -2, -1)
+    groups = np.abs(moved).reshape(-1, n)
+    mask = np.ones_like(groups)
+    order = np.argsort(groups, axis=1, kind="stable")[:, :zeros]
+    np.put_along_axis(mask, order, 0, axis=1)
+    return np.moveaxis(mask.reshape(moved.shape), -1, -2)
+
+
+def apply_masks(model):
+    """Zeroes the pruned weights of `model` as its masks say, on every
+    replica (this runs in cross-replica context)."""
+    with model.distribute_strategy.scope():
+        for _, variable, constraint in masked(model):
+            if constraint.mask is not None:
+                variable.assign(_values(variable, constraint))
+
+
+def _update(model, found, step_update):
+    with model.distribute_strategy.scope():
+        for _, variable, constraint in found:
+            values = _values(variable, constraint)
+            if constraint.m_by_n:
+                mask = _m_by_n_mask(values, constraint.m_by_n)
+            else:
+                mask = _magnitude_mask(
+                    values, constraint.schedule.sparsity_at(step_update))
+            constraint.mask.assign(mask)
+            variable.assign(values * mask)
+
+
+def mask_sparsity(found):
+    """The fraction of the pruned weights masked to zero."""
+    total = sum(int(np.prod(v.shape)) for _, v, _ in found)
+    zeros = sum(int((c.mask.numpy() == 0).sum())
+                for _, _, c in found if c.mask is not None)
+    return zeros / total if total else 0.0
+
+
+def _fresh_optimizer(model):
+    # A fit without PruningCallback stopped while tracing its first step,
+    # after Keras had begun building the optimizer inside that trace: its
+    # slots are unusable. No step ran, so a new optimizer loses nothing.
+    optimizer = model.optimizer.__class__.from_config(model.optimizer.get_config())
+    with model.distribute_strategy.scope():
+        optimizer.build(model.trainable_variables)
+    model.optimizer = optimizer
+    for _, _, constraint in masked(model):
+        constraint.failed = False
+
+
+class PruningCallback(keras.callbacks.Callback):
+    """The Keras 3 half of `tfopt.PruningCallback` (see `tfopt.pruning`)."""
+
+    def __init__(self, log_dir=None, update_freq="epoch", data=None):
+        super().__init__()
+        if data is not None:
+            raise ValueError(
+                "`data` ranks channels for structure='channels', which Keras 3 "
+                f"models do not have yet. Received: data={data!r}")
+        _checks.check_callback_output(log_dir, update_freq)
+        self.log_dir = log_dir
+        self.update_freq = 1 if update_freq == "batch" else update_freq
+        self._found = []
+        self._applied = None
+        self._writer = None
+
+    def _step(self):
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_train_begin(self, logs=None):
+        self._found = masked(self.model)
+        if not self._found:
+            warnings.warn("PruningCallback found no pruned model to drive (no "
+                          "PruningMask constraints); it does nothing.",
+                          UserWarning, stacklevel=2)
+            return
+        own(self.model)
+        if any(c.failed for _, _, c in self._found):
+            _fresh_optimizer(self.model)
+        # Keras 3 makes the step function before this hook: make it again,
+        # so that a step a missing callback left half-traced is not reused.
+        self.model.make_train_function(force=True)
+        epochs, steps = self.params.get("epochs"), self.params.get("steps")
+        total = epochs * steps if epochs and steps else None
+        start = self._step()
+        with self.model.distribute_strategy.scope():
+            for _, variable, constraint in self._found:
+                schedule = constraint.schedule
+                if schedule.fractional:
+                    if total is None:
+                        raise ValueError(_steps.UNKNOWN_LENGTH)
+                    schedule.resolve(total)
+                if constraint.mask is None:
+                    # A resumed model's masks are its zeros; a fresh one has none.
+                    values = variable.numpy()
+                    constraint.mask = tf.Variable(
+                        (values != 0).astype(values.dtype), trainable=False,
+                        name=variable.name.replace("/", "_") + "_mask")
+                constraint.ready = True
+        schedule = self._found[0][2].schedule
+        if not schedule.fractional and total is not None:
+            message = schedule.unreachable_warning(
+                start, start + total if start >= total else total)
+            if message:
+                warnings.warn(message, UserWarning, stacklevel=2)
+        self._applied = schedule.last_update_at_or_before(start)
+        if self.log_dir is not None and self._writer is None:
+            self._writer = tf.summary.create_file_writer(str(self.log_dir))
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self._found:
+            return
+        step = self._step()
+        # With steps_per_execution > 1 the step can jump past an update: apply
+        # the last one reached, so `end` always leaves the target.
+        update = self._found[0][2].schedule.last_update_at_or_before(step)
+        if update is not None and update != self._applied:
+            _update(self.model, self._found, update)
+            self._applied = update
+        if (self._writer is not None and _checks.is_int(self.update_freq)
+                and (batch + 1) % self.update_freq == 0):
+            self._write(step)
+
+    def _write(self, step):
+        _summary.write_scalars(self._writer, step,
+                               {"pruning/sparsity": mask_sparsity(self._found)})
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._found:
+            return
+        if logs is not None:
+            logs["sparsity"] = mask_sparsity(self._found)
+        if self._writer is not None and self.update_freq == "epoch":
+            self._write(self._step())
+
+    def on_train_end(self, logs=None):
+        # Only this callback advances the masks: a later fit without it must
+        # fail as a first one does, so its step is traced again.
+        for _, _, constraint in self._found:
+            constraint.ready = False
+        if self._found:
+            self.model.train_function = None
