@@ -17,14 +17,15 @@ import time
 from absl import app, flags, logging
 
 try:  # imported as a package: scripts, or tfopt_scripts once installed
-    from . import benchmark_pruning
+    from . import benchmark_keras3, benchmark_pruning
 except ImportError:  # run as a file: its directory is on sys.path
+    import benchmark_keras3
     import benchmark_pruning
 
 # `recovery` runs the main job, which switches on deterministic ops for the
 # rest of the process: it goes last.
 SUITES = ("overhead", "compression", "distillation", "parity", "inference",
-          "speed", "recovery")
+          "speed", "keras3", "recovery")
 if "suite" not in flags.FLAGS:
     flags.DEFINE_list("suite", list(SUITES), f"Parts to run: {', '.join(SUITES)}.")
     flags.register_validator("suite", lambda v: set(v) <= set(SUITES),
@@ -50,6 +51,8 @@ TARGETS = {
     # Issue 14: channel pruning's batch-1 speed-up and accuracy recovery.
     "mobilenet_v2_float32_speedup": 1.5, "mobilenet_v2_int8_speedup": 1.3,
     "resnet50_float32_speedup": 1.3, "recovered_accuracy_drop": 0.01,
+    # Issue 15: Keras 3 models through tfopt's own path.
+    "keras3_prune_vs_float": 1.15, "keras3_int8_vs_float_accuracy": 0.005,
 }
 # (speed model, TFLite kind, target) checked at 1 and 2 threads.
 SPEED_TARGETS = (("mobilenet_v2_96", "float32", "mobilenet_v2_float32_speedup"),
@@ -157,6 +160,21 @@ def overhead(quick):
             "mirrored_vs_default": median_ratio(times["mirrored"], times["float"]),
         }
     return out
+
+
+def keras3(quick):
+    """Keras 3 pruning's step-time overhead, and int8 against float."""
+    import keras
+
+    tfopt, _ = _lib()
+    splits, train = _data(tfopt, quick)
+    return {
+        "overhead": benchmark_keras3.overhead(tfopt, keras, splits, train,
+                                              1 if quick else 11, interleaved,
+                                              median_ratio),
+        "int8": benchmark_keras3.int8_accuracy(tfopt, keras, splits, train,
+                                               1 if quick else 5),
+    }
 
 
 def _h5_gzip(keras_model, directory, name):
@@ -391,6 +409,14 @@ def _checks(results):
             for threads, value in row["speedup"][kind].items():
                 add(f"speed/{model}/{variant}_{kind}_{threads}_thread_speedup",
                     value, TARGETS[target], True)
+    k3 = results.get("keras3", {})
+    for model, r in k3.get("overhead", {}).items():
+        add(f"keras3/{model}/prune_vs_float", r["prune_vs_float"],
+            TARGETS["keras3_prune_vs_float"])
+    if "int8" in k3:
+        add("keras3/student_cnn/int8_vs_float_accuracy",
+            k3["int8"]["int8_vs_float_accuracy"],
+            TARGETS["keras3_int8_vs_float_accuracy"])
     recovered = results.get("recovery", {})
     for model, row in recovered.get("channels_1.5x_macs", {}).items():
         add(f"recovery/{model}/channels_1.5x_macs_drop",
@@ -419,7 +445,8 @@ def collect(suites, quick, output):
     results = {"quick": quick, "anchors": ANCHORS, "targets": TARGETS}
     runs = {"overhead": overhead, "compression": compression,
             "distillation": distillation, "parity": parity, "inference": inference,
-            "speed": benchmark_pruning.speed, "recovery": benchmark_pruning.recovery}
+            "speed": benchmark_pruning.speed, "keras3": keras3,
+            "recovery": benchmark_pruning.recovery}
     for name in suites:
         start = time.perf_counter()
         results[name] = runs[name](quick)

@@ -7,6 +7,7 @@ import numpy as np
 
 import tfopt
 from tests.helpers import _dataset, tiny_regression
+from tfopt import _k3_fit, _k3_pruning
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -40,8 +41,7 @@ def train_pruned(strategy, *, global_batch=16, epochs=2, seed=0, m_by_n=None):
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     history = model.fit(_dataset(x, y, global_batch), epochs=epochs, verbose=0,
                         callbacks=[tfopt.PruningCallback()])
-    masks = [c.mask.numpy()
-             for _, _, c in tfopt._k3_pruning.masked(model)]
+    masks = [c.mask.numpy() for _, _, c in _k3_pruning.masked(model)]
     return tfopt.strip(model).get_weights(), masks, history.history
 
 
@@ -84,7 +84,7 @@ def plain_fit(strategy, *, fixed):
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse",
                       metrics=["mae"])
     if fixed:
-        tfopt._k3_fit.fix(model)
+        _k3_fit.fix(model)
     history = model.fit(_dataset(x, y, 16), epochs=2, verbose=0)
     return model.get_weights(), history.history
 

@@ -60,6 +60,9 @@ def test_quick_run_has_every_section_with_finite_numbers(tmp_path):
     metrics = [row[0] for row in saved["checks"]]
     assert "overhead/tfmot_mnist/tfopt_prune_vs_tfmot" in metrics
     assert "parity/qat_max_abs_diff" in metrics
+    assert "keras3/tfmot_mnist/prune_vs_float" in metrics
+    assert "keras3/student_cnn/int8_vs_float_accuracy" in metrics
+    assert saved["keras3"]["int8"]["sparsity"] == pytest.approx(0.8, abs=0.01)
     table = benchmark.markdown(results)
     assert table.startswith("| metric | measured | target | met |")
 

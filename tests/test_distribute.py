@@ -471,3 +471,15 @@ def test_a_worker_waiting_for_its_peers_says_so(caplog):
     assert ("get_strategy('multi_worker'): TF_CONFIG task {'index': 1} still waits "
             "for the other workers after 0.05 s; start the same command on each "
             "of them.") in caplog.text
+
+
+def test_keras3_multi_worker_fix_takes_keras3_models_only(keras3):
+    with pytest.raises(TypeError, match=r"^`model` must be a Keras 3 model. "
+                       r"Received: model=<tf_keras"):
+        tfopt.distribute.keras3_multi_worker(tfopt.models.build(
+            "tfmot_mnist", (8, 8), 10))
+    model = keras3.Sequential([keras3.Input((2,)), keras3.layers.Dense(1)])
+    # Outside a multi-worker strategy it changes nothing (two-worker runs:
+    # tests/test_k3_distribute.py).
+    assert tfopt.distribute.keras3_multi_worker(model) is model
+    assert "train_step" not in vars(model)

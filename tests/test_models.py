@@ -104,3 +104,22 @@ def test_bad_arguments_name_the_value(args, error, message):
 
 def test_build_is_reachable_from_the_package():
     assert tfopt.models.build is models.build
+
+
+@pytest.mark.parametrize("name", sorted(models.BUILDERS))
+def test_every_model_builds_in_keras3_with_the_same_parameters(name):
+    import keras as keras3
+
+    shape = (28, 28, 1)
+    k3 = models.build(name, shape, 10, keras_version=3)
+    assert isinstance(k3, keras3.Model) and k3.name == name
+    assert k3.count_params() == models.build(name, shape, 10).count_params()
+    norms = [layer for layer in k3.layers
+             if isinstance(layer, keras3.layers.BatchNormalization)]
+    # Keras 3 keeps each replica's statistics apart unless synchronized.
+    assert all(layer.synchronized for layer in norms)
+
+
+def test_an_unknown_keras_version_is_refused():
+    with pytest.raises(ValueError, match=r"^`keras_version` must be one of \[2, 3\]"):
+        models.build("tfmot_mnist", (28, 28, 1), 10, keras_version=1)

@@ -82,3 +82,37 @@ def test_channel_pruning_runs_prune_shrink_qat_export_and_times_the_result(
     assert set(speed["dense"]["int8_ms"]) == {"1", "2"}
     assert "## Speed (TFLite, batch 1" in result.markdown
     assert (tmp_path / "export" / "speed" / "shrunk_int8.tflite").exists()
+
+
+def test_keras3_models_go_teacher_distill_prune_int8_report(tmp_path, caplog):
+    config = Config(model_dir=str(tmp_path), keras="3", teacher="train", prune=True,
+                    sparsity_m_by_n="2:4", export=("tflite", "tflite_int8"), **QUICK)
+    with caplog.at_level(logging.INFO, logger="tfopt"):
+        first = pipeline.run(config)
+    assert [row["artifact"] for row in first.rows] == [
+        "teacher", "distilled+pruned", "tflite", "tflite_int8"]
+    teacher, student, tflite, int8 = first.rows
+    assert student["sparsity"] == pytest.approx(0.5, abs=0.01)  # 2:4 on Keras 3
+    assert abs(int8["accuracy"] - tflite["accuracy"]) <= 0.02
+    assert tflite["accuracy"] == pytest.approx(student["accuracy"], abs=1e-6)
+    assert student["macs"] is None and "keras" in json.loads(
+        (tmp_path / "report.json").read_text())["environment"]["versions"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tfopt"):
+        again = pipeline.run(config)
+    assert "finished earlier" in caplog.text
+    assert _without_latency(again.rows) == _without_latency(first.rows)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"qat": True}, r"^`qat=True` is not available with `keras=3` yet"),
+    ({"prune": True, "prune_structure": "channels"},
+     r"^`prune_structure=channels` is not available with `keras=3` yet"),
+    ({"export": ("saved_model",)},
+     r"^`export=\('saved_model',\)` is not available with `keras=3` yet"),
+])
+def test_what_keras3_cannot_do_yet_is_refused_up_front(tmp_path, settings, message):
+    with pytest.raises(ConfigError, match=message):
+        pipeline.run(Config(model_dir=str(tmp_path / "run"), keras="3",
+                            **{**QUICK, **settings}))
+    assert not (tmp_path / "run").exists()

@@ -203,6 +203,46 @@ def test_all_workers_stop_together_when_one_cannot_run(tmp_path, case):
     assert case == "chief_refuses" or not model_dir.exists()
 
 
+K3_ARGS = ["--keras=3", "--dataset=digits", "--teacher=train",
+           "--teacher_model=tfmot_mnist", "--prune", "--sparsity_m_by_n=2:4",
+           "--epochs=2", "--teacher_epochs=1", "--batch_size=32",
+           "--export=tflite,tflite_int8"]
+
+
+@pytest.mark.slow
+def test_keras3_train_py_on_two_workers_matches_one_process(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    # As on a user's machine: this test process set TF_USE_LEGACY_KERAS=1
+    # (it uses tf_keras), which would make TensorFlow load tf_keras itself.
+    plain = {"TF_USE_LEGACY_KERAS": "0"}
+    procs = cluster.start_script("train", [f"--model_dir={tmp_path / 'two'}",
+                                           *K3_ARGS],
+                                 [{**env, **plain} for env in
+                                  cluster.cluster_envs({"worker": 2})], logs)
+    codes, outputs = cluster.wait_all(procs, logs, TIMEOUT)
+    assert codes == [0, 0], outputs
+    [proc] = cluster.start_script("train", [f"--model_dir={tmp_path / 'one'}",
+                                            "--strategy=default", *K3_ARGS],
+                                  [plain], tmp_path)
+    codes, single = cluster.wait_all([proc], tmp_path, TIMEOUT)
+    assert codes == [0], single
+    digests = [_digests(out) for out in outputs]
+    assert set(digests[0]) == {"teacher", "distilled"}
+    assert digests[0] == digests[1]
+    assert "worker 1 done; the chief wrote the report to" in outputs[1]
+    report, rows = _rows(tmp_path / "two")
+    assert (report["environment"]["workers"], list(rows)) == (
+        2, ["teacher", "distilled+pruned", "tflite", "tflite_int8"])
+    # A Keras 3 run loads neither tf_keras nor TFMOT.
+    assert {"tf_keras", "tfmot"}.isdisjoint(report["environment"]["versions"])
+    _, one = _rows(tmp_path / "one")
+    test_size = report["dataset"]["test_size"]
+    for name, row in rows.items():
+        assert abs(row["accuracy"] - one[name]["accuracy"]) <= 2 / test_size, name
+        assert row["nonzero_params"] == one[name]["nonzero_params"], name
+
+
 def readme_pattern(order):
     """The README's start-up, in `order`; then what changing it says."""
     if order == "devices_first":

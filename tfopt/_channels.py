@@ -23,6 +23,7 @@ import numpy as np
 
 from tfopt import _flatten
 from tfopt._keras import keras
+from tfopt._sparsity import NOT_PARAMETERS
 
 _L = keras.layers
 # Each output channel is the input channel of the same index.
@@ -42,12 +43,6 @@ _MERGE = (_L.Add, _L.Subtract, _L.Multiply, _L.Average, _L.Maximum, _L.Minimum)
 _PRODUCERS = (_L.Conv1D, _L.Conv2D, _L.Conv3D, _L.Conv2DTranspose,
               _L.Conv3DTranspose, _L.SeparableConv1D, _L.SeparableConv2D,
               _L.Dense)
-
-
-# Variables that are bookkeeping rather than parameters: BatchNorm statistics,
-# quantizer ranges and steps, pruning masks and thresholds.
-NOT_PARAMETERS = ("moving_mean", "moving_variance", "_min", "_max", "step",
-                  "mask", "threshold")
 
 
 class ChannelGroup(NamedTuple):

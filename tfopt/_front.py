@@ -39,6 +39,17 @@ def world(obj):
     return TF_KERAS
 
 
+def keras_of(model):
+    """The Keras module of `model`: Keras 3, or tf_keras (imported then)."""
+    if world(model) == KERAS3:
+        import keras
+
+        return keras
+    from tfopt._keras import keras
+
+    return keras
+
+
 def _impl(obj, modules, name):
     return getattr(importlib.import_module(modules[world(obj)]), name)
 
@@ -163,19 +174,15 @@ _HOOKS = ("on_batch_begin", "on_batch_end", "on_epoch_begin", "on_epoch_end",
           "on_predict_begin", "on_predict_end")
 
 
-class _Callback:
-    """A callback for either Keras: it makes the callback of its model's
-    world in `set_model` (both `fit`s call it before any hook) and hands
-    every hook to it. Attributes it lacks are read from that callback."""
+class Callback:
+    """A callback that either Keras's `fit` takes: the methods both
+    CallbackLists call, as no-ops. tf_keras's reads `_supports_tf_logs` and
+    `_implements_*_batch_hooks()` (before `set_model`), Keras 3's reads the
+    hooks; neither needs its own base class."""
 
-    _modules = None
-    # tf_keras's CallbackList reads these before `set_model`: a callback
-    # with batch hooks, whose logs are NumPy values.
     _supports_tf_logs = False
 
-    def __init__(self, **settings):
-        self._settings = settings
-        self._impl = None
+    def __init__(self):
         self.model = None
         self.params = {}
 
@@ -187,6 +194,33 @@ class _Callback:
 
     def _implements_predict_batch_hooks(self):
         return False
+
+    def set_params(self, params):
+        self.params = params
+
+    def set_model(self, model):
+        self.model = model
+
+
+def _no_op(self, *args, **kwargs):
+    return None
+
+
+for _hook in _HOOKS:
+    setattr(Callback, _hook, _no_op)
+
+
+class _Callback(Callback):
+    """A callback for either Keras that makes the callback of its model's
+    world in `set_model` (both `fit`s call it before any hook) and hands
+    every hook to it. Attributes it lacks are read from that callback."""
+
+    _modules = None
+
+    def __init__(self, **settings):
+        super().__init__()
+        self._settings = settings
+        self._impl = None
 
     def set_params(self, params):
         self.params = params

@@ -17,7 +17,7 @@ import zipfile
 import keras
 import tensorflow as tf
 
-from tfopt import _checks, _k3_distillation, _k3_pruning, _tflite
+from tfopt import _checks, _k3_distillation, _k3_fit, _k3_pruning, _tflite
 
 
 def deployable(model):
@@ -86,4 +86,6 @@ def load_model(path, *, compile=True, safe_mode=True):
         raise OSError(
             f"{path!r} is truncated or not a Keras file ({err}); an interrupted "
             f"save or copy leaves such a file. Received: path={path!r}") from err
-    return _k3_pruning.own(model)
+    # A model loaded in a multi-worker strategy's scope trains and evaluates
+    # there only with tfopt's fix of Keras 3.15's trainer.
+    return _k3_fit.fix(_k3_pruning.own(model))

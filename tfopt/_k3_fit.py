@@ -12,12 +12,16 @@ reproduction is in BUILD_NOTES.md, "Keras 3 and MultiWorkerMirroredStrategy"):
    axis=0)` in multi-worker mode, which fails on scalar logs ("Invalid
    reduction dimension 0").
 
-The fix: the model's public `distribute_reduction_method = "first"` (its
-logs are Keras metric results, already the same global value on every
-replica and worker), and, on this model only, a symbolic build from the
-first replica's batch. Nothing is patched process-wide. Remove this module
-when Keras fixes the trainer: `tests/test_k3_distribute.py` reproduces both
-failures without it and will start failing then.
+The fix, on one model and nothing process-wide: a symbolic build from the
+first replica's batch (the one private name tfopt overrides, on the instance),
+and `train_step`/`test_step` (Keras's documented override points) wrapped to
+return their scalar logs as shape [1], which `reduce("MEAN", v, axis=0)`
+averages to the same scalar. The logs are Keras metric results, already the
+same global value on every replica and worker, so their mean is that value.
+(`distribute_reduction_method` would be the public switch, but Keras 3.15's
+trainer passes `reduction="auto"` regardless.) Remove this module when Keras
+fixes the trainer: `tests/test_k3_distribute.py` reproduces both failures
+without it and will start failing then.
 """
 
 import tensorflow as tf
@@ -37,13 +41,21 @@ def _first_replica(strategy, batch):
     return tf.nest.map_structure(local, batch)
 
 
+def _rank1_logs(step):
+    def wrapped(data):
+        return tf.nest.map_structure(
+            lambda v: tf.reshape(v, [1]) if tf.is_tensor(v) and v.shape.rank == 0
+            else v, step(data))
+    return wrapped
+
+
 def fix(model):
-    """Makes Keras 3 `model` train under the multi-worker strategy it was
-    built in; does nothing under any other strategy. Returns `model`."""
+    """Makes Keras 3 `model` train and evaluate under the multi-worker
+    strategy it was built in; does nothing under any other strategy, or if
+    already done. Returns `model`."""
     strategy = model.distribute_strategy
-    if not _multi_worker(strategy):
+    if not _multi_worker(strategy) or getattr(model, "_tfopt_multi_worker", False):
         return model
-    model.distribute_reduction_method = "first"
     build = type(model)._maybe_symbolic_build
 
     def symbolic_build(iterator=None, data_batch=None):
@@ -54,7 +66,8 @@ def fix(model):
                 break
         return build(model, data_batch=data_batch)
 
-    # An instance attribute, so only this model changes; the one private
-    # name tfopt overrides, for the reason above.
     model._maybe_symbolic_build = symbolic_build
+    model.train_step = _rank1_logs(model.train_step)
+    model.test_step = _rank1_logs(model.test_step)
+    model._tfopt_multi_worker = True
     return model

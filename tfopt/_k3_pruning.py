@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfopt import _checks, _specs, _steps, _summary
+from tfopt import _checks, _k3_fit, _specs, _steps, _summary
 from tfopt._sparsity import SparsityReport, check_m_by_n, m_by_n_compliant, row
 
 MISSING_CALLBACK = (
@@ -215,7 +215,7 @@ def prune(model, target_sparsity, *, schedule="polynomial", begin=0.0, end=0.75,
                 inner=config.get(key))
         return config
 
-    return own(rebuild(model, add_mask))
+    return _k3_fit.fix(own(rebuild(model, add_mask)))
 
 
 def strip(model):
@@ -264,11 +264,13 @@ def sparsity_report(model, *, m_by_n=(2, 4)):
 
 
 def _magnitude_mask(values, sparsity):
-    # Stable order: equal magnitudes fall the same way on every worker.
-    zeros = int(round(sparsity * values.size))
-    zeros = min(zeros, values.size - 1)
+    # A partial sort (linear time: it runs at every mask update, in the
+    # training loop). Deterministic: equal inputs give equal masks on every
+    # worker and replica.
+    zeros = min(int(round(sparsity * values.size)), values.size - 1)
     mask = np.ones(values.size, values.dtype)
-    mask[np.argsort(np.abs(values).ravel(), kind="stable")[:zeros]] = 0
+    if zeros:
+        mask[np.argpartition(np.abs(values).ravel(), zeros - 1)[:zeros]] = 0
     return mask.reshape(values.shape)
 
 
@@ -314,6 +316,17 @@ def mask_sparsity(found):
     return zeros / total if total else 0.0
 
 
+class _Refused:
+    """A pruned model's traced step between fits: called by a fit that has no
+    PruningCallback, it raises MISSING_CALLBACK; `step` is the real one."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError(MISSING_CALLBACK)
+
+
 def _fresh_optimizer(model):
     # A fit without PruningCallback stopped while tracing its first step,
     # after Keras had begun building the optimizer inside that trace: its
@@ -340,6 +353,7 @@ class PruningCallback(keras.callbacks.Callback):
         self.update_freq = 1 if update_freq == "batch" else update_freq
         self._found = []
         self._applied = None
+        self._epoch_start = 0
         self._writer = None
 
     def _step(self):
@@ -355,9 +369,9 @@ class PruningCallback(keras.callbacks.Callback):
         own(self.model)
         if any(c.failed for _, _, c in self._found):
             _fresh_optimizer(self.model)
-        # Keras 3 makes the step function before this hook: make it again,
-        # so that a step a missing callback left half-traced is not reused.
-        self.model.make_train_function(force=True)
+        if isinstance(self.model.train_function, _Refused):
+            # The step traced by the last fit with this callback: no retrace.
+            self.model.train_function = self.model.train_function.step
         epochs, steps = self.params.get("epochs"), self.params.get("steps")
         total = epochs * steps if epochs and steps else None
         start = self._step()
@@ -385,18 +399,30 @@ class PruningCallback(keras.callbacks.Callback):
         if self.log_dir is not None and self._writer is None:
             self._writer = tf.summary.create_file_writer(str(self.log_dir))
 
-    def on_train_batch_end(self, batch, logs=None):
-        if not self._found:
-            return
-        step = self._step()
+    # Masks move in `on_train_batch_begin` and `on_epoch_end`, never in
+    # `on_train_batch_end`: Keras 3 waits for each step's logs (a device
+    # sync) before a callback's batch-end hook, and runs them on a thread
+    # when no callback has one. The step count is kept in Python: the
+    # device's counter is read once per epoch.
+    def _advance(self, step):
         # With steps_per_execution > 1 the step can jump past an update: apply
         # the last one reached, so `end` always leaves the target.
         update = self._found[0][2].schedule.last_update_at_or_before(step)
         if update is not None and update != self._applied:
             _update(self.model, self._found, update)
             self._applied = update
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._found:
+            self._epoch_start = self._step()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if not self._found:
+            return
+        step = self._epoch_start + batch  # steps finished before this one
+        self._advance(step)
         if (self._writer is not None and _checks.is_int(self.update_freq)
-                and (batch + 1) % self.update_freq == 0):
+                and batch and batch % self.update_freq == 0):
             self._write(step)
 
     def _write(self, step):
@@ -406,15 +432,19 @@ class PruningCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if not self._found:
             return
+        step = self._step()
+        self._advance(step)
         if logs is not None:
             logs["sparsity"] = mask_sparsity(self._found)
         if self._writer is not None and self.update_freq == "epoch":
-            self._write(self._step())
+            self._write(step)
 
     def on_train_end(self, logs=None):
         # Only this callback advances the masks: a later fit without it must
-        # fail as a first one does, so its step is traced again.
+        # fail, in Python before its first step. Keras 3 keeps the traced
+        # step between fits; it is parked where the next fit finds it, and
+        # that fit's `on_train_begin` hands it back.
         for _, _, constraint in self._found:
             constraint.ready = False
-        if self._found:
-            self.model.train_function = None
+        if self._found and self.model.train_function is not None:
+            self.model.train_function = _Refused(self.model.train_function)

@@ -10,6 +10,11 @@ from typing import NamedTuple
 
 from tfopt import _checks
 
+# Names of variables that are state, not parameters (BatchNorm statistics,
+# TFMOT's quantizer ranges, pruning steps, masks and thresholds).
+NOT_PARAMETERS = ("moving_mean", "moving_variance", "_min", "_max", "step",
+                  "mask", "threshold")
+
 
 class Row(NamedTuple):
     """One weight of one layer."""

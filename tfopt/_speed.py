@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from tfopt import export
+from tfopt import _tflite as export  # the TFLite helpers, whichever Keras
 
 THREADS = (1, 2)
 

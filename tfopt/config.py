@@ -28,6 +28,7 @@ DISTILLATION_LOSSES = ("kl", "mse")
 PRUNE_STRUCTURES = ("weights", "channels")
 PRUNE_MEASURES = ("channels", "params", "macs")
 PRUNE_IMPORTANCES = ("l2", "bn_gamma", "taylor")
+KERAS_VERSIONS = ("2", "3")
 
 
 class ExportFormat(NamedTuple):
@@ -97,6 +98,11 @@ class Config:
                        low=0)
     model: str = _field("student_cnn", "The model to compress (the student when "
                         "distilling).", "enum", choices=MODELS)
+    keras: str = _field(
+        "2", "The Keras the models are built with: 2 (tf_keras, through TFMOT: "
+        "every feature) or 3 (the keras package: pruning, distillation and "
+        "TFLite export; no QAT, channel pruning or SavedModel yet).", "enum",
+        choices=KERAS_VERSIONS)
     epochs: int = _field(3, "Epochs of the main training stage.", "integer", low=1)
     learning_rate: float = _field(3e-3, "Adam learning rate.", "float", low=0.0)
     teacher: str | None = _field(
@@ -183,6 +189,11 @@ class Config:
             self.sparsity_m_by_n)
 
     @property
+    def keras_version(self):
+        """`keras` as an int: 2 or 3."""
+        return int(self.keras)
+
+    @property
     def prunes_channels(self):
         """Whether the run prunes channels (and then shrinks the model)."""
         return self.prune and self.prune_structure == "channels"
@@ -243,6 +254,18 @@ class Config:
             raise ConfigError(f"`temperature={self.temperature}` must be > 0.")
         if self.learning_rate <= 0:
             raise ConfigError(f"`learning_rate={self.learning_rate}` must be > 0.")
+        if self.keras == "3":
+            for name, value, what in (
+                    ("qat", self.qat, "quantization-aware training"),
+                    ("prune_structure", self.prune_structure != "weights",
+                     "channel pruning"),
+                    ("export", "saved_model" in self.export, "SavedModel export")):
+                if value:
+                    raise ConfigError(
+                        f"`{name}={getattr(self, name)}` is not available with "
+                        f"`keras=3` yet: {what} of Keras 3 models is the next phase "
+                        "(int8 TFLite files come from calibration: "
+                        "`export=tflite_int8`).")
         if self.strategy == "tpu" and not self.tpu:
             raise ConfigError("`strategy=tpu` needs `tpu`: 'local' on a Cloud TPU "
                               "VM, the TPU's name, or grpc://host:port.")

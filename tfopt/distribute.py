@@ -21,6 +21,7 @@ from tfopt import _checks, _cluster, config
 from tfopt._cluster import run_server, tf_config
 
 __all__ = ["ALL_REDUCE", "COMMUNICATION", "NAMES", "WorkerInfo", "get_strategy",
+           "keras3_multi_worker",
            "global_batch_size", "resolve_name", "run_server",
            "scale_learning_rate", "tf_config", "worker_info"]
 
@@ -395,3 +396,30 @@ def scale_learning_rate(learning_rate, strategy):
         )
     _check_strategy(strategy)
     return float(learning_rate) * strategy.num_replicas_in_sync
+
+
+def keras3_multi_worker(model):
+    """Lets a Keras 3 model `fit` and `evaluate` under the multi-worker
+    strategy it was built in; does nothing elsewhere. Returns `model`.
+
+    Keras 3.15's TensorFlow trainer fails there before the first step (it
+    reduces the first batch across workers to read its shapes, and reduces
+    scalar logs along an axis they lack). tfopt's pruned Keras 3 models and
+    Distillers carry this fix already; call it for a plain Keras 3 model
+    built in `strategy.scope()`. It changes only `model` (see
+    `tfopt/_k3_fit.py`), and stops being needed when Keras fixes its trainer.
+
+    Args:
+        model: A Keras 3 model.
+
+    Returns:
+        `model`.
+
+    Raises:
+        TypeError: If `model` is not a Keras 3 model.
+    """
+    from tfopt import _front, _k3_fit
+
+    if _front.world(model) != _front.KERAS3 or not hasattr(model, "fit"):
+        raise TypeError(f"`model` must be a Keras 3 model. Received: model={model!r}")
+    return _k3_fit.fix(model)

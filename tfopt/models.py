@@ -1,4 +1,5 @@
-"""Small reference models: functional tf_keras classifiers with logits out.
+"""Small reference models: functional classifiers with logits out, built
+with tf_keras (`keras_version=2`, the default) or Keras 3 (`keras_version=3`).
 
 `tfmot_mnist` is the model of TFMOT's "pruning in Keras" example, so results
 can be compared with the published ones. `teacher_cnn` and `student_cnn` are
@@ -10,17 +11,30 @@ resized to at least 32x32: the architecture people deploy, small enough to
 train on the bundled data sets.
 """
 
-from tfopt import _checks
-from tfopt._keras import keras
+import importlib
 
-layers = keras.layers
+from tfopt import _checks
+
+# Keras version -> the module that builds it; imported when first asked for,
+# so building Keras 3 models never loads tf_keras.
+KERASES = {2: "tfopt._keras", 3: "keras"}
 # Keras's default 0.99 needs thousands of steps before the moving statistics
 # (used at inference) match the data; the small bundled data sets give
 # hundreds, so a model would evaluate at chance after a few epochs.
 _BN_MOMENTUM = 0.9
 
 
-def _inputs(input_shape):
+def _batch_norm(keras, name):
+    # Keras 3 leaves each replica's moving statistics to itself (they drift
+    # apart under a strategy); `synchronized=True` all-reduces the batch
+    # statistics, so every replica and worker keeps the same ones, as
+    # tf_keras's mean-aggregated statistics do.
+    extra = {"synchronized": True} if keras.__version__.startswith("3.") else {}
+    return keras.layers.BatchNormalization(momentum=_BN_MOMENTUM, name=name,
+                                           **extra)
+
+
+def _inputs(keras, input_shape):
     return keras.Input(shape=input_shape, name="image")
 
 
@@ -28,8 +42,9 @@ def _with_channels(input_shape):
     return tuple(input_shape) if len(input_shape) == 3 else (*input_shape, 1)
 
 
-def _tfmot_mnist(input_shape, num_classes):
-    inputs = _inputs(input_shape)
+def _tfmot_mnist(keras, input_shape, num_classes):
+    layers = keras.layers
+    inputs = _inputs(keras, input_shape)
     x = layers.Reshape(_with_channels(input_shape), name="reshape")(inputs)
     x = layers.Conv2D(12, 3, activation="relu", name="conv2d")(x)
     x = layers.MaxPooling2D(2, name="max_pooling2d")(x)
@@ -38,22 +53,24 @@ def _tfmot_mnist(input_shape, num_classes):
     return keras.Model(inputs, outputs, name="tfmot_mnist")
 
 
-def _conv_bn_relu(x, filters, name):
+def _conv_bn_relu(keras, x, filters, name):
+    layers = keras.layers
     # The convolution's bias is redundant before BatchNormalization.
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
                       name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(momentum=_BN_MOMENTUM, name=f"{name}_bn")(x)
+    x = _batch_norm(keras, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _teacher_cnn(input_shape, num_classes):
-    inputs = _inputs(input_shape)
+def _teacher_cnn(keras, input_shape, num_classes):
+    layers = keras.layers
+    inputs = _inputs(keras, input_shape)
     x = layers.Reshape(_with_channels(input_shape), name="reshape")(inputs)
-    x = _conv_bn_relu(x, 32, "block1a")
-    x = _conv_bn_relu(x, 32, "block1b")
+    x = _conv_bn_relu(keras, x, 32, "block1a")
+    x = _conv_bn_relu(keras, x, 32, "block1b")
     x = layers.MaxPooling2D(2, padding="same", name="pool1")(x)
-    x = _conv_bn_relu(x, 64, "block2a")
-    x = _conv_bn_relu(x, 64, "block2b")
+    x = _conv_bn_relu(keras, x, 64, "block2a")
+    x = _conv_bn_relu(keras, x, 64, "block2b")
     x = layers.MaxPooling2D(2, padding="same", name="pool2")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(64, activation="relu", name="fc")(x)
@@ -62,8 +79,9 @@ def _teacher_cnn(input_shape, num_classes):
     return keras.Model(inputs, outputs, name="teacher_cnn")
 
 
-def _student_cnn(input_shape, num_classes):
-    inputs = _inputs(input_shape)
+def _student_cnn(keras, input_shape, num_classes):
+    layers = keras.layers
+    inputs = _inputs(keras, input_shape)
     x = layers.Reshape(_with_channels(input_shape), name="reshape")(inputs)
     x = layers.Conv2D(16, 3, padding="same", activation="relu",
                       name="conv1")(x)
@@ -76,37 +94,39 @@ def _student_cnn(input_shape, num_classes):
     return keras.Model(inputs, outputs, name="student_cnn")
 
 
-def _residual_block(x, filters, stride, name):
+def _residual_block(keras, x, filters, stride, name):
+    layers = keras.layers
     shortcut = x
     y = layers.DepthwiseConv2D(3, strides=stride, padding="same",
                                use_bias=False, name=f"{name}_dw")(x)
-    y = layers.BatchNormalization(momentum=_BN_MOMENTUM, name=f"{name}_dw_bn")(y)
+    y = _batch_norm(keras, name=f"{name}_dw_bn")(y)
     y = layers.ReLU(name=f"{name}_dw_relu")(y)
     y = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(y)
-    y = layers.BatchNormalization(momentum=_BN_MOMENTUM, name=f"{name}_pw_bn")(y)
+    y = _batch_norm(keras, name=f"{name}_pw_bn")(y)
     if stride != 1 or x.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False,
                                  name=f"{name}_proj")(x)
-        shortcut = layers.BatchNormalization(momentum=_BN_MOMENTUM,
-                                             name=f"{name}_proj_bn")(shortcut)
+        shortcut = _batch_norm(keras, name=f"{name}_proj_bn")(shortcut)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.ReLU(name=f"{name}_out")(y)
 
 
-def _resnet_tiny(input_shape, num_classes):
-    inputs = _inputs(input_shape)
+def _resnet_tiny(keras, input_shape, num_classes):
+    layers = keras.layers
+    inputs = _inputs(keras, input_shape)
     x = layers.Reshape(_with_channels(input_shape), name="reshape")(inputs)
-    x = _conv_bn_relu(x, 16, "stem")
-    x = _residual_block(x, 16, 1, "res1")
-    x = _residual_block(x, 32, 2, "res2")
-    x = _residual_block(x, 32, 1, "res3")
+    x = _conv_bn_relu(keras, x, 16, "stem")
+    x = _residual_block(keras, x, 16, 1, "res1")
+    x = _residual_block(keras, x, 32, 2, "res2")
+    x = _residual_block(keras, x, 32, 1, "res3")
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name="resnet_tiny")
 
 
-def _mobilenet_v2(input_shape, num_classes):
-    inputs = _inputs(input_shape)
+def _mobilenet_v2(keras, input_shape, num_classes):
+    layers = keras.layers
+    inputs = _inputs(keras, input_shape)
     x = layers.Reshape(_with_channels(input_shape), name="reshape")(inputs)
     height, width = input_shape[:2]
     if min(height, width) < 32:  # the application's smallest input
@@ -120,6 +140,8 @@ def _mobilenet_v2(input_shape, num_classes):
     for layer in result.layers:  # the application's 0.999: see _BN_MOMENTUM
         if isinstance(layer, layers.BatchNormalization):
             layer.momentum = _BN_MOMENTUM
+            if hasattr(layer, "synchronized"):  # Keras 3: see _batch_norm
+                layer.synchronized = True
     return result
 
 
@@ -132,7 +154,7 @@ BUILDERS = {
 }
 
 
-def build(name, input_shape, num_classes):
+def build(name, input_shape, num_classes, *, keras_version=2):
     """Builds a reference model, freshly initialized.
 
     Args:
@@ -141,9 +163,11 @@ def build(name, input_shape, num_classes):
         input_shape: `(height, width)` or `(height, width, channels)`, e.g.
             `DatasetInfo.input_shape`.
         num_classes: Number of output logits, at least 2.
+        keras_version: `2` (tf_keras, the Keras TFMOT takes) or `3` (Keras
+            3, the `keras` package). Defaults to `2`.
 
     Returns:
-        A functional tf_keras `Model` that outputs logits (no softmax).
+        A functional Model of that Keras that outputs logits (no softmax).
 
     Raises:
         TypeError: If an argument has the wrong type.
@@ -169,4 +193,8 @@ def build(name, input_shape, num_classes):
             f"channels) of positive ints. Received: input_shape={input_shape!r}"
         )
     _checks.check_int(num_classes, "num_classes", minimum=2)
-    return BUILDERS[name](tuple(int(d) for d in input_shape), int(num_classes))
+    _checks.check_choice(keras_version, "keras_version", tuple(KERASES))
+    module = importlib.import_module(KERASES[keras_version])
+    keras = module.keras if keras_version == 2 else module  # _keras holds tf_keras
+    return BUILDERS[name](keras, tuple(int(d) for d in input_shape),
+                          int(num_classes))

@@ -24,27 +24,21 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from tfopt import (
-    _channels,
+    _front,
     _lockstep,
-    _selection,
     _summary,
+    _tflite,
     devices,
-    distillation,
     distribute,
-    export,
     models,
-    pruning,
-    quantization,
     report,
 )
-from tfopt._keras import keras
 from tfopt._run import Run as _Run
 from tfopt._run import check
 from tfopt.config import EXPORTS, ClusterError, Config, ConfigError
 
 __all__ = ["ClusterError", "Config", "ConfigError", "Report", "get_strategy", "run"]
 
-_LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 # Stage lines; `scripts/train.py` shows them as plain lines.
 _log = logging.getLogger("tfopt.pipeline")
 
@@ -57,7 +51,20 @@ class Report(NamedTuple):
     markdown: str | None
 
 
-class _EpochCheckpoint(keras.callbacks.Callback):
+def keras_of(config):
+    """The Keras module `config.keras` builds models with: tf_keras (the
+    world of TFMOT) or Keras 3. Only the one asked for is imported."""
+    if config.keras_version == 3:
+        import keras
+
+        return keras
+    from tfopt._keras import keras
+
+    return keras
+
+
+# The job's own callbacks run in either Keras's `fit`: `_front.Callback`.
+class _EpochCheckpoint(_front.Callback):
     def __init__(self, manager, epoch):
         super().__init__()
         self.manager, self.epoch = manager, epoch
@@ -67,7 +74,7 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         self.manager.save(checkpoint_number=index + 1)
 
 
-class _EpochLine(keras.callbacks.Callback):
+class _EpochLine(_front.Callback):
     """One line per epoch where there is no terminal for a progress bar."""
 
     def __init__(self, epochs):
@@ -84,7 +91,7 @@ class _EpochLine(keras.callbacks.Callback):
                   time.perf_counter() - self.start)
 
 
-class _ScalarLogger(keras.callbacks.Callback):
+class _ScalarLogger(_front.Callback):
     def __init__(self, log_dir):
         super().__init__()
         self.writer = tf.summary.create_file_writer(log_dir)
@@ -154,13 +161,13 @@ def _stage(run, name, build, epochs, callbacks=()):
     if finished:
         _banner(run, name, f": finished earlier, loading {done}")
         with run.timed(f"{name} (loaded)"), run.strategy.scope():
-            return export.load_model(done)
+            return _front.load_model(done)
     replicas = run.strategy.num_replicas_in_sync
     _banner(run, name, f" on {replicas} replicas" if replicas > 1 else "")
     with run.timed(name):
         saved = _train(run, name, build, epochs, callbacks, latest)
         with run.strategy.scope():
-            result = export.load_model(saved)
+            result = _front.load_model(saved)
     # The digest lets the workers of a cluster be compared from their logs.
     _log.info("      stage %s: %d epochs in %.1f s (weights %s)", name, epochs,
               run.seconds[name], _lockstep.digest(result))
@@ -189,35 +196,44 @@ def _train(run, name, build, epochs, callbacks, latest):
               callbacks=[*callbacks, _EpochCheckpoint(manager, epoch),
                          _ScalarLogger(run.path("logs", name)),
                          *([] if bar else [_EpochLine(epochs)])])
-    result = model.student if isinstance(model, distillation.Distiller) else model
+    result = model.student if isinstance(model, _front.Distiller) else model
     mine = run.path("checkpoints", f"{name}.keras")
     result.save(mine + ".tmp.keras")
     os.replace(mine + ".tmp.keras", mine)
     return mine
 
 
-def _compiled(model, learning_rate):
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=_LOSS,
+def _compiled(config, model, learning_rate):
+    keras = keras_of(config)
+    if config.keras_version == 3:
+        distribute.keras3_multi_worker(model)  # Keras 3.15's trainer bugs
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     return model
+
+
+def _build(config, name, info, seed):
+    keras_of(config).utils.set_random_seed(seed)
+    return models.build(name, info.input_shape, info.num_classes,
+                        keras_version=config.keras_version)
 
 
 def _teacher(run):
     config = run.config
     if config.teacher == "train":
         def build():
-            keras.utils.set_random_seed(config.seed)
-            return _compiled(models.build(config.teacher_model, run.info.input_shape,
-                                          run.info.num_classes), config.learning_rate)
+            return _compiled(config, _build(config, config.teacher_model, run.info,
+                                            config.seed), config.learning_rate)
         return _stage(run, "teacher", build, config.teacher_epochs)
     with run.strategy.scope():
-        return export.load_model(config.teacher)
+        return _front.load_model(config.teacher)
 
 
 def _prune(config, model):
     extra = {"measure": config.prune_measure, "importance": config.prune_importance,
              "round_to": config.prune_round_to} if config.prunes_channels else {}
-    return pruning.prune(model, config.target_sparsity, begin=config.pruning_begin,
+    return _front.prune(model, config.target_sparsity, begin=config.pruning_begin,
                          end=config.pruning_end, m_by_n=config.m_by_n,
                          structure=config.prune_structure, **extra)
 
@@ -227,16 +243,15 @@ def _student(run, teacher):
     plain baseline."""
     config = run.config
     taylor = config.prunes_channels and config.prune_importance == "taylor"
-    callbacks = [pruning.PruningCallback(
+    callbacks = [_front.PruningCallback(
         log_dir=run.path("logs", "pruning"),
         data=run.splits.train if taylor else None)] if config.prune else []
 
     def fresh():
-        keras.utils.set_random_seed(config.seed + 1)
-        return models.build(config.model, run.info.input_shape, run.info.num_classes)
+        return _build(config, config.model, run.info, config.seed + 1)
 
     def distiller(student, teacher, alpha=config.alpha):
-        return _compiled(distillation.Distiller(
+        return _compiled(config, _front.Distiller(
             student=student, teacher=teacher, temperature=config.temperature,
             alpha=alpha, distillation_loss=config.distillation_loss,
             cache_teacher=config.cache_teacher), config.learning_rate)
@@ -247,7 +262,8 @@ def _student(run, teacher):
                              teacher)
         return None, _stage(run, "distilled", distill, config.epochs, callbacks)
     baseline = _stage(run, "baseline",
-                      lambda: _compiled(fresh(), config.learning_rate), config.epochs)
+                      lambda: _compiled(config, fresh(), config.learning_rate),
+                      config.epochs)
     if not config.prune:
         return baseline, baseline
 
@@ -257,16 +273,18 @@ def _student(run, teacher):
         if config.recover:
             return distiller(_prune(config, baseline), baseline,
                              config.recover_alpha)
-        return _compiled(_prune(config, baseline), config.learning_rate)
+        return _compiled(config, _prune(config, baseline), config.learning_rate)
 
     return baseline, _stage(run, "pruned", pruned, config.epochs, callbacks)
 
 
 def _qat(run, model):
+    from tfopt import quantization  # tf_keras only (config refuses keras=3)
+
     config = run.config
     zeros = config.prune and not config.prunes_channels
     return _stage(run, "qat", lambda: _compiled(
-        quantization.quantize(model, preserve_sparsity=zeros),
+        config, quantization.quantize(model, preserve_sparsity=zeros),
         config.learning_rate / 10), config.qat_epochs)
 
 
@@ -291,25 +309,33 @@ def export_and_verify(model, formats, output_dir, splits, *, batch_size,
     Returns:
         One `Verified` per format, in order.
     """
-    calibration = None if _selection.is_quantized(model) else splits.train
+    calibration = None if _is_quantized(model) else splits.train
     verified = []
     for name in formats:
         form = EXPORTS[name]
         path = os.path.join(output_dir, form.filename)
         if form.kind == "saved_model":
-            made = export.export_saved_model(model, path, overwrite=overwrite)
-            loaded = export.load_model(made.path, compile=False)
+            made = _front.export_saved_model(model, path, overwrite=overwrite)
+            loaded = _front.load_model(made.path, compile=False)
             verified.append(Verified(name, made.path, made.size_bytes,
                                      report.keras_accuracy(loaded, splits.test),
                                      None, loaded))
             continue
-        made = export.export_tflite(model, path, quantization=form.quantization,
+        made = _front.export_tflite(model, path, quantization=form.quantization,
                                     overwrite=overwrite,
                                     representative_data=calibration)
-        result = export.evaluate_tflite(made.path, splits.test)
+        result = _tflite.evaluate_tflite(made.path, splits.test)
         verified.append(Verified(name, made.path, made.size_bytes, result.accuracy,
                                  result.mean_batch_latency_ms / batch_size, model))
     return verified
+
+
+def _is_quantized(model):
+    if _front.world(model) == _front.KERAS3:
+        return False  # Keras 3 QAT is the next phase
+    from tfopt import _selection
+
+    return _selection.is_quantized(model)
 
 
 def get_strategy(config):
@@ -343,7 +369,7 @@ def run(config, *, command=None):
         logical_cpus=config.logical_cpus, mixed_precision=config.mixed_precision)
     # Before any op: a multi_worker strategy configures the runtime.
     strategy = get_strategy(config)
-    keras.utils.set_random_seed(config.seed)
+    keras_of(config).utils.set_random_seed(config.seed)
     if config.deterministic:
         # Same numbers after a restart; a process-wide, one-way switch.
         tf.config.experimental.enable_op_determinism()
@@ -391,7 +417,7 @@ def _recipe(run_):
     with run_.timed("evaluate"):
         rows.append(report.keras_row(run_, "teacher" if teacher is not None
                                      else "baseline", reference, reference=None))
-        final = pruning.strip(student)
+        final = _front.strip(student)
         if teacher is not None:
             rows.append(report.keras_row(
                 run_, "distilled" + ("+pruned" * config.prune), final, rows[0]))
@@ -402,7 +428,7 @@ def _recipe(run_):
         with run_.timed("shrink"):
             # Deterministic from the saved pruned model: a resumed run shrinks
             # it to the same model, so it needs no checkpoint of its own.
-            final = shrunk = _channels.shrink_zeroed(final)
+            final = shrunk = _front.shrink(final)
             rows.append(report.keras_row(run_, "shrunk", final, rows[0]))
     if config.qat:
         final = _qat(run_, final)
@@ -418,7 +444,8 @@ def _recipe(run_):
         _log.info("      timing the dense and the shrunk model (TFLite, batch 1)")
         with run_.timed("speed"):
             dense = baseline if baseline is not None else models.build(
-                config.model, run_.info.input_shape, run_.info.num_classes)
+                config.model, run_.info.input_shape, run_.info.num_classes,
+                keras_version=config.keras_version)
             run_.speed = report.speed({"dense": dense, "shrunk": shrunk},
                                       run_.path("export", "speed"), run_.splits.train)
     return rows

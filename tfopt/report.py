@@ -4,6 +4,7 @@ gzipped size, TFLite latency per example), and for channel pruning the
 speed of the dense and the shrunk model (batch-1 TFLite latency, float32 and
 int8, 1 and 2 threads), as `report.json`, `report.md` and `report.png`."""
 
+import contextlib
 import json
 import os
 import shlex
@@ -12,15 +13,14 @@ import warnings
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_model_optimization as tfmot
 
-from tfopt import _channels, _flatten, _sparsity, _speed, export
-from tfopt._keras import keras
+from tfopt import _front, _speed, _tflite
+from tfopt._sparsity import NOT_PARAMETERS
 
 __all__ = ["environment", "file_row", "keras_accuracy", "keras_row", "macs",
            "markdown", "render", "speed", "speed_markdown", "write"]
 
-_sizes = export.disk_sizes  # (bytes, gzipped bytes)
+_sizes = _tflite.disk_sizes  # (bytes, gzipped bytes)
 
 COLUMNS = ("artifact", "accuracy", "accuracy_delta", "params", "macs",
            "nonzero_params", "size_bytes", "gzip_bytes", "gzip_ratio",
@@ -30,14 +30,20 @@ COLUMNS = ("artifact", "accuracy", "accuracy_delta", "params", "macs",
 def _counts(model):
     # By name, not `trainable_weights`: frozen layers' weights count too.
     weights = [w.numpy() for w in model.weights
-               if not w.name.split(":")[0].endswith(_channels.NOT_PARAMETERS)]
+               if not w.name.split(":")[0].endswith(NOT_PARAMETERS)]
     return (int(sum(w.size for w in weights)),
             int(sum(np.count_nonzero(w) for w in weights)))
 
 
 def macs(model):
-    """Multiply-accumulates per example of a Keras model (None for what has
-    no layer graph, e.g. a loaded SavedModel)."""
+    """Multiply-accumulates per example of a tf_keras model (None for what
+    has no layer graph, e.g. a loaded SavedModel, and for Keras 3 models,
+    which `_channels` does not read yet)."""
+    if _front.world(model) == _front.KERAS3:
+        return None
+    from tfopt import _channels, _flatten
+    from tfopt._keras import keras
+
     if not isinstance(model, keras.Model) or not (
             isinstance(model, keras.Sequential) or model._is_graph_network):
         return None
@@ -47,8 +53,18 @@ def macs(model):
 
 def keras_accuracy(model, data):
     """`model`'s accuracy on `data` (labels as class indices, logits out)."""
-    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    keras = _front.keras_of(model)
+    scope = contextlib.nullcontext()
+    if _front.world(model) == _front.KERAS3:
+        from tfopt import _k3_fit
+
+        _k3_fit.fix(model)  # evaluate under a multi-worker strategy
+        # Keras 3 makes the metrics where `compile` runs: in the model's strategy.
+        scope = model.distribute_strategy.scope()
+    with scope:
+        model.compile(
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"])
     return model.evaluate(data, verbose=0, return_dict=True)["accuracy"]
 
 
@@ -67,14 +83,23 @@ def _row(name, accuracy, counts, sizes, reference, latency=None, model=None):
 def keras_row(run, name, model, reference):
     """Evaluates a Keras artifact, saved to `export/{name}.h5` to be sized."""
     # .h5 without the optimizer: the deployable size, measured the way TFMOT's
-    # published pruning results are.
-    path = run.path("export", f"{name.replace('+', '_')}.h5")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "You are saving your model as an HDF5")
-        model.save(path, include_optimizer=False)
+    # published pruning results are. Keras 3 calls .h5 models legacy (with a
+    # log line), and its weights file holds a compiled model's optimizer too:
+    # it sizes the weights file of an uncompiled copy.
+    stem = run.path("export", name.replace("+", "_"))
+    if _front.world(model) == _front.KERAS3:
+        path = stem + ".weights.h5"
+        copy = type(model).from_config(model.get_config())  # never compiled
+        copy.set_weights(model.get_weights())
+        copy.save_weights(path)
+    else:
+        path = stem + ".h5"
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "You are saving your model as an HDF5")
+            model.save(path, include_optimizer=False)
     row = _row(name, keras_accuracy(model, run.splits.test), _counts(model),
                _sizes(path), reference, model=model)
-    row["sparsity"] = _sparsity.sparsity_report(model).sparsity
+    row["sparsity"] = _front.sparsity_report(model).sparsity
     return row
 
 
@@ -112,7 +137,7 @@ def speed(models, directory, representative_data, *, rounds=15, invokes=10):
         # int8 calibrated: the ops of a QAT model's file, in a third of the
         # time (no QAT copy to build and convert).
         for kind, quantization in (("float32", None), ("int8", "int8")):
-            files[name, kind] = export.export_tflite(
+            files[name, kind] = _front.export_tflite(
                 model, os.path.join(directory, f"{name}_{kind}.tflite"),
                 quantization=quantization, overwrite=True,
                 representative_data=representative_data if quantization else None
@@ -143,6 +168,16 @@ def speed_markdown(rows):
     return "\n".join(lines)
 
 
+def _versions(tfopt_version):
+    # The Kerases this run loaded (a Keras 3 run loads neither tf_keras nor TFMOT).
+    found = {"tensorflow": tf.__version__}
+    for name, module in (("keras", "keras"), ("tf_keras", "tf_keras"),
+                         ("tfmot", "tensorflow_model_optimization")):
+        if module in sys.modules:
+            found[name] = getattr(sys.modules[module], "__version__", "?")
+    return {**found, "tfopt": tfopt_version, "python": sys.version.split()[0]}
+
+
 def environment(run):
     """Where and how `run` ran: strategy, replicas, workers, versions, wall
     seconds per stage and the command line."""
@@ -155,9 +190,7 @@ def environment(run):
         "workers": worker.num_workers,
         "task": None if worker.task_type is None else
         f"{worker.task_type} {worker.task_id}",
-        "versions": {"tensorflow": tf.__version__, "tf_keras": keras.__version__,
-                     "tfmot": tfmot.__version__, "tfopt": __version__,
-                     "python": sys.version.split()[0]},
+        "versions": _versions(__version__),
         "stage_seconds": {k: round(v, 2) for k, v in run.seconds.items()},
         "command": shlex.join(run.command),
     }
