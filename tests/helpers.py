@@ -125,3 +125,16 @@ def train_distilled(strategy, *, global_batch=32, steps=4, seed=0):
 
 def distilled_multi_worker_job():
     return train_distilled(tfopt.get_strategy("multi_worker"))
+
+
+def summaries(directory):
+    """(tags, steps) of the one TensorBoard event file in `directory`."""
+    import glob
+
+    [events] = glob.glob(str(directory / "events.out.tfevents.*"))
+    tags, steps = set(), set()
+    for record in tf.compat.v1.train.summary_iterator(events):
+        for value in record.summary.value:
+            tags.add(value.tag)
+            steps.add(record.step)
+    return tags, steps

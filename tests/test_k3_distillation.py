@@ -175,3 +175,34 @@ def test_bad_models_are_refused(teacher, digits):
                                 teacher=teacher)
     with pytest.raises(ValueError, match=r"^`loss` must be the student's hard-label"):
         distiller.compile(optimizer="adam")
+
+
+def test_config_round_trips_to_the_distiller_of_the_same_keras(teacher, digits):
+    from tfopt import distillation
+    from tfopt import keras as tf_keras
+
+    distiller = tfopt.Distiller(student=cnn(digits.info.input_shape, 4),
+                                teacher=teacher, temperature=3.0, alpha=0.4)
+    again = tfopt.Distiller.from_config(distiller.get_config())
+    assert isinstance(again, _k3_distillation.Distiller)
+    assert (float(again.temperature.numpy()), again.alpha.numpy()) == (
+        3.0, pytest.approx(0.4))
+    # tf_keras names a Sequential "keras" in its config: the Distiller says
+    # which Keras it is.
+    sequential = tf_keras.Sequential([tf_keras.Input((4,)),
+                                      tf_keras.layers.Dense(3)])
+    old = tfopt.Distiller(student=sequential, teacher=tf_keras.models.clone_model(
+        sequential))
+    assert isinstance(tfopt.Distiller.from_config(old.get_config()),
+                      distillation.Distiller)
+
+
+def test_the_optimizer_builds_no_slots_for_the_teacher(digits, teacher):
+    student = cnn(digits.info.input_shape, 4, "student")
+    distiller = tfopt.Distiller(student=student, teacher=teacher)
+    assert {id(v) for v in distiller.trainable_variables} == {
+        id(v) for v in student.trainable_variables}
+    distiller.compile(optimizer="adam", loss=LOSS)
+    distiller.fit(digits.train, epochs=1, verbose=0, steps_per_epoch=2)
+    slots = distiller.optimizer.variables
+    assert len(slots) == 2 + 2 * len(student.trainable_variables)  # Adam's m, v

@@ -38,8 +38,9 @@ def test_every_quantization_is_builtin_and_keeps_the_accuracy(
     assert not [op for op in ops.counts if op.startswith("Flex") or op == "CUSTOM"]
     float_accuracy = _accuracy(tfopt.strip(pruned), digits.test)
     accuracy = tfopt.evaluate_tflite(exported.path, digits.test).accuracy
-    assert accuracy == pytest.approx(float_accuracy, abs=0.01 if quantization
-                                     == "int8" else 1e-9)
+    # float32 computes what Keras does; quantized weights move a few examples.
+    assert accuracy == pytest.approx(float_accuracy, abs=1e-9 if quantization
+                                     is None else 0.01)
     if quantization == "int8":
         # Integer end to end: one QUANTIZE in (none with int8 I/O), no float op.
         assert ops.quantize == (0 if int8_io else 1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tfopt
-from tests import k3_helpers
+from tests import helpers, k3_helpers
 from tests.k3_helpers import LOSS, cnn
 from tfopt import _k3_pruning
 
@@ -206,9 +206,12 @@ def test_bad_models_are_refused():
                                            keras.layers.Dense(2)]), 0.5)
     with pytest.raises(ValueError, match=r"^`model` is already pruned"):
         tfopt.prune(pruned, 0.5)
-    with pytest.raises(ValueError, match=r"^`data` ranks channels"):
-        tfopt.PruningCallback(data=None).set_model(pruned) or \
-            _k3_pruning.PruningCallback(data=[1])
+    import tensorflow as tf
+
+    callback = tfopt.PruningCallback(data=tf.data.Dataset.range(2))
+    with pytest.raises(ValueError, match=r"^`data` ranks channels for "
+                       r"structure='channels', which Keras 3 models do not have"):
+        callback.set_model(pruned)
 
 
 def test_pruning_mask_round_trips_its_config():
@@ -217,3 +220,81 @@ def test_pruning_mask_round_trips_its_config():
     again = _k3_pruning.PruningMask(**mask.get_config())
     assert again.get_config() == mask.get_config()
     assert isinstance(again.inner, keras.constraints.MaxNorm)
+
+
+def test_a_new_optimizer_does_not_send_the_schedule_back(trained, digits):
+    # compile() makes a new optimizer whose step count starts at 0; the
+    # schedule goes on from the steps the masks have seen (82 here).
+    pruned = trained[2]
+    steps = {c.get_config()["step"] for _, _, c in _k3_pruning.masked(pruned)}
+    assert steps == {2 * 41}
+    copy = tfopt.load_model(_saved(pruned, digits))
+    copy.compile(optimizer=keras.optimizers.Adam(1e-4), loss=LOSS)
+    history = _fit(copy, digits)
+    assert history.history["sparsity"] == [pytest.approx(0.8, abs=0.01)]
+
+
+def _saved(model, digits, name="m.keras"):
+    import tempfile
+
+    path = f"{tempfile.mkdtemp()}/{name}"
+    model.save(path)
+    return path
+
+
+class _SparsityAtBatchEnd(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen.append(_k3_pruning.mask_sparsity(_k3_pruning.masked(self.model)))
+
+
+def test_the_mask_of_step_s_is_in_place_before_step_s_runs(digits):
+    # As TFMOT counts: begin=3 prunes before the third step's forward pass.
+    model = _pruned(digits, schedule="constant", begin=3, end=6, frequency=1)
+    record = _SparsityAtBatchEnd()
+    _fit(model, digits, steps_per_epoch=4,
+         callbacks=[tfopt.PruningCallback(), record])
+    assert record.seen[:2] == [0.0, 0.0]
+    assert record.seen[2] == pytest.approx(0.8, abs=0.01)
+
+
+def test_an_ema_optimizer_ends_with_the_pruned_weights_at_zero(digits):
+    keras.utils.set_random_seed(0)
+    model = tfopt.prune(cnn(digits.info.input_shape), 0.8, end=0.5)
+    model.compile(optimizer=keras.optimizers.Adam(use_ema=True), loss=LOSS)
+    _fit(model, digits)
+    # fit wrote the moving averages into the weights after the last step.
+    kernel = model.get_layer("hidden").kernel.numpy()
+    assert (kernel == 0).mean() == pytest.approx(0.8, abs=0.01)
+
+
+def test_an_eager_fit_without_the_callback_fails_before_any_update(digits):
+    model = _pruned(digits)
+    model.compile(optimizer="adam", loss=LOSS, run_eagerly=True)
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(RuntimeError, match="without tfopt.PruningCallback"):
+        _fit(model, digits, callbacks=[])
+    for a, b in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_callback_leaves_keras3_batch_ends_alone(digits):
+    # On a backend with threads (not TensorFlow's), Keras 3 runs batch-end
+    # hooks off the training loop only when no callback acts there.
+    callback = tfopt.PruningCallback()
+    callback.set_model(_pruned(digits))
+    assert callback.async_safe
+    assert getattr(type(callback._impl).on_train_batch_end, "_is_default", False)
+
+
+def test_callback_writes_tensorboard_summaries(digits, tmp_path):
+    model = _pruned(digits, end=1.0)
+    _fit(model, digits, steps_per_epoch=4, epochs=2,
+         callbacks=[tfopt.PruningCallback(log_dir=tmp_path, update_freq=2)])
+    tags, steps = helpers.summaries(tmp_path)
+    assert {"pruning/sparsity", "pruning/target_sparsity", "pruning/hidden/kernel",
+            "pruning/conv/kernel", "pruning/logits/kernel"} <= tags
+    assert steps == {2, 6}  # after the second batch of each epoch

@@ -84,6 +84,7 @@ def test_channel_pruning_runs_prune_shrink_qat_export_and_times_the_result(
     assert (tmp_path / "export" / "speed" / "shrunk_int8.tflite").exists()
 
 
+@pytest.mark.slow  # trains two stages, twice (the second run loads them)
 def test_keras3_models_go_teacher_distill_prune_int8_report(tmp_path, caplog):
     config = Config(model_dir=str(tmp_path), keras="3", teacher="train", prune=True,
                     sparsity_m_by_n="2:4", export=("tflite", "tflite_int8"), **QUICK)

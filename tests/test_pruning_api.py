@@ -1,7 +1,6 @@
 """prune / PruningCallback / strip / sparsity_report / load_model: bad input,
 reports and summaries."""
 
-import glob
 import re
 
 import numpy as np
@@ -9,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tfopt
+from tests import helpers
 from tfopt import keras, models, pruning
 
 
@@ -173,12 +173,7 @@ def test_callback_writes_tensorboard_summaries(base, tmp_path):
     model = _compiled(base, end=1.0)
     model.fit(x, y, batch_size=8, epochs=2, verbose=0,
               callbacks=[tfopt.PruningCallback(log_dir=tmp_path, update_freq=2)])
-    [events] = glob.glob(str(tmp_path / "events.out.tfevents.*"))
-    tags, steps = set(), set()
-    for record in tf.compat.v1.train.summary_iterator(events):
-        for value in record.summary.value:
-            tags.add(value.tag)
-            steps.add(record.step)
+    tags, steps = helpers.summaries(tmp_path)
     assert {"pruning/sparsity", "pruning/target_sparsity"} <= tags
     assert {"pruning/conv2d/kernel", "pruning/dense/kernel"} <= tags
     assert steps == {2, 4, 6, 8}

@@ -108,6 +108,17 @@ class DistillerSteps:
         teacher = self._teacher_only()
         return [v for v in super().trainable_weights if id(v) not in teacher]
 
+    # Keras 3 builds the optimizer on `trainable_variables`, which it derives
+    # from all variables, not from `trainable_weights`: without these the
+    # optimizer would keep slots for every teacher weight.
+    @property
+    def trainable_variables(self):
+        return self.trainable_weights
+
+    @property
+    def non_trainable_variables(self):
+        return self.non_trainable_weights
+
     @property
     def non_trainable_weights(self):
         teacher = self._teacher_only()

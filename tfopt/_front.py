@@ -4,8 +4,8 @@ the implementation from the model they are given.
 | public name            | tf_keras (TFMOT)          | Keras 3 (`keras`)          |
 | ---------------------- | ------------------------- | -------------------------- |
 | prune, strip,          | `pruning`                 | `_k3_pruning`              |
-| sparsity_report,       |                           |                            |
-| PruningCallback        |                           |                            |
+| sparsity_report        |                           |                            |
+| PruningCallback        | `pruning`                 | `_k3_callback`             |
 | Distiller,             | `distillation`            | `_k3_distillation`         |
 | DistillationSchedule   |                           |                            |
 | export_tflite,         | `export`                  | `_k3_export` (TFLite files |
@@ -160,9 +160,9 @@ class Distiller(metaclass=_ByModel):
     @classmethod
     def from_config(cls, config):
         """The Distiller of `get_config()`'s dict, of the Keras that wrote it
-        (a Keras 3 config names its student's module `keras.…`)."""
-        module = str(config.get("student", {}).get("module", ""))
-        world = KERAS3 if module.split(".", 1)[0] == "keras" else TF_KERAS
+        (its `keras_version`; configs written before it was recorded are
+        tf_keras ones)."""
+        world = KERAS3 if config.get("keras_version", 2) == 3 else TF_KERAS
         target = importlib.import_module(cls._modules[world])
         return target.Distiller.from_config(config)
 
@@ -177,23 +177,31 @@ _HOOKS = ("on_batch_begin", "on_batch_end", "on_epoch_begin", "on_epoch_end",
 class Callback:
     """A callback that either Keras's `fit` takes: the methods both
     CallbackLists call, as no-ops. tf_keras's reads `_supports_tf_logs` and
-    `_implements_*_batch_hooks()` (before `set_model`), Keras 3's reads the
-    hooks; neither needs its own base class."""
+    `_implements_*_batch_hooks()` (after `set_model`), Keras 3's reads the
+    hooks and `async_safe`; neither needs its own base class."""
 
     _supports_tf_logs = False
+    # On backends with threads (not TensorFlow's), Keras 3 runs batch-end
+    # hooks off the training loop when every callback allows it. tfopt's
+    # callbacks do nothing at a Keras 3 batch end.
+    async_safe = True
 
     def __init__(self):
         self.model = None
         self.params = {}
 
+    def _overrides(self, *hooks):
+        return any(getattr(type(self), h) is not getattr(Callback, h) for h in hooks)
+
     def _implements_train_batch_hooks(self):
-        return True
+        return self._overrides("on_batch_begin", "on_batch_end",
+                               "on_train_batch_begin", "on_train_batch_end")
 
     def _implements_test_batch_hooks(self):
-        return False
+        return self._overrides("on_test_batch_begin", "on_test_batch_end")
 
     def _implements_predict_batch_hooks(self):
-        return False
+        return self._overrides("on_predict_batch_begin", "on_predict_batch_end")
 
     def set_params(self, params):
         self.params = params
@@ -235,6 +243,20 @@ class _Callback(Callback):
         self._impl.set_model(model)
         self.model = model
 
+    # tf_keras asks these after `set_model`: the answers of the callback made.
+    @property
+    def _supports_tf_logs(self):
+        return getattr(self._impl, "_supports_tf_logs", False)
+
+    def _implements_train_batch_hooks(self):
+        return self._impl is None or self._impl._implements_train_batch_hooks()
+
+    def _implements_test_batch_hooks(self):
+        return self._impl is None or self._impl._implements_test_batch_hooks()
+
+    def _implements_predict_batch_hooks(self):
+        return self._impl is None or self._impl._implements_predict_batch_hooks()
+
     def __getattr__(self, name):
         impl = self.__dict__.get("_impl")
         if impl is None or name.startswith("__"):
@@ -266,7 +288,7 @@ class PruningCallback(_Callback):
         data: Batches for Taylor channel ranking (tf_keras). Defaults to `None`.
     """
 
-    _modules = _PRUNING
+    _modules = {TF_KERAS: "tfopt.pruning", KERAS3: "tfopt._k3_callback"}
 
     def __init__(self, log_dir=None, update_freq="epoch", data=None):
         from tfopt import _checks

@@ -187,11 +187,15 @@ class Distiller(_distill.DistillerSteps, keras.Model):
             "distillation_loss": self.distillation_loss,
             "features": [list(f) for f in self.features] or None,
             "cache_teacher": self.cache_teacher,
+            # Which Distiller `tfopt.Distiller.from_config` makes: the models'
+            # own entries do not tell (tf_keras names public classes "keras").
+            "keras_version": 3,
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        config.pop("keras_version", None)
         student = keras.saving.deserialize_keras_object(config.pop("student"))
         teacher = keras.saving.deserialize_keras_object(config.pop("teacher"))
         return cls(student=student, teacher=teacher, **config)

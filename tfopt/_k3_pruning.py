@@ -6,9 +6,13 @@ pruned weight gets a `PruningMask` constraint. Keras 3 optimizers apply a
 variable's constraint after every update, so `w * mask` keeps the pruned
 weights at zero inside the training step, on every replica, at the cost of
 one multiply. `PruningCallback` (the Keras 3 half of `tfopt.PruningCallback`)
-moves the masks along the schedule from the optimizer's step counter, which
-a `.keras` file and a checkpoint keep, so a reloaded model resumes where it
+(in `_k3_callback`) moves the masks along the schedule. The step count is
+kept in each `PruningMask`'s config (a `.keras` file) and in the optimizer
+(a checkpoint), whichever is further, so a reloaded model resumes where it
 stopped: its masks are its zeros.
+
+m:n structure is applied at each schedule update from `begin` and
+recomputed from the magnitudes then (TFMOT fixes it at its first update).
 
 The layer graph is left as it was (no wrapper layers), so the pruned model
 saves, reloads and exports as the plain model does. QAT (phase 2) is meant
@@ -21,9 +25,8 @@ import weakref
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from tfopt import _checks, _k3_fit, _specs, _steps, _summary
+from tfopt import _k3_fit, _specs, _steps
 from tfopt._sparsity import SparsityReport, check_m_by_n, m_by_n_compliant, row
 
 MISSING_CALLBACK = (
@@ -68,9 +71,13 @@ class PruningMask(keras.constraints.Constraint):
 
     def __init__(self, target_sparsity, kind="polynomial", begin=0.0, end=0.75,
                  initial_sparsity=0.0, frequency=None, power=3, m_by_n=None,
-                 inner=None):
+                 inner=None, step=0):
         self.schedule = _steps.ScheduleSteps(target_sparsity, kind, begin, end,
                                              initial_sparsity, frequency, power)
+        # Training steps this weight has been pruned for. The optimizer counts
+        # too, but a new one (a compile, a Distiller, a student-only file)
+        # starts again at 0: the schedule must not.
+        self.step = int(step)
         self.m_by_n = tuple(m_by_n) if m_by_n else None
         self.inner = keras.constraints.get(inner)
         self.mask = None
@@ -94,7 +101,7 @@ class PruningMask(keras.constraints.Constraint):
     def get_config(self):
         return {**self.schedule.settings(),
                 "m_by_n": list(self.m_by_n) if self.m_by_n else None,
-                "inner": keras.constraints.serialize(self.inner)}
+                "inner": keras.constraints.serialize(self.inner), "step": self.step}
 
 
 def flat_layers(model):
@@ -120,9 +127,26 @@ def masked(model):
 
 def own(trainer, model=None):
     """Makes `trainer` (a pruned model, or a Distiller of a pruned `model`)
-    the model whose half-traced step a missing callback drops."""
-    for _, _, constraint in masked(model or trainer):
+    refuse to train without PruningCallback, in Python, before the forward
+    pass of its first step (eager or traced); returns `trainer`."""
+    found = masked(model or trainer)
+    for _, _, constraint in found:
         constraint.trainer = weakref.ref(trainer)
+    if found and not getattr(trainer, "_tfopt_guarded", False):
+        step = trainer.train_step
+        pruned = model or trainer
+
+        def guarded(data):
+            if not all(c.ready for _, _, c in masked(pruned)):
+                # Traced: drop the half-made step, or the next fit reuses it.
+                trainer.train_function = None
+                raise RuntimeError(MISSING_CALLBACK)
+            return step(data)
+
+        # `train_step` is Keras's documented override point; on the instance,
+        # so only this model changes.
+        trainer.train_step = guarded
+        trainer._tfopt_guarded = True
     return trainer
 
 
@@ -295,7 +319,9 @@ def apply_masks(model):
                 variable.assign(_values(variable, constraint))
 
 
-def _update(model, found, step_update):
+def update_masks(model, found, step_update):
+    """Sets the masks of `found` (from `masked`) to the schedule's sparsity
+    at `step_update` (or m:n), ranking the weights by magnitude."""
     with model.distribute_strategy.scope():
         for _, variable, constraint in found:
             values = _values(variable, constraint)
@@ -314,137 +340,3 @@ def mask_sparsity(found):
     zeros = sum(int((c.mask.numpy() == 0).sum())
                 for _, _, c in found if c.mask is not None)
     return zeros / total if total else 0.0
-
-
-class _Refused:
-    """A pruned model's traced step between fits: called by a fit that has no
-    PruningCallback, it raises MISSING_CALLBACK; `step` is the real one."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def __call__(self, *args, **kwargs):
-        raise RuntimeError(MISSING_CALLBACK)
-
-
-def _fresh_optimizer(model):
-    # A fit without PruningCallback stopped while tracing its first step,
-    # after Keras had begun building the optimizer inside that trace: its
-    # slots are unusable. No step ran, so a new optimizer loses nothing.
-    optimizer = model.optimizer.__class__.from_config(model.optimizer.get_config())
-    with model.distribute_strategy.scope():
-        optimizer.build(model.trainable_variables)
-    model.optimizer = optimizer
-    for _, _, constraint in masked(model):
-        constraint.failed = False
-
-
-class PruningCallback(keras.callbacks.Callback):
-    """The Keras 3 half of `tfopt.PruningCallback` (see `tfopt.pruning`)."""
-
-    def __init__(self, log_dir=None, update_freq="epoch", data=None):
-        super().__init__()
-        if data is not None:
-            raise ValueError(
-                "`data` ranks channels for structure='channels', which Keras 3 "
-                f"models do not have yet. Received: data={data!r}")
-        _checks.check_callback_output(log_dir, update_freq)
-        self.log_dir = log_dir
-        self.update_freq = 1 if update_freq == "batch" else update_freq
-        self._found = []
-        self._applied = None
-        self._epoch_start = 0
-        self._writer = None
-
-    def _step(self):
-        return int(self.model.optimizer.iterations.numpy())
-
-    def on_train_begin(self, logs=None):
-        self._found = masked(self.model)
-        if not self._found:
-            warnings.warn("PruningCallback found no pruned model to drive (no "
-                          "PruningMask constraints); it does nothing.",
-                          UserWarning, stacklevel=2)
-            return
-        own(self.model)
-        if any(c.failed for _, _, c in self._found):
-            _fresh_optimizer(self.model)
-        if isinstance(self.model.train_function, _Refused):
-            # The step traced by the last fit with this callback: no retrace.
-            self.model.train_function = self.model.train_function.step
-        epochs, steps = self.params.get("epochs"), self.params.get("steps")
-        total = epochs * steps if epochs and steps else None
-        start = self._step()
-        with self.model.distribute_strategy.scope():
-            for _, variable, constraint in self._found:
-                schedule = constraint.schedule
-                if schedule.fractional:
-                    if total is None:
-                        raise ValueError(_steps.UNKNOWN_LENGTH)
-                    schedule.resolve(total)
-                if constraint.mask is None:
-                    # A resumed model's masks are its zeros; a fresh one has none.
-                    values = variable.numpy()
-                    constraint.mask = tf.Variable(
-                        (values != 0).astype(values.dtype), trainable=False,
-                        name=variable.name.replace("/", "_") + "_mask")
-                constraint.ready = True
-        schedule = self._found[0][2].schedule
-        if not schedule.fractional and total is not None:
-            message = schedule.unreachable_warning(
-                start, start + total if start >= total else total)
-            if message:
-                warnings.warn(message, UserWarning, stacklevel=2)
-        self._applied = schedule.last_update_at_or_before(start)
-        if self.log_dir is not None and self._writer is None:
-            self._writer = tf.summary.create_file_writer(str(self.log_dir))
-
-    # Masks move in `on_train_batch_begin` and `on_epoch_end`, never in
-    # `on_train_batch_end`: Keras 3 waits for each step's logs (a device
-    # sync) before a callback's batch-end hook, and runs them on a thread
-    # when no callback has one. The step count is kept in Python: the
-    # device's counter is read once per epoch.
-    def _advance(self, step):
-        # With steps_per_execution > 1 the step can jump past an update: apply
-        # the last one reached, so `end` always leaves the target.
-        update = self._found[0][2].schedule.last_update_at_or_before(step)
-        if update is not None and update != self._applied:
-            _update(self.model, self._found, update)
-            self._applied = update
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self._found:
-            self._epoch_start = self._step()
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if not self._found:
-            return
-        step = self._epoch_start + batch  # steps finished before this one
-        self._advance(step)
-        if (self._writer is not None and _checks.is_int(self.update_freq)
-                and batch and batch % self.update_freq == 0):
-            self._write(step)
-
-    def _write(self, step):
-        _summary.write_scalars(self._writer, step,
-                               {"pruning/sparsity": mask_sparsity(self._found)})
-
-    def on_epoch_end(self, epoch, logs=None):
-        if not self._found:
-            return
-        step = self._step()
-        self._advance(step)
-        if logs is not None:
-            logs["sparsity"] = mask_sparsity(self._found)
-        if self._writer is not None and self.update_freq == "epoch":
-            self._write(step)
-
-    def on_train_end(self, logs=None):
-        # Only this callback advances the masks: a later fit without it must
-        # fail, in Python before its first step. Keras 3 keeps the traced
-        # step between fits; it is parked where the next fit finds it, and
-        # that fit's `on_train_begin` hands it back.
-        for _, _, constraint in self._found:
-            constraint.ready = False
-        if self._found and self.model.train_function is not None:
-            self.model.train_function = _Refused(self.model.train_function)

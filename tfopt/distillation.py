@@ -233,11 +233,15 @@ class Distiller(_distill.DistillerSteps, keras.Model):
             "distillation_loss": self.distillation_loss,
             "features": [list(f) for f in self.features] or None,
             "cache_teacher": self.cache_teacher,
+            # Which Distiller `tfopt.Distiller.from_config` makes: the models'
+            # own entries do not tell (tf_keras names public classes "keras").
+            "keras_version": 2,
         }
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
+        config.pop("keras_version", None)
         student = keras.layers.deserialize(config.pop("student"), custom_objects)
         teacher = keras.layers.deserialize(config.pop("teacher"), custom_objects)
         return cls(student=student, teacher=teacher, **config)
