@@ -81,6 +81,11 @@ def test_flags_become_the_config_without_a_mapping():
                                          "weights, channels."),
         ({"prune_importance": "random"}, "`prune_importance=random` must be one of "
                                          "l2, bn_gamma, taylor."),
+        ({"keras": "4"}, "`keras=4` must be one of 2, 3."),
+        ({"keras": "3", "qat": True},
+         "`qat=True` is not available with `keras=3` yet: quantization-aware "
+         "training of Keras 3 models is the next phase (int8 TFLite files come "
+         "from calibration: `export=tflite_int8`)."),
     ],
 )
 def test_config_errors_name_the_fields(fields, message):

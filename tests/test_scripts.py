@@ -139,6 +139,9 @@ PS_CLUSTER = {"cluster": {"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"],
         ("", {}, r"^error: TF_CONFIG is set but empty. Unset it"),
         (None, {"tpu": "local"}, r"^error: Could not connect to the TPU at "
          r"tpu='local' \(.*\)\. this machine has no TPU"),
+        # Keras 3 models meet the TPU boundary as tf_keras ones do.
+        (None, {"tpu": "local", "keras": "3"}, r"^error: Could not connect to "
+         r"the TPU at tpu='local' \(.*\)\. this machine has no TPU"),
         ({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
           "task": {"type": "worker", "index": 1}}, {"strategy": "mirrored"},
          r"^error: --strategy=mirrored trains in this process alone, but "
