@@ -279,6 +279,26 @@ def rows(model, m_by_n):
         yield row(layer.name, variable, values, pruned, m_by_n)
 
 
+_KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
+
+
+def macs(model):
+    """Multiply-accumulates per example of Keras 3 `model`, counted as
+    `_channels.cost` counts a tf_keras one: every kernel's size times the
+    positions it is applied at (the output's middle dimensions; the input's
+    for a transposed convolution). Biases and BatchNorm add none."""
+    total = 0
+    for layer in flat_layers(model):
+        transposed = isinstance(layer, (keras.layers.Conv1DTranspose,
+                                        keras.layers.Conv2DTranspose,
+                                        keras.layers.Conv3DTranspose))
+        shape = (layer.input if transposed else layer.output).shape
+        positions = int(np.prod([d or 1 for d in shape[1:-1]])) if len(shape) > 2 else 1
+        total += sum(int(np.prod(w.shape)) * positions for w in layer.weights
+                     if w.name in _KERNELS)
+    return total
+
+
 def sparsity_report(model, *, m_by_n=(2, 4)):
     """`tfopt.sparsity_report` for a Keras 3 model."""
     if not isinstance(model, keras.Model):

@@ -36,11 +36,12 @@ def _counts(model):
 
 
 def macs(model):
-    """Multiply-accumulates per example of a tf_keras model (None for what
-    has no layer graph, e.g. a loaded SavedModel, and for Keras 3 models,
-    which `_channels` does not read yet)."""
+    """Multiply-accumulates per example of a Keras model (None for what has
+    no layer graph, e.g. a loaded SavedModel)."""
     if _front.world(model) == _front.KERAS3:
-        return None
+        from tfopt import _k3_pruning
+
+        return _k3_pruning.macs(model)
     from tfopt import _channels, _flatten
     from tfopt._keras import keras
 
