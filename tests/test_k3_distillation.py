@@ -206,3 +206,14 @@ def test_the_optimizer_builds_no_slots_for_the_teacher(digits, teacher):
     distiller.fit(digits.train, epochs=1, verbose=0, steps_per_epoch=2)
     slots = distiller.optimizer.variables
     assert len(slots) == 2 + 2 * len(student.trainable_variables)  # Adam's m, v
+
+
+def test_a_subclassed_model_is_refused_with_the_wrap_to_use(teacher):
+    class Sub(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(TypeError, match=r"^`student` must be a Sequential or "
+                       r"functional Keras 3 model: .* wrap a subclassed one, e.g. "
+                       r"keras.Model\(inputs, student\(inputs\)\)"):
+        tfopt.Distiller(student=Sub(), teacher=teacher)

@@ -298,3 +298,27 @@ def test_callback_writes_tensorboard_summaries(digits, tmp_path):
     assert {"pruning/sparsity", "pruning/target_sparsity", "pruning/hidden/kernel",
             "pruning/conv/kernel", "pruning/logits/kernel"} <= tags
     assert steps == {2, 6}  # after the second batch of each epoch
+
+
+def test_more_misuse_is_refused_with_its_reason(digits):
+    with pytest.raises(ValueError, match=r"^`model` must be built \(give it an "
+                       r"`Input`\) before pruning"):
+        tfopt.prune(keras.Sequential([keras.layers.Dense(2)]), 0.5)
+    for call in (tfopt.sparsity_report, tfopt.strip):
+        with pytest.raises(TypeError, match=r"^`model` must be a "):
+            call(keras.layers.Dense(2))
+    # A fraction of a run whose length fit cannot know.
+    model = _pruned(digits)
+    endless = digits.train.repeat()
+    with pytest.raises(ValueError, match=r"^Pruning `begin`/`end` are fractions "
+                       r"of the run, but this fit does not know its length"):
+        model.fit(endless, epochs=1, steps_per_epoch=None, verbose=0,
+                  callbacks=[tfopt.PruningCallback()])
+
+
+def test_the_callback_says_when_it_has_nothing_to_drive(digits):
+    model = cnn(digits.info.input_shape)
+    model.compile(optimizer="adam", loss=LOSS)
+    with pytest.warns(UserWarning, match=r"^PruningCallback found no pruned model "
+                      r"to drive \(no PruningMask constraints\); it does nothing"):
+        _fit(model, digits, steps_per_epoch=1)

@@ -94,10 +94,104 @@ def projection(keras, student_shape, teacher_shape, names):
 
 
 
+def check_settings(student, teacher, temperature, alpha, distillation_loss,
+                   features, cache_teacher):
+    """The checks on a Distiller's settings (its models checked already);
+    returns the feature taps."""
+    check_temperature(temperature)
+    check_alpha(alpha)
+    _checks.check_choice(distillation_loss, "distillation_loss",
+                         DISTILLATION_LOSSES)
+    taps = check_features(features, student, teacher)
+    _checks.check_bool(cache_teacher, "cache_teacher")
+    if cache_teacher and taps:
+        raise ValueError(
+            "`cache_teacher` caches logits only; teacher feature maps are "
+            "recomputed. Use one or the other. Received: cache_teacher=True, "
+            f"features={features!r}")
+    return taps
+
+
 class DistillerSteps:
-    """The passes and losses of a Distiller (mixed into both): it has
-    `student`, `teacher`, `temperature`, `alpha`, `distillation_loss`,
-    `projections`, `_taps`, `_cache`, `_feature_weights`, `_hard_loss`."""
+    """The state, passes and losses of a Distiller (mixed into both). A
+    subclass sets `KERAS_VERSION` and `_serialize_model` (its Keras's model
+    serializer) and calls `_distill_set_up` from `__init__`."""
+
+    KERAS_VERSION = None
+    _serialize_model = None
+
+    def _distill_set_up(self, keras, student, teacher, temperature, alpha,
+                distillation_loss, features, taps, cache_teacher, width):
+        """The Distiller's state; `keras` is the module of its models and
+        `width` the number of logits."""
+        self.student = student
+        # The teacher is left as given (a model the user goes on using, e.g.
+        # to prune a copy of it, must stay trainable): it runs in inference
+        # mode outside the tape, and its variables are not the Distiller's
+        # trainable ones.
+        self.teacher = teacher
+        self.distillation_loss = distillation_loss
+        self.features = [tuple(f) for f in features or ()]
+        self.cache_teacher = cache_teacher
+        constant = keras.initializers.Constant
+        self.temperature = self.add_weight(
+            name="temperature", shape=(), trainable=False,
+            initializer=constant(temperature))
+        self.alpha = self.add_weight(
+            name="alpha", shape=(), trainable=False, initializer=constant(alpha))
+        self._taps = None
+        self.projections = []
+        if taps:
+            # Multi-output views sharing the models' layers: one call gives
+            # the logits and the tapped features.
+            self._taps = tuple(
+                keras.Model(model.inputs,
+                            [model.output] + [pair[i].output for pair in taps])
+                for i, model in enumerate((teacher, student)))
+            self.projections = [
+                projection(keras, tuple(s.output.shape[1:]),
+                           tuple(t.output.shape[1:]), (t.name, s.name))
+                for t, s, _ in taps]
+        self._feature_weights = [w for _, _, w in taps]
+        self._cache = None
+        if cache_teacher:
+            self._cache = tf.lookup.experimental.MutableHashTable(
+                tf.int64, tf.float32, default_value=tf.fill([width], float("nan")))
+        self._trackers = [keras.metrics.Mean(name=n) for n in
+                          ("loss", "student_loss", "distillation_loss")]
+        self._hard_loss = None
+
+    def _distill_losses(self, x, y, sample_weight, teacher_out, training):
+        """(student outputs, the loss to minimize, what the trackers log:
+        per-example total with the student's regularization, hard, soft)."""
+        student_out = self._student_outputs(x, training=training)
+        total, hard, soft = self._per_example_losses(y, student_out, teacher_out)
+        regularization = (tf.add_n(self.student.losses)
+                          if self.student.losses else tf.constant(0.0))
+        # Sum over the local batch / global batch: on N replicas the summed
+        # gradients equal the single-replica ones.
+        loss = (tf.nn.compute_average_loss(total, sample_weight=sample_weight)
+                + tf.nn.scale_regularization_loss(regularization))
+        return student_out, loss, (total + regularization, hard, soft)
+
+    def _distill_track(self, values, sample_weight):
+        for tracker, value in zip(self._trackers, values, strict=True):
+            tracker.update_state(value, sample_weight=sample_weight)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "student": self._serialize_model(self.student),
+            "teacher": self._serialize_model(self.teacher),
+            "temperature": float(self.temperature.numpy()),
+            "alpha": float(self.alpha.numpy()),
+            "distillation_loss": self.distillation_loss,
+            "features": [list(f) for f in self.features] or None,
+            "cache_teacher": self.cache_teacher,
+            # Which Distiller `tfopt.Distiller.from_config` makes: the models'
+            # own entries do not tell (tf_keras names public classes "keras").
+            "keras_version": self.KERAS_VERSION,
+        }
 
     def _teacher_only(self):
         student = {id(v) for v in self.student.weights}

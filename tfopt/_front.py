@@ -23,6 +23,7 @@ Callbacks learn their model in `set_model`, so `PruningCallback` and
 """
 
 import importlib
+import json
 import os
 import sys
 import zipfile
@@ -41,13 +42,9 @@ def world(obj):
 
 def keras_of(model):
     """The Keras module of `model`: Keras 3, or tf_keras (imported then)."""
-    if world(model) == KERAS3:
-        import keras
+    from tfopt import models
 
-        return keras
-    from tfopt._keras import keras
-
-    return keras
+    return models.keras_module(3 if world(model) == KERAS3 else 2)
 
 
 def _impl(obj, modules, name):
@@ -87,8 +84,6 @@ def export_tflite(model, path, **options):
 
 def _keras_version(path):
     # A `.keras` file names the Keras that wrote it in metadata.json.
-    import json
-
     try:
         with zipfile.ZipFile(path) as archive:
             return json.loads(archive.read("metadata.json")).get("keras_version", "")

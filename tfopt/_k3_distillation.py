@@ -13,7 +13,7 @@ unscaled per-example values, and logs the same numbers on any strategy.
 import keras
 import tensorflow as tf
 
-from tfopt import _checks, _distill, _k3_fit, _k3_pruning
+from tfopt import _distill, _k3_fit, _k3_pruning
 
 __all__ = ["DistillationSchedule", "Distiller"]
 
@@ -72,49 +72,11 @@ class Distiller(_distill.DistillerSteps, keras.Model):
             raise ValueError(
                 "`student` and `teacher` must produce the same output shape. "
                 f"Received: student output {shapes[0]}, teacher output {shapes[1]}")
-        _distill.check_temperature(temperature)
-        _distill.check_alpha(alpha)
-        _checks.check_choice(distillation_loss, "distillation_loss",
-                             _distill.DISTILLATION_LOSSES)
-        taps = _distill.check_features(features, student, teacher)
-        _checks.check_bool(cache_teacher, "cache_teacher")
-        if cache_teacher and taps:
-            raise ValueError(
-                "`cache_teacher` caches logits only; teacher feature maps are "
-                "recomputed. Use one or the other. Received: cache_teacher=True, "
-                f"features={features!r}")
+        taps = _distill.check_settings(student, teacher, temperature, alpha,
+                                       distillation_loss, features, cache_teacher)
         super().__init__(name=name)
-        self.student = student
-        self.teacher = teacher  # left as given; never trained (see DistillerSteps)
-        self.distillation_loss = distillation_loss
-        self.features = [tuple(f) for f in features or ()]
-        self.cache_teacher = cache_teacher
-        constant = keras.initializers.Constant
-        self.temperature = self.add_weight(
-            name="temperature", shape=(), trainable=False,
-            initializer=constant(temperature))
-        self.alpha = self.add_weight(
-            name="alpha", shape=(), trainable=False, initializer=constant(alpha))
-        self._taps = None
-        self.projections = []
-        if taps:
-            self._taps = tuple(
-                keras.Model(model.inputs,
-                            [model.output] + [pair[i].output for pair in taps])
-                for i, model in enumerate((teacher, student)))
-            self.projections = [
-                _distill.projection(keras, tuple(s.output.shape[1:]),
-                                    tuple(t.output.shape[1:]), (t.name, s.name))
-                for t, s, _ in taps]
-        self._feature_weights = [w for _, _, w in taps]
-        self._cache = None
-        if cache_teacher:
-            width = _output_shape(teacher)[-1]
-            self._cache = tf.lookup.experimental.MutableHashTable(
-                tf.int64, tf.float32, default_value=tf.fill([width], float("nan")))
-        self._trackers = [keras.metrics.Mean(name=n) for n in
-                          ("loss", "student_loss", "distillation_loss")]
-        self._hard_loss = None
+        self._distill_set_up(keras, student, teacher, temperature, alpha,
+                     distillation_loss, features, taps, cache_teacher, shapes[1][-1])
         _k3_fit.fix(self)
         _k3_pruning.own(self, student)
 
@@ -137,9 +99,8 @@ class Distiller(_distill.DistillerSteps, keras.Model):
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
 
-    def _track(self, x, y, sample_weight, student_out, values):
-        for tracker, value in zip(self._trackers, values, strict=True):
-            tracker.update_state(value, sample_weight=sample_weight)
+    def _distill_logs(self, x, y, sample_weight, student_out, values):
+        self._distill_track(values, sample_weight)
         logs = self.compute_metrics(x, y, student_out[0], sample_weight)
         # Keras's own `loss` tracker is never fed here; ours has the name.
         logs.update({m.name: m.result() for m in self._trackers})
@@ -150,47 +111,25 @@ class Distiller(_distill.DistillerSteps, keras.Model):
         teacher_out = self._teacher_outputs(x)
         variables = self._student_variables()
         with tf.GradientTape() as tape:
-            student_out = self._student_outputs(x, training=True)
-            total, hard, soft = self._per_example_losses(y, student_out, teacher_out)
-            # Sum over the local batch / global batch: on N replicas the
-            # summed gradients equal the single-replica ones.
-            loss = tf.nn.compute_average_loss(total, sample_weight=sample_weight)
-            regularization = (tf.add_n(self.student.losses)
-                              if self.student.losses else tf.constant(0.0))
-            loss += tf.nn.scale_regularization_loss(regularization)
+            student_out, loss, values = self._distill_losses(x, y, sample_weight,
+                                                     teacher_out, training=True)
             scaled = self.optimizer.scale_loss(loss)  # mixed precision
         self.optimizer.apply(tape.gradient(scaled, variables), variables)
-        return self._track(x, y, sample_weight, student_out,
-                           (total + regularization, hard, soft))
+        return self._distill_logs(x, y, sample_weight, student_out, values)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        teacher_out = self._teacher_outputs(x)
-        student_out = self._student_outputs(x, training=False)
-        total, hard, soft = self._per_example_losses(y, student_out, teacher_out)
-        regularization = (tf.add_n(self.student.losses)
-                          if self.student.losses else tf.constant(0.0))
-        return self._track(x, y, sample_weight, student_out,
-                           (total + regularization, hard, soft))
+        student_out, _, values = self._distill_losses(x, y, sample_weight,
+                                              self._teacher_outputs(x),
+                                              training=False)
+        return self._distill_logs(x, y, sample_weight, student_out, values)
 
     def save(self, filepath, *args, **kwargs):
         """Saves the student alone (what is deployed), pruning included."""
         return self.student.save(filepath, *args, **kwargs)
 
-    def get_config(self):
-        return {
-            "name": self.name,
-            "student": keras.saving.serialize_keras_object(self.student),
-            "teacher": keras.saving.serialize_keras_object(self.teacher),
-            "temperature": float(self.temperature.numpy()),
-            "alpha": float(self.alpha.numpy()),
-            "distillation_loss": self.distillation_loss,
-            "features": [list(f) for f in self.features] or None,
-            "cache_teacher": self.cache_teacher,
-            # Which Distiller `tfopt.Distiller.from_config` makes: the models'
-            # own entries do not tell (tf_keras names public classes "keras").
-            "keras_version": 3,
-        }
+    KERAS_VERSION = 3
+    _serialize_model = staticmethod(keras.saving.serialize_keras_object)
 
     @classmethod
     def from_config(cls, config):

@@ -10,14 +10,13 @@ TFLite converter gives a file that is integer end to end instead.
 """
 
 import functools
-import os
 import tempfile
 import zipfile
 
 import keras
 import tensorflow as tf
 
-from tfopt import _checks, _k3_distillation, _k3_fit, _k3_pruning, _tflite
+from tfopt import _k3_distillation, _k3_fit, _k3_pruning, _tflite
 
 
 def deployable(model):
@@ -73,13 +72,7 @@ def export_tflite(model, path, *, quantization=None, representative_data=None,
 def load_model(path, *, compile=True, safe_mode=True):
     """Loads a Keras 3 `.keras` file, tfopt's pruned models (their
     `PruningMask` constraints) included; see `tfopt.load_model`."""
-    path = _tflite._check_path(path)
-    _checks.check_bool(compile, "compile")
-    _checks.check_bool(safe_mode, "safe_mode")
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"`path` must name a .keras file; nothing exists there. "
-            f"Received: path={path!r}")
+    path = _tflite.check_load(path, compile, safe_mode, "a .keras file")
     try:
         model = keras.saving.load_model(path, compile=compile, safe_mode=safe_mode)
     except (OSError, zipfile.BadZipFile) as err:

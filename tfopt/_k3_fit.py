@@ -26,11 +26,12 @@ without it and will start failing then.
 
 import tensorflow as tf
 
+from tfopt import distribute
+
 
 def _multi_worker(strategy):
     return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-            and strategy.cluster_resolver is not None
-            and bool(strategy.cluster_resolver.cluster_spec().as_dict()))
+            and distribute.worker_info(strategy).num_workers > 1)
 
 
 def _first_replica(strategy, batch):

@@ -106,11 +106,7 @@ class PruningMask(keras.constraints.Constraint):
 
 def flat_layers(model):
     """Every layer of `model`, nested models flattened, inputs left out."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from flat_layers(layer)
-        elif not isinstance(layer, keras.layers.InputLayer):
-            yield layer
+    return _specs.flat_layers(model, keras)
 
 
 def masked(model):

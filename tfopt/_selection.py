@@ -6,11 +6,7 @@ from tfopt._keras import keras
 
 def flat_layers(model):
     """Every layer of `model`, nested models flattened, inputs left out."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from flat_layers(layer)
-        elif not isinstance(layer, keras.layers.InputLayer):
-            yield layer
+    return _specs.flat_layers(model, keras)
 
 
 def check_specs(specs, arg):

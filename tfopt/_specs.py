@@ -5,6 +5,16 @@ Keras 3 layers alike. Nothing here imports TensorFlow or a Keras."""
 import re
 
 
+def flat_layers(model, keras):
+    """Every layer of `model` (a model of the Keras module `keras`), nested
+    models flattened, inputs left out."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from flat_layers(layer, keras)
+        elif not isinstance(layer, keras.layers.InputLayer):
+            yield layer
+
+
 def matches(layer, spec):
     if isinstance(spec, type):
         return isinstance(layer, spec)

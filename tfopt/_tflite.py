@@ -70,6 +70,19 @@ def _check_path(path):
     return os.fspath(path)
 
 
+def check_load(path, compile, safe_mode, kinds):
+    """The checks on `load_model`'s arguments; `kinds` says what `path` may
+    name. Returns `path` as a str."""
+    path = _check_path(path)
+    _checks.check_bool(compile, "compile")
+    _checks.check_bool(safe_mode, "safe_mode")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"`path` must name {kinds}; nothing exists there. "
+            f"Received: path={path!r}")
+    return path
+
+
 def _refuse_overwrite(path, overwrite):
     _checks.check_bool(overwrite, "overwrite")
     if os.path.exists(path) and not overwrite:

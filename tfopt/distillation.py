@@ -10,7 +10,7 @@ batch gives the same student on one replica or many. `evaluate`, `predict`,
 
 import tensorflow as tf
 
-from tfopt import _checks, _distill, _keras, _selection, pruning
+from tfopt import _distill, _keras, _selection, pruning
 from tfopt._keras import keras
 
 DISTILLATION_LOSSES = _distill.DISTILLATION_LOSSES
@@ -107,54 +107,12 @@ class Distiller(_distill.DistillerSteps, keras.Model):
                 "`student` and `teacher` must produce the same output shape. "
                 f"Received: student output {student.output_shape}, teacher "
                 f"output {teacher.output_shape}")
-        _distill.check_temperature(temperature)
-        _distill.check_alpha(alpha)
-        _checks.check_choice(distillation_loss, "distillation_loss",
-                             _distill.DISTILLATION_LOSSES)
-        taps = _distill.check_features(features, student, teacher)
-        _checks.check_bool(cache_teacher, "cache_teacher")
-        if cache_teacher and taps:
-            raise ValueError(
-                "`cache_teacher` caches logits only; teacher feature maps are "
-                "recomputed. Use one or the other. Received: cache_teacher=True, "
-                f"features={features!r}")
+        taps = _distill.check_settings(student, teacher, temperature, alpha,
+                                       distillation_loss, features, cache_teacher)
         super().__init__(name=name)
-        self.student = student
-        # The teacher is left as given (a model the user goes on using, e.g.
-        # to prune a copy of it, must stay trainable): it runs in inference
-        # mode outside the tape, and its variables are not the Distiller's
-        # trainable ones.
-        self.teacher = teacher
-        self.distillation_loss = distillation_loss
-        self.features = [tuple(f) for f in features or ()]
-        self.cache_teacher = cache_teacher
-        constant = keras.initializers.Constant
-        self.temperature = self.add_weight(
-            "temperature", shape=(), trainable=False, initializer=constant(temperature))
-        self.alpha = self.add_weight(
-            "alpha", shape=(), trainable=False, initializer=constant(alpha))
-        self._taps = None
-        self.projections = []
-        if taps:
-            # Multi-output views sharing the models' layers: one call gives
-            # the logits and the tapped features.
-            self._taps = tuple(
-                keras.Model(model.inputs,
-                            [model.output] + [pair[i].output for pair in taps])
-                for i, model in enumerate((teacher, student)))
-            self.projections = [
-                _distill.projection(keras, tuple(s.output.shape[1:]),
-                                    tuple(t.output.shape[1:]), (t.name, s.name))
-                for t, s, _ in taps]
-        self._feature_weights = [w for _, _, w in taps]
-        self._cache = None
-        if cache_teacher:
-            width = teacher.output_shape[-1]
-            self._cache = tf.lookup.experimental.MutableHashTable(
-                tf.int64, tf.float32, default_value=tf.fill([width], float("nan")))
-        self._trackers = [keras.metrics.Mean(n) for n in
-                          ("loss", "student_loss", "distillation_loss")]
-        self._hard_loss = None
+        self._distill_set_up(keras, student, teacher, temperature, alpha,
+                     distillation_loss, features, taps, cache_teacher,
+                     teacher.output_shape[-1])
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
         """Compiles with the student's hard-label `loss` and `metrics`.
@@ -185,33 +143,22 @@ class Distiller(_distill.DistillerSteps, keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         teacher_out = self._teacher_outputs(x)
         with tf.GradientTape() as tape:
-            student_out = self._student_outputs(x, training=True)
-            total, hard, soft = self._per_example_losses(y, student_out, teacher_out)
-            # Sum over the local batch / global batch: on N replicas the
-            # summed gradients equal the single-replica ones.
-            loss = tf.nn.compute_average_loss(total, sample_weight=sample_weight)
-            regularization = (tf.add_n(self.student.losses)
-                              if self.student.losses else tf.constant(0.0))
-            loss += tf.nn.scale_regularization_loss(regularization)
+            student_out, loss, values = self._distill_losses(x, y, sample_weight,
+                                                     teacher_out, training=True)
         self.optimizer.minimize(loss, self._student_variables(), tape=tape)
-        for tracker, value in zip(self._trackers,
-                                  (total + regularization, hard, soft), strict=True):
-            tracker.update_state(value, sample_weight=sample_weight)
-        self.compiled_metrics.update_state(y, student_out[0], sample_weight)
-        return {m.name: m.result() for m in self.metrics}
+        return self._distill_logs(y, sample_weight, student_out, values)
 
     def test_step(self, data):
         # The same loss as in training (so `val_loss` compares with `loss`),
         # with the student in inference mode.
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        teacher_out = self._teacher_outputs(x)
-        student_out = self._student_outputs(x, training=False)
-        total, hard, soft = self._per_example_losses(y, student_out, teacher_out)
-        regularization = (tf.add_n(self.student.losses)
-                          if self.student.losses else tf.constant(0.0))
-        for tracker, value in zip(self._trackers,
-                                  (total + regularization, hard, soft), strict=True):
-            tracker.update_state(value, sample_weight=sample_weight)
+        student_out, _, values = self._distill_losses(x, y, sample_weight,
+                                              self._teacher_outputs(x),
+                                              training=False)
+        return self._distill_logs(y, sample_weight, student_out, values)
+
+    def _distill_logs(self, y, sample_weight, student_out, values):
+        self._distill_track(values, sample_weight)
         self.compiled_metrics.update_state(y, student_out[0], sample_weight)
         return {m.name: m.result() for m in self.metrics}
 
@@ -223,20 +170,8 @@ class Distiller(_distill.DistillerSteps, keras.Model):
         """
         return self.student.save(filepath, *args, **kwargs)
 
-    def get_config(self):
-        return {
-            "name": self.name,
-            "student": keras.layers.serialize(self.student),
-            "teacher": keras.layers.serialize(self.teacher),
-            "temperature": float(self.temperature.numpy()),
-            "alpha": float(self.alpha.numpy()),
-            "distillation_loss": self.distillation_loss,
-            "features": [list(f) for f in self.features] or None,
-            "cache_teacher": self.cache_teacher,
-            # Which Distiller `tfopt.Distiller.from_config` makes: the models'
-            # own entries do not tell (tf_keras names public classes "keras").
-            "keras_version": 2,
-        }
+    KERAS_VERSION = 2
+    _serialize_model = staticmethod(keras.layers.serialize)
 
     @classmethod
     def from_config(cls, config, custom_objects=None):

@@ -19,7 +19,6 @@ import tensorflow_model_optimization as tfmot
 
 from tfopt import (
     _channel_pruning,  # registers ChannelPrunedModel, for load_model
-    _checks,
     _flatten,
     _keras,
     _selection,
@@ -215,13 +214,8 @@ def load_model(path, *, compile=True, safe_mode=True):
     >>> type(tfopt.load_model(path)).__name__
     'PrunedModel'
     """
-    path = _check_path(path)
-    _checks.check_bool(compile, "compile")
-    _checks.check_bool(safe_mode, "safe_mode")
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"`path` must name a .keras/.h5 file or a SavedModel directory; "
-            f"nothing exists there. Received: path={path!r}")
+    path = _tflite.check_load(path, compile, safe_mode,
+                              "a .keras/.h5 file or a SavedModel directory")
     # tf_keras tries anything that is not a zip archive as HDF5 and says only
     # "file signature not found", without the path.
     unreadable = os.path.isfile(path) and not (

@@ -34,6 +34,13 @@ def _batch_norm(keras, name):
                                            **extra)
 
 
+def keras_module(keras_version):
+    """The Keras module of `keras_version` (2: tf_keras, 3: Keras 3),
+    imported on first use."""
+    module = importlib.import_module(KERASES[keras_version])
+    return module.keras if keras_version == 2 else module  # _keras holds tf_keras
+
+
 def _inputs(keras, input_shape):
     return keras.Input(shape=input_shape, name="image")
 
@@ -194,7 +201,5 @@ def build(name, input_shape, num_classes, *, keras_version=2):
         )
     _checks.check_int(num_classes, "num_classes", minimum=2)
     _checks.check_choice(keras_version, "keras_version", tuple(KERASES))
-    module = importlib.import_module(KERASES[keras_version])
-    keras = module.keras if keras_version == 2 else module  # _keras holds tf_keras
-    return BUILDERS[name](keras, tuple(int(d) for d in input_shape),
-                          int(num_classes))
+    return BUILDERS[name](keras_module(keras_version),
+                          tuple(int(d) for d in input_shape), int(num_classes))

@@ -54,13 +54,7 @@ class Report(NamedTuple):
 def keras_of(config):
     """The Keras module `config.keras` builds models with: tf_keras (the
     world of TFMOT) or Keras 3. Only the one asked for is imported."""
-    if config.keras_version == 3:
-        import keras
-
-        return keras
-    from tfopt._keras import keras
-
-    return keras
+    return models.keras_module(config.keras_version)
 
 
 # The job's own callbacks run in either Keras's `fit`: `_front.Callback`.
