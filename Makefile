@@ -20,6 +20,7 @@ $(VENV)/.installed-%: setup.cfg setup.py pyproject.toml | $(BIN)/python
 	touch $@
 
 lint: $(VENV)/.installed-test
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
 test: lint

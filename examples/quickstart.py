@@ -15,5 +15,7 @@ model.compile(
 )
 model.fit(train, validation_data=val, epochs=1, verbose=2)
 _, accuracy = model.evaluate(test, verbose=0)
-print(f"{info.name}: {info.train_size} training images, "
-      f"{model.count_params():,} parameters, test accuracy {accuracy:.4f}")
+print(
+    f"{info.name}: {info.train_size} training images, "
+    f"{model.count_params():,} parameters, test accuracy {accuracy:.4f}"
+)

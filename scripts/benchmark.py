@@ -24,12 +24,23 @@ except ImportError:  # run as a file: its directory is on sys.path
 
 # `recovery` runs the main job, which switches on deterministic ops for the
 # rest of the process: it goes last.
-SUITES = ("overhead", "compression", "distillation", "parity", "inference",
-          "speed", "keras3", "recovery")
+SUITES = (
+    "overhead",
+    "compression",
+    "distillation",
+    "parity",
+    "inference",
+    "speed",
+    "keras3",
+    "recovery",
+)
 if "suite" not in flags.FLAGS:
     flags.DEFINE_list("suite", list(SUITES), f"Parts to run: {', '.join(SUITES)}.")
-    flags.register_validator("suite", lambda v: set(v) <= set(SUITES),
-                             message=f"--suite takes a comma list of {SUITES}.")
+    flags.register_validator(
+        "suite",
+        lambda v: set(v) <= set(SUITES),
+        message=f"--suite takes a comma list of {SUITES}.",
+    )
     flags.DEFINE_bool("quick", False, "A short smoke run (the test suite's).")
     flags.DEFINE_string("output", "benchmark.json", "Where the JSON goes.")
 FLAGS = flags.FLAGS
@@ -44,20 +55,30 @@ ANCHORS = {
     "hinton_small_net_errors": {"scratch": 146, "distilled": 74},
 }
 TARGETS = {
-    "tfopt_prune_vs_tfmot": 1.05, "prune_vs_float": 1.15, "tfopt_qat_vs_tfmot": 1.05,
-    "distill_cached_vs_student": 1.15, "pruning_gzip_ratio": 3.0,
-    "pruning_plus_int8_gzip_ratio": 10.0, "pruned_accuracy_drop": 0.01,
-    "int8_vs_qat_accuracy": 0.005, "parity_max_abs_diff": 1e-5,
+    "tfopt_prune_vs_tfmot": 1.05,
+    "prune_vs_float": 1.15,
+    "tfopt_qat_vs_tfmot": 1.05,
+    "distill_cached_vs_student": 1.15,
+    "pruning_gzip_ratio": 3.0,
+    "pruning_plus_int8_gzip_ratio": 10.0,
+    "pruned_accuracy_drop": 0.01,
+    "int8_vs_qat_accuracy": 0.005,
+    "parity_max_abs_diff": 1e-5,
     # Issue 14: channel pruning's batch-1 speed-up and accuracy recovery.
-    "mobilenet_v2_float32_speedup": 1.5, "mobilenet_v2_int8_speedup": 1.3,
-    "resnet50_float32_speedup": 1.3, "recovered_accuracy_drop": 0.01,
+    "mobilenet_v2_float32_speedup": 1.5,
+    "mobilenet_v2_int8_speedup": 1.3,
+    "resnet50_float32_speedup": 1.3,
+    "recovered_accuracy_drop": 0.01,
     # Issue 15: Keras 3 models through tfopt's own path.
-    "keras3_prune_vs_float": 1.15, "keras3_int8_vs_float_accuracy": 0.005,
+    "keras3_prune_vs_float": 1.15,
+    "keras3_int8_vs_float_accuracy": 0.005,
 }
 # (speed model, TFLite kind, target) checked at 1 and 2 threads.
-SPEED_TARGETS = (("mobilenet_v2_96", "float32", "mobilenet_v2_float32_speedup"),
-                 ("mobilenet_v2_96", "int8", "mobilenet_v2_int8_speedup"),
-                 ("resnet50_64", "float32", "resnet50_float32_speedup"))
+SPEED_TARGETS = (
+    ("mobilenet_v2_96", "float32", "mobilenet_v2_float32_speedup"),
+    ("mobilenet_v2_96", "int8", "mobilenet_v2_int8_speedup"),
+    ("resnet50_64", "float32", "resnet50_float32_speedup"),
+)
 
 
 def median_ratio(numerator, denominator):
@@ -67,7 +88,7 @@ def median_ratio(numerator, denominator):
 
 def gzip_size(path):
     """Bytes of `path` after gzip -9 (summed over the files of a directory)."""
-    from tfopt import export
+    from tfopt.keras2 import export
 
     return export.disk_sizes(path)[1]
 
@@ -96,8 +117,11 @@ def _loss(keras):
 
 
 def _compiled(keras, model, learning_rate=1e-3):
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=_loss(keras),
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=_loss(keras),
+        metrics=["accuracy"],
+    )
     return model
 
 
@@ -115,32 +139,50 @@ def overhead(quick):
     end, frequency = 10 * steps, max(1, steps // 4)
     out = {}
     for name in ("tfmot_mnist",) if quick else ("tfmot_mnist", "student_cnn"):
+
         def build(model=name):
             keras.utils.set_random_seed(0)
             return tfopt.models.build(model, splits.info.input_shape, 10)
 
         def fit(model, callbacks=()):
-            return lambda: model.fit(train, epochs=1, verbose=0,
-                                     callbacks=list(callbacks))
+            return lambda: model.fit(
+                train, epochs=1, verbose=0, callbacks=list(callbacks)
+            )
 
         raw_pruned = tfmot.sparsity.keras.prune_low_magnitude(
-            build(), pruning_schedule=tfmot.sparsity.keras.PolynomialDecay(
-                0.0, 0.8, 0, end, frequency=frequency))
+            build(),
+            pruning_schedule=tfmot.sparsity.keras.PolynomialDecay(
+                0.0, 0.8, 0, end, frequency=frequency
+            ),
+        )
         teacher = tfopt.models.build("teacher_cnn", splits.info.input_shape, 10)
         variants = {
             "float": fit(_compiled(keras, build())),
-            "tfopt_prune": fit(_compiled(keras, tfopt.prune(
-                build(), 0.8, begin=0, end=end, frequency=frequency)),
-                [tfopt.PruningCallback()]),
-            "tfmot_prune": fit(_compiled(keras, raw_pruned),
-                               [tfmot.sparsity.keras.UpdatePruningStep()]),
+            "tfopt_prune": fit(
+                _compiled(
+                    keras,
+                    tfopt.prune(build(), 0.8, begin=0, end=end, frequency=frequency),
+                ),
+                [tfopt.PruningCallback()],
+            ),
+            "tfmot_prune": fit(
+                _compiled(keras, raw_pruned), [tfmot.sparsity.keras.UpdatePruningStep()]
+            ),
             "tfopt_qat": fit(_compiled(keras, tfopt.quantize(build()))),
-            "tfmot_qat": fit(_compiled(keras, tfmot.quantization.keras.quantize_model(
-                build()))),
-            "distill": fit(_compiled(keras, tfopt.Distiller(
-                student=build(), teacher=teacher))),
-            "distill_cached": fit(_compiled(keras, tfopt.Distiller(
-                student=build(), teacher=teacher, cache_teacher=True))),
+            "tfmot_qat": fit(
+                _compiled(keras, tfmot.quantization.keras.quantize_model(build()))
+            ),
+            "distill": fit(
+                _compiled(keras, tfopt.Distiller(student=build(), teacher=teacher))
+            ),
+            "distill_cached": fit(
+                _compiled(
+                    keras,
+                    tfopt.Distiller(
+                        student=build(), teacher=teacher, cache_teacher=True
+                    ),
+                )
+            ),
         }
         with tfopt.get_strategy("mirrored").scope():
             mirrored = _compiled(keras, build())
@@ -149,14 +191,16 @@ def overhead(quick):
         out[name] = {
             "steps_per_epoch": steps,
             "median_epoch_seconds": {k: statistics.median(v) for k, v in times.items()},
-            "tfopt_prune_vs_tfmot": median_ratio(times["tfopt_prune"],
-                                                 times["tfmot_prune"]),
+            "tfopt_prune_vs_tfmot": median_ratio(
+                times["tfopt_prune"], times["tfmot_prune"]
+            ),
             "prune_vs_float": median_ratio(times["tfopt_prune"], times["float"]),
             "tfopt_qat_vs_tfmot": median_ratio(times["tfopt_qat"], times["tfmot_qat"]),
             "qat_vs_float": median_ratio(times["tfopt_qat"], times["float"]),
             "distill_vs_student": median_ratio(times["distill"], times["float"]),
-            "distill_cached_vs_student": median_ratio(times["distill_cached"],
-                                                      times["float"]),
+            "distill_cached_vs_student": median_ratio(
+                times["distill_cached"], times["float"]
+            ),
             "mirrored_vs_default": median_ratio(times["mirrored"], times["float"]),
         }
     return out
@@ -169,11 +213,12 @@ def keras3(quick):
     tfopt, _ = _lib()
     splits, train = _data(tfopt, quick)
     return {
-        "overhead": benchmark_keras3.overhead(tfopt, keras, splits, train,
-                                              1 if quick else 11, interleaved,
-                                              median_ratio),
-        "int8": benchmark_keras3.int8_accuracy(tfopt, keras, splits, train,
-                                               1 if quick else 5),
+        "overhead": benchmark_keras3.overhead(
+            tfopt, keras, splits, train, 1 if quick else 11, interleaved, median_ratio
+        ),
+        "int8": benchmark_keras3.int8_accuracy(
+            tfopt, keras, splits, train, 1 if quick else 5
+        ),
     }
 
 
@@ -184,8 +229,9 @@ def _h5_gzip(keras_model, directory, name):
 
 
 def _tflite(tfopt, model, directory, name, **kwargs):
-    path = tfopt.export_tflite(model, os.path.join(directory, f"{name}.tflite"),
-                               **kwargs).path
+    path = tfopt.export_tflite(
+        model, os.path.join(directory, f"{name}.tflite"), **kwargs
+    ).path
     return path, gzip_size(path)
 
 
@@ -204,27 +250,35 @@ def compression(quick):
     keras.utils.set_random_seed(0)
     baseline = _compiled(keras, tfopt.models.build("tfmot_mnist", (28, 28, 1), 10))
     baseline.fit(train, epochs=epochs, verbose=0)
-    base = {"accuracy": _accuracy(baseline, splits.test),
-            "h5_gzip": _h5_gzip(baseline, work, "baseline")}
+    base = {
+        "accuracy": _accuracy(baseline, splits.test),
+        "h5_gzip": _h5_gzip(baseline, work, "baseline"),
+    }
     float_path, base["tflite_gzip"] = _tflite(tfopt, baseline, work, "baseline")
     base["tflite_bytes"] = os.path.getsize(float_path)
     rows = {"baseline": base}
-    for label, kwargs in (("pruned_80", {"target_sparsity": 0.8}),
-                          ("pruned_90", {"target_sparsity": 0.9}),
-                          ("pruned_2_4", {"target_sparsity": 0.5, "m_by_n": (2, 4)})):
+    for label, kwargs in (
+        ("pruned_80", {"target_sparsity": 0.8}),
+        ("pruned_90", {"target_sparsity": 0.9}),
+        ("pruned_2_4", {"target_sparsity": 0.5, "m_by_n": (2, 4)}),
+    ):
         target = kwargs.pop("target_sparsity")
         pruned = _compiled(keras, tfopt.prune(baseline, target, end=0.75, **kwargs))
         pruned.fit(train, epochs=tune, verbose=0, callbacks=[tfopt.PruningCallback()])
         stripped = tfopt.strip(pruned)
-        row = {"accuracy": _accuracy(_compiled(keras, stripped), splits.test),
-               "sparsity": tfopt.sparsity_report(stripped).sparsity,
-               "h5_gzip": _h5_gzip(stripped, work, label)}
+        row = {
+            "accuracy": _accuracy(_compiled(keras, stripped), splits.test),
+            "sparsity": tfopt.sparsity_report(stripped).sparsity,
+            "h5_gzip": _h5_gzip(stripped, work, label),
+        }
         _, row["tflite_gzip"] = _tflite(tfopt, stripped, work, label)
-        _, row["tflite_dynamic_gzip"] = _tflite(tfopt, stripped, work, label + "_dyn",
-                                                quantization="dynamic")
+        _, row["tflite_dynamic_gzip"] = _tflite(
+            tfopt, stripped, work, label + "_dyn", quantization="dynamic"
+        )
         row["gzip_ratio"] = base["h5_gzip"] / row["h5_gzip"]
         row["gzip_ratio_with_quantization"] = (
-            base["h5_gzip"] / row["tflite_dynamic_gzip"])
+            base["h5_gzip"] / row["tflite_dynamic_gzip"]
+        )
         row["accuracy_drop"] = base["accuracy"] - row["accuracy"]
         rows[label] = row
     qat = _compiled(keras, tfopt.quantize(baseline), 1e-4)
@@ -233,10 +287,13 @@ def compression(quick):
     rows["qat"] = {
         "keras_accuracy": _accuracy(qat, splits.test),
         "int8_accuracy": tfopt.evaluate_tflite(int8_path, splits.test).accuracy,
-        "int8_bytes": os.path.getsize(int8_path), "int8_gzip": int8_gzip,
-        "size_ratio_vs_float_tflite": base["tflite_bytes"] / os.path.getsize(int8_path)}
+        "int8_bytes": os.path.getsize(int8_path),
+        "int8_gzip": int8_gzip,
+        "size_ratio_vs_float_tflite": base["tflite_bytes"] / os.path.getsize(int8_path),
+    }
     rows["qat"]["int8_vs_qat_accuracy"] = abs(
-        rows["qat"]["int8_accuracy"] - rows["qat"]["keras_accuracy"])
+        rows["qat"]["int8_accuracy"] - rows["qat"]["keras_accuracy"]
+    )
     return rows
 
 
@@ -249,8 +306,13 @@ def distillation(quick):
     work = tempfile.mkdtemp()
     teacher_epochs, epochs = (1, 1) if quick else (2, 15)
     # 10% of the training split; its size must be known for pruning fractions.
-    few = splits.train.unbatch().take(360).batch(32).cache().apply(
-        tf.data.experimental.assert_cardinality(12))
+    few = (
+        splits.train.unbatch()
+        .take(360)
+        .batch(32)
+        .cache()
+        .apply(tf.data.experimental.assert_cardinality(12))
+    )
     keras.utils.set_random_seed(0)
     teacher = _compiled(keras, tfopt.models.build("teacher_cnn", (28, 28, 1), 10))
     teacher.fit(train, epochs=teacher_epochs, verbose=0)
@@ -262,24 +324,35 @@ def distillation(quick):
     scratch = _compiled(keras, student(), 3e-3)
     scratch.fit(few, epochs=epochs, verbose=0)
     distilled = _compiled(
-        keras, tfopt.Distiller(student=student(), teacher=teacher), 3e-3)
+        keras, tfopt.Distiller(student=student(), teacher=teacher), 3e-3
+    )
     distilled.fit(few, epochs=epochs, verbose=0)
     pruned = _compiled(
-        keras, tfopt.Distiller(
-            student=tfopt.prune(student(), 0.8), teacher=teacher), 3e-3)
+        keras,
+        tfopt.Distiller(student=tfopt.prune(student(), 0.8), teacher=teacher),
+        3e-3,
+    )
     pruned.fit(few, epochs=epochs, verbose=0, callbacks=[tfopt.PruningCallback()])
     small = tfopt.strip(pruned.student)
-    int8_path, int8_gzip = _tflite(tfopt, small, work, "student_int8",
-                                   quantization="int8", representative_data=few)
+    int8_path, int8_gzip = _tflite(
+        tfopt, small, work, "student_int8", quantization="int8", representative_data=few
+    )
     rows = {}
-    for label, model in (("teacher", teacher), ("scratch", scratch),
-                         ("distilled", distilled.student), ("distilled_pruned", small)):
-        rows[label] = {"accuracy": _accuracy(_compiled(keras, model), splits.test),
-                       "params": model.count_params(),
-                       "h5_gzip": _h5_gzip(model, work, label)}
+    for label, model in (
+        ("teacher", teacher),
+        ("scratch", scratch),
+        ("distilled", distilled.student),
+        ("distilled_pruned", small),
+    ):
+        rows[label] = {
+            "accuracy": _accuracy(_compiled(keras, model), splits.test),
+            "params": model.count_params(),
+            "h5_gzip": _h5_gzip(model, work, label),
+        }
     rows["distilled_pruned_int8"] = {
         "accuracy": tfopt.evaluate_tflite(int8_path, splits.test).accuracy,
-        "tflite_gzip": int8_gzip}
+        "tflite_gzip": int8_gzip,
+    }
     return rows
 
 
@@ -306,7 +379,8 @@ def _parity_run(kind, strategy, steps):
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss=_loss(keras))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA)
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(32).with_options(options)
     model.fit(data, epochs=1, verbose=0, callbacks=callbacks)
     return [w.numpy() for w in model.weights]
@@ -322,8 +396,9 @@ def parity(quick):
     for kind in ("prune", "qat", "distill"):
         single = _parity_run(kind, tfopt.get_strategy("default"), steps)
         double = _parity_run(kind, tfopt.get_strategy("mirrored"), steps)
-        out[kind] = max(float(np.abs(a - b).max())
-                        for a, b in zip(single, double, strict=True))
+        out[kind] = max(
+            float(np.abs(a - b).max()) for a, b in zip(single, double, strict=True)
+        )
     return out
 
 
@@ -352,12 +427,14 @@ def inference(quick):
     qat = _compiled(keras, tfopt.quantize(model), 1e-4)
     qat.fit(splits.train.take(10), verbose=0)
     work = tempfile.mkdtemp()
-    files = {"tflite_float32": _tflite(tfopt, model, work, "f32")[0],
-             "tflite_int8": _tflite(tfopt, qat, work, "i8", quantization="int8")[0]}
+    files = {
+        "tflite_float32": _tflite(tfopt, model, work, "f32")[0],
+        "tflite_int8": _tflite(tfopt, qat, work, "i8", quantization="int8")[0],
+    }
     x = np.concatenate([b.numpy() for b, _ in splits.test])[: 256 if quick else 1000]
     out = {}
     for batch_size in (1, 64):
-        batches = [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+        batches = [x[i : i + batch_size] for i in range(0, len(x), batch_size)]
         batches = [b for b in batches if len(b) == batch_size]
         row = {"keras": _latency(lambda b: model.predict_on_batch(b), batches)}
         for name, path in files.items():
@@ -385,20 +462,37 @@ def _checks(results):
         rows.append((metric, value, target, met))
 
     for model, r in results.get("overhead", {}).items():
-        for key in ("tfopt_prune_vs_tfmot", "prune_vs_float", "tfopt_qat_vs_tfmot",
-                    "distill_cached_vs_student"):
+        for key in (
+            "tfopt_prune_vs_tfmot",
+            "prune_vs_float",
+            "tfopt_qat_vs_tfmot",
+            "distill_cached_vs_student",
+        ):
             add(f"overhead/{model}/{key}", r[key], TARGETS[key])
     if "compression" in results:
         c = results["compression"]
-        add("compression/pruning_gzip_ratio", c["pruned_80"]["gzip_ratio"],
-            TARGETS["pruning_gzip_ratio"], True)
-        add("compression/pruning_plus_int8_gzip_ratio",
+        add(
+            "compression/pruning_gzip_ratio",
+            c["pruned_80"]["gzip_ratio"],
+            TARGETS["pruning_gzip_ratio"],
+            True,
+        )
+        add(
+            "compression/pruning_plus_int8_gzip_ratio",
             c["pruned_80"]["gzip_ratio_with_quantization"],
-            TARGETS["pruning_plus_int8_gzip_ratio"], True)
-        add("compression/pruned_80_accuracy_drop", c["pruned_80"]["accuracy_drop"],
-            TARGETS["pruned_accuracy_drop"])
-        add("compression/int8_vs_qat_accuracy", c["qat"]["int8_vs_qat_accuracy"],
-            TARGETS["int8_vs_qat_accuracy"])
+            TARGETS["pruning_plus_int8_gzip_ratio"],
+            True,
+        )
+        add(
+            "compression/pruned_80_accuracy_drop",
+            c["pruned_80"]["accuracy_drop"],
+            TARGETS["pruned_accuracy_drop"],
+        )
+        add(
+            "compression/int8_vs_qat_accuracy",
+            c["qat"]["int8_vs_qat_accuracy"],
+            TARGETS["int8_vs_qat_accuracy"],
+        )
     for kind, value in results.get("parity", {}).items():
         add(f"parity/{kind}_max_abs_diff", value, TARGETS["parity_max_abs_diff"])
     speed = results.get("speed", {})
@@ -407,24 +501,38 @@ def _checks(results):
             if not variant.startswith("channels"):
                 continue
             for threads, value in row["speedup"][kind].items():
-                add(f"speed/{model}/{variant}_{kind}_{threads}_thread_speedup",
-                    value, TARGETS[target], True)
+                add(
+                    f"speed/{model}/{variant}_{kind}_{threads}_thread_speedup",
+                    value,
+                    TARGETS[target],
+                    True,
+                )
     k3 = results.get("keras3", {})
     for model, r in k3.get("overhead", {}).items():
-        add(f"keras3/{model}/prune_vs_float", r["prune_vs_float"],
-            TARGETS["keras3_prune_vs_float"])
+        add(
+            f"keras3/{model}/prune_vs_float",
+            r["prune_vs_float"],
+            TARGETS["keras3_prune_vs_float"],
+        )
     if "int8" in k3:
-        add("keras3/student_cnn/int8_vs_float_accuracy",
+        add(
+            "keras3/student_cnn/int8_vs_float_accuracy",
             k3["int8"]["int8_vs_float_accuracy"],
-            TARGETS["keras3_int8_vs_float_accuracy"])
+            TARGETS["keras3_int8_vs_float_accuracy"],
+        )
     recovered = results.get("recovery", {})
     for model, row in recovered.get("channels_1.5x_macs", {}).items():
-        add(f"recovery/{model}/channels_1.5x_macs_drop",
-            row["with_recovery"]["drop"], TARGETS["recovered_accuracy_drop"])
+        add(
+            f"recovery/{model}/channels_1.5x_macs_drop",
+            row["with_recovery"]["drop"],
+            TARGETS["recovered_accuracy_drop"],
+        )
     if "unstructured_80_int8" in recovered:
-        add("recovery/student_cnn/unstructured_80_int8_mean_drop",
+        add(
+            "recovery/student_cnn/unstructured_80_int8_mean_drop",
             recovered["unstructured_80_int8"]["with_recovery"]["mean_drop"],
-            TARGETS["recovered_accuracy_drop"])
+            TARGETS["recovered_accuracy_drop"],
+        )
     return rows
 
 
@@ -443,10 +551,16 @@ def collect(suites, quick, output):
     # The mirrored variants need two logical CPUs, fixed before the first op.
     tfopt.configure_devices(logical_cpus=2)
     results = {"quick": quick, "anchors": ANCHORS, "targets": TARGETS}
-    runs = {"overhead": overhead, "compression": compression,
-            "distillation": distillation, "parity": parity, "inference": inference,
-            "speed": benchmark_pruning.speed, "keras3": keras3,
-            "recovery": benchmark_pruning.recovery}
+    runs = {
+        "overhead": overhead,
+        "compression": compression,
+        "distillation": distillation,
+        "parity": parity,
+        "inference": inference,
+        "speed": benchmark_pruning.speed,
+        "keras3": keras3,
+        "recovery": benchmark_pruning.recovery,
+    }
     for name in suites:
         start = time.perf_counter()
         results[name] = runs[name](quick)

@@ -25,13 +25,28 @@ import numpy as np
 # counts that are multiples of 32 measured 1.79x where multiples of 8 gave
 # 1.40x (MobileNetV2, the same 1.75x MAC cut), so both are measured.
 SPEED_MODELS = {
-    "mobilenet_v2_96": (lambda tfopt, keras: keras.applications.MobileNetV2(
-        input_shape=(96, 96, 3), weights=None, classes=10), 1.75, (8, 32)),
-    "resnet50_64": (lambda tfopt, keras: keras.applications.ResNet50(
-        input_shape=(64, 64, 3), weights=None, classes=10), 2.0, (8, 32)),
-    **{name: (lambda tfopt, keras, name=name: tfopt.models.build(
-        name, (28, 28, 1), 10), 1.5, (8,))
-       for name in ("student_cnn", "teacher_cnn", "resnet_tiny", "mobilenet_v2")},
+    "mobilenet_v2_96": (
+        lambda tfopt, keras: keras.applications.MobileNetV2(
+            input_shape=(96, 96, 3), weights=None, classes=10
+        ),
+        1.75,
+        (8, 32),
+    ),
+    "resnet50_64": (
+        lambda tfopt, keras: keras.applications.ResNet50(
+            input_shape=(64, 64, 3), weights=None, classes=10
+        ),
+        2.0,
+        (8, 32),
+    ),
+    **{
+        name: (
+            lambda tfopt, keras, name=name: tfopt.models.build(name, (28, 28, 1), 10),
+            1.5,
+            (8,),
+        )
+        for name in ("student_cnn", "teacher_cnn", "resnet_tiny", "mobilenet_v2")
+    },
 }
 QUICK_SPEED_MODELS = ("student_cnn", "resnet_tiny")
 
@@ -56,22 +71,31 @@ def _magnitude(tfopt, keras, model):
     pruned = tfopt.prune(model, 0.8, schedule="constant", begin=0, end=1)
     pruned.compile("sgd", "mse")
     x = next(_random_batches(model, 1)())
-    pruned.fit(x, np.zeros((1, *model.output_shape[1:]), "float32"), verbose=0,
-               callbacks=[tfopt.PruningCallback()])
+    pruned.fit(
+        x,
+        np.zeros((1, *model.output_shape[1:]), "float32"),
+        verbose=0,
+        callbacks=[tfopt.PruningCallback()],
+    )
     return tfopt.strip(pruned)
 
 
 def _variants(tfopt, keras, name):
-    from tfopt import _channel_pruning
+    from tfopt.keras2 import channel_pruning
 
     build, cut, round_tos = SPEED_MODELS[name]
     keras.utils.set_random_seed(0)
     dense = build(tfopt, keras)
     models = {"dense": dense}
     for round_to in round_tos:
-        channels = tfopt.prune(dense, 1.0 - 1.0 / cut, structure="channels",
-                               measure="macs", round_to=round_to)
-        _channel_pruning.controller(channels).update(1.0)  # the schedule's end
+        channels = tfopt.prune(
+            dense,
+            1.0 - 1.0 / cut,
+            structure="channels",
+            measure="macs",
+            round_to=round_to,
+        )
+        channel_pruning.controller(channels).update(1.0)  # the schedule's end
         models[variant_name(round_to)] = tfopt.shrink(channels)
     models["magnitude_80"] = _magnitude(tfopt, keras, dense)
     return cut, models
@@ -80,31 +104,40 @@ def _variants(tfopt, keras, name):
 def speed(quick):
     """Speed-ups of channel pruning and of magnitude pruning over dense."""
     import tfopt
-    from tfopt import report
+    from tfopt.job import measure
 
     keras = tfopt.keras
     work = tempfile.mkdtemp()
     out = {}
     for name in QUICK_SPEED_MODELS if quick else SPEED_MODELS:
         cut, models = _variants(tfopt, keras, name)
-        rows = report.speed(models, work, _random_batches(models["dense"]),
-                            rounds=3 if quick else 15, invokes=2 if quick else 10)
+        rows = measure.speed(
+            models,
+            work,
+            _random_batches(models["dense"]),
+            rounds=3 if quick else 15,
+            invokes=2 if quick else 10,
+        )
         row = {"mac_cut_target": cut, **{r.pop("model"): r for r in rows}}
         for variant in list(models)[1:]:
             row[variant]["mac_cut"] = row["dense"]["macs"] / row[variant]["macs"]
             row[variant]["speedup"] = {
-                kind: {t: row["dense"][f"{kind}_ms"][t] / row[variant][f"{kind}_ms"][t]
-                       for t in row["dense"][f"{kind}_ms"]}
-                for kind in ("float32", "int8")}
+                kind: {
+                    t: row["dense"][f"{kind}_ms"][t] / row[variant][f"{kind}_ms"][t]
+                    for t in row["dense"][f"{kind}_ms"]
+                }
+                for kind in ("float32", "int8")
+            }
         out[name] = row
     return out
 
 
 def _job(work, label, **settings):
-    from tfopt import pipeline
+    from tfopt.job import pipeline
 
-    config = pipeline.Config(model_dir=os.path.join(work, label),
-                             dataset="mnist5k", **settings)
+    config = pipeline.Config(
+        model_dir=os.path.join(work, label), dataset="mnist5k", **settings
+    )
     rows = {r["artifact"]: r for r in pipeline.run(config, command=[label]).rows}
     return rows
 
@@ -113,43 +146,77 @@ def recovery(quick):
     """Accuracy drops of pruned models with and without self-distillation."""
     work = tempfile.mkdtemp()
     epochs = 1 if quick else 10
-    out = {"channels_1.5x_macs": {}, "channels_2x_macs": {},
-           "unstructured_80_int8": {}}
-    cases = [("student_cnn", 1.5)] if quick else [
-        ("student_cnn", 1.5), ("teacher_cnn", 1.5), ("resnet_tiny", 1.5),
-        ("mobilenet_v2", 1.5), ("mobilenet_v2", 2)]
+    out = {"channels_1.5x_macs": {}, "channels_2x_macs": {}, "unstructured_80_int8": {}}
+    cases = (
+        [("student_cnn", 1.5)]
+        if quick
+        else [
+            ("student_cnn", 1.5),
+            ("teacher_cnn", 1.5),
+            ("resnet_tiny", 1.5),
+            ("mobilenet_v2", 1.5),
+            ("mobilenet_v2", 2),
+        ]
+    )
     controls = {}
     for model, cut in cases:
         # The control: the dense model trained as long as baseline + pruning,
         # so that the extra epochs are not counted as pruning's doing.
         if model not in controls:
-            controls[model] = _job(work, f"{model}_dense", model=model,
-                                   epochs=2 * epochs, export=("tflite",))[
-                "baseline"]["accuracy"]
+            controls[model] = _job(
+                work,
+                f"{model}_dense",
+                model=model,
+                epochs=2 * epochs,
+                export=("tflite",),
+            )["baseline"]["accuracy"]
         longer = controls[model]
         row = {"dense_same_epochs": longer}
         for recover in (True, False):
-            rows = _job(work, f"{model}_{cut}x_{recover}", model=model,
-                        epochs=epochs, prune=True, prune_structure="channels",
-                        prune_measure="macs", target_sparsity=1 - 1 / cut,
-                        prune_round_to=4, recover=recover, export=("tflite",))
+            rows = _job(
+                work,
+                f"{model}_{cut}x_{recover}",
+                model=model,
+                epochs=epochs,
+                prune=True,
+                prune_structure="channels",
+                prune_measure="macs",
+                target_sparsity=1 - 1 / cut,
+                prune_round_to=4,
+                recover=recover,
+                export=("tflite",),
+            )
             key = "with_recovery" if recover else "without_recovery"
             base, small = rows["baseline"], rows["shrunk"]
-            row[key] = {"baseline": base["accuracy"], "shrunk": small["accuracy"],
-                        "drop": base["accuracy"] - small["accuracy"],
-                        "drop_vs_same_epochs": longer - small["accuracy"],
-                        "mac_cut": base["macs"] / small["macs"]}
+            row[key] = {
+                "baseline": base["accuracy"],
+                "shrunk": small["accuracy"],
+                "drop": base["accuracy"] - small["accuracy"],
+                "drop_vs_same_epochs": longer - small["accuracy"],
+                "mac_cut": base["macs"] / small["macs"],
+            }
         out[f"channels_{cut}x_macs"][model] = row
     for recover in (True, False):
         drops = []
         for seed in (0,) if quick else (0, 1, 2):
-            rows = _job(work, f"unstructured_{recover}_{seed}",
-                        model="student_cnn", epochs=epochs, seed=seed, prune=True,
-                        target_sparsity=0.8, qat=True, recover=recover,
-                        export=("tflite_int8",))
+            rows = _job(
+                work,
+                f"unstructured_{recover}_{seed}",
+                model="student_cnn",
+                epochs=epochs,
+                seed=seed,
+                prune=True,
+                target_sparsity=0.8,
+                qat=True,
+                recover=recover,
+                export=("tflite_int8",),
+            )
             drops.append(rows["baseline"]["accuracy"] - rows["tflite_int8"]["accuracy"])
-        out["unstructured_80_int8"]["with_recovery" if recover
-                                    else "without_recovery"] = {
-            "drops": drops, "mean_drop": statistics.mean(drops),
-            "spread": max(drops) - min(drops)}
+        out["unstructured_80_int8"][
+            "with_recovery" if recover else "without_recovery"
+        ] = {
+            "drops": drops,
+            "mean_drop": statistics.mean(drops),
+            "spread": max(drops) - min(drops),
+        }
     return out

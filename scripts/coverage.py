@@ -29,11 +29,23 @@ from absl import app, flags, logging
 # Architecture -> the input side used: the smallest each accepts, 32 where
 # it can (the ops are the same at any size), 71/75 where the model needs it.
 MODELS = {
-    "MobileNet": 32, "MobileNetV2": 32, "MobileNetV3Small": 32,
-    "MobileNetV3Large": 32, "ResNet50": 32, "ResNet50V2": 32, "ResNetRS50": 32,
-    "VGG16": 32, "InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71,
-    "DenseNet121": 32, "NASNetMobile": 32, "EfficientNetB0": 32,
-    "EfficientNetV2B0": 32, "RegNetX002": 32, "RegNetY002": 32,
+    "MobileNet": 32,
+    "MobileNetV2": 32,
+    "MobileNetV3Small": 32,
+    "MobileNetV3Large": 32,
+    "ResNet50": 32,
+    "ResNet50V2": 32,
+    "ResNetRS50": 32,
+    "VGG16": 32,
+    "InceptionV3": 75,
+    "InceptionResNetV2": 75,
+    "Xception": 71,
+    "DenseNet121": 32,
+    "NASNetMobile": 32,
+    "EfficientNetB0": 32,
+    "EfficientNetV2B0": 32,
+    "RegNetX002": 32,
+    "RegNetY002": 32,
     "ConvNeXtTiny": 32,
 }
 # Architecture -> (input side, constructor arguments, float epochs) for
@@ -41,19 +53,30 @@ MODELS = {
 # its logits are then so close that int8 rounding flips 1-2% of the
 # answers either way (measured +1.6, -1.8, +0.9, +0.7 points): 10 epochs.
 AGREEMENT = {
-    "MobileNetV2": (32, {"alpha": 0.35}, 4), "MobileNetV3Small": (32, {}, 4),
-    "EfficientNetB0": (32, {}, 10), "ResNet50": (32, {}, 4),
+    "MobileNetV2": (32, {"alpha": 0.35}, 4),
+    "MobileNetV3Small": (32, {}, 4),
+    "EfficientNetB0": (32, {}, 10),
+    "ResNet50": (32, {}, 4),
     "InceptionV3": (75, {}, 4),
     "DenseNet121": (32, {}, 4),  # concatenation chains sharing one range
 }
 if "models" not in flags.FLAGS:
     flags.DEFINE_list("models", list(MODELS), "Architectures to measure.")
-    flags.register_validator("models", lambda v: set(v) <= set(MODELS),
-                             message=f"--models takes a comma list of {list(MODELS)}.")
-    flags.DEFINE_bool("agreement", False, "Measure int8 vs QAT accuracy on "
-                      "briefly trained models instead.")
-    flags.DEFINE_integer("agreement_epochs", None, "--agreement: float training "
-                         "epochs (default: each model's in AGREEMENT).")
+    flags.register_validator(
+        "models",
+        lambda v: set(v) <= set(MODELS),
+        message=f"--models takes a comma list of {list(MODELS)}.",
+    )
+    flags.DEFINE_bool(
+        "agreement",
+        False,
+        "Measure int8 vs QAT accuracy on briefly trained models instead.",
+    )
+    flags.DEFINE_integer(
+        "agreement_epochs",
+        None,
+        "--agreement: float training epochs (default: each model's in AGREEMENT).",
+    )
     flags.DEFINE_bool("timing", False, "Time quantize against raw TFMOT instead.")
 if "output" not in flags.FLAGS:  # benchmark.py's, when both are imported
     flags.DEFINE_string("output", "coverage.json", "Where the JSON goes.")
@@ -77,7 +100,8 @@ def build(name, size, **kwargs):
     from tfopt import keras
 
     return getattr(keras.applications, name)(
-        weights=None, input_shape=(size, size, 3), classes=10, **kwargs)
+        weights=None, input_shape=(size, size, 3), classes=10, **kwargs
+    )
 
 
 def mnist_rgb(size, batch_size=64, limit=None):
@@ -87,8 +111,9 @@ def mnist_rgb(size, batch_size=64, limit=None):
 
     import tfopt
 
-    train, _, test, _ = tfopt.data.load("mnist5k", batch_size=batch_size,
-                                        validation_fraction=0)
+    train, _, test, _ = tfopt.data.load(
+        "mnist5k", batch_size=batch_size, validation_fraction=0
+    )
 
     def rgb(x, y):
         return tf.tile(tf.image.resize(x, (size, size)) * 255.0, (1, 1, 1, 3)), y
@@ -115,35 +140,45 @@ def agreement(name, size, epochs, *, limit=None, directory=None, **kwargs):
             layer.momentum = 0.9
     row = {"model": name, "input": size, **kwargs}
     start = time.perf_counter()
-    model.compile(keras.optimizers.Adam(1e-3),
-                  keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(1e-3),
+        keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
     model.fit(train, epochs=epochs, verbose=0)
     row["float_accuracy"] = model.evaluate(test, verbose=0)[1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         qat = tfopt.quantize(model)
-    qat.compile(keras.optimizers.Adam(1e-4),
-                keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+    qat.compile(
+        keras.optimizers.Adam(1e-4),
+        keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
     qat.fit(train, epochs=1, verbose=0)
     row["qat_accuracy"] = qat.evaluate(test, verbose=0)[1]
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        path = tfopt.export_tflite(qat, os.path.join(tmp, "m.tflite"),
-                                   quantization="int8").path
+        path = tfopt.export_tflite(
+            qat, os.path.join(tmp, "m.tflite"), quantization="int8"
+        ).path
         row["int8_accuracy"] = tfopt.evaluate_tflite(path, test).accuracy
         ops = tfopt.export.tflite_ops(path)
-    row.update(float_ops=len(ops.float_ops), quantize_ops=ops.quantize,
-               difference=row["int8_accuracy"] - row["qat_accuracy"],
-               seconds=time.perf_counter() - start)
+    row.update(
+        float_ops=len(ops.float_ops),
+        quantize_ops=ops.quantize,
+        difference=row["int8_accuracy"] - row["qat_accuracy"],
+        seconds=time.perf_counter() - start,
+    )
     return row
 
 
 def _step(model, x, y, callbacks=()):
     from tfopt import keras
 
-    model.compile(keras.optimizers.SGD(1e-3),
-                  keras.losses.SparseCategoricalCrossentropy())
-    model.fit(x, y, batch_size=_BATCH, epochs=1, verbose=0,
-              callbacks=list(callbacks))
+    model.compile(
+        keras.optimizers.SGD(1e-3), keras.losses.SparseCategoricalCrossentropy()
+    )
+    model.fit(x, y, batch_size=_BATCH, epochs=1, verbose=0, callbacks=list(callbacks))
 
 
 def measure(name, size, *, raw=True, directory=None):
@@ -162,20 +197,24 @@ def measure(name, size, *, raw=True, directory=None):
     row = {"model": name, "input": size, "params": int(model.count_params())}
     if raw:
         _, row["raw_prune"], _ = _outcome(
-            lambda: tfmot.sparsity.keras.prune_low_magnitude(model))
+            lambda: tfmot.sparsity.keras.prune_low_magnitude(model)
+        )
         _, row["raw_qat"], row["raw_quantize_s"] = _outcome(
-            lambda: tfmot.quantization.keras.quantize_model(model))
+            lambda: tfmot.quantization.keras.quantize_model(model)
+        )
     start = time.perf_counter()
     pruned, row["prune"], _ = _outcome(lambda: tfopt.prune(model, 0.5, end=1.0))
     if pruned is not None:
         _, row["prune"], _ = _outcome(
-            lambda: _step(pruned, x, y, [tfopt.PruningCallback()]))
+            lambda: _step(pruned, x, y, [tfopt.PruningCallback()])
+        )
         stripped, row["strip"], _ = _outcome(lambda: tfopt.strip(pruned))
     source = stripped if pruned is not None and stripped is not None else model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         qat, row["quantize"], row["quantize_s"] = _outcome(
-            lambda: tfopt.quantize(source, preserve_sparsity=source is not model))
+            lambda: tfopt.quantize(source, preserve_sparsity=source is not model)
+        )
     if qat is None:
         return row
     row["float_layers"] = list(qat.tfopt_skipped_layers)
@@ -183,12 +222,17 @@ def measure(name, size, *, raw=True, directory=None):
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         path = os.path.join(tmp, f"{name}.tflite")
         _, row["export"], _ = _outcome(
-            lambda: tfopt.export_tflite(qat, path, quantization="int8"))
+            lambda: tfopt.export_tflite(qat, path, quantization="int8")
+        )
         if row["export"] == "ok":
             ops = tfopt.export.tflite_ops(path)
-            row.update(quantize_ops=ops.quantize, dequantize_ops=ops.dequantize,
-                       requantize_ops=ops.requantize, float_ops=list(ops.float_ops),
-                       ops=sum(ops.counts.values()))
+            row.update(
+                quantize_ops=ops.quantize,
+                dequantize_ops=ops.dequantize,
+                requantize_ops=ops.requantize,
+                float_ops=list(ops.float_ops),
+                ops=sum(ops.counts.values()),
+            )
     row["pipeline_s"] = time.perf_counter() - start
     return row
 
@@ -214,37 +258,57 @@ def timing(rounds=3):
         model = build(name, size)
         times = {"raw": [], "tfopt": []}
         for _ in range(rounds):
-            for kind, function in (("raw", tfmot.quantization.keras.quantize_model),
-                                   ("tfopt", tfopt.quantize)):
+            for kind, function in (
+                ("raw", tfmot.quantization.keras.quantize_model),
+                ("tfopt", tfopt.quantize),
+            ):
                 start = time.perf_counter()
                 function(model)
                 times[kind].append(time.perf_counter() - start)
         raw, ours = statistics.median(times["raw"]), statistics.median(times["tfopt"])
-        rows.append({"model": name, "input": size, "raw_s": raw, "tfopt_s": ours,
-                     "ratio": ours / raw})
+        rows.append(
+            {
+                "model": name,
+                "input": size,
+                "raw_s": raw,
+                "tfopt_s": ours,
+                "ratio": ours / raw,
+            }
+        )
         logging.info("  %s", rows[-1])
     dense = measure("DenseNet121", 64, raw=False)
-    rows.append({"model": "DenseNet121", "input": 64,
-                 "pipeline_s": dense.get("pipeline_s"), "integer": integer(dense)})
+    rows.append(
+        {
+            "model": "DenseNet121",
+            "input": 64,
+            "pipeline_s": dense.get("pipeline_s"),
+            "integer": integer(dense),
+        }
+    )
     return rows
 
 
 def integer(row):
     """Whether the row's int8 file is integer end to end: no float ops, one
     QUANTIZE from float (the input's) and one DEQUANTIZE (the output's)."""
-    return (row.get("export") == "ok" and not row["float_ops"]
-            and row["quantize_ops"] - row.get("requantize_ops", 0) == 1
-            and row["dequantize_ops"] == 1)
+    return (
+        row.get("export") == "ok"
+        and not row["float_ops"]
+        and row["quantize_ops"] - row.get("requantize_ops", 0) == 1
+        and row["dequantize_ops"] == 1
+    )
 
 
 def markdown(rows):
     def short(outcome):
         return "ok" if outcome == "ok" else "fails" if outcome else "–"
 
-    lines = ["| model | input | raw TFMOT prune | raw TFMOT QAT | tfopt prune + strip "
-             "| tfopt QAT + int8 | layers left float | QUANTIZE / DEQUANTIZE "
-             "| int8 rescales | float ops / all |",
-             "|---|---:|---|---|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| model | input | raw TFMOT prune | raw TFMOT QAT | tfopt prune + strip "
+        "| tfopt QAT + int8 | layers left float | QUANTIZE / DEQUANTIZE "
+        "| int8 rescales | float ops / all |",
+        "|---|---:|---|---|---|---|---:|---:|---:|---:|",
+    ]
     for row in rows:
         tfopt_ok = row.get("strip") == "ok" and row.get("prune") == "ok"
         exported = row.get("export") == "ok"
@@ -256,7 +320,8 @@ def markdown(rows):
             f"| {row.get('quantize_ops', '–')} / {row.get('dequantize_ops', '–')} "
             f"| {row.get('requantize_ops', '–')} "
             f"| {len(row.get('float_ops', [])) if exported else '–'} / "
-            f"{row.get('ops', '–')} |")
+            f"{row.get('ops', '–')} |"
+        )
     return "\n".join(lines)
 
 
@@ -276,11 +341,13 @@ def main(argv):
         for name in names:
             if name not in AGREEMENT:
                 raise app.UsageError(
-                    f"--agreement takes --models from {list(AGREEMENT)}")
+                    f"--agreement takes --models from {list(AGREEMENT)}"
+                )
             size, kwargs, epochs = AGREEMENT[name]
             logging.info("agreement: %s", name)
-            rows.append(agreement(name, size, FLAGS.agreement_epochs or epochs,
-                                  **kwargs))
+            rows.append(
+                agreement(name, size, FLAGS.agreement_epochs or epochs, **kwargs)
+            )
             logging.info("  %s", rows[-1])
             with open(FLAGS.output, "w") as file:
                 json.dump(rows, file, indent=2)
@@ -290,10 +357,15 @@ def main(argv):
         logging.info("coverage: %s", name)
         rows.append(measure(name, MODELS[name]))
         row = rows[-1]
-        logging.info("  %s: quantize %.1f s (raw %.1f s), pipeline %.1f s, "
-                     "integer end to end: %s", name, row.get("quantize_s", 0),
-                     row.get("raw_quantize_s", 0), row.get("pipeline_s", 0),
-                     integer(row))
+        logging.info(
+            "  %s: quantize %.1f s (raw %.1f s), pipeline %.1f s, "
+            "integer end to end: %s",
+            name,
+            row.get("quantize_s", 0),
+            row.get("raw_quantize_s", 0),
+            row.get("pipeline_s", 0),
+            integer(row),
+        )
         with open(FLAGS.output, "w") as file:
             json.dump(rows, file, indent=2)
     print(markdown(rows))

@@ -18,8 +18,8 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
-from tfopt import flags as tfopt_flags
-from tfopt.config import ClusterError, ConfigError
+from tfopt.job import flags as tfopt_flags
+from tfopt.job.config import ClusterError, ConfigError
 
 FLAGS = tfopt_flags.FLAGS
 tfopt_flags.define_all()
@@ -68,7 +68,7 @@ def main(argv):
         sys.exit(f"error: {err.for_flags()}")
     _show_progress()
     with _quiet_unless_asked():
-        from tfopt import pipeline  # TensorFlow: only once the flags are good
+        from tfopt.job import pipeline  # TensorFlow: only once the flags are good
 
     try:
         report = pipeline.run(config, command=sys.argv)

@@ -44,12 +44,17 @@ def free_ports(count):
 def cluster_envs(jobs):
     """One TF_CONFIG environment per task of `jobs` ({"worker": 2, ...})."""
     ports = iter(free_ports(sum(jobs.values())))
-    cluster = {job: [f"127.0.0.1:{next(ports)}" for _ in range(n)]
-               for job, n in jobs.items()}
+    cluster = {
+        job: [f"127.0.0.1:{next(ports)}" for _ in range(n)] for job, n in jobs.items()
+    }
     return [
-        {"TF_CONFIG": json.dumps({"cluster": cluster,
-                                  "task": {"type": job, "index": i}})}
-        for job, n in jobs.items() for i in range(n)
+        {
+            "TF_CONFIG": json.dumps(
+                {"cluster": cluster, "task": {"type": job, "index": i}}
+            )
+        }
+        for job, n in jobs.items()
+        for i in range(n)
     ]
 
 
@@ -69,17 +74,26 @@ def run_processes(fn, envs, *args, timeout=240, wait=None):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "call.pkl").write_bytes(
-            pickle.dumps((fn.__module__, fn.__qualname__, args)))
+            pickle.dumps((fn.__module__, fn.__qualname__, args))
+        )
         procs = []
         for rank, extra in enumerate(envs):
             # A TF_CONFIG of the test process must not leak into a child.
             env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
             env.update(PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2", **extra)
             log = open(tmp / f"{rank}.log", "w")  # noqa: SIM115
-            procs.append((subprocess.Popen(
-                [sys.executable, "-m", "tests.cluster", str(tmp), str(rank)],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            ), log))
+            procs.append(
+                (
+                    subprocess.Popen(
+                        [sys.executable, "-m", "tests.cluster", str(tmp), str(rank)],
+                        cwd=ROOT,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    ),
+                    log,
+                )
+            )
         wait = list(range(len(envs)) if wait is None else wait)
         failures = []
         deadline = time.monotonic() + timeout
@@ -87,8 +101,7 @@ def run_processes(fn, envs, *args, timeout=240, wait=None):
             if time.monotonic() > deadline:
                 failures.append(f"the cluster timed out after {timeout} s")
                 break
-            if any(_failed(tmp, rank, proc) for rank, (proc, _) in
-                   enumerate(procs)):
+            if any(_failed(tmp, rank, proc) for rank, (proc, _) in enumerate(procs)):
                 # One process died: the others would wait on it forever in
                 # their collectives. Give them a moment to report, then stop.
                 time.sleep(3)
@@ -119,7 +132,8 @@ def run_processes(fn, envs, *args, timeout=240, wait=None):
                 tail = (tmp / f"{rank}.log").read_text()[-3000:]
                 failures.append(
                     f"process {rank} exited {proc.returncode} with no "
-                    f"result; its output ends:\n{tail}")
+                    f"result; its output ends:\n{tail}"
+                )
         if failures:
             raise WorkerError("\n\n".join(failures))
         return results
@@ -134,8 +148,9 @@ def _failed(tmp, rank, proc):
 
 def run_workers(fn, *args, num_workers=2, timeout=240):
     """Runs `fn(*args)` on each worker of a local MultiWorker cluster."""
-    return run_processes(fn, cluster_envs({"worker": num_workers}), *args,
-                         timeout=timeout)
+    return run_processes(
+        fn, cluster_envs({"worker": num_workers}), *args, timeout=timeout
+    )
 
 
 def start_script(script, args, envs, log_dir, extra=None):
@@ -151,10 +166,20 @@ def start_script(script, args, envs, log_dir, extra=None):
         env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
         env.update(PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2", **task_env)
         with open(Path(log_dir) / f"{rank}.log", "w") as log:
-            procs.append(subprocess.Popen(
-                [sys.executable, f"scripts/{script}.py", *args,
-                 *(extra or {}).get(rank, [])], cwd=ROOT,
-                env=env, stdout=log, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        f"scripts/{script}.py",
+                        *args,
+                        *(extra or {}).get(rank, []),
+                    ],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
     return procs
 
 
@@ -169,9 +194,10 @@ def wait_all(procs, log_dir, timeout):
             for other in procs:
                 other.kill()
                 other.wait()
-    return ([proc.returncode for proc in procs],
-            [(Path(log_dir) / f"{rank}.log").read_text()
-             for rank in range(len(procs))])
+    return (
+        [proc.returncode for proc in procs],
+        [(Path(log_dir) / f"{rank}.log").read_text() for rank in range(len(procs))],
+    )
 
 
 def _child(tmp, rank):

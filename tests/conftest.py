@@ -18,8 +18,11 @@ LOSS = tfopt.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 def compiled(model, learning_rate=1e-3):
     """`model` compiled with Adam(`learning_rate`), `LOSS` and accuracy."""
-    model.compile(optimizer=tfopt.keras.optimizers.Adam(learning_rate), loss=LOSS,
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=tfopt.keras.optimizers.Adam(learning_rate),
+        loss=LOSS,
+        metrics=["accuracy"],
+    )
     return model
 
 
@@ -31,7 +34,8 @@ def pytest_collection_modifyitems(config, items):
     if "models" not in (config.getoption("markexpr") or ""):
         kept = [item for item in items if "models" not in item.keywords]
         config.hook.pytest_deselected(
-            items=[item for item in items if "models" in item.keywords])
+            items=[item for item in items if "models" in item.keywords]
+        )
         items[:] = kept
     if tf.config.list_physical_devices("GPU"):
         return

@@ -19,9 +19,13 @@ def _dataset(x, y, global_batch):
     # Shard by element, as the in-memory data sets of tfopt.data do.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA)
-    return tf.data.Dataset.from_tensor_slices((x, y)).batch(
-        global_batch).with_options(options)
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    return (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .batch(global_batch)
+        .with_options(options)
+    )
 
 
 def train_tiny(strategy, *, global_batch=16, epochs=2, seed=0):
@@ -33,11 +37,13 @@ def train_tiny(strategy, *, global_batch=16, epochs=2, seed=0):
     x, y = tiny_regression()
     keras.utils.set_random_seed(seed)
     with strategy.scope():
-        model = keras.Sequential([
-            keras.Input((6,)),
-            keras.layers.Dense(4, activation="tanh"),
-            keras.layers.Dense(1),
-        ])
+        model = keras.Sequential(
+            [
+                keras.Input((6,)),
+                keras.layers.Dense(4, activation="tanh"),
+                keras.layers.Dense(1),
+            ]
+        )
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     history = model.fit(_dataset(x, y, global_batch), epochs=epochs, verbose=0)
     return model.get_weights(), history.history["loss"][-1]
@@ -48,8 +54,7 @@ def multi_worker_job():
     strategy = tfopt.get_strategy("auto")
     weights, loss = train_tiny(strategy)
     return {
-        "multi_worker": isinstance(
-            strategy, tf.distribute.MultiWorkerMirroredStrategy),
+        "multi_worker": isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy),
         "replicas": strategy.num_replicas_in_sync,
         "weights": weights,
         "loss": loss,
@@ -61,17 +66,24 @@ def train_pruned(strategy, *, global_batch=16, epochs=2, seed=0):
     x, y = tiny_regression()
     keras.utils.set_random_seed(seed)
     with strategy.scope():
-        base = keras.Sequential([
-            keras.Input((6,)),
-            keras.layers.Dense(32, activation="tanh"),
-            keras.layers.Dense(1),
-        ])
+        base = keras.Sequential(
+            [
+                keras.Input((6,)),
+                keras.layers.Dense(32, activation="tanh"),
+                keras.layers.Dense(1),
+            ]
+        )
         model = tfopt.prune(base, 0.5, end=1.0)
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    model.fit(_dataset(x, y, global_batch), epochs=epochs, verbose=0,
-              callbacks=[tfopt.PruningCallback()])
-    masks = [m.numpy() for w in tfopt.pruning.wrappers(model)
-             for _, m, _ in w.pruning_vars]
+    model.fit(
+        _dataset(x, y, global_batch),
+        epochs=epochs,
+        verbose=0,
+        callbacks=[tfopt.PruningCallback()],
+    )
+    masks = [
+        m.numpy() for w in tfopt.pruning.wrappers(model) for _, m, _ in w.pruning_vars
+    ]
     return tfopt.strip(model).get_weights(), masks
 
 
@@ -87,15 +99,17 @@ def train_qat(strategy, *, global_batch=32, steps=8, seed=0):
     y = np.tanh(x @ rng.normal(size=(6, 1))).astype(np.float32)
     keras.utils.set_random_seed(seed)
     with strategy.scope():
-        base = keras.Sequential([
-            keras.Input((6,)),
-            keras.layers.Dense(16, activation="relu"),
-            keras.layers.Dense(1),
-        ])
+        base = keras.Sequential(
+            [
+                keras.Input((6,)),
+                keras.layers.Dense(16, activation="relu"),
+                keras.layers.Dense(1),
+            ]
+        )
         model = tfopt.quantize(base)
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     model.fit(_dataset(x, y, global_batch), epochs=1, verbose=0)
-    return [(w.name.split('/')[-1], w.numpy()) for w in model.weights]
+    return [(w.name.split("/")[-1], w.numpy()) for w in model.weights]
 
 
 def qat_multi_worker_job():
@@ -112,13 +126,16 @@ def train_distilled(strategy, *, global_batch=32, steps=4, seed=0):
     with strategy.scope():
         teacher = tfopt.models.build("tfmot_mnist", (8, 8, 1), 10)
         student = tfopt.models.build("student_cnn", (8, 8, 1), 10)
-        student.add_loss(lambda: 1e-3 * tf.reduce_sum(
-            tf.square(student.get_layer("logits").kernel)))
-        distiller = tfopt.Distiller(student=student, teacher=teacher, temperature=3.0,
-                                    alpha=0.3)
-        distiller.compile(optimizer=keras.optimizers.SGD(0.1),
-                          loss=keras.losses.SparseCategoricalCrossentropy(
-                              from_logits=True))
+        student.add_loss(
+            lambda: 1e-3 * tf.reduce_sum(tf.square(student.get_layer("logits").kernel))
+        )
+        distiller = tfopt.Distiller(
+            student=student, teacher=teacher, temperature=3.0, alpha=0.3
+        )
+        distiller.compile(
+            optimizer=keras.optimizers.SGD(0.1),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
     distiller.fit(_dataset(x, y, global_batch), epochs=1, verbose=0)
     return student.get_weights()
 

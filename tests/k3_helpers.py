@@ -7,7 +7,7 @@ import numpy as np
 
 import tfopt
 from tests.helpers import _dataset, tiny_regression
-from tfopt import _k3_fit, _k3_pruning
+from tfopt.keras3 import fit, pruning
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -20,15 +20,19 @@ def cnn(input_shape, width=8, name="k3cnn", l2=None):
     x = keras.layers.Flatten()(x)
     x = keras.layers.Dense(32, activation="relu", name="hidden")(x)
     logits = keras.layers.Dense(
-        10, name="logits",
-        kernel_regularizer=keras.regularizers.L2(l2) if l2 else None)(x)
+        10, name="logits", kernel_regularizer=keras.regularizers.L2(l2) if l2 else None
+    )(x)
     return keras.Model(inputs, logits, name=name)
 
 
 def mlp(width=32):
-    return keras.Sequential([keras.Input((6,)),
-                             keras.layers.Dense(width, activation="tanh"),
-                             keras.layers.Dense(1)])
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(width, activation="tanh"),
+            keras.layers.Dense(1),
+        ]
+    )
 
 
 def train_pruned(strategy, *, global_batch=16, epochs=2, seed=0, m_by_n=None):
@@ -39,9 +43,13 @@ def train_pruned(strategy, *, global_batch=16, epochs=2, seed=0, m_by_n=None):
     with strategy.scope():
         model = tfopt.prune(mlp(), 0.5, end=1.0, m_by_n=m_by_n)
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    history = model.fit(_dataset(x, y, global_batch), epochs=epochs, verbose=0,
-                        callbacks=[tfopt.PruningCallback()])
-    masks = [c.mask.numpy() for _, _, c in _k3_pruning.masked(model)]
+    history = model.fit(
+        _dataset(x, y, global_batch),
+        epochs=epochs,
+        verbose=0,
+        callbacks=[tfopt.PruningCallback()],
+    )
+    masks = [c.mask.numpy() for _, _, c in pruning.masked(model)]
     return tfopt.strip(model).get_weights(), masks, history.history
 
 
@@ -62,11 +70,16 @@ def train_distilled(strategy, *, global_batch=32, steps=4, seed=0, pruned=False)
         student = cnn((8, 8, 1), 4, "student", l2=1e-3)
         if pruned:
             student = tfopt.prune(student, 0.5, end=1.0)
-        distiller = tfopt.Distiller(student=student, teacher=teacher,
-                                    temperature=3.0, alpha=0.3)
+        distiller = tfopt.Distiller(
+            student=student, teacher=teacher, temperature=3.0, alpha=0.3
+        )
         distiller.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
-    history = distiller.fit(_dataset(x, y, global_batch), epochs=2, verbose=0,
-                            callbacks=[tfopt.PruningCallback()] if pruned else [])
+    history = distiller.fit(
+        _dataset(x, y, global_batch),
+        epochs=2,
+        verbose=0,
+        callbacks=[tfopt.PruningCallback()] if pruned else [],
+    )
     return student.get_weights(), history.history
 
 
@@ -81,10 +94,9 @@ def plain_fit(strategy, *, fixed):
     keras.utils.set_random_seed(0)
     with strategy.scope():
         model = mlp()
-        model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse",
-                      metrics=["mae"])
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse", metrics=["mae"])
     if fixed:
-        _k3_fit.fix(model)
+        fit.fix(model)
     history = model.fit(_dataset(x, y, 16), epochs=2, verbose=0)
     return model.get_weights(), history.history
 

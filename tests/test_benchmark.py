@@ -23,8 +23,9 @@ def test_gzip_size_of_a_file_and_a_directory(tmp_path):
 
 def test_interleaved_alternates_after_a_warm_up():
     calls = []
-    times = benchmark.interleaved({"a": lambda: calls.append("a"),
-                                   "b": lambda: calls.append("b")}, rounds=2)
+    times = benchmark.interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=2
+    )
     assert calls == ["a", "b", "a", "b", "a", "b"]
     assert [len(v) for v in times.values()] == [2, 2]
 
@@ -54,8 +55,13 @@ def test_quick_run_has_every_section_with_finite_numbers(tmp_path):
     assert speed["channels"]["mac_cut"] >= 1.5
     assert speed["magnitude_80"]["macs"] == speed["dense"]["macs"]
     assert _finite(saved)
-    assert set(saved["compression"]) == {"baseline", "pruned_80", "pruned_90",
-                                         "pruned_2_4", "qat"}
+    assert set(saved["compression"]) == {
+        "baseline",
+        "pruned_80",
+        "pruned_90",
+        "pruned_2_4",
+        "qat",
+    }
     assert saved["compression"]["pruned_80"]["sparsity"] == pytest.approx(0.8, abs=0.01)
     metrics = [row[0] for row in saved["checks"]]
     assert "overhead/tfmot_mnist/tfopt_prune_vs_tfmot" in metrics
@@ -73,14 +79,24 @@ def test_speed_and_recovery_targets_are_checked():
 
     speedup = {"float32": {"1": 1.6, "2": 1.4}, "int8": {"1": 1.35, "2": 1.2}}
     results = {
-        "speed": {"mobilenet_v2_96": {
-            "mac_cut_target": 1.75, "dense": timed(1.0),
-            "channels": {**timed(0.6), "speedup": speedup},
-            "magnitude_80": {**timed(1.0), "speedup": speedup}}},
+        "speed": {
+            "mobilenet_v2_96": {
+                "mac_cut_target": 1.75,
+                "dense": timed(1.0),
+                "channels": {**timed(0.6), "speedup": speedup},
+                "magnitude_80": {**timed(1.0), "speedup": speedup},
+            }
+        },
         "recovery": {
-            "channels_1.5x_macs": {"student_cnn": {
-                "with_recovery": {"drop": 0.004}, "without_recovery": {"drop": 0.02}}},
-            "unstructured_80_int8": {"with_recovery": {"mean_drop": 0.02}}}}
+            "channels_1.5x_macs": {
+                "student_cnn": {
+                    "with_recovery": {"drop": 0.004},
+                    "without_recovery": {"drop": 0.02},
+                }
+            },
+            "unstructured_80_int8": {"with_recovery": {"mean_drop": 0.02}},
+        },
+    }
     checks = {row[0]: row[1:] for row in benchmark._checks(results)}
     assert checks == {
         "speed/mobilenet_v2_96/channels_float32_1_thread_speedup": (1.6, 1.5, True),

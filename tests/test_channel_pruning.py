@@ -11,7 +11,9 @@ import tensorflow as tf
 
 import tfopt
 from tests.conftest import LOSS, compiled
-from tfopt import _channel_pruning, _channels, keras, pruning
+from tfopt import keras
+from tfopt.keras2 import channel_pruning, pruning
+from tfopt.keras2 import channels as _channels
 
 
 def _model(name="resnet_tiny"):
@@ -20,8 +22,9 @@ def _model(name="resnet_tiny"):
 
 
 def _pruned(target=0.5, name="resnet_tiny", **kwargs):
-    return tfopt.prune(_model(name), target, structure="channels", end=0.5,
-                       round_to=4, **kwargs)
+    return tfopt.prune(
+        _model(name), target, structure="channels", end=0.5, round_to=4, **kwargs
+    )
 
 
 def _batches(digits, count):
@@ -44,9 +47,8 @@ class _Interrupted(keras.callbacks.Callback):
 def _train(strategy, data, target=0.5, name="resnet_tiny"):
     with strategy.scope():
         model = compiled(_pruned(target, name))
-    model.fit(data, epochs=2, verbose=0,
-              callbacks=[tfopt.PruningCallback()])
-    return model, _channel_pruning.controller(model)
+    model.fit(data, epochs=2, verbose=0, callbacks=[tfopt.PruningCallback()])
+    return model, channel_pruning.controller(model)
 
 
 @pytest.mark.slow  # trains twice
@@ -55,20 +57,24 @@ def test_groups_reach_their_kept_counts_and_shrink_exactly(digits):
     assert pruning_.prunable
     for i in pruning_.prunable:
         group = pruning_.groups[i]
-        kept = _channel_pruning.kept_count(group.size, 0.5, 4)
+        kept = channel_pruning.kept_count(group.size, 0.5, 4)
         assert len(pruning_.keep[i]) == kept
         assert kept % 4 == 0 or kept == group.size
         for name in group.producers:
             kernel = model.get_layer(name).kernel.numpy()
             norms = np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(0)
-            removed = [group.channels[name][k] for k in range(group.size)
-                       if k not in pruning_.keep[i]]
+            removed = [
+                group.channels[name][k]
+                for k in range(group.size)
+                if k not in pruning_.keep[i]
+            ]
             assert np.all(norms[removed] == 0)
     small = pruning_.shrink()
     assert small.count_params() < 0.5 * model.count_params()
     x = next(iter(digits.test))[0]
-    np.testing.assert_allclose(small(x, training=False), model(x, training=False),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        small(x, training=False), model(x, training=False), rtol=1e-4, atol=1e-5
+    )
     # tfopt.shrink finds the same channels from the zeros alone.
     assert tfopt.shrink(model).count_params() == small.count_params()
 
@@ -84,22 +90,24 @@ def test_the_same_channels_on_one_and_two_replicas(digits, mirrored):
 
 
 def test_taylor_scores_choose_the_same_channels_on_one_and_two_replicas(
-        digits, mirrored):
+    digits, mirrored
+):
     data = _batches(digits, 4)  # the same batches on both
     runs = []
     for strategy in (tfopt.get_strategy("default"), mirrored):
         with strategy.scope():
             model = compiled(_pruned(importance="taylor"))
-        pruning_ = _channel_pruning.controller(model)
+        pruning_ = channel_pruning.controller(model)
         pruning_.update(1.0, model, data)
         runs.append(pruning_.keep)
         replicas = strategy.experimental_local_results(
-            model.get_layer("stem_conv").kernel)
+            model.get_layer("stem_conv").kernel
+        )
         for replica in replicas[1:]:
             np.testing.assert_array_equal(replica.numpy(), replicas[0].numpy())
     assert runs[0] == runs[1]
     # The gradients matter: L2 norms alone choose other channels.
-    by_norm = _channel_pruning.controller(compiled(_pruned()))
+    by_norm = channel_pruning.controller(compiled(_pruned()))
     by_norm.update(1.0)
     assert by_norm.keep != runs[0]
 
@@ -107,11 +115,10 @@ def test_taylor_scores_choose_the_same_channels_on_one_and_two_replicas(
 @pytest.mark.parametrize("measure", ["params", "macs"])
 def test_a_target_share_of_params_or_macs_is_met_by_the_shrunk_model(measure):
     model = _model()
-    pruned = tfopt.prune(model, 0.4, structure="channels", measure=measure,
-                         round_to=1)
-    pruning_ = _channel_pruning.controller(pruned)
+    pruned = tfopt.prune(model, 0.4, structure="channels", measure=measure, round_to=1)
+    pruning_ = channel_pruning.controller(pruned)
     pruning_.update(1.0)  # its last update
-    index = _channel_pruning.MEASURES.index(measure) - 1
+    index = channel_pruning.MEASURES.index(measure) - 1
     flat = _channels.cost(model)[index]
     small = _channels.cost(pruning_.shrink())[index]
     assert small <= 0.6 * flat
@@ -120,38 +127,46 @@ def test_a_target_share_of_params_or_macs_is_met_by_the_shrunk_model(measure):
 
 
 def test_an_unreachable_mac_target_names_the_most_it_can_cut():
-    with pytest.raises(ValueError, match=(
+    with pytest.raises(
+        ValueError,
+        match=(
             r"^`target_sparsity` must be at most 0\.\d+ with measure='macs': "
-            r"removing every prunable channel \(down to round_to=8 per group\)")):
+            r"removing every prunable channel \(down to round_to=8 per group\)"
+        ),
+    ):
         tfopt.prune(_model(), 0.99, structure="channels", measure="macs")
 
 
 @pytest.mark.slow  # trains three times
-def test_a_resumed_fit_ends_with_the_channels_of_an_uninterrupted_one(
-        digits, tmp_path):
+def test_a_resumed_fit_ends_with_the_channels_of_an_uninterrupted_one(digits, tmp_path):
     data = _batches(digits, 20)
     whole = compiled(_pruned())
     whole.fit(data, epochs=2, verbose=0, callbacks=[tfopt.PruningCallback()])
     half = compiled(_pruned())
-    half.fit(data, epochs=2, verbose=0, callbacks=[tfopt.PruningCallback(),
-                                                   _Interrupted()])
+    half.fit(
+        data, epochs=2, verbose=0, callbacks=[tfopt.PruningCallback(), _Interrupted()]
+    )
     half.save(tmp_path / "half.keras")
     resumed = tfopt.load_model(str(tmp_path / "half.keras"))
-    assert isinstance(resumed, _channel_pruning.ChannelPrunedModel)
+    assert isinstance(resumed, channel_pruning.ChannelPrunedModel)
     # A reloaded model refuses to train without the callback, like a new one.
     with pytest.raises(RuntimeError, match=re.escape(pruning.MISSING_CALLBACK)):
         resumed.fit(data.take(1), verbose=0)
     resumed = tfopt.load_model(str(tmp_path / "half.keras"))
-    resumed.fit(data, epochs=2, initial_epoch=1, verbose=0,
-                callbacks=[tfopt.PruningCallback()])
-    assert (_channel_pruning.controller(resumed).keep
-            == _channel_pruning.controller(whole).keep)
+    resumed.fit(
+        data, epochs=2, initial_epoch=1, verbose=0, callbacks=[tfopt.PruningCallback()]
+    )
+    assert (
+        channel_pruning.controller(resumed).keep
+        == channel_pruning.controller(whole).keep
+    )
     assert tfopt.shrink(resumed).count_params() == tfopt.shrink(whole).count_params()
 
 
 @pytest.mark.slow  # trains three times on two replicas
 def test_a_distributed_checkpoint_resumes_to_the_same_channels(
-        digits, mirrored, tmp_path):
+    digits, mirrored, tmp_path
+):
     data = _batches(digits, 20)
 
     def fresh():
@@ -163,15 +178,19 @@ def test_a_distributed_checkpoint_resumes_to_the_same_channels(
     whole, _ = fresh()
     whole.fit(data, epochs=2, verbose=0, callbacks=[tfopt.PruningCallback()])
     half, checkpoint = fresh()
-    half.fit(data, epochs=2, verbose=0, callbacks=[tfopt.PruningCallback(),
-                                                   _Interrupted()])
+    half.fit(
+        data, epochs=2, verbose=0, callbacks=[tfopt.PruningCallback(), _Interrupted()]
+    )
     saved = checkpoint.save(str(tmp_path / "ckpt"))
     resumed, checkpoint = fresh()
     checkpoint.restore(saved)
-    resumed.fit(data, epochs=2, initial_epoch=1, verbose=0,
-                callbacks=[tfopt.PruningCallback()])
-    assert (_channel_pruning.controller(resumed).keep
-            == _channel_pruning.controller(whole).keep)
+    resumed.fit(
+        data, epochs=2, initial_epoch=1, verbose=0, callbacks=[tfopt.PruningCallback()]
+    )
+    assert (
+        channel_pruning.controller(resumed).keep
+        == channel_pruning.controller(whole).keep
+    )
     for a, b in zip(resumed.get_weights(), whole.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
@@ -186,8 +205,9 @@ def test_a_channel_pruned_student_distils_against_its_unpruned_self(digits):
     with pytest.raises(RuntimeError, match=re.escape(pruning.MISSING_CALLBACK)):
         distiller.fit(digits.train.take(1), verbose=0)
     before = [w.copy() for w in teacher.get_weights()]
-    history = distiller.fit(digits.train.take(20), epochs=2, verbose=0,
-                            callbacks=[tfopt.PruningCallback()])
+    history = distiller.fit(
+        digits.train.take(20), epochs=2, verbose=0, callbacks=[tfopt.PruningCallback()]
+    )
     assert history.history["sparsity"][-1] == pytest.approx(0.5)
     for old, new in zip(before, teacher.get_weights(), strict=True):
         np.testing.assert_array_equal(old, new)  # the teacher is a copy's source
@@ -198,18 +218,23 @@ def test_a_channel_pruned_student_distils_against_its_unpruned_self(digits):
 def test_taylor_importance_needs_data():
     pruned = compiled(_pruned(importance="taylor"))
     x = np.zeros((8, 8, 8, 1), "float32")
-    with pytest.raises(ValueError, match=(
+    with pytest.raises(
+        ValueError,
+        match=(
             r"^`data` must be batches of \(x, y\) for importance='taylor', which "
             r"scores channels on training data: pass PruningCallback\(data=...\)\. "
-            r"Received: data=None$")):
-        pruned.fit(x, np.zeros(8), epochs=2, verbose=0,
-                   callbacks=[tfopt.PruningCallback()])
+            r"Received: data=None$"
+        ),
+    ):
+        pruned.fit(
+            x, np.zeros(8), epochs=2, verbose=0, callbacks=[tfopt.PruningCallback()]
+        )
     with pytest.raises(TypeError, match=r"^`data` must be a tf.data.Dataset"):
         tfopt.PruningCallback(data=x)
 
 
 def test_channels_go_one_at_a_time_and_end_on_a_multiple_of_round_to():
-    pruning_ = _channel_pruning.controller(_pruned(0.75))
+    pruning_ = channel_pruning.controller(_pruned(0.75))
     for progress in (0.0, 0.3, 0.5, 1.0):
         pruning_.update(progress)
         for i in pruning_.prunable:
@@ -222,9 +247,15 @@ def test_the_final_counts_apply_when_steps_per_execution_skips_the_end():
     pruned = _pruned()
     pruned.compile(optimizer="sgd", loss=LOSS, steps_per_execution=3)
     x = np.random.default_rng(0).uniform(0, 1, (64, 8, 8, 1)).astype("float32")
-    pruned.fit(x, np.zeros(64), batch_size=8, epochs=2, verbose=0,
-               callbacks=[tfopt.PruningCallback()])  # end: step 8, never seen
-    pruning_ = _channel_pruning.controller(pruned)
+    pruned.fit(
+        x,
+        np.zeros(64),
+        batch_size=8,
+        epochs=2,
+        verbose=0,
+        callbacks=[tfopt.PruningCallback()],
+    )  # end: step 8, never seen
+    pruning_ = channel_pruning.controller(pruned)
     assert {i: len(pruning_.keep[i]) for i in pruning_.prunable} == pruning_.final
     # A later fit without the callback is refused like a first one.
     with pytest.raises(RuntimeError, match=re.escape(pruning.MISSING_CALLBACK)):
@@ -232,10 +263,14 @@ def test_the_final_counts_apply_when_steps_per_execution_skips_the_end():
 
 
 def test_a_target_that_rounding_cannot_come_near_is_named():
-    with pytest.warns(UserWarning, match=(
+    with pytest.warns(
+        UserWarning,
+        match=(
             r"^prune: with round_to=8, the nearest cut these channel groups "
             r"allow removes 17% of the channels \(target 30%\): groups of "
-            r"\[16, 32\] channels keep multiples of 8")):
+            r"\[16, 32\] channels keep multiples of 8"
+        ),
+    ):
         tfopt.prune(_model(), 0.3, structure="channels")
 
 
@@ -246,35 +281,63 @@ def test_a_saved_channel_pruned_model_loads_in_a_new_process(tmp_path):
 
     _pruned().save(tmp_path / "pruned.keras")
     path = str(tmp_path / "pruned.keras")
-    code = (f"import tfopt; m = tfopt.load_model({path!r}); "
-            "print(type(m).__name__, m.tfopt_channel_pruning['round_to'])")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                            text=True, timeout=300)
+    code = (
+        f"import tfopt; m = tfopt.load_model({path!r}); "
+        "print(type(m).__name__, m.tfopt_channel_pruning['round_to'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
     assert result.stdout.split()[-2:] == ["ChannelPrunedModel", "4"], result.stderr
 
 
-@pytest.mark.parametrize("size, fraction, round_to, kept", [
-    (64, 0.5, 8, 32), (64, 0.6, 8, 32), (12, 0.5, 8, 8), (6, 0.9, 8, 6),
-    (10, 0.95, 1, 1)])
+@pytest.mark.parametrize(
+    "size, fraction, round_to, kept",
+    [
+        (64, 0.5, 8, 32),
+        (64, 0.6, 8, 32),
+        (12, 0.5, 8, 8),
+        (6, 0.9, 8, 6),
+        (10, 0.95, 1, 1),
+    ],
+)
 def test_kept_counts_round_up_and_never_reach_zero(size, fraction, round_to, kept):
-    assert _channel_pruning.kept_count(size, fraction, round_to) == kept
+    assert channel_pruning.kept_count(size, fraction, round_to) == kept
 
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    ({"structure": "filters"}, ValueError, r"^`structure` must be one of"),
-    ({"structure": "channels", "importance": "random"}, ValueError,
-     r"^`importance` must be one of"),
-    ({"structure": "channels", "measure": "flops"}, ValueError,
-     r"^`measure` must be one of"),
-    ({"structure": "channels", "round_to": 0}, ValueError, r"^`round_to` must be"),
-    ({"structure": "channels", "m_by_n": (2, 4)}, ValueError,
-     r"^`m_by_n` and `block_size` apply to structure='weights'"),
-    ({"measure": "macs"}, ValueError,
-     r"^`measure` applies to structure='channels'. Received: measure='macs'$"),
-    ({"importance": "taylor"}, ValueError, r"^`importance` applies to"),
-    ({"structure": "channels", "exclude": [".*"]}, ValueError,
-     r"^`model` has no channel group that can be pruned"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"structure": "filters"}, ValueError, r"^`structure` must be one of"),
+        (
+            {"structure": "channels", "importance": "random"},
+            ValueError,
+            r"^`importance` must be one of",
+        ),
+        (
+            {"structure": "channels", "measure": "flops"},
+            ValueError,
+            r"^`measure` must be one of",
+        ),
+        ({"structure": "channels", "round_to": 0}, ValueError, r"^`round_to` must be"),
+        (
+            {"structure": "channels", "m_by_n": (2, 4)},
+            ValueError,
+            r"^`m_by_n` and `block_size` apply to structure='weights'",
+        ),
+        (
+            {"measure": "macs"},
+            ValueError,
+            r"^`measure` applies to structure='channels'. Received: measure='macs'$",
+        ),
+        ({"importance": "taylor"}, ValueError, r"^`importance` applies to"),
+        (
+            {"structure": "channels", "exclude": [".*"]},
+            ValueError,
+            r"^`model` has no channel group that can be pruned",
+        ),
+    ],
+)
 def test_bad_arguments_name_the_value(kwargs, error, message):
     with pytest.raises(error, match=message):
         tfopt.prune(_model(), 0.5, **kwargs)
@@ -284,13 +347,14 @@ def test_the_pruned_model_is_a_flat_copy_and_the_source_is_untouched():
     model = _model()
     before = [w.copy() for w in model.get_weights()]
     pruned = _pruned()
-    pruning_ = _channel_pruning.controller(pruned)
+    pruning_ = channel_pruning.controller(pruned)
     pruning_.update(1.0)
     assert pruned.tfopt_channel_pruning["measure"] == "channels"
     for old, new in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(old, new)
-    assert tf.reduce_sum(tf.cast(pruned.get_layer("stem_conv").kernel == 0,
-                                 tf.int32)) > 0
+    assert (
+        tf.reduce_sum(tf.cast(pruned.get_layer("stem_conv").kernel == 0, tf.int32)) > 0
+    )
 
 
 def _zeroed(model, layer_names, channels):
@@ -332,15 +396,20 @@ def test_shrink_refuses_a_copy_that_would_compute_something_else():
     keras.utils.set_random_seed(0)
     model = _conv_block("sigmoid")  # sigmoid(0) = 0.5 still reaches `b`
     _zeroed(model, ["a", "a_bn"], [0, 1])
-    with pytest.raises(RuntimeError, match=(
-            r"^the shrunk model's outputs differ from the model's by")):
+    with pytest.raises(
+        RuntimeError, match=(r"^the shrunk model's outputs differ from the model's by")
+    ):
         tfopt.shrink(model)
 
 
 def test_shrink_refuses_what_is_not_a_graph_model(keras3):
-    with pytest.raises(TypeError, match=(
+    with pytest.raises(
+        TypeError,
+        match=(
             r"^`model` must be a tf_keras model: tfopt.shrink is not available "
-            r"for Keras 3 models yet")):
+            r"for Keras 3 models yet"
+        ),
+    ):
         tfopt.shrink(keras3.Sequential([keras3.Input((2,)), keras3.layers.Dense(1)]))
     with pytest.raises(TypeError, match=r"^`model` must be a tf_keras Model"):
         tfopt.shrink("model.keras")

@@ -4,7 +4,8 @@ model must be removed together."""
 import numpy as np
 import pytest
 
-from tfopt import _channels, keras
+from tfopt import keras
+from tfopt.keras2 import channels
 
 L = keras.layers
 
@@ -34,9 +35,14 @@ def _by_producer(groups):
 
 
 def test_groups_of_a_block_with_every_kind_of_tie():
-    groups = _by_producer(_channels.channel_groups(_block()))
-    assert set(groups) == {("project", "stem"), ("expand", "se_expand"),
-                           ("se_reduce",), ("side",), ("head",)}
+    groups = _by_producer(channels.channel_groups(_block()))
+    assert set(groups) == {
+        ("project", "stem"),
+        ("expand", "se_expand"),
+        ("se_reduce",),
+        ("side",),
+        ("head",),
+    }
     stream = groups[("project", "stem")]  # tied by the Add
     assert stream.size == 4
     assert stream.channels["concat"] == (0, 1, 2, 3)  # at offset 0
@@ -50,8 +56,10 @@ def test_groups_of_a_block_with_every_kind_of_tie():
     assert head.size == 5
     assert head.channels["flat"][1] == (1, 6, 11, 16, 21, 26, 31, 36, 41)
     # The model's input and its logits are never pruned.
-    assert all("logits" not in g.channels and "input_1" not in g.channels
-               for g in groups.values())
+    assert all(
+        "logits" not in g.channels and "input_1" not in g.channels
+        for g in groups.values()
+    )
 
 
 def test_a_layer_that_cannot_be_followed_freezes_its_channels():
@@ -60,24 +68,29 @@ def test_a_layer_that_cannot_be_followed_freezes_its_channels():
     x = L.LayerNormalization(name="norm")(a)  # mixes channels
     b = L.Conv2D(4, 3, name="b")(x)
     model = keras.Model(inputs, L.Dense(2)(L.GlobalAveragePooling2D()(b)))
-    assert [g.producers for g in _channels.channel_groups(model)] == [("b",)]
+    assert [g.producers for g in channels.channel_groups(model)] == [("b",)]
 
 
 def _app(name, **kwargs):
     keras.backend.clear_session()
     return getattr(keras.applications, name)(
-        weights=None, input_shape=(32, 32, 3), classes=10, **kwargs)
+        weights=None, input_shape=(32, 32, 3), classes=10, **kwargs
+    )
 
 
 @pytest.mark.slow  # builds ResNet50
 def test_resnet50_stages_are_one_group_each():
-    groups = _channels.channel_groups(_app("ResNet50"))
+    groups = channels.channel_groups(_app("ResNet50"))
     # 4 residual streams, 2 groups inside each of 16 bottlenecks, the stem.
     assert len(groups) == 4 + 2 * 16 + 1
     streams = [g for g in groups if len(g.producers) > 1]
     assert [g.size for g in streams] == [2048, 1024, 512, 256]
-    assert streams[0].producers == ("conv5_block1_0_conv", "conv5_block1_3_conv",
-                                    "conv5_block2_3_conv", "conv5_block3_3_conv")
+    assert streams[0].producers == (
+        "conv5_block1_0_conv",
+        "conv5_block1_3_conv",
+        "conv5_block2_3_conv",
+        "conv5_block3_3_conv",
+    )
     inner = {g.producers: g.size for g in groups if len(g.producers) == 1}
     assert inner[("conv2_block1_1_conv",)] == 64
     assert inner[("conv5_block3_2_conv",)] == 512
@@ -85,15 +98,16 @@ def test_resnet50_stages_are_one_group_each():
 
 @pytest.mark.slow  # builds MobileNetV2 and EfficientNetB0
 def test_mobilenet_v2_and_efficientnet_b0_groups():
-    groups = _channels.channel_groups(_app("MobileNetV2", alpha=0.35))
+    groups = channels.channel_groups(_app("MobileNetV2", alpha=0.35))
     expanded = _by_producer(groups)[("block_1_expand",)]
     assert {"block_1_depthwise", "block_1_depthwise_relu"} <= set(expanded.channels)
     assert all("predictions" not in g.channels for g in groups)
-    groups = _channels.channel_groups(_app("EfficientNetB0"))
+    groups = channels.channel_groups(_app("EfficientNetB0"))
     gated = _by_producer(groups)[("block2a_expand_conv", "block2a_se_expand")]
     assert gated.size == 96
     assert {"block2a_dwconv", "block2a_se_squeeze", "block2a_se_excite"} <= set(
-        gated.channels)
+        gated.channels
+    )
     assert all(g.size > 0 for g in groups)
 
 
@@ -104,7 +118,7 @@ def test_unknown_or_mixing_layers_before_the_head_stop_nothing_else(kind):
     b = L.Conv2D(4, 3, name="b")(kind(a))
     model = keras.Model(inputs, L.GlobalAveragePooling2D()(b))
     # `a` feeds a layer it cannot see through; `b` feeds the output.
-    assert _channels.channel_groups(model) == []
+    assert channels.channel_groups(model) == []
 
 
 def _masked(model, kept):
@@ -112,11 +126,15 @@ def _masked(model, kept):
     their input slices of the kernels are zero."""
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
-    sources = {e["config"]["name"]: [r[0] for r in e["inbound_nodes"][0]]
-               for e in model.get_config()["layers"] if e["inbound_nodes"]}
+    sources = {
+        e["config"]["name"]: [r[0] for r in e["inbound_nodes"][0]]
+        for e in model.get_config()["layers"]
+        if e["inbound_nodes"]
+    }
     for layer in copy.layers:
         if not isinstance(layer, (L.Conv2D, L.Dense)) or isinstance(
-                layer, L.DepthwiseConv2D):
+            layer, L.DepthwiseConv2D
+        ):
             continue
         source = sources[layer.name][0]
         kernel, *rest = layer.get_weights()
@@ -128,35 +146,52 @@ def _masked(model, kept):
 
 def _half(groups, seed=0):
     rng = np.random.default_rng(seed)
-    return {i: sorted(rng.choice(g.size, max(1, g.size // 2), replace=False))
-            for i, g in enumerate(groups)}
+    return {
+        i: sorted(rng.choice(g.size, max(1, g.size // 2), replace=False))
+        for i, g in enumerate(groups)
+    }
 
 
-@pytest.mark.parametrize("build", [
-    pytest.param(_block, id="block"),
-    pytest.param(lambda: _app("MobileNetV2", alpha=0.35), id="MobileNetV2",
-                 marks=pytest.mark.slow),
-    pytest.param(lambda: _app("ResNet50"), id="ResNet50", marks=pytest.mark.slow),
-    pytest.param(lambda: _app("EfficientNetB0"), id="EfficientNetB0",
-                 marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(_block, id="block"),
+        pytest.param(
+            lambda: _app("MobileNetV2", alpha=0.35),
+            id="MobileNetV2",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(lambda: _app("ResNet50"), id="ResNet50", marks=pytest.mark.slow),
+        pytest.param(
+            lambda: _app("EfficientNetB0"), id="EfficientNetB0", marks=pytest.mark.slow
+        ),
+    ],
+)
 def test_shrunk_model_computes_what_the_masked_one_does(build):
     keras.utils.set_random_seed(0)
     model = build()
     # BatchNorm statistics away from 0/1, so slicing them is checked too.
     for layer in model.layers:
         if isinstance(layer, L.BatchNormalization):
-            layer.set_weights([np.random.default_rng(1).uniform(0.5, 1.5, w.shape)
-                               .astype("float32") for w in layer.get_weights()])
-    groups = _channels.channel_groups(model)
+            layer.set_weights(
+                [
+                    np.random.default_rng(1)
+                    .uniform(0.5, 1.5, w.shape)
+                    .astype("float32")
+                    for w in layer.get_weights()
+                ]
+            )
+    groups = channels.channel_groups(model)
     keep = _half(groups)
-    small = _channels.shrink(model, groups, keep)
+    small = channels.shrink(model, groups, keep)
     assert small.count_params() < 0.6 * model.count_params()
-    kept = _channels.kept_channels(model, groups, keep)
+    kept = channels.kept_channels(model, groups, keep)
     shape = model.input_shape[1:]
     x = np.random.default_rng(2).uniform(0, 1, (4, *shape)).astype("float32")
     expected = _masked(model, kept)(x, training=False).numpy()
-    np.testing.assert_allclose(small(x, training=False).numpy(), expected,
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        small(x, training=False).numpy(), expected, rtol=1e-4, atol=1e-4
+    )
 
 
 def test_a_shrunk_model_saves_quantizes_and_exports(tmp_path):
@@ -165,8 +200,8 @@ def test_a_shrunk_model_saves_quantizes_and_exports(tmp_path):
     import tfopt
 
     model = _block()
-    groups = _channels.channel_groups(model)
-    small = _channels.shrink(model, groups, _half(groups))
+    groups = channels.channel_groups(model)
+    small = channels.shrink(model, groups, _half(groups))
     small.save(tmp_path / "small.keras")
     again = tfopt.load_model(str(tmp_path / "small.keras"))
     x = np.random.default_rng(0).uniform(0, 1, (8, 8, 8, 3)).astype("float32")
@@ -176,7 +211,8 @@ def test_a_shrunk_model_saves_quantizes_and_exports(tmp_path):
         qat = tfopt.quantize(small)
     qat.compile(optimizer="adam", loss="mse")
     qat.fit(x, np.zeros((8, 2)), verbose=0)
-    path = tfopt.export_tflite(qat, str(tmp_path / "small.tflite"),
-                               quantization="int8").path
+    path = tfopt.export_tflite(
+        qat, str(tmp_path / "small.tflite"), quantization="int8"
+    ).path
     ops = tfopt.export.tflite_ops(path)
     assert ops.float_ops == () and ops.quantize == 1, ops.counts

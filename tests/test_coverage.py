@@ -32,8 +32,11 @@ def _check(row):
         assert kinds == {FLOAT_ISLANDS[row["model"]]}, row["float_layers"]
     else:
         assert row["float_layers"] == [], row["float_layers"]
-        assert coverage.integer(row), (row["quantize_ops"], row["dequantize_ops"],
-                                       row["float_ops"])
+        assert coverage.integer(row), (
+            row["quantize_ops"],
+            row["dequantize_ops"],
+            row["float_ops"],
+        )
         # Not even an int8 rescale: one QUANTIZE, at the input.
         assert row["quantize_ops"] == 1, row["requantize_ops"]
 
@@ -46,8 +49,7 @@ def test_efficientnet_is_integer_end_to_end(tmp_path):
 @pytest.mark.models
 @pytest.mark.parametrize("name", sorted(coverage.MODELS))
 def test_every_family(name, tmp_path):
-    _check(coverage.measure(name, coverage.MODELS[name], raw=False,
-                            directory=tmp_path))
+    _check(coverage.measure(name, coverage.MODELS[name], raw=False, directory=tmp_path))
 
 
 @pytest.mark.models
@@ -64,13 +66,26 @@ def test_int8_file_agrees_with_the_qat_model_when_trained(name, tmp_path):
 
 
 def test_table_rows():
-    row = {"model": "M", "input": 32, "raw_prune": "ok", "raw_qat": "ValueError: x",
-           "prune": "ok", "strip": "ok", "quantize": "ok", "export": "ok",
-           "float_layers": [], "quantize_ops": 3, "dequantize_ops": 1,
-           "requantize_ops": 2, "float_ops": [], "ops": 40}
+    row = {
+        "model": "M",
+        "input": 32,
+        "raw_prune": "ok",
+        "raw_qat": "ValueError: x",
+        "prune": "ok",
+        "strip": "ok",
+        "quantize": "ok",
+        "export": "ok",
+        "float_layers": [],
+        "quantize_ops": 3,
+        "dequantize_ops": 1,
+        "requantize_ops": 2,
+        "float_ops": [],
+        "ops": 40,
+    }
     assert coverage.integer(row)
     assert coverage.markdown([row]).splitlines()[-1] == (
-        "| M | 32 | ok | fails | ok | ok | 0 | 3 / 1 | 2 | 0 / 40 |")
+        "| M | 32 | ok | fails | ok | ok | 0 | 3 / 1 | 2 | 0 / 40 |"
+    )
     assert not coverage.integer({**row, "float_ops": ["LOGISTIC (x)"]})
     assert not coverage.integer({**row, "quantize_ops": 17})
     assert not coverage.integer({**row, "dequantize_ops": 2})

@@ -14,12 +14,12 @@ def _arrays(dataset):
 
 @pytest.mark.parametrize(
     "fixture, shape, sizes",
-    [("digits", (8, 8, 1), (1295, 143, 359)),
-     ("mnist5k", (28, 28, 1), (3600, 400, 1000))],
+    [
+        ("digits", (8, 8, 1), (1295, 143, 359)),
+        ("mnist5k", (28, 28, 1), (3600, 400, 1000)),
+    ],
 )
-def test_bundled_sets_are_scaled_batched_and_stratified(
-    request, fixture, shape, sizes
-):
+def test_bundled_sets_are_scaled_batched_and_stratified(request, fixture, shape, sizes):
     train, val, test, info = request.getfixturevalue(fixture)
     assert info.name == fixture
     assert info.input_shape == shape
@@ -39,10 +39,7 @@ def test_bundled_sets_are_scaled_batched_and_stratified(
 
 
 def test_splits_are_disjoint(digits):
-    rows = [
-        {image.tobytes() for image in _arrays(split)[0]}
-        for split in digits[:3]
-    ]
+    rows = [{image.tobytes() for image in _arrays(split)[0]} for split in digits[:3]]
     # digits holds a few duplicate images; disjoint indices keep overlap tiny.
     assert len(rows[0] & rows[2]) <= 3 and len(rows[1] & rows[2]) <= 3
 
@@ -74,40 +71,64 @@ def test_no_validation_and_drop_remainder():
 
 
 def test_a_batch_larger_than_the_data_with_drop_remainder_is_refused():
-    with pytest.raises(ValueError, match=(
-        r"^`batch_size` must be at most the 1295 training examples of "
-        r"'digits' when drop_remainder=True, or training sees no batch. "
-        r"Received: batch_size=5000$"
-    )):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"^`batch_size` must be at most the 1295 training examples of "
+            r"'digits' when drop_remainder=True, or training sees no batch. "
+            r"Received: batch_size=5000$"
+        ),
+    ):
         data.load("digits", batch_size=5000, drop_remainder=True)
 
 
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"name": "imagenet"}, ValueError,
-         r"`name` must be one of \['digits', 'mnist5k', 'mnist', "
-         r"'fashion_mnist', 'cifar10', 'tfds:NAME'\]. Received: "
-         r"name='imagenet'"),
+        (
+            {"name": "imagenet"},
+            ValueError,
+            r"`name` must be one of \['digits', 'mnist5k', 'mnist', "
+            r"'fashion_mnist', 'cifar10', 'tfds:NAME'\]. Received: "
+            r"name='imagenet'",
+        ),
         ({"name": "tfds:"}, ValueError, r"Received: name='tfds:'"),
         ({"name": 3}, TypeError, r"`name` must be a str, .* Received: name=3"),
-        ({"batch_size": 0}, ValueError,
-         r"`batch_size` must be an int >= 1. Received: batch_size=0"),
-        ({"batch_size": 32.0}, TypeError,
-         r"`batch_size` must be an int. Received: batch_size=32.0"),
+        (
+            {"batch_size": 0},
+            ValueError,
+            r"`batch_size` must be an int >= 1. Received: batch_size=0",
+        ),
+        (
+            {"batch_size": 32.0},
+            TypeError,
+            r"`batch_size` must be an int. Received: batch_size=32.0",
+        ),
         ({"batch_size": True}, TypeError, r"Received: batch_size=True"),
-        ({"validation_fraction": 1.0}, ValueError,
-         r"`validation_fraction` must be in \[0, 1\). "
-         r"Received: validation_fraction=1.0"),
-        ({"validation_fraction": -0.1}, ValueError,
-         r"Received: validation_fraction=-0.1"),
-        ({"validation_fraction": "0.1"}, TypeError,
-         r"`validation_fraction` must be a float. "
-         r"Received: validation_fraction='0.1'"),
+        (
+            {"validation_fraction": 1.0},
+            ValueError,
+            r"`validation_fraction` must be in \[0, 1\). "
+            r"Received: validation_fraction=1.0",
+        ),
+        (
+            {"validation_fraction": -0.1},
+            ValueError,
+            r"Received: validation_fraction=-0.1",
+        ),
+        (
+            {"validation_fraction": "0.1"},
+            TypeError,
+            r"`validation_fraction` must be a float. "
+            r"Received: validation_fraction='0.1'",
+        ),
         ({"seed": -1}, ValueError, r"`seed` must be an int >= 0. Received: seed=-1"),
         ({"seed": None}, TypeError, r"Received: seed=None"),
-        ({"drop_remainder": 1}, TypeError,
-         r"`drop_remainder` must be a bool. Received: drop_remainder=1"),
+        (
+            {"drop_remainder": 1},
+            TypeError,
+            r"`drop_remainder` must be a bool. Received: drop_remainder=1",
+        ),
     ],
 )
 def test_bad_arguments_name_the_value(kwargs, error, message):
@@ -117,9 +138,7 @@ def test_bad_arguments_name_the_value(kwargs, error, message):
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10"])
-def test_downloads_fail_fast_and_name_the_bundled_sets(
-    name, tmp_path, monkeypatch
-):
+def test_downloads_fail_fast_and_name_the_bundled_sets(name, tmp_path, monkeypatch):
     # A fresh home has no cached copy, and a proxy on a closed loopback port
     # makes the network unreachable on any machine, online or not.
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -128,11 +147,14 @@ def test_downloads_fail_fast_and_name_the_bundled_sets(
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
     start = time.monotonic()
-    with pytest.raises(ConnectionError, match=(
-        rf"^Could not download the '{name}' data set through keras.datasets "
-        r"\(.*\). This machine may be offline; the bundled data sets work "
-        r"without a network: 'digits', 'mnist5k'.$"
-    )):
+    with pytest.raises(
+        ConnectionError,
+        match=(
+            rf"^Could not download the '{name}' data set through keras.datasets "
+            r"\(.*\). This machine may be offline; the bundled data sets work "
+            r"without a network: 'digits', 'mnist5k'.$"
+        ),
+    ):
         data.load(name, batch_size=32)
     assert time.monotonic() - start < 30
 
@@ -141,10 +163,13 @@ def test_tfds_missing_says_how_to_install(monkeypatch):
     # None in sys.modules makes `import tensorflow_datasets` fail as if the
     # package were absent.
     monkeypatch.setitem(__import__("sys").modules, "tensorflow_datasets", None)
-    with pytest.raises(ImportError, match=(
-        r"^`name`='tfds:mnist' needs tensorflow-datasets, which is not "
-        r"installed. Install it with: pip install 'tfopt\[tfds\]'$"
-    )):
+    with pytest.raises(
+        ImportError,
+        match=(
+            r"^`name`='tfds:mnist' needs tensorflow-datasets, which is not "
+            r"installed. Install it with: pip install 'tfopt\[tfds\]'$"
+        ),
+    ):
         data.load("tfds:mnist", batch_size=32)
 
 
@@ -154,8 +179,11 @@ def test_load_is_reachable_from_the_package():
 
 def test_bundled_sets_without_the_data_extra_say_how_to_install(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "sklearn.datasets", None)
-    with pytest.raises(ImportError, match=(
-        r"^This data set needs scikit-learn, which is not installed. Install "
-        r"tfopt's data extra: pip install 'tfopt\[data\]'$"
-    )):
+    with pytest.raises(
+        ImportError,
+        match=(
+            r"^This data set needs scikit-learn, which is not installed. Install "
+            r"tfopt's data extra: pip install 'tfopt\[data\]'$"
+        ),
+    ):
         data.load("digits", batch_size=32)

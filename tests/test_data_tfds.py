@@ -22,10 +22,12 @@ class TfoptTestDigits(tfds.core.GeneratorBasedBuilder):
 
     def _info(self):
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(8, 8, 1)),
-                "label": tfds.features.ClassLabel(num_classes=10),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(8, 8, 1)),
+                    "label": tfds.features.ClassLabel(num_classes=10),
+                }
+            ),
             supervised_keys=("image", "label"),
         )
 
@@ -56,8 +58,10 @@ class TfoptTestUnsupervised(TfoptTestDigits):
 
     def _info(self):
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(8, 8, 1))}))
+            features=tfds.features.FeaturesDict(
+                {"image": tfds.features.Image(shape=(8, 8, 1))}
+            )
+        )
 
     def _generate_examples(self, images, labels):
         for i, image in enumerate(images):
@@ -67,14 +71,14 @@ class TfoptTestUnsupervised(TfoptTestDigits):
 @pytest.fixture(scope="module")
 def tfds_splits(tmp_path_factory):
     _DATA_DIR["path"] = str(tmp_path_factory.mktemp("tfds"))
-    return data.load("tfds:tfopt_test_digits", batch_size=100,
-                     validation_fraction=0.2)
+    return data.load("tfds:tfopt_test_digits", batch_size=100, validation_fraction=0.2)
 
 
 def test_tfds_data_set_loads_scaled_with_its_splits(tfds_splits):
     train, val, test, info = tfds_splits
-    assert info == data.DatasetInfo("tfds:tfopt_test_digits", (8, 8, 1), 10,
-                                     1200, 300, 297)
+    assert info == data.DatasetInfo(
+        "tfds:tfopt_test_digits", (8, 8, 1), 10, 1200, 300, 297
+    )
     sizes = []
     for split in (train, val, test):
         images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in split], strict=True)
@@ -86,25 +90,34 @@ def test_tfds_data_set_loads_scaled_with_its_splits(tfds_splits):
 
 
 def test_unknown_tfds_name_is_a_value_error():
-    with pytest.raises(ValueError, match=(
-        r"^`name` must name a tensorflow-datasets data set. "
-        r"Received: name='tfds:no_such_set_xyz'"
-    )):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"^`name` must name a tensorflow-datasets data set. "
+            r"Received: name='tfds:no_such_set_xyz'"
+        ),
+    ):
         data.load("tfds:no_such_set_xyz", batch_size=8)
 
 
 def test_a_failed_preparation_names_the_data_set_and_the_bundled_ones(tfds_splits):
-    with pytest.raises(RuntimeError, match=(
-        r"^tensorflow-datasets could not prepare 'tfopt_test_broken' "
-        r"\(OSError: no route to host\)\. If this machine is offline, the bundled "
-        r"data sets work without a network: 'digits', 'mnist5k'.$"
-    )):
+    with pytest.raises(
+        RuntimeError,
+        match=(
+            r"^tensorflow-datasets could not prepare 'tfopt_test_broken' "
+            r"\(OSError: no route to host\)\. If this machine is offline, the bundled "
+            r"data sets work without a network: 'digits', 'mnist5k'.$"
+        ),
+    ):
         data.load("tfds:tfopt_test_broken", batch_size=8)
 
 
 def test_unsupervised_tfds_sets_are_refused(tfds_splits):
-    with pytest.raises(ValueError, match=(
-        r"^`name` must name a supervised tensorflow-datasets data set with a "
-        r"'train' split. Received: name='tfds:tfopt_test_unsupervised'"
-    )):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"^`name` must name a supervised tensorflow-datasets data set with a "
+            r"'train' split. Received: name='tfds:tfopt_test_unsupervised'"
+        ),
+    ):
         data.load("tfds:tfopt_test_unsupervised", batch_size=8)

@@ -23,12 +23,15 @@ def test_logical_cpus_appear_and_repeating_them_is_a_no_op():
 
 
 def test_changing_devices_after_initialization_raises():
-    with pytest.raises(RuntimeError, match=(
-        r"^configure_devices must run before TensorFlow's first op \(before "
-        r"building a model, a data set or a strategy\): TensorFlow has "
-        r"already initialized its devices with another configuration \(.*"
-        r"\)\. Move the call to the top of your program.$"
-    )):
+    with pytest.raises(
+        RuntimeError,
+        match=(
+            r"^configure_devices must run before TensorFlow's first op \(before "
+            r"building a model, a data set or a strategy\): TensorFlow has "
+            r"already initialized its devices with another configuration \(.*"
+            r"\)\. Move the call to the top of your program.$"
+        ),
+    ):
         tfopt.configure_devices(logical_cpus=3)
     assert len(tf.config.list_logical_devices("CPU")) == 2
 
@@ -49,8 +52,9 @@ def test_mixed_precision_policy_is_set_and_reported(policy):
 
 
 def test_without_gpus_gpu_settings_are_skipped(no_growth_env):
-    config = tfopt.configure_devices(memory_growth=False, memory_limit_mb=512,
-                                     visible_gpus=[0])
+    config = tfopt.configure_devices(
+        memory_growth=False, memory_limit_mb=512, visible_gpus=[0]
+    )
     assert config.memory_growth is None and config.memory_limit_mb is None
     assert not any("GPU" in d for d in config.logical_devices)
 
@@ -63,37 +67,59 @@ def _fresh_process_job():
 def test_a_fresh_process_gets_what_it_asks_for():
     [config] = cluster.run_processes(_fresh_process_job, [{}])
     assert [d for d in config.logical_devices if "CPU" in d] == [
-        f"/device:CPU:{i}" for i in range(3)]
+        f"/device:CPU:{i}" for i in range(3)
+    ]
     assert config.mixed_precision == "mixed_bfloat16"
 
 
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"memory_growth": "yes"}, TypeError,
-         r"^`memory_growth` must be a bool or None. "
-         r"Received: memory_growth='yes'$"),
-        ({"memory_limit_mb": 0}, ValueError,
-         r"^`memory_limit_mb` must be an int >= 1 or None. "
-         r"Received: memory_limit_mb=0$"),
+        (
+            {"memory_growth": "yes"},
+            TypeError,
+            r"^`memory_growth` must be a bool or None. "
+            r"Received: memory_growth='yes'$",
+        ),
+        (
+            {"memory_limit_mb": 0},
+            ValueError,
+            r"^`memory_limit_mb` must be an int >= 1 or None. "
+            r"Received: memory_limit_mb=0$",
+        ),
         ({"memory_limit_mb": 1.5}, TypeError, r"Received: memory_limit_mb=1.5$"),
-        ({"memory_growth": True, "memory_limit_mb": 1024}, ValueError,
-         r"^`memory_growth` and `memory_limit_mb` are exclusive: a hard "
-         r"per-GPU limit allocates that memory up front. Pass one of them. "
-         r"Received: memory_growth=True, memory_limit_mb=1024$"),
-        ({"logical_cpus": 0}, ValueError,
-         r"^`logical_cpus` must be an int >= 1 or None. Received: logical_cpus=0$"),
+        (
+            {"memory_growth": True, "memory_limit_mb": 1024},
+            ValueError,
+            r"^`memory_growth` and `memory_limit_mb` are exclusive: a hard "
+            r"per-GPU limit allocates that memory up front. Pass one of them. "
+            r"Received: memory_growth=True, memory_limit_mb=1024$",
+        ),
+        (
+            {"logical_cpus": 0},
+            ValueError,
+            r"^`logical_cpus` must be an int >= 1 or None. Received: logical_cpus=0$",
+        ),
         ({"logical_cpus": "2"}, TypeError, r"Received: logical_cpus='2'$"),
-        ({"visible_gpus": 0}, TypeError,
-         r"^`visible_gpus` must be a list of GPU indices or None. "
-         r"Received: visible_gpus=0$"),
-        ({"visible_gpus": [0, 0]}, ValueError,
-         r"^`visible_gpus` must hold distinct indices >= 0. "
-         r"Received: visible_gpus=\[0, 0\]$"),
+        (
+            {"visible_gpus": 0},
+            TypeError,
+            r"^`visible_gpus` must be a list of GPU indices or None. "
+            r"Received: visible_gpus=0$",
+        ),
+        (
+            {"visible_gpus": [0, 0]},
+            ValueError,
+            r"^`visible_gpus` must hold distinct indices >= 0. "
+            r"Received: visible_gpus=\[0, 0\]$",
+        ),
         ({"visible_gpus": [-1]}, ValueError, r"Received: visible_gpus=\[-1\]$"),
-        ({"mixed_precision": "fp16"}, ValueError,
-         r"^`mixed_precision` must be one of \['float32', 'mixed_float16', "
-         r"'mixed_bfloat16'\] or None. Received: mixed_precision='fp16'$"),
+        (
+            {"mixed_precision": "fp16"},
+            ValueError,
+            r"^`mixed_precision` must be one of \['float32', 'mixed_float16', "
+            r"'mixed_bfloat16'\] or None. Received: mixed_precision='fp16'$",
+        ),
     ],
 )
 def test_bad_arguments_name_the_value(no_growth_env, kwargs, error, message):
@@ -103,11 +129,14 @@ def test_bad_arguments_name_the_value(no_growth_env, kwargs, error, message):
 
 def test_growth_env_variable_is_respected(monkeypatch):
     monkeypatch.setenv("TF_FORCE_GPU_ALLOW_GROWTH", "false")
-    with pytest.raises(ValueError, match=(
-        r"^`memory_growth` must agree with TF_FORCE_GPU_ALLOW_GROWTH=false set "
-        r"in the environment, which TensorFlow obeys over the API. "
-        r"Received: memory_growth=True$"
-    )):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"^`memory_growth` must agree with TF_FORCE_GPU_ALLOW_GROWTH=false set "
+            r"in the environment, which TensorFlow obeys over the API. "
+            r"Received: memory_growth=True$"
+        ),
+    ):
         tfopt.configure_devices(memory_growth=True)
     # Left to its default, memory_growth follows the variable.
     assert devices._env_growth() is False
@@ -125,10 +154,13 @@ def test_memory_growth_is_set_on_every_gpu(no_growth_env):
 @pytest.mark.gpu
 def test_visible_gpu_index_out_of_range_lists_the_gpus(no_growth_env):
     count = len(tf.config.list_physical_devices("GPU"))
-    with pytest.raises(ValueError, match=(
-        rf"^`visible_gpus` must index the {count} GPUs present \(.*\). "
-        rf"Received: visible_gpus=\[{count}\]$"
-    )):
+    with pytest.raises(
+        ValueError,
+        match=(
+            rf"^`visible_gpus` must index the {count} GPUs present \(.*\). "
+            rf"Received: visible_gpus=\[{count}\]$"
+        ),
+    ):
         tfopt.configure_devices(visible_gpus=[count])
 
 
@@ -138,7 +170,8 @@ def _runtime_left_unstarted_job():
     # MultiWorkerMirroredStrategy created next needs.
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 3)
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 3
+    )
     return len(tf.config.list_logical_devices("CPU"))
 
 

@@ -5,14 +5,29 @@ import importlib
 
 import pytest
 
-MODULES = ["tfopt._channels", "tfopt._keras", "tfopt._sparsity", "tfopt.data",
-           "tfopt.devices", "tfopt.distillation",
-           "tfopt.distribute", "tfopt.export", "tfopt.models", "tfopt.pruning",
-           "tfopt.quantization", "tfopt.report"]
+MODULES = [
+    "tfopt.core.sparsity",
+    "tfopt.data",
+    "tfopt.devices",
+    "tfopt.distillation",
+    "tfopt.distribute",
+    "tfopt.export",
+    "tfopt.keras2.binding",
+    "tfopt.keras2.channels",
+    "tfopt.keras2.distillation",
+    "tfopt.keras2.export",
+    "tfopt.keras2.pruning",
+    "tfopt.keras2.quantization",
+    "tfopt.models",
+    "tfopt.pruning",
+    "tfopt.quantization",
+    "tfopt.job.report",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples_run(name):
-    result = doctest.testmod(importlib.import_module(name),
-                             optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(
+        importlib.import_module(name), optionflags=doctest.ELLIPSIS
+    )
     assert result.failed == 0

@@ -5,14 +5,17 @@ import dataclasses
 
 import pytest
 
-from tfopt import config, distillation, distribute, export, models
-from tfopt import flags as tfopt_flags
-from tfopt.config import Config, ConfigError
+from tfopt import distribute, models
+from tfopt.job import config
+from tfopt.job import flags as tfopt_flags
+from tfopt.job.config import Config, ConfigError
+from tfopt.keras2 import distillation, export
 
 
 def test_choices_are_the_library_tables():
-    assert set(config.DATASETS) | {"tfds:NAME"} == set(__import__(
-        "tfopt.data", fromlist=["NAMES"]).NAMES)
+    assert set(config.DATASETS) | {"tfds:NAME"} == set(
+        __import__("tfopt.data", fromlist=["NAMES"]).NAMES
+    )
     assert set(config.MODELS) == set(models.BUILDERS)
     assert set(config.STRATEGIES) == set(distribute.NAMES)
     assert set(config.ALL_REDUCE) == set(distribute.ALL_REDUCE)
@@ -28,8 +31,9 @@ def test_every_field_is_a_flag_with_its_default_and_help():
     for field in dataclasses.fields(Config):
         flag = flags[field.name]
         default = field.default
-        assert flag.default == (list(default) if isinstance(default, tuple)
-                                else default), field.name
+        assert flag.default == (
+            list(default) if isinstance(default, tuple) else default
+        ), field.name
         assert flag.help.endswith(field.metadata["help"])
     assert flags["distribution_strategy"].default == "auto"  # an alias
 
@@ -41,11 +45,13 @@ def test_flags_become_the_config_without_a_mapping():
         flags(["test"])
     from absl.testing import flagsaver
 
-    with flagsaver.flagsaver(model_dir="/tmp/x", prune=True, sparsity_m_by_n="2:4",
-                             export=["tflite_int8"]):
+    with flagsaver.flagsaver(
+        model_dir="/tmp/x", prune=True, sparsity_m_by_n="2:4", export=["tflite_int8"]
+    ):
         made = tfopt_flags.config_from_flags()
-    assert made == Config(model_dir="/tmp/x", prune=True, sparsity_m_by_n="2:4",
-                          export=("tflite_int8",))
+    assert made == Config(
+        model_dir="/tmp/x", prune=True, sparsity_m_by_n="2:4", export=("tflite_int8",)
+    )
     assert made.m_by_n == (2, 4)
 
 
@@ -55,37 +61,62 @@ def test_flags_become_the_config_without_a_mapping():
         ({}, "`model_dir` is required: where checkpoints and the report go."),
         ({"batch_size": 0}, "`batch_size=0` must be at least 1."),
         ({"batch_size": "64"}, "`batch_size='64'` must be an int."),
-        ({"model": "vgg"}, "`model=vgg` must be one of tfmot_mnist, teacher_cnn, "
-                           "student_cnn, resnet_tiny, mobilenet_v2."),
-        ({"export": ("onnx",)}, "`export=onnx` must be one of saved_model, tflite, "
-                                "tflite_int8, tflite_float16."),
-        ({"export": ()}, "`export` must name at least one of saved_model, tflite, "
-                         "tflite_int8, tflite_float16."),
+        (
+            {"model": "vgg"},
+            "`model=vgg` must be one of tfmot_mnist, teacher_cnn, "
+            "student_cnn, resnet_tiny, mobilenet_v2.",
+        ),
+        (
+            {"export": ("onnx",)},
+            "`export=onnx` must be one of saved_model, tflite, "
+            "tflite_int8, tflite_float16.",
+        ),
+        (
+            {"export": ()},
+            "`export` must name at least one of saved_model, tflite, "
+            "tflite_int8, tflite_float16.",
+        ),
         ({"alpha": 1.5}, "`alpha=1.5` must be at most 1.0."),
         ({"temperature": 0.0}, "`temperature=0.0` must be > 0."),
         ({"learning_rate": 0.0}, "`learning_rate=0.0` must be > 0."),
-        ({"strategy": "tpu"}, "`strategy=tpu` needs `tpu`: 'local' on a Cloud TPU "
-                              "VM, the TPU's name, or grpc://host:port."),
+        (
+            {"strategy": "tpu"},
+            "`strategy=tpu` needs `tpu`: 'local' on a Cloud TPU "
+            "VM, the TPU's name, or grpc://host:port.",
+        ),
         ({"sparsity_m_by_n": "2:4"}, "`sparsity_m_by_n=2:4` needs `prune`."),
-        ({"prune": True, "prune_measure": "macs"},
-         "`prune_measure=macs` needs `prune` with `prune_structure=channels`."),
-        ({"prune_round_to": 4}, "`prune_round_to=4` needs `prune` with "
-                                "`prune_structure=channels`."),
-        ({"prune": True, "prune_structure": "channels", "sparsity_m_by_n": "2:4"},
-         "`sparsity_m_by_n=2:4` applies to `prune_structure=weights`."),
-        ({"prune": True, "recover": False, "recover_alpha": 0.5},
-         "`recover_alpha=0.5` needs `prune` with `recover` and no `teacher`."),
-        ({"prune_structure": "channels"}, "`prune_structure=channels` needs "
-                                          "`prune`."),
-        ({"prune_structure": "filters"}, "`prune_structure=filters` must be one of "
-                                         "weights, channels."),
-        ({"prune_importance": "random"}, "`prune_importance=random` must be one of "
-                                         "l2, bn_gamma, taylor."),
+        (
+            {"prune": True, "prune_measure": "macs"},
+            "`prune_measure=macs` needs `prune` with `prune_structure=channels`.",
+        ),
+        (
+            {"prune_round_to": 4},
+            "`prune_round_to=4` needs `prune` with `prune_structure=channels`.",
+        ),
+        (
+            {"prune": True, "prune_structure": "channels", "sparsity_m_by_n": "2:4"},
+            "`sparsity_m_by_n=2:4` applies to `prune_structure=weights`.",
+        ),
+        (
+            {"prune": True, "recover": False, "recover_alpha": 0.5},
+            "`recover_alpha=0.5` needs `prune` with `recover` and no `teacher`.",
+        ),
+        ({"prune_structure": "channels"}, "`prune_structure=channels` needs `prune`."),
+        (
+            {"prune_structure": "filters"},
+            "`prune_structure=filters` must be one of weights, channels.",
+        ),
+        (
+            {"prune_importance": "random"},
+            "`prune_importance=random` must be one of l2, bn_gamma, taylor.",
+        ),
         ({"keras": "4"}, "`keras=4` must be one of 2, 3."),
-        ({"keras": "3", "qat": True},
-         "`qat=True` is not available with `keras=3` yet: quantization-aware "
-         "training of Keras 3 models is the next phase (int8 TFLite files come "
-         "from calibration: `export=tflite_int8`)."),
+        (
+            {"keras": "3", "qat": True},
+            "`qat=True` is not available with `keras=3` yet: quantization-aware "
+            "training of Keras 3 models is the next phase (int8 TFLite files come "
+            "from calibration: `export=tflite_int8`).",
+        ),
     ],
 )
 def test_config_errors_name_the_fields(fields, message):
@@ -98,7 +129,9 @@ def test_config_errors_name_the_fields(fields, message):
 
 
 def test_a_script_shows_fields_as_flags():
-    error = ConfigError("`pruning_begin=0.9` must be below `pruning_end=0.5`; "
-                        "see `prune`.")
+    error = ConfigError(
+        "`pruning_begin=0.9` must be below `pruning_end=0.5`; see `prune`."
+    )
     assert error.for_flags() == (
-        "--pruning_begin=0.9 must be below --pruning_end=0.5; see --prune.")
+        "--pruning_begin=0.9 must be below --pruning_end=0.5; see --prune."
+    )

@@ -9,7 +9,8 @@ import tensorflow as tf
 import tfopt
 from tests import k3_helpers
 from tests.k3_helpers import LOSS, cnn
-from tfopt import _distill, _k3_distillation
+from tfopt.core import distill
+from tfopt.keras3 import distillation as _k3_distillation
 
 TEACHER = np.array([[2.0, 0.0, -1.0]], np.float32)
 STUDENT = np.array([[0.5, 0.5, 0.0]], np.float32)
@@ -25,13 +26,18 @@ def test_keras_distillation_default_is_kl_on_raw_logits_and_tfopts_is_not():
     # keras.distillation's LogitsDistillation() resolves "kl_divergence" to a
     # function and skips the softmax: it computes KL between logits.
     expected = _true_kl(TEACHER, STUDENT, 2.0)  # 0.151
-    keras_default = float(keras.distillation.LogitsDistillation(
-        temperature=2.0).compute_loss(TEACHER, STUDENT))
+    keras_default = float(
+        keras.distillation.LogitsDistillation(temperature=2.0).compute_loss(
+            TEACHER, STUDENT
+        )
+    )
     raw = float(keras.losses.kl_divergence(TEACHER / 2.0, STUDENT / 2.0)[0])
     assert keras_default == pytest.approx(raw)  # 1.386: logits taken as probabilities
-    assert keras_default not in (pytest.approx(expected, rel=0.5),
-                                 pytest.approx(4.0 * expected, rel=0.5))
-    ours = float(_distill.DISTILLATION_LOSSES["kl"](TEACHER, STUDENT, 2.0)[0])
+    assert keras_default not in (
+        pytest.approx(expected, rel=0.5),
+        pytest.approx(4.0 * expected, rel=0.5),
+    )
+    ours = float(distill.DISTILLATION_LOSSES["kl"](TEACHER, STUDENT, 2.0)[0])
     assert ours == pytest.approx(expected, rel=1e-6)
 
 
@@ -52,13 +58,25 @@ def test_distiller_trains_a_student_and_logs_its_parts(digits, teacher):
     assert isinstance(distiller, _k3_distillation.Distiller)
     distiller.compile(optimizer="adam", loss=LOSS, metrics=["accuracy"])
     teacher_weights = [w.copy() for w in teacher.get_weights()]
-    history = distiller.fit(digits.train, epochs=3, verbose=0,
-                            validation_data=digits.validation, callbacks=[
-                                tfopt.DistillationSchedule(temperature=[4.0, 2.0])])
+    history = distiller.fit(
+        digits.train,
+        epochs=3,
+        verbose=0,
+        validation_data=digits.validation,
+        callbacks=[tfopt.DistillationSchedule(temperature=[4.0, 2.0])],
+    )
     assert sorted(history.history) == [
-        "accuracy", "alpha", "distillation_loss", "loss", "student_loss",
-        "temperature", "val_accuracy", "val_distillation_loss", "val_loss",
-        "val_student_loss"]
+        "accuracy",
+        "alpha",
+        "distillation_loss",
+        "loss",
+        "student_loss",
+        "temperature",
+        "val_accuracy",
+        "val_distillation_loss",
+        "val_loss",
+        "val_student_loss",
+    ]
     assert history.history["temperature"] == [4.0, 2.0, 2.0]
     assert history.history["val_accuracy"][-1] > 0.8
     for a, b in zip(teacher_weights, teacher.get_weights(), strict=True):
@@ -67,8 +85,8 @@ def test_distiller_trains_a_student_and_logs_its_parts(digits, teacher):
     # loss = alpha * hard + (1 - alpha) * T² * soft, per example
     h = history.history
     assert h["loss"][-1] == pytest.approx(
-        0.1 * h["student_loss"][-1] + 0.9 * 4.0 * h["distillation_loss"][-1],
-        rel=0.05)
+        0.1 * h["student_loss"][-1] + 0.9 * 4.0 * h["distillation_loss"][-1], rel=0.05
+    )
 
 
 def test_student_alone_is_saved_and_exported(digits, teacher, tmp_path):
@@ -81,17 +99,28 @@ def test_student_alone_is_saved_and_exported(digits, teacher, tmp_path):
     assert loaded.name == "student"
     exported = tfopt.export_tflite(distiller, tmp_path / "s.tflite")
     x = next(iter(digits.test))[0]
-    assert tfopt.evaluate_tflite(exported.path, digits.test).accuracy == \
-        pytest.approx(float(np.mean(np.argmax(student.predict(
-            np.concatenate([b[0] for b in digits.test]), verbose=0), -1) ==
-            np.concatenate([b[1] for b in digits.test]))), abs=0.01)
+    assert tfopt.evaluate_tflite(exported.path, digits.test).accuracy == pytest.approx(
+        float(
+            np.mean(
+                np.argmax(
+                    student.predict(
+                        np.concatenate([b[0] for b in digits.test]), verbose=0
+                    ),
+                    -1,
+                )
+                == np.concatenate([b[1] for b in digits.test])
+            )
+        ),
+        abs=0.01,
+    )
     assert x.shape[1:] == digits.info.input_shape
 
 
 def test_feature_distillation_learns_a_projection(digits, teacher):
     student = cnn(digits.info.input_shape, 4, "student")
-    distiller = tfopt.Distiller(student=student, teacher=teacher,
-                                features=[("conv", "conv", 0.5)])
+    distiller = tfopt.Distiller(
+        student=student, teacher=teacher, features=[("conv", "conv", 0.5)]
+    )
     assert len(distiller.projections) == 1
     projection = distiller.projections[0]
     before = projection.kernel.numpy().copy()
@@ -108,8 +137,9 @@ def test_cached_teacher_gives_the_same_student(digits, teacher):
         # A fresh pipeline each time: the same two shuffled epochs.
         train = tfopt.data.load("digits", batch_size=32).train
         student = cnn(digits.info.input_shape, 4, "student")
-        distiller = tfopt.Distiller(student=student, teacher=teacher,
-                                    cache_teacher=cache)
+        distiller = tfopt.Distiller(
+            student=student, teacher=teacher, cache_teacher=cache
+        )
         distiller.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
         distiller.fit(train, epochs=2, verbose=0)
         weights.append(student.get_weights())
@@ -118,8 +148,7 @@ def test_cached_teacher_gives_the_same_student(digits, teacher):
 
 
 def test_same_student_and_logs_on_default_and_mirrored(mirrored):
-    single, h1 = k3_helpers.train_distilled(tfopt.get_strategy("default"),
-                                            pruned=True)
+    single, h1 = k3_helpers.train_distilled(tfopt.get_strategy("default"), pruned=True)
     double, h2 = k3_helpers.train_distilled(mirrored, pruned=True)
     for a, b in zip(single, double, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
@@ -138,70 +167,95 @@ def test_keras_distillation_metrics_read_one_nth_under_n_replicas(mirrored):
         keras.utils.set_random_seed(0)
         with strategy.scope():
             distiller = keras.distillation.Distiller(
-                teacher=cnn((8, 8, 1), 8, "t"), student=cnn((8, 8, 1), 4, "s"),
+                teacher=cnn((8, 8, 1), 8, "t"),
+                student=cnn((8, 8, 1), 4, "s"),
                 distillation_losses=keras.distillation.LogitsDistillation(
-                    loss=keras.losses.KLDivergence()))
+                    loss=keras.losses.KLDivergence()
+                ),
+            )
             distiller.compile(optimizer=keras.optimizers.SGD(0.0), loss=LOSS)
         history = distiller.fit(x, y, batch_size=32, epochs=1, verbose=0)
         logged.append(history.history["student_loss"][0])
     assert logged[1] == pytest.approx(logged[0] / 2, rel=0.01)
 
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    ({"temperature": 0.0}, ValueError, r"^`temperature` must be > 0"),
-    ({"alpha": 1.5}, ValueError, r"^`alpha` must be in \[0, 1\]"),
-    ({"distillation_loss": "l1"}, ValueError, r"^`distillation_loss` must be one of"),
-    ({"features": [("conv", "nope", 1.0)]}, ValueError,
-     r"^`features` names 'nope', which is not a layer of the student"),
-    ({"cache_teacher": 1}, TypeError, r"^`cache_teacher` must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"temperature": 0.0}, ValueError, r"^`temperature` must be > 0"),
+        ({"alpha": 1.5}, ValueError, r"^`alpha` must be in \[0, 1\]"),
+        (
+            {"distillation_loss": "l1"},
+            ValueError,
+            r"^`distillation_loss` must be one of",
+        ),
+        (
+            {"features": [("conv", "nope", 1.0)]},
+            ValueError,
+            r"^`features` names 'nope', which is not a layer of the student",
+        ),
+        ({"cache_teacher": 1}, TypeError, r"^`cache_teacher` must be"),
+    ],
+)
 def test_bad_arguments_name_the_value(teacher, digits, kwargs, error, message):
     with pytest.raises(error, match=message):
-        tfopt.Distiller(student=cnn(digits.info.input_shape, 4), teacher=teacher,
-                        **kwargs)
+        tfopt.Distiller(
+            student=cnn(digits.info.input_shape, 4), teacher=teacher, **kwargs
+        )
 
 
 def test_bad_models_are_refused(teacher, digits):
     with pytest.raises(TypeError, match=r"^`teacher` must be a Keras 3 Model"):
-        tfopt.Distiller(student=cnn(digits.info.input_shape, 4),
-                        teacher=tfopt.models.build("tfmot_mnist", (8, 8, 1), 10))
+        tfopt.Distiller(
+            student=cnn(digits.info.input_shape, 4),
+            teacher=tfopt.models.build("tfmot_mnist", (8, 8, 1), 10),
+        )
     with pytest.raises(TypeError, match=r"^Distiller takes its models as keywords"):
         _k3_distillation.Distiller(teacher, teacher)
     frozen = cnn(digits.info.input_shape, 4)
     frozen.trainable = False
     with pytest.raises(ValueError, match=r"^`student` has no trainable variables"):
         tfopt.Distiller(student=frozen, teacher=teacher)
-    distiller = tfopt.Distiller(student=cnn(digits.info.input_shape, 4),
-                                teacher=teacher)
+    distiller = tfopt.Distiller(
+        student=cnn(digits.info.input_shape, 4), teacher=teacher
+    )
     with pytest.raises(ValueError, match=r"^`loss` must be the student's hard-label"):
         distiller.compile(optimizer="adam")
 
 
 def test_config_round_trips_to_the_distiller_of_the_same_keras(teacher, digits):
-    from tfopt import distillation
     from tfopt import keras as tf_keras
+    from tfopt.keras2 import distillation
 
-    distiller = tfopt.Distiller(student=cnn(digits.info.input_shape, 4),
-                                teacher=teacher, temperature=3.0, alpha=0.4)
+    distiller = tfopt.Distiller(
+        student=cnn(digits.info.input_shape, 4),
+        teacher=teacher,
+        temperature=3.0,
+        alpha=0.4,
+    )
     again = tfopt.Distiller.from_config(distiller.get_config())
     assert isinstance(again, _k3_distillation.Distiller)
     assert (float(again.temperature.numpy()), again.alpha.numpy()) == (
-        3.0, pytest.approx(0.4))
+        3.0,
+        pytest.approx(0.4),
+    )
     # tf_keras names a Sequential "keras" in its config: the Distiller says
     # which Keras it is.
-    sequential = tf_keras.Sequential([tf_keras.Input((4,)),
-                                      tf_keras.layers.Dense(3)])
-    old = tfopt.Distiller(student=sequential, teacher=tf_keras.models.clone_model(
-        sequential))
-    assert isinstance(tfopt.Distiller.from_config(old.get_config()),
-                      distillation.Distiller)
+    sequential = tf_keras.Sequential([tf_keras.Input((4,)), tf_keras.layers.Dense(3)])
+    old = tfopt.Distiller(
+        student=sequential, teacher=tf_keras.models.clone_model(sequential)
+    )
+    assert isinstance(
+        tfopt.Distiller.from_config(old.get_config()), distillation.Distiller
+    )
 
 
 def test_the_optimizer_builds_no_slots_for_the_teacher(digits, teacher):
     student = cnn(digits.info.input_shape, 4, "student")
     distiller = tfopt.Distiller(student=student, teacher=teacher)
     assert {id(v) for v in distiller.trainable_variables} == {
-        id(v) for v in student.trainable_variables}
+        id(v) for v in student.trainable_variables
+    }
     distiller.compile(optimizer="adam", loss=LOSS)
     distiller.fit(digits.train, epochs=1, verbose=0, steps_per_epoch=2)
     slots = distiller.optimizer.variables
@@ -213,7 +267,10 @@ def test_a_subclassed_model_is_refused_with_the_wrap_to_use(teacher):
         def call(self, x):
             return x
 
-    with pytest.raises(TypeError, match=r"^`student` must be a Sequential or "
-                       r"functional Keras 3 model: .* wrap a subclassed one, e.g. "
-                       r"keras.Model\(inputs, student\(inputs\)\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"^`student` must be a Sequential or "
+        r"functional Keras 3 model: .* wrap a subclassed one, e.g. "
+        r"keras.Model\(inputs, student\(inputs\)\)",
+    ):
         tfopt.Distiller(student=Sub(), teacher=teacher)

@@ -41,8 +41,9 @@ def test_same_masks_on_two_worker_processes():
 
 def test_same_distilled_pruned_student_on_two_worker_processes():
     results = cluster.run_workers(k3_helpers.distilled_multi_worker_job)
-    single, history = k3_helpers.train_distilled(tfopt.get_strategy("default"),
-                                                 pruned=True)
+    single, history = k3_helpers.train_distilled(
+        tfopt.get_strategy("default"), pruned=True
+    )
     for weights, logged in results:
         for a, b in zip(single, weights, strict=True):
             np.testing.assert_allclose(a, b, atol=1e-5)

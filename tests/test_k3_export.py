@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import tfopt
 from tests.k3_helpers import LOSS, cnn
-from tfopt import export
+from tfopt.keras2 import export
 
 
 def _accuracy(model, data):
@@ -26,35 +26,54 @@ def pruned(digits):
     return model
 
 
-@pytest.mark.parametrize("quantization, int8_io", [
-    (None, False), ("dynamic", False), ("float16", False), ("int8", False),
-    ("int8", True)])
+@pytest.mark.parametrize(
+    "quantization, int8_io",
+    [
+        (None, False),
+        ("dynamic", False),
+        ("float16", False),
+        ("int8", False),
+        ("int8", True),
+    ],
+)
 def test_every_quantization_is_builtin_and_keeps_the_accuracy(
-        pruned, digits, tmp_path, quantization, int8_io):
+    pruned, digits, tmp_path, quantization, int8_io
+):
     exported = tfopt.export_tflite(
-        pruned, tmp_path / "m.tflite", quantization=quantization, int8_io=int8_io,
-        representative_data=digits.train if quantization == "int8" else None)
+        pruned,
+        tmp_path / "m.tflite",
+        quantization=quantization,
+        int8_io=int8_io,
+        representative_data=digits.train if quantization == "int8" else None,
+    )
     ops = export.tflite_ops(exported.path)
     assert not [op for op in ops.counts if op.startswith("Flex") or op == "CUSTOM"]
     float_accuracy = _accuracy(tfopt.strip(pruned), digits.test)
     accuracy = tfopt.evaluate_tflite(exported.path, digits.test).accuracy
     # float32 computes what Keras does; quantized weights move a few examples.
-    assert accuracy == pytest.approx(float_accuracy, abs=1e-9 if quantization
-                                     is None else 0.01)
+    assert accuracy == pytest.approx(
+        float_accuracy, abs=1e-9 if quantization is None else 0.01
+    )
     if quantization == "int8":
         # Integer end to end: one QUANTIZE in (none with int8 I/O), no float op.
         assert ops.quantize == (0 if int8_io else 1)
         assert ops.float_ops == ()
-        assert exported.size_bytes < 0.4 * tfopt.export_tflite(
-            pruned, tmp_path / "f.tflite").size_bytes
+        assert (
+            exported.size_bytes
+            < 0.4 * tfopt.export_tflite(pruned, tmp_path / "f.tflite").size_bytes
+        )
 
 
 def test_a_model_that_needs_a_flex_op_fails_naming_it(tmp_path):
     inputs = keras.Input((3, 3))
     model = keras.Model(inputs, keras.layers.Lambda(tf.linalg.det)(inputs))
-    with pytest.raises(ValueError, match=(
+    with pytest.raises(
+        ValueError,
+        match=(
             r"^The model needs TensorFlow ops that TFLite has no built-in kernel "
-            r"for: \['MatrixDeterminant'\]")):
+            r"for: \['MatrixDeterminant'\]"
+        ),
+    ):
         tfopt.export_tflite(model, tmp_path / "det.tflite")
     assert not (tmp_path / "det.tflite").exists()
 
@@ -65,15 +84,21 @@ def test_never_overwrites_and_checks_its_arguments(pruned, tmp_path):
     with pytest.raises(FileExistsError, match=r"^`path` already exists"):
         tfopt.export_tflite(pruned, path)
     assert path.read_bytes() == b"mine"
-    with pytest.raises(ValueError, match=r"^`representative_data` is needed for "
-                       r"quantization='int8' of a Keras 3 model"):
+    with pytest.raises(
+        ValueError,
+        match=r"^`representative_data` is needed for "
+        r"quantization='int8' of a Keras 3 model",
+    ):
         tfopt.export_tflite(pruned, tmp_path / "q.tflite", quantization="int8")
     with pytest.raises(ValueError, match=r"^`quantization` must be one of"):
         tfopt.export_tflite(pruned, tmp_path / "q.tflite", quantization="int4")
     with pytest.raises(ValueError, match=r"^`sparse=True` is for tf_keras models"):
         tfopt.export_tflite(pruned, tmp_path / "q.tflite", sparse=True)
-    with pytest.raises(TypeError, match=r"^`model` must be a tf_keras model: "
-                       r"tfopt.quantize is not available for Keras 3 models yet"):
+    with pytest.raises(
+        TypeError,
+        match=r"^`model` must be a tf_keras model: "
+        r"tfopt.quantize is not available for Keras 3 models yet",
+    ):
         tfopt.quantize(pruned)
 
 
@@ -92,12 +117,14 @@ def test_int8_within_half_a_point_of_float_on_mnist5k(mnist5k, tmp_path):
     keras.utils.set_random_seed(0)
     model = tfopt.prune(cnn(mnist5k.info.input_shape, 16), 0.5)
     model.compile(optimizer="adam", loss=LOSS)
-    model.fit(mnist5k.train, epochs=4, verbose=0,
-              callbacks=[tfopt.PruningCallback()])
+    model.fit(mnist5k.train, epochs=4, verbose=0, callbacks=[tfopt.PruningCallback()])
     stripped = tfopt.strip(model)
-    exported = tfopt.export_tflite(stripped, tmp_path / "m.tflite",
-                                   quantization="int8",
-                                   representative_data=mnist5k.train)
+    exported = tfopt.export_tflite(
+        stripped,
+        tmp_path / "m.tflite",
+        quantization="int8",
+        representative_data=mnist5k.train,
+    )
     float_accuracy = _accuracy(stripped, mnist5k.test)
     int8 = tfopt.evaluate_tflite(exported.path, mnist5k.test)
     assert float_accuracy > 0.9

@@ -8,13 +8,17 @@ import pytest
 import tfopt
 from tests import helpers, k3_helpers
 from tests.k3_helpers import LOSS, cnn
-from tfopt import _k3_pruning
+from tfopt.keras3 import pruning
 
 
 def _fit(model, data, epochs=1, callbacks=None, **kwargs):
-    return model.fit(data.train, epochs=epochs, verbose=0,
-                     callbacks=[tfopt.PruningCallback()] if callbacks is None
-                     else callbacks, **kwargs)
+    return model.fit(
+        data.train,
+        epochs=epochs,
+        verbose=0,
+        callbacks=[tfopt.PruningCallback()] if callbacks is None else callbacks,
+        **kwargs,
+    )
 
 
 def _pruned(digits, target=0.8, **kwargs):
@@ -44,7 +48,7 @@ def test_target_reached_per_layer_and_input_untouched(trained):
         assert row.sparsity == pytest.approx(0.8, abs=0.01), row
     for a, b in zip(before, base.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert not _k3_pruning.masked(base)
+    assert not pruning.masked(base)
     assert history.history["accuracy"][-1] > 0.3  # learning, while pruned
 
 
@@ -58,22 +62,27 @@ def test_sparsity_is_in_history_and_rises_with_the_schedule(trained):
 def test_strip_gives_a_plain_model_with_the_zeros(trained, digits):
     pruned = trained[2]
     stripped = tfopt.strip(pruned)
-    assert not _k3_pruning.masked(stripped)
+    assert not pruning.masked(stripped)
     assert all(v.constraint is None for v in stripped.trainable_variables)
     kernel = stripped.get_layer("hidden").kernel.numpy()
     assert (kernel == 0).mean() == pytest.approx(0.8, abs=0.01)
     x = next(iter(digits.test))[0]
-    np.testing.assert_allclose(stripped.predict(x, verbose=0),
-                               pruned.predict(x, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(
+        stripped.predict(x, verbose=0), pruned.predict(x, verbose=0), atol=1e-5
+    )
 
 
 def test_training_without_the_callback_fails_before_the_first_step(digits):
     model = _pruned(digits)
     before = [w.copy() for w in model.get_weights()]
     for _ in range(2):  # the second fit must not reuse a half-traced step
-        with pytest.raises(RuntimeError, match=(
+        with pytest.raises(
+            RuntimeError,
+            match=(
                 r"^This Keras 3 model was pruned with tfopt.prune and is training "
-                r"without tfopt.PruningCallback\(\)")):
+                r"without tfopt.PruningCallback\(\)"
+            ),
+        ):
             _fit(model, digits, callbacks=[])
     for a, b in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -98,22 +107,30 @@ def test_steps_per_execution_past_the_end_still_reaches_the_target(digits):
 
 def test_unreachable_absolute_schedule_warns_with_the_numbers(digits):
     model = _pruned(digits, begin=0, end=1000)
-    with pytest.warns(UserWarning, match=(
+    with pytest.warns(
+        UserWarning,
+        match=(
             r"^pruning reaches 80% at step 1000 but this fit runs 41 steps; "
-            r"final sparsity would be \d+%")):
+            r"final sparsity would be \d+%"
+        ),
+    ):
         _fit(model, digits)
 
 
 def test_layer_selection_by_name_regex_and_class(digits):
     shape = digits.info.input_shape
-    for kwargs, expected in (({"layers": ["hidden"]}, {"hidden"}),
-                             ({"layers": ["h.*", keras.layers.Conv2D]},
-                              {"hidden", "conv"}),
-                             ({"exclude": ["logits"]}, {"hidden", "conv"})):
+    for kwargs, expected in (
+        ({"layers": ["hidden"]}, {"hidden"}),
+        ({"layers": ["h.*", keras.layers.Conv2D]}, {"hidden", "conv"}),
+        ({"exclude": ["logits"]}, {"hidden", "conv"}),
+    ):
         model = tfopt.prune(cnn(shape), 0.5, **kwargs)
-        assert {layer.name for layer, _, _ in _k3_pruning.masked(model)} == expected
-    with pytest.raises(ValueError, match=r"^`layers` names 'nope', which matches "
-                       r"no layer of the model"):
+        assert {layer.name for layer, _, _ in pruning.masked(model)} == expected
+    with pytest.raises(
+        ValueError,
+        match=r"^`layers` names 'nope', which matches "
+        r"no layer of the model",
+    ):
         tfopt.prune(cnn(shape), 0.5, layers=["nope"])
     with pytest.raises(TypeError, match=r"Keras 3 layer classes"):
         tfopt.prune(cnn(shape), 0.5, layers=[int])
@@ -121,8 +138,11 @@ def test_layer_selection_by_name_regex_and_class(digits):
 
 def test_two_by_four_is_exact_where_it_fits_and_named_where_not(digits):
     keras.utils.set_random_seed(0)
-    with pytest.warns(UserWarning, match=r"m_by_n=\(2, 4\) does not fit layers "
-                      r"\['conv'\]"):
+    with pytest.warns(
+        UserWarning,
+        match=r"m_by_n=\(2, 4\) does not fit layers "
+        r"\['conv'\]",
+    ):
         model = tfopt.prune(cnn(digits.info.input_shape), 0.5, m_by_n=(2, 4))
     model.compile(optimizer="adam", loss=LOSS)
     _fit(model, digits)
@@ -137,18 +157,22 @@ def test_save_reload_and_resume(trained, digits, tmp_path):
     path = tmp_path / "pruned.keras"
     pruned.save(path)
     loaded = tfopt.load_model(path)
-    assert [type(c).__name__ for _, _, c in _k3_pruning.masked(loaded)] == [
-        "PruningMask"] * 3
+    assert [type(c).__name__ for _, _, c in pruning.masked(loaded)] == [
+        "PruningMask"
+    ] * 3
     assert int(loaded.optimizer.iterations.numpy()) == 2 * 41
     assert tfopt.sparsity_report(loaded).sparsity == pytest.approx(0.8, abs=0.01)
     # Resuming: the masks are the zeros, the schedule goes on from step 82.
-    history = loaded.fit(digits.train, epochs=3, initial_epoch=2, verbose=0,
-                         callbacks=[tfopt.PruningCallback()])
+    history = loaded.fit(
+        digits.train,
+        epochs=3,
+        initial_epoch=2,
+        verbose=0,
+        callbacks=[tfopt.PruningCallback()],
+    )
     assert history.history["sparsity"][-1] == pytest.approx(0.8, abs=0.01)
-    zeros = [(v.numpy() == 0) for _, v, _ in
-             _k3_pruning.masked(pruned)]
-    after = [(v.numpy() == 0) for _, v, _ in
-             _k3_pruning.masked(loaded)]
+    zeros = [(v.numpy() == 0) for _, v, _ in pruning.masked(pruned)]
+    after = [(v.numpy() == 0) for _, v, _ in pruning.masked(loaded)]
     for a, b in zip(zeros, after, strict=True):
         np.testing.assert_array_equal(a, b)  # past `end`, the masks hold
 
@@ -158,9 +182,12 @@ def test_nested_functional_models_are_pruned_through(digits):
     inputs = keras.Input(digits.info.input_shape)
     outer = keras.Model(inputs, keras.layers.Activation("linear")(inner(inputs)))
     pruned = tfopt.prune(outer, 0.5)
-    assert {layer.name for layer, _, _ in _k3_pruning.masked(pruned)} == {
-        "conv", "hidden", "logits"}
-    assert not _k3_pruning.masked(tfopt.strip(pruned))
+    assert {layer.name for layer, _, _ in pruning.masked(pruned)} == {
+        "conv",
+        "hidden",
+        "logits",
+    }
+    assert not pruning.masked(tfopt.strip(pruned))
 
 
 def test_same_masks_and_weights_on_default_and_mirrored(mirrored):
@@ -174,24 +201,42 @@ def test_same_masks_and_weights_on_default_and_mirrored(mirrored):
     assert single[2]["loss"] == pytest.approx(double[2]["loss"], rel=1e-4)
 
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    ({"target_sparsity": 1.0}, ValueError, r"^`target_sparsity` must be in \(0, 1\)"),
-    ({"target_sparsity": "x"}, TypeError, r"^`target_sparsity` must be"),
-    ({"begin": 0, "end": 0.5}, ValueError, r"^`begin` and `end` must both be"),
-    ({"structure": "channels"}, ValueError,
-     r"^`structure` is not available for Keras 3 models yet"),
-    ({"block_size": (1, 4)}, ValueError,
-     r"^`block_size` is not available for Keras 3 models yet"),
-    ({"m_by_n": (4, 2)}, ValueError, r"^`m_by_n` must be two ints"),
-    ({"target_sparsity": 0.999}, ValueError,
-     r"must leave at least one weight in every pruned tensor: logits/kernel"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (
+            {"target_sparsity": 1.0},
+            ValueError,
+            r"^`target_sparsity` must be in \(0, 1\)",
+        ),
+        ({"target_sparsity": "x"}, TypeError, r"^`target_sparsity` must be"),
+        ({"begin": 0, "end": 0.5}, ValueError, r"^`begin` and `end` must both be"),
+        (
+            {"structure": "channels"},
+            ValueError,
+            r"^`structure` is not available for Keras 3 models yet",
+        ),
+        (
+            {"block_size": (1, 4)},
+            ValueError,
+            r"^`block_size` is not available for Keras 3 models yet",
+        ),
+        ({"m_by_n": (4, 2)}, ValueError, r"^`m_by_n` must be two ints"),
+        (
+            {"target_sparsity": 0.999},
+            ValueError,
+            r"must leave at least one weight in every pruned tensor: logits/kernel",
+        ),
+    ],
+)
 def test_bad_arguments_name_the_value(digits, kwargs, error, message):
     kwargs = {"target_sparsity": 0.5, **kwargs}
     with pytest.raises(error, match=message):
-        tfopt.prune(keras.Sequential([keras.Input((4,)),
-                                      keras.layers.Dense(2, name="logits")]),
-                    kwargs.pop("target_sparsity"), **kwargs)
+        tfopt.prune(
+            keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="logits")]),
+            kwargs.pop("target_sparsity"),
+            **kwargs,
+        )
 
 
 def test_bad_models_are_refused():
@@ -199,25 +244,33 @@ def test_bad_models_are_refused():
         def call(self, x):
             return x
 
-    with pytest.raises(TypeError, match=r"^`model` must be a Sequential or "
-                       r"functional Keras 3 model for pruning: a subclassed model"):
+    with pytest.raises(
+        TypeError,
+        match=r"^`model` must be a Sequential or "
+        r"functional Keras 3 model for pruning: a subclassed model",
+    ):
         tfopt.prune(Sub(), 0.5)
-    pruned = tfopt.prune(keras.Sequential([keras.Input((4,)),
-                                           keras.layers.Dense(2)]), 0.5)
+    pruned = tfopt.prune(
+        keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), 0.5
+    )
     with pytest.raises(ValueError, match=r"^`model` is already pruned"):
         tfopt.prune(pruned, 0.5)
     import tensorflow as tf
 
     callback = tfopt.PruningCallback(data=tf.data.Dataset.range(2))
-    with pytest.raises(ValueError, match=r"^`data` ranks channels for "
-                       r"structure='channels', which Keras 3 models do not have"):
+    with pytest.raises(
+        ValueError,
+        match=r"^`data` ranks channels for "
+        r"structure='channels', which Keras 3 models do not have",
+    ):
         callback.set_model(pruned)
 
 
 def test_pruning_mask_round_trips_its_config():
-    mask = _k3_pruning.PruningMask(0.7, "constant", 3, 9, m_by_n=(2, 4),
-                                   inner=keras.constraints.MaxNorm(2.0))
-    again = _k3_pruning.PruningMask(**mask.get_config())
+    mask = pruning.PruningMask(
+        0.7, "constant", 3, 9, m_by_n=(2, 4), inner=keras.constraints.MaxNorm(2.0)
+    )
+    again = pruning.PruningMask(**mask.get_config())
     assert again.get_config() == mask.get_config()
     assert isinstance(again.inner, keras.constraints.MaxNorm)
 
@@ -226,7 +279,7 @@ def test_a_new_optimizer_does_not_send_the_schedule_back(trained, digits):
     # compile() makes a new optimizer whose step count starts at 0; the
     # schedule goes on from the steps the masks have seen (82 here).
     pruned = trained[2]
-    steps = {c.get_config()["step"] for _, _, c in _k3_pruning.masked(pruned)}
+    steps = {c.get_config()["step"] for _, _, c in pruning.masked(pruned)}
     assert steps == {2 * 41}
     copy = tfopt.load_model(_saved(pruned, digits))
     copy.compile(optimizer=keras.optimizers.Adam(1e-4), loss=LOSS)
@@ -248,15 +301,14 @@ class _SparsityAtBatchEnd(keras.callbacks.Callback):
         self.seen = []
 
     def on_train_batch_end(self, batch, logs=None):
-        self.seen.append(_k3_pruning.mask_sparsity(_k3_pruning.masked(self.model)))
+        self.seen.append(pruning.mask_sparsity(pruning.masked(self.model)))
 
 
 def test_the_mask_of_step_s_is_in_place_before_step_s_runs(digits):
     # As TFMOT counts: begin=3 prunes before the third step's forward pass.
     model = _pruned(digits, schedule="constant", begin=3, end=6, frequency=1)
     record = _SparsityAtBatchEnd()
-    _fit(model, digits, steps_per_epoch=4,
-         callbacks=[tfopt.PruningCallback(), record])
+    _fit(model, digits, steps_per_epoch=4, callbacks=[tfopt.PruningCallback(), record])
     assert record.seen[:2] == [0.0, 0.0]
     assert record.seen[2] == pytest.approx(0.8, abs=0.01)
 
@@ -292,17 +344,30 @@ def test_the_callback_leaves_keras3_batch_ends_alone(digits):
 
 def test_callback_writes_tensorboard_summaries(digits, tmp_path):
     model = _pruned(digits, end=1.0)
-    _fit(model, digits, steps_per_epoch=4, epochs=2,
-         callbacks=[tfopt.PruningCallback(log_dir=tmp_path, update_freq=2)])
+    _fit(
+        model,
+        digits,
+        steps_per_epoch=4,
+        epochs=2,
+        callbacks=[tfopt.PruningCallback(log_dir=tmp_path, update_freq=2)],
+    )
     tags, steps = helpers.summaries(tmp_path)
-    assert {"pruning/sparsity", "pruning/target_sparsity", "pruning/hidden/kernel",
-            "pruning/conv/kernel", "pruning/logits/kernel"} <= tags
+    assert {
+        "pruning/sparsity",
+        "pruning/target_sparsity",
+        "pruning/hidden/kernel",
+        "pruning/conv/kernel",
+        "pruning/logits/kernel",
+    } <= tags
     assert steps == {2, 6}  # after the second batch of each epoch
 
 
 def test_more_misuse_is_refused_with_its_reason(digits):
-    with pytest.raises(ValueError, match=r"^`model` must be built \(give it an "
-                       r"`Input`\) before pruning"):
+    with pytest.raises(
+        ValueError,
+        match=r"^`model` must be built \(give it an "
+        r"`Input`\) before pruning",
+    ):
         tfopt.prune(keras.Sequential([keras.layers.Dense(2)]), 0.5)
     for call in (tfopt.sparsity_report, tfopt.strip):
         with pytest.raises(TypeError, match=r"^`model` must be a "):
@@ -310,15 +375,26 @@ def test_more_misuse_is_refused_with_its_reason(digits):
     # A fraction of a run whose length fit cannot know.
     model = _pruned(digits)
     endless = digits.train.repeat()
-    with pytest.raises(ValueError, match=r"^Pruning `begin`/`end` are fractions "
-                       r"of the run, but this fit does not know its length"):
-        model.fit(endless, epochs=1, steps_per_epoch=None, verbose=0,
-                  callbacks=[tfopt.PruningCallback()])
+    with pytest.raises(
+        ValueError,
+        match=r"^Pruning `begin`/`end` are fractions "
+        r"of the run, but this fit does not know its length",
+    ):
+        model.fit(
+            endless,
+            epochs=1,
+            steps_per_epoch=None,
+            verbose=0,
+            callbacks=[tfopt.PruningCallback()],
+        )
 
 
 def test_the_callback_says_when_it_has_nothing_to_drive(digits):
     model = cnn(digits.info.input_shape)
     model.compile(optimizer="adam", loss=LOSS)
-    with pytest.warns(UserWarning, match=r"^PruningCallback found no pruned model "
-                      r"to drive \(no PruningMask constraints\); it does nothing"):
+    with pytest.warns(
+        UserWarning,
+        match=r"^PruningCallback found no pruned model "
+        r"to drive \(no PruningMask constraints\); it does nothing",
+    ):
         _fit(model, digits, steps_per_epoch=1)

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import tfopt
-from tfopt import _keras
+from tfopt.keras2 import binding
 
 
 def test_tfopt_keras_is_tf_keras():
@@ -31,8 +31,12 @@ def test_tfopt_keras_before_tf_keras_routes_tf_keras_to_tf_keras():
 def _run(code, env=None):
     env = {"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-W", "always", "-c", code], capture_output=True,
-        text=True, env=env, timeout=300, check=True,
+        [sys.executable, "-W", "always", "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=True,
     )
 
 
@@ -102,10 +106,11 @@ def test_a_keras3_program_keeps_tf_keras_keras3_when_it_also_uses_tf_keras():
 
 
 def test_keras3_model_is_rejected_with_both_fixes(keras3):
-    model = keras3.Sequential([keras3.Input((4,)), keras3.layers.Dense(2)],
-                              name="k3net")
+    model = keras3.Sequential(
+        [keras3.Input((4,)), keras3.layers.Dense(2)], name="k3net"
+    )
     with pytest.raises(TypeError) as info:
-        _keras.check_model(model)
+        binding.check_model(model)
     message = str(info.value)
     assert message.startswith(
         "`model` must be a tf_keras object, not a Keras 3 Sequential 'k3net'"
@@ -117,24 +122,29 @@ def test_keras3_model_is_rejected_with_both_fixes(keras3):
 @pytest.mark.parametrize("kind", ["layer", "optimizer"])
 def test_keras3_layer_and_optimizer_are_rejected(keras3, kind):
     obj = keras3.layers.Dense(3) if kind == "layer" else keras3.optimizers.SGD()
-    with pytest.raises(TypeError, match=r"^`thing` must be a tf_keras object, "
-                       r"not a Keras 3 (Dense|SGD)"):
-        _keras.check_keras2(obj, "thing")
+    with pytest.raises(
+        TypeError,
+        match=r"^`thing` must be a tf_keras object, "
+        r"not a Keras 3 (Dense|SGD)",
+    ):
+        binding.check_keras2(obj, "thing")
 
 
 def test_tf_keras_objects_pass_the_guard():
-    model = tfopt.keras.Sequential([tfopt.keras.Input((4,)),
-                                    tfopt.keras.layers.Dense(2)])
-    assert _keras.check_model(model) is model
-    _keras.check_keras2(model.layers[0], "layer")
-    _keras.check_keras2(tfopt.keras.optimizers.SGD(), "optimizer")
-    _keras.check_keras2(np.zeros(2), "array")
+    model = tfopt.keras.Sequential(
+        [tfopt.keras.Input((4,)), tfopt.keras.layers.Dense(2)]
+    )
+    assert binding.check_model(model) is model
+    binding.check_keras2(model.layers[0], "layer")
+    binding.check_keras2(tfopt.keras.optimizers.SGD(), "optimizer")
+    binding.check_keras2(np.zeros(2), "array")
 
 
-@pytest.mark.parametrize("bad", [None, "model.keras", np.zeros(3),
-                                 tfopt.keras.layers.Dense(2)])
+@pytest.mark.parametrize(
+    "bad", [None, "model.keras", np.zeros(3), tfopt.keras.layers.Dense(2)]
+)
 def test_non_models_are_rejected_showing_the_type(bad):
     expected = f"{type(bad).__module__}.{type(bad).__qualname__}"
     with pytest.raises(TypeError, match=re.escape(expected)) as info:
-        _keras.check_model(bad, "student")
+        binding.check_model(bad, "student")
     assert str(info.value).startswith("`student` must be a tf_keras Model")

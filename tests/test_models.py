@@ -2,13 +2,12 @@ import numpy as np
 import pytest
 
 import tfopt
-from tfopt import keras, models, report
+from tfopt import keras, models
+from tfopt.job import measure
 
 
 @pytest.mark.parametrize("name", sorted(models.BUILDERS))
-def test_every_model_builds_functional_with_logits_and_trains_a_step(
-    name, digits
-):
+def test_every_model_builds_functional_with_logits_and_trains_a_step(name, digits):
     model = models.build(name, digits.info.input_shape, digits.info.num_classes)
     assert model.name == name
     assert isinstance(model, keras.Model)
@@ -24,19 +23,30 @@ def test_every_model_builds_functional_with_logits_and_trains_a_step(
     before = [w.copy() for w in model.get_weights()]
     loss = model.train_on_batch(images, labels)
     assert np.isfinite(loss)
-    assert any(not np.array_equal(a, b)
-               for a, b in zip(before, model.get_weights(), strict=True))
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(before, model.get_weights(), strict=True)
+    )
 
 
 def test_tfmot_mnist_is_the_tfmot_example_architecture():
     model = models.build("tfmot_mnist", (28, 28), 10)
     assert abs(model.count_params() - 20_400) <= 0.01 * 20_400
     kinds = [type(layer).__name__ for layer in model.layers]
-    assert kinds == ["InputLayer", "Reshape", "Conv2D", "MaxPooling2D",
-                     "Flatten", "Dense"]
+    assert kinds == [
+        "InputLayer",
+        "Reshape",
+        "Conv2D",
+        "MaxPooling2D",
+        "Flatten",
+        "Dense",
+    ]
     conv = model.layers[2].get_config()
     assert (conv["filters"], conv["kernel_size"], conv["activation"]) == (
-        12, (3, 3), "relu")
+        12,
+        (3, 3),
+        "relu",
+    )
     # (28, 28) and (28, 28, 1) inputs build the same network.
     same = models.build("tfmot_mnist", (28, 28, 1), 10)
     assert same.count_params() == model.count_params()
@@ -46,8 +56,9 @@ def test_student_is_about_ten_times_smaller_than_teacher():
     teacher = models.build("teacher_cnn", (28, 28, 1), 10)
     student = models.build("student_cnn", (28, 28, 1), 10)
     assert 8 <= teacher.count_params() / student.count_params() <= 16
-    assert any(isinstance(layer, keras.layers.BatchNormalization)
-               for layer in teacher.layers)
+    assert any(
+        isinstance(layer, keras.layers.BatchNormalization) for layer in teacher.layers
+    )
 
 
 def test_resnet_tiny_has_the_hard_cases():
@@ -63,10 +74,14 @@ def test_mobilenet_v2_is_the_application_resized_to_its_smallest_input():
     assert 400_000 <= model.count_params() <= 450_000
     # One flat functional model: channel pruning and QAT see every layer.
     assert not any(isinstance(layer, keras.Model) for layer in model.layers)
-    assert {layer.momentum for layer in model.layers
-            if isinstance(layer, keras.layers.BatchNormalization)} == {0.9}
+    assert {
+        layer.momentum
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    } == {0.9}
     assert models.build("mobilenet_v2", (40, 40, 3), 5).get_layer(
-        "Conv1").input_shape == (None, 40, 40, 3)
+        "Conv1"
+    ).input_shape == (None, 40, 40, 3)
 
 
 def test_rgb_input_is_accepted():
@@ -77,24 +92,41 @@ def test_rgb_input_is_accepted():
 @pytest.mark.parametrize(
     "args, error, message",
     [
-        (("vgg16", (28, 28, 1), 10), ValueError,
-         r"^`name` must be one of \['tfmot_mnist', 'teacher_cnn', "
-         r"'student_cnn', 'resnet_tiny', 'mobilenet_v2'\]. Received: "
-         r"name='vgg16'$"),
+        (
+            ("vgg16", (28, 28, 1), 10),
+            ValueError,
+            r"^`name` must be one of \['tfmot_mnist', 'teacher_cnn', "
+            r"'student_cnn', 'resnet_tiny', 'mobilenet_v2'\]. Received: "
+            r"name='vgg16'$",
+        ),
         ((None, (28, 28, 1), 10), TypeError, r"Received: name=None$"),
-        (("tfmot_mnist", 28, 10), TypeError,
-         r"`input_shape` must be a tuple of ints such as \(28, 28, 1\). "
-         r"Received: input_shape=28$"),
-        (("tfmot_mnist", (28.0, 28.0), 10), TypeError,
-         r"Received: input_shape=\(28.0, 28.0\)$"),
-        (("tfmot_mnist", (28,), 10), ValueError,
-         r"Received: input_shape=\(28,\)$"),
-        (("tfmot_mnist", (28, 0, 1), 10), ValueError,
-         r"Received: input_shape=\(28, 0, 1\)$"),
-        (("tfmot_mnist", (28, 28, 1), 1), ValueError,
-         r"^`num_classes` must be an int >= 2. Received: num_classes=1$"),
-        (("tfmot_mnist", (28, 28, 1), "10"), TypeError,
-         r"^`num_classes` must be an int. Received: num_classes='10'$"),
+        (
+            ("tfmot_mnist", 28, 10),
+            TypeError,
+            r"`input_shape` must be a tuple of ints such as \(28, 28, 1\). "
+            r"Received: input_shape=28$",
+        ),
+        (
+            ("tfmot_mnist", (28.0, 28.0), 10),
+            TypeError,
+            r"Received: input_shape=\(28.0, 28.0\)$",
+        ),
+        (("tfmot_mnist", (28,), 10), ValueError, r"Received: input_shape=\(28,\)$"),
+        (
+            ("tfmot_mnist", (28, 0, 1), 10),
+            ValueError,
+            r"Received: input_shape=\(28, 0, 1\)$",
+        ),
+        (
+            ("tfmot_mnist", (28, 28, 1), 1),
+            ValueError,
+            r"^`num_classes` must be an int >= 2. Received: num_classes=1$",
+        ),
+        (
+            ("tfmot_mnist", (28, 28, 1), "10"),
+            TypeError,
+            r"^`num_classes` must be an int. Received: num_classes='10'$",
+        ),
     ],
 )
 def test_bad_arguments_name_the_value(args, error, message):
@@ -116,9 +148,12 @@ def test_every_model_builds_in_keras3_with_the_same_parameters(name):
     k2 = models.build(name, shape, 10)
     assert k3.count_params() == k2.count_params()
     # The report counts MACs of both Kerases alike.
-    assert report.macs(k3) == report.macs(k2) > 0
-    norms = [layer for layer in k3.layers
-             if isinstance(layer, keras3.layers.BatchNormalization)]
+    assert measure.macs(k3) == measure.macs(k2) > 0
+    norms = [
+        layer
+        for layer in k3.layers
+        if isinstance(layer, keras3.layers.BatchNormalization)
+    ]
     # Keras 3 keeps each replica's statistics apart unless synchronized.
     assert all(layer.synchronized for layer in norms)
 

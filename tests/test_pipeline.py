@@ -5,22 +5,36 @@ import logging
 
 import pytest
 
-from tfopt import models, pipeline, report
-from tfopt.config import Config, ConfigError
+from tfopt import models
+from tfopt.job import measure, pipeline
+from tfopt.job.config import Config, ConfigError
 
-QUICK = {"dataset": "digits", "epochs": 2, "batch_size": 32, "teacher_epochs": 2,
-         "learning_rate": 5e-3, "alpha": 0.5, "deterministic": False}
+QUICK = {
+    "dataset": "digits",
+    "epochs": 2,
+    "batch_size": 32,
+    "teacher_epochs": 2,
+    "learning_rate": 5e-3,
+    "alpha": 0.5,
+    "deterministic": False,
+}
 
 
 def _without_latency(rows):
-    return [{k: v for k, v in row.items() if k != "latency_ms_per_example"}
-            for row in rows]
+    return [
+        {k: v for k, v in row.items() if k != "latency_ms_per_example"} for row in rows
+    ]
 
 
-def test_a_run_reports_the_same_figures_when_its_stages_are_loaded(tmp_path,
-                                                                    caplog):
-    config = Config(model_dir=str(tmp_path), teacher="train", prune=True,
-                    qat=True, export=("tflite_int8",), **QUICK)
+def test_a_run_reports_the_same_figures_when_its_stages_are_loaded(tmp_path, caplog):
+    config = Config(
+        model_dir=str(tmp_path),
+        teacher="train",
+        prune=True,
+        qat=True,
+        export=("tflite_int8",),
+        **QUICK,
+    )
     with caplog.at_level(logging.INFO, logger="tfopt"):
         first = pipeline.run(config)
     banners = [r.getMessage() for r in caplog.records if r.getMessage()[:1] == "["]
@@ -28,9 +42,14 @@ def test_a_run_reports_the_same_figures_when_its_stages_are_loaded(tmp_path,
         "[1/4] train teacher teacher_cnn, 2 epochs",
         "[2/4] distill + prune student_cnn ← teacher_cnn, 2 epochs",
         "[3/4] quantization-aware training, 1 epochs",
-        "[4/4] evaluate and export tflite_int8"]
+        "[4/4] evaluate and export tflite_int8",
+    ]
     assert [row["artifact"] for row in first.rows] == [
-        "teacher", "distilled+pruned", "qat", "tflite_int8"]
+        "teacher",
+        "distilled+pruned",
+        "qat",
+        "tflite_int8",
+    ]
     assert first.markdown == (tmp_path / "report.md").read_text()
     assert "| teacher | " in first.markdown
     # Every stage is now loaded from disk; sizes once differed (.h5 layouts
@@ -43,19 +62,36 @@ def test_a_run_reports_the_same_figures_when_its_stages_are_loaded(tmp_path,
 
 
 def test_a_bad_config_is_refused_before_any_file(tmp_path):
-    with pytest.raises(ConfigError, match=(
-        r"^`target_sparsity=0.0` must be in \(0, 1\) with `prune`")):
-        pipeline.run(Config(model_dir=str(tmp_path / "run"), prune=True,
-                            target_sparsity=0.0, **QUICK))
+    with pytest.raises(
+        ConfigError, match=(r"^`target_sparsity=0.0` must be in \(0, 1\) with `prune`")
+    ):
+        pipeline.run(
+            Config(
+                model_dir=str(tmp_path / "run"),
+                prune=True,
+                target_sparsity=0.0,
+                **QUICK,
+            )
+        )
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow  # trains two stages
 def test_channel_pruning_runs_prune_shrink_qat_export_and_times_the_result(
-        tmp_path, caplog):
-    config = Config(model_dir=str(tmp_path), prune=True, prune_structure="channels",
-                    prune_measure="macs", target_sparsity=0.5, prune_round_to=4,
-                    qat=True, export=("tflite_int8",), model="resnet_tiny", **QUICK)
+    tmp_path, caplog
+):
+    config = Config(
+        model_dir=str(tmp_path),
+        prune=True,
+        prune_structure="channels",
+        prune_measure="macs",
+        target_sparsity=0.5,
+        prune_round_to=4,
+        qat=True,
+        export=("tflite_int8",),
+        model="resnet_tiny",
+        **QUICK,
+    )
     with caplog.at_level(logging.INFO, logger="tfopt"):
         result = pipeline.run(config)
     banners = [r.getMessage() for r in caplog.records if r.getMessage()[:1] == "["]
@@ -65,15 +101,17 @@ def test_channel_pruning_runs_prune_shrink_qat_export_and_times_the_result(
         "from the unpruned model",
         "[3/5] shrink: remove the pruned channels",
         "[4/5] quantization-aware training, 1 epochs",
-        "[5/5] evaluate and export tflite_int8"]
+        "[5/5] evaluate and export tflite_int8",
+    ]
     rows = {row["artifact"]: row for row in result.rows}
     assert list(rows) == ["baseline", "pruned", "shrunk", "qat", "tflite_int8"]
     assert rows["pruned"]["macs"] == rows["baseline"]["macs"]  # masked, not removed
     assert rows["shrunk"]["macs"] <= 0.5 * rows["baseline"]["macs"]
     assert rows["shrunk"]["params"] < rows["baseline"]["params"]
     # The shrunk model computes what the masked one does.
-    assert rows["shrunk"]["accuracy"] == pytest.approx(rows["pruned"]["accuracy"],
-                                                       abs=1e-6)
+    assert rows["shrunk"]["accuracy"] == pytest.approx(
+        rows["pruned"]["accuracy"], abs=1e-6
+    )
     assert rows["tflite_int8"]["macs"] == rows["shrunk"]["macs"]
     saved = json.loads((tmp_path / "report.json").read_text())
     speed = {row["model"]: row for row in saved["speed"]}
@@ -86,19 +124,32 @@ def test_channel_pruning_runs_prune_shrink_qat_export_and_times_the_result(
 
 @pytest.mark.slow  # trains two stages, twice (the second run loads them)
 def test_keras3_models_go_teacher_distill_prune_int8_report(tmp_path, caplog):
-    config = Config(model_dir=str(tmp_path), keras="3", teacher="train", prune=True,
-                    sparsity_m_by_n="2:4", export=("tflite", "tflite_int8"), **QUICK)
+    config = Config(
+        model_dir=str(tmp_path),
+        keras="3",
+        teacher="train",
+        prune=True,
+        sparsity_m_by_n="2:4",
+        export=("tflite", "tflite_int8"),
+        **QUICK,
+    )
     with caplog.at_level(logging.INFO, logger="tfopt"):
         first = pipeline.run(config)
     assert [row["artifact"] for row in first.rows] == [
-        "teacher", "distilled+pruned", "tflite", "tflite_int8"]
+        "teacher",
+        "distilled+pruned",
+        "tflite",
+        "tflite_int8",
+    ]
     teacher, student, tflite, int8 = first.rows
     assert student["sparsity"] == pytest.approx(0.5, abs=0.01)  # 2:4 on Keras 3
     assert abs(int8["accuracy"] - tflite["accuracy"]) <= 0.02
     assert tflite["accuracy"] == pytest.approx(student["accuracy"], abs=1e-6)
-    assert student["macs"] == report.macs(models.build("student_cnn", (8, 8), 10))
-    assert "keras" in json.loads(
-        (tmp_path / "report.json").read_text())["environment"]["versions"]
+    assert student["macs"] == measure.macs(models.build("student_cnn", (8, 8), 10))
+    assert (
+        "keras"
+        in json.loads((tmp_path / "report.json").read_text())["environment"]["versions"]
+    )
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="tfopt"):
         again = pipeline.run(config)
@@ -106,15 +157,23 @@ def test_keras3_models_go_teacher_distill_prune_int8_report(tmp_path, caplog):
     assert _without_latency(again.rows) == _without_latency(first.rows)
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"qat": True}, r"^`qat=True` is not available with `keras=3` yet"),
-    ({"prune": True, "prune_structure": "channels"},
-     r"^`prune_structure=channels` is not available with `keras=3` yet"),
-    ({"export": ("saved_model",)},
-     r"^`export=\('saved_model',\)` is not available with `keras=3` yet"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"qat": True}, r"^`qat=True` is not available with `keras=3` yet"),
+        (
+            {"prune": True, "prune_structure": "channels"},
+            r"^`prune_structure=channels` is not available with `keras=3` yet",
+        ),
+        (
+            {"export": ("saved_model",)},
+            r"^`export=\('saved_model',\)` is not available with `keras=3` yet",
+        ),
+    ],
+)
 def test_what_keras3_cannot_do_yet_is_refused_up_front(tmp_path, settings, message):
     with pytest.raises(ConfigError, match=message):
-        pipeline.run(Config(model_dir=str(tmp_path / "run"), keras="3",
-                            **{**QUICK, **settings}))
+        pipeline.run(
+            Config(model_dir=str(tmp_path / "run"), keras="3", **{**QUICK, **settings})
+        )
     assert not (tmp_path / "run").exists()

@@ -8,13 +8,18 @@ import pytest
 import tfopt
 from tests import cluster, helpers
 from tests.conftest import compiled
-from tfopt import keras, models, pruning
+from tfopt import keras, models
+from tfopt.keras2 import pruning
 
 
 def _fit(model, data, epochs=1, **kwargs):
-    return model.fit(data.train, epochs=epochs, verbose=0,
-                     callbacks=[tfopt.PruningCallback(), *kwargs.pop("callbacks", [])],
-                     **kwargs)
+    return model.fit(
+        data.train,
+        epochs=epochs,
+        verbose=0,
+        callbacks=[tfopt.PruningCallback(), *kwargs.pop("callbacks", [])],
+        **kwargs,
+    )
 
 
 def _base(info, name="tfmot_mnist"):
@@ -62,10 +67,12 @@ def test_strip_gives_a_plain_model_with_the_zeros(trained):
 
 def test_a_ten_step_run_with_fractions_reaches_the_target(digits):
     model = compiled(tfopt.prune(_base(digits.info), 0.6, begin=0.1, end=0.5))
-    model.fit(digits.train.take(10), epochs=1, verbose=0,
-              callbacks=[tfopt.PruningCallback()])
-    [schedule] = {id(w.pruning_schedule): w.pruning_schedule
-                  for w in pruning.wrappers(model)}.values()
+    model.fit(
+        digits.train.take(10), epochs=1, verbose=0, callbacks=[tfopt.PruningCallback()]
+    )
+    [schedule] = {
+        id(w.pruning_schedule): w.pruning_schedule for w in pruning.wrappers(model)
+    }.values()
     assert schedule.steps == (1, 5, 1)
     assert tfopt.sparsity_report(model).sparsity == pytest.approx(0.6, abs=0.01)
 
@@ -82,10 +89,13 @@ def test_training_without_the_callback_fails_before_the_first_step(digits):
 def test_unreachable_absolute_schedule_warns_with_the_numbers(digits):
     model = compiled(tfopt.prune(_base(digits.info), 0.8, begin=0, end=1000))
     steps = digits.info.train_size // 32 + 1  # 41 batches of 32
-    with pytest.warns(UserWarning, match=(
-        rf"^pruning reaches 80% at step 1000 but this fit runs {steps} steps; "
-        r"final sparsity would be \d+%\."
-    )) as record:
+    with pytest.warns(
+        UserWarning,
+        match=(
+            rf"^pruning reaches 80% at step 1000 but this fit runs {steps} steps; "
+            r"final sparsity would be \d+%\."
+        ),
+    ) as record:
         _fit(model, digits)
     final = int(re.search(r"would be (\d+)%", str(record[0].message)).group(1))
     assert final == round(100 * tfopt.sparsity_report(model).sparsity)
@@ -100,22 +110,25 @@ def test_reachable_absolute_schedule_is_silent(digits):
 
 
 def test_constant_schedule_prunes_fully_at_begin(digits):
-    model = compiled(tfopt.prune(_base(digits.info), 0.7, schedule="constant",
-                                 begin=2, end=30, frequency=5))
+    model = compiled(
+        tfopt.prune(
+            _base(digits.info), 0.7, schedule="constant", begin=2, end=30, frequency=5
+        )
+    )
     model.fit(digits.train.take(2), verbose=0, callbacks=[tfopt.PruningCallback()])
     assert tfopt.sparsity_report(model).sparsity == pytest.approx(0.7, abs=0.01)
 
 
 def test_initial_sparsity_power_and_frequency_shape_the_schedule():
-    schedule = pruning.PruningSchedule(0.8, "polynomial", 10, 110,
-                                       initial_sparsity=0.2, frequency=None,
-                                       power=1)
+    schedule = pruning.PruningSchedule(
+        0.8, "polynomial", 10, 110, initial_sparsity=0.2, frequency=None, power=1
+    )
     assert schedule.steps == (10, 110, 5)  # about 20 updates
     assert schedule.sparsity_at(10) == pytest.approx(0.2)
     assert schedule.sparsity_at(60) == pytest.approx(0.5)  # linear with power=1
     cubic = pruning.PruningSchedule(0.8, "polynomial", 10, 110, 0.2, 7, 3)
     assert cubic.steps == (10, 110, 7)
-    assert cubic.sparsity_at(60) == pytest.approx(0.8 - 0.6 * 0.5 ** 3)
+    assert cubic.sparsity_at(60) == pytest.approx(0.8 - 0.6 * 0.5**3)
     # The last update lands on `end` even off the frequency grid.
     assert cubic.last_update_at_or_before(109) == 108
     assert cubic.last_update_at_or_before(200) == 110
@@ -144,8 +157,7 @@ def test_layer_selection(digits, kwargs, wrapped):
 
 
 def test_excluded_layers_stay_dense_after_training(digits):
-    model = compiled(tfopt.prune(_base(digits.info), 0.8, end=1.0,
-                                 exclude=["conv2d"]))
+    model = compiled(tfopt.prune(_base(digits.info), 0.8, end=1.0, exclude=["conv2d"]))
     _fit(model, digits)
     report = tfopt.sparsity_report(tfopt.strip(model))
     assert report.layer("conv2d")[0].zeros == 0
@@ -155,10 +167,13 @@ def test_excluded_layers_stay_dense_after_training(digits):
 def test_two_by_four_is_exact_where_it_fits_and_named_where_not(digits):
     keras.utils.set_random_seed(0)
     base = models.build("student_cnn", digits.info.input_shape, 10)
-    with pytest.warns(UserWarning, match=(
-        r"m_by_n=\(2, 4\) does not fit layers \['conv1'\] \(input channels must "
-        r"be a multiple of n"
-    )):
+    with pytest.warns(
+        UserWarning,
+        match=(
+            r"m_by_n=\(2, 4\) does not fit layers \['conv1'\] \(input channels must "
+            r"be a multiple of n"
+        ),
+    ):
         model = compiled(tfopt.prune(base, 0.5, m_by_n=(2, 4), end=1.0))
     _fit(model, digits)
     report = tfopt.sparsity_report(tfopt.strip(model))
@@ -170,8 +185,11 @@ def test_two_by_four_is_exact_where_it_fits_and_named_where_not(digits):
 
 
 def test_block_sparsity_zeros_whole_blocks(digits):
-    model = compiled(tfopt.prune(_base(digits.info), 0.5, end=1.0,
-                                 block_size=(1, 2), layers=["dense"]))
+    model = compiled(
+        tfopt.prune(
+            _base(digits.info), 0.5, end=1.0, block_size=(1, 2), layers=["dense"]
+        )
+    )
     _fit(model, digits)
     kernel = tfopt.strip(model).get_layer("dense").kernel.numpy()  # 108 x 10
     pairs = (kernel.reshape(108, 5, 2) == 0).sum(axis=2)
@@ -187,14 +205,21 @@ def test_nested_functional_models_are_pruned_through(digits):
     assert [w.layer.name for w in pruning.wrappers(model)] == ["conv2d", "dense"]
     _fit(model, digits)
     assert tfopt.sparsity_report(tfopt.strip(model)).sparsity == pytest.approx(
-        0.6, abs=0.01)
+        0.6, abs=0.01
+    )
 
 
 def test_resnet_tiny_prunes_its_convolutions(digits):
     model = compiled(tfopt.prune(_base(digits.info, "resnet_tiny"), 0.5, end=1.0))
     names = {w.layer.name for w in pruning.wrappers(model)}
-    assert names == {"stem_conv", "res1_pw", "res2_pw", "res2_proj", "res3_pw",
-                     "logits"}
+    assert names == {
+        "stem_conv",
+        "res1_pw",
+        "res2_pw",
+        "res2_proj",
+        "res3_pw",
+        "logits",
+    }
     _fit(model, digits)
     report = tfopt.sparsity_report(tfopt.strip(model))
     assert all(r.sparsity == pytest.approx(0.5, abs=0.02) for r in report.rows)
@@ -243,10 +268,13 @@ class _Interrupt(keras.callbacks.Callback):
 
 def _resumable_run(digits, backup, interrupt):
     model = compiled(tfopt.prune(_base(digits.info), 0.7, end=0.8))
-    callbacks = [tfopt.PruningCallback(),
-                 keras.callbacks.BackupAndRestore(str(backup))]
-    model.fit(digits.train, epochs=4, verbose=0,
-              callbacks=callbacks + ([_Interrupt()] if interrupt else []))
+    callbacks = [tfopt.PruningCallback(), keras.callbacks.BackupAndRestore(str(backup))]
+    model.fit(
+        digits.train,
+        epochs=4,
+        verbose=0,
+        callbacks=callbacks + ([_Interrupt()] if interrupt else []),
+    )
     return model
 
 
@@ -255,8 +283,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(digits, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _resumable_run(digits, tmp_path / "b", interrupt=True)
     resumed = _resumable_run(digits, tmp_path / "b", interrupt=False)
-    steps = [int(pruning.wrappers(m)[0].pruning_step.numpy())
-             for m in (whole, resumed)]
+    steps = [int(pruning.wrappers(m)[0].pruning_step.numpy()) for m in (whole, resumed)]
     assert steps[0] == steps[1] == 4 * 41
     sparsities = [tfopt.sparsity_report(m).sparsity for m in (whole, resumed)]
     assert sparsities[0] == pytest.approx(sparsities[1], abs=1e-6)

@@ -7,9 +7,9 @@ import tfopt
 from tests import cluster, helpers
 from tests.conftest import compiled
 from tfopt import keras, models
+from tfopt.keras2 import ranges, rewrite
 
 L = keras.layers
-
 
 
 def _trained(name, data, epochs=2):
@@ -50,15 +50,20 @@ def test_qat_fine_tuning_trains_and_leaves_the_input_alone(digits, name):
 
 
 def test_unsupported_layers_are_skipped_and_reported():
-    with pytest.warns(UserWarning, match=(
-        r"^quantize: TFMOT cannot quantize \['bn_after_add "
-        r"\(BatchNormalization\)', 'double \(Lambda\)'\]; they stay in float "
-        r"\(bn_after_add: TFMOT cannot fold it into a neighbouring layer; "
-        r"double: arbitrary TensorFlow code that TFMOT cannot quantize\).$"
-    )):
+    with pytest.warns(
+        UserWarning,
+        match=(
+            r"^quantize: TFMOT cannot quantize \['bn_after_add "
+            r"\(BatchNormalization\)', 'double \(Lambda\)'\]; they stay in float "
+            r"\(bn_after_add: TFMOT cannot fold it into a neighbouring layer; "
+            r"double: arbitrary TensorFlow code that TFMOT cannot quantize\).$"
+        ),
+    ):
         qat = tfopt.quantize(_awkward())
-    assert qat.tfopt_skipped_layers == ("bn_after_add (BatchNormalization)",
-                                        "double (Lambda)")
+    assert qat.tfopt_skipped_layers == (
+        "bn_after_add (BatchNormalization)",
+        "double (Lambda)",
+    )
     kinds = {layer.name: type(layer).__name__ for layer in qat.layers}
     assert kinds["bn_after_add"] == "BatchNormalization"
     assert kinds["double"] == "Lambda"
@@ -68,12 +73,15 @@ def test_unsupported_layers_are_skipped_and_reported():
 
 
 def test_skip_unsupported_false_names_each_layer():
-    with pytest.raises(ValueError, match=(
-        r"^TFMOT cannot quantize these layers: \['bn_after_add "
-        r"\(BatchNormalization\)', 'double \(Lambda\)'\]. Exclude them, or pass "
-        r"skip_unsupported=True to leave them in float. "
-        r"Received: skip_unsupported=False$"
-    )):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"^TFMOT cannot quantize these layers: \['bn_after_add "
+            r"\(BatchNormalization\)', 'double \(Lambda\)'\]. Exclude them, or pass "
+            r"skip_unsupported=True to leave them in float. "
+            r"Received: skip_unsupported=False$"
+        ),
+    ):
         tfopt.quantize(_awkward(), skip_unsupported=False)
 
 
@@ -95,20 +103,26 @@ def test_nested_models_are_flattened(digits):
     qat = tfopt.quantize(outer)
     names = [layer.name for layer in qat.layers]
     assert {"quant_conv2d", "quant_dense", "quant_head"} <= set(names)
-    for name, source in (("quant_conv2d", inner.get_layer("conv2d")),
-                         ("quant_head", outer.get_layer("head"))):
-        [kernel] = [w for w in qat.get_layer(name).weights
-                    if w.name.endswith("/kernel:0")]
+    for name, source in (
+        ("quant_conv2d", inner.get_layer("conv2d")),
+        ("quant_head", outer.get_layer("head")),
+    ):
+        [kernel] = [
+            w for w in qat.get_layer(name).weights if w.name.endswith("/kernel:0")
+        ]
         np.testing.assert_array_equal(kernel.numpy(), source.kernel.numpy())
 
 
 def test_pruned_model_is_stripped_first_with_a_warning(digits):
     pruned = tfopt.prune(models.build("tfmot_mnist", (8, 8, 1), 10), 0.5)
-    with pytest.warns(UserWarning, match=(
-        r"^quantize: `model` still has pruning wrappers; stripping them "
-        r"\(tfopt.strip\) before QAT. Pass preserve_sparsity=True to keep its "
-        r"zeros through QAT.$"
-    )):
+    with pytest.warns(
+        UserWarning,
+        match=(
+            r"^quantize: `model` still has pruning wrappers; stripping them "
+            r"\(tfopt.strip\) before QAT. Pass preserve_sparsity=True to keep its "
+            r"zeros through QAT.$"
+        ),
+    ):
         qat = tfopt.quantize(pruned)
     assert not any("Prune" in type(layer).__name__ for layer in qat.layers)
 
@@ -116,8 +130,9 @@ def test_pruned_model_is_stripped_first_with_a_warning(digits):
 @pytest.fixture(scope="module")
 def pruned_and_stripped(digits):
     keras.utils.set_random_seed(0)
-    model = compiled(tfopt.prune(models.build("tfmot_mnist", (8, 8, 1), 10), 0.6,
-                                 end=1.0))
+    model = compiled(
+        tfopt.prune(models.build("tfmot_mnist", (8, 8, 1), 10), 0.6, end=1.0)
+    )
     model.fit(digits.train, epochs=2, verbose=0, callbacks=[tfopt.PruningCallback()])
     return tfopt.strip(model)
 
@@ -177,12 +192,21 @@ class _Subclassed(keras.Model):
     "kwargs, error, message",
     [
         ({"layers": "dense"}, TypeError, r"Received: layers='dense'$"),
-        ({"exclude": ["nope"]}, ValueError,
-         r"^`exclude` names 'nope', which matches no layer of the model"),
-        ({"preserve_sparsity": "yes"}, TypeError,
-         r"^`preserve_sparsity` must be a bool. Received: preserve_sparsity='yes'$"),
-        ({"skip_unsupported": None}, TypeError,
-         r"^`skip_unsupported` must be a bool. Received: skip_unsupported=None$"),
+        (
+            {"exclude": ["nope"]},
+            ValueError,
+            r"^`exclude` names 'nope', which matches no layer of the model",
+        ),
+        (
+            {"preserve_sparsity": "yes"},
+            TypeError,
+            r"^`preserve_sparsity` must be a bool. Received: preserve_sparsity='yes'$",
+        ),
+        (
+            {"skip_unsupported": None},
+            TypeError,
+            r"^`skip_unsupported` must be a bool. Received: skip_unsupported=None$",
+        ),
     ],
 )
 def test_bad_arguments_name_the_value(kwargs, error, message):
@@ -191,16 +215,23 @@ def test_bad_arguments_name_the_value(kwargs, error, message):
 
 
 def test_bad_models_are_refused(keras3):
-    with pytest.raises(TypeError, match=(
+    with pytest.raises(
+        TypeError,
+        match=(
             r"^`model` must be a tf_keras model: tfopt.quantize is not available "
-            r"for Keras 3 models yet")):
+            r"for Keras 3 models yet"
+        ),
+    ):
         tfopt.quantize(keras3.Sequential([keras3.Input((2,)), keras3.layers.Dense(1)]))
     model = _Subclassed()
     model(np.zeros((1, 2), np.float32))
-    with pytest.raises(TypeError, match=(
-        r"subclassed model \(_Subclassed\) hides its layer graph. Either apply "
-        r"quantization to its layers"
-    )):
+    with pytest.raises(
+        TypeError,
+        match=(
+            r"subclassed model \(_Subclassed\) hides its layer graph. Either apply "
+            r"quantization to its layers"
+        ),
+    ):
         tfopt.quantize(model)
     qat = tfopt.quantize(models.build("tfmot_mnist", (8, 8), 10))
     with pytest.raises(ValueError, match=r"^`model` is already quantization-aware"):
@@ -208,14 +239,18 @@ def test_bad_models_are_refused(keras3):
 
 
 def test_a_nested_model_called_twice_cannot_be_flattened():
-    inner = keras.Sequential([keras.Input((4,)), L.Dense(4, name="shared")],
-                             name="block")
+    inner = keras.Sequential(
+        [keras.Input((4,)), L.Dense(4, name="shared")], name="block"
+    )
     inputs = keras.Input((4,))
     outer = keras.Model(inputs, L.Add()([inner(inputs), inner(inputs)]))
-    with pytest.raises(ValueError, match=(
-        r"^Nested model 'block' is called 2 times; only models called once can "
-        r"be flattened.$"
-    )):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"^Nested model 'block' is called 2 times; only models called once can "
+            r"be flattened.$"
+        ),
+    ):
         tfopt.quantize(outer)
 
 
@@ -234,12 +269,21 @@ def _raw_tfmot_untouched_job(directory):
         return {
             "MovingAvgQuantize": quant_ops.MovingAvgQuantize,
             "AllValuesQuantize": quant_ops.AllValuesQuantize,
-            **{f"QuantizeLayer.{name}": getattr(quantize_layer.QuantizeLayer, name)
-               for name in ("build", "build_from_config", "call")},
-            **{f"QuantizeWrapperV2.{name}": getattr(
-                quantize_wrapper.QuantizeWrapperV2, name)
-               for name in ("build", "call", "save_own_variables",
-                            "load_own_variables")},
+            **{
+                f"QuantizeLayer.{name}": getattr(quantize_layer.QuantizeLayer, name)
+                for name in ("build", "build_from_config", "call")
+            },
+            **{
+                f"QuantizeWrapperV2.{name}": getattr(
+                    quantize_wrapper.QuantizeWrapperV2, name
+                )
+                for name in (
+                    "build",
+                    "call",
+                    "save_own_variables",
+                    "load_own_variables",
+                )
+            },
         }
 
     before = snapshot()
@@ -251,26 +295,31 @@ def _raw_tfmot_untouched_job(directory):
 
     def raw_qat():
         tf_keras.utils.set_random_seed(len(changed))
-        base = tf_keras.Sequential([tf_keras.Input((6,)), tf_keras.layers.Dense(4),
-                                    tf_keras.layers.Dense(1)])
+        base = tf_keras.Sequential(
+            [tf_keras.Input((6,)), tf_keras.layers.Dense(4), tf_keras.layers.Dense(1)]
+        )
         return tfmot.quantization.keras.quantize_model(base)
 
     saved = raw_qat()
-    kinds = sorted({f"{type(layer).__module__}.{type(layer).__name__}"
-                    for layer in saved.layers})
+    kinds = sorted(
+        {f"{type(layer).__module__}.{type(layer).__name__}" for layer in saved.layers}
+    )
     saved(np.ones((2, 6), np.float32), training=True)  # moves the ranges
     path = os.path.join(directory, "raw.weights.h5")
     saved.save_weights(path)
     loaded = raw_qat()
     loaded.load_weights(path)
-    equal = all(np.array_equal(a, b) for a, b in
-                zip(saved.get_weights(), loaded.get_weights(), strict=True))
+    equal = all(
+        np.array_equal(a, b)
+        for a, b in zip(saved.get_weights(), loaded.get_weights(), strict=True)
+    )
     return changed, kinds, equal, len(saved.get_weights())
 
 
 def test_importing_tfopt_leaves_raw_tfmot_untouched(tmp_path):
     [(changed, kinds, equal, count)] = cluster.run_processes(
-        _raw_tfmot_untouched_job, [{}], str(tmp_path))
+        _raw_tfmot_untouched_job, [{}], str(tmp_path)
+    )
     assert changed == []
     # A raw quantize_model is built of TFMOT's own classes, and its
     # .weights.h5 round-trips as it does without tfopt.
@@ -278,22 +327,30 @@ def test_importing_tfopt_leaves_raw_tfmot_untouched(tmp_path):
         "tensorflow_model_optimization.python.core.quantization.keras."
         "quantize_layer.QuantizeLayer",
         "tensorflow_model_optimization.python.core.quantization.keras."
-        "quantize_wrapper.QuantizeWrapperV2"]
+        "quantize_wrapper.QuantizeWrapperV2",
+    ]
     assert equal and count > 0
 
 
 def test_tfopt_qat_layers_are_its_subclasses_with_global_ranges():
-    from tfopt import _tfmot
+    from tfopt.keras2 import tfmot as _tfmot
 
     qat = _quantize_quietly(models.build("tfmot_mnist", (8, 8, 1), 10))
     kinds = {type(layer) for layer in qat.layers if "quant" in layer.name}
     assert kinds == {_tfmot.QuantizeLayer, _tfmot.QuantizeWrapperV2}
-    quantizers = [qat.layers[1].quantizer] + [
-        a.quantizer for layer in qat.layers
-        for a in getattr(layer, "_quantize_activations", [])] + [
-        q for layer in qat.layers for q in getattr(layer, "_output_quantizers", [])]
+    quantizers = (
+        [qat.layers[1].quantizer]
+        + [
+            a.quantizer
+            for layer in qat.layers
+            for a in getattr(layer, "_quantize_activations", [])
+        ]
+        + [q for layer in qat.layers for q in getattr(layer, "_output_quantizers", [])]
+    )
     assert quantizers and {type(q) for q in quantizers} <= {
-        _tfmot.GlobalRangeAllValuesQuantizer, _tfmot.GlobalRangeMovingAverageQuantizer}
+        _tfmot.GlobalRangeAllValuesQuantizer,
+        _tfmot.GlobalRangeMovingAverageQuantizer,
+    }
 
 
 class _Scale(keras.layers.Layer):
@@ -315,12 +372,14 @@ def test_an_unregistered_custom_layer_stays_float_and_is_listed(tmp_path):
     x = keras.layers.Dense(4, name="a")(inputs)
     x = _Scale(3.0, name="scale")(x)
     model = keras.Model(inputs, keras.layers.Dense(2, name="b")(x))
-    with pytest.warns(UserWarning,
-                      match=r"TFMOT cannot quantize \['scale \(_Scale\)'\]"):
+    with pytest.warns(
+        UserWarning, match=r"TFMOT cannot quantize \['scale \(_Scale\)'\]"
+    ):
         qat = tfopt.quantize(model)
     assert qat.tfopt_skipped_layers == ("scale (_Scale)",)
     assert qat.tfopt_float_reasons == {
-        "scale": "a custom layer: annotate it with a tfmot QuantizeConfig"}
+        "scale": "a custom layer: annotate it with a tfmot QuantizeConfig"
+    }
     scale = qat.get_layer("scale")
     assert type(scale) is _Scale and scale.factor == 3.0  # unwrapped, as it was
     path = tmp_path / "custom.tflite"
@@ -364,13 +423,19 @@ def test_modern_blocks_are_integer_end_to_end(tmp_path):
     assert not rescale.layer.trainable
     # ... which computes what the Rescaling did (a model without BatchNorm,
     # whose QAT training-mode pass is the float model's up to rounding).
-    plain = keras.Sequential([keras.Input((16, 16, 3)),
-                              keras.layers.Rescaling(1 / 127.5, offset=-1),
-                              keras.layers.Conv2D(4, 3), keras.layers.Flatten()])
+    plain = keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            keras.layers.Rescaling(1 / 127.5, offset=-1),
+            keras.layers.Conv2D(4, 3),
+            keras.layers.Flatten(),
+        ]
+    )
     # (8-bit steps of about 0.016 over 27 inputs; a wrong scale or offset
     # would be off by about 1.)
-    np.testing.assert_allclose(tfopt.quantize(plain)(x[:8], training=True),
-                               plain(x[:8]), atol=0.1)
+    np.testing.assert_allclose(
+        tfopt.quantize(plain)(x[:8], training=True), plain(x[:8]), atol=0.1
+    )
     compiled(qat).fit(x, y, epochs=2, batch_size=32, verbose=0)
     path = tmp_path / "blocks.tflite"
     tfopt.export_tflite(qat, str(path), quantization="int8")
@@ -390,24 +455,27 @@ def test_modern_blocks_are_integer_end_to_end(tmp_path):
 def _tflite_outputs(path, x):
     """The float outputs of the `.tflite` file at `path` for each example of
     `x` (batch 1), and the output's quantization step."""
-    from tfopt import export
+    from tfopt.keras2 import export
 
-    interpreter = export._interpreter(str(path))
+    interpreter = export.open_interpreter(str(path))
     source = interpreter.get_input_details()[0]
     interpreter.resize_tensor_input(source["index"], (1, *x.shape[1:]))
     interpreter.allocate_tensors()
     target = interpreter.get_output_details()[0]
     outputs = []
     for example in x:
-        interpreter.set_tensor(source["index"], export._to_input(example[None], source))
+        interpreter.set_tensor(source["index"], export.to_input(example[None], source))
         interpreter.invoke()
-        outputs.append(export._from_output(interpreter.get_tensor(target["index"]),
-                                           target)[0])
+        outputs.append(
+            export.from_output(interpreter.get_tensor(target["index"]), target)[0]
+        )
     # The output is float: the step is that of the DEQUANTIZE's int8 input.
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    step, = [tensors[op["inputs"][0]]["quantization"][0]
-             for op in export._ops_details(interpreter)
-             if op["op_name"] == "DEQUANTIZE" and op["outputs"][0] == target["index"]]
+    (step,) = [
+        tensors[op["inputs"][0]]["quantization"][0]
+        for op in export.ops_details(interpreter)
+        if op["op_name"] == "DEQUANTIZE" and op["outputs"][0] == target["index"]
+    ]
     return np.array(outputs), step
 
 
@@ -434,14 +502,21 @@ def test_hard_swish_arithmetic_is_integer_end_to_end(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         qat = tfopt.quantize(model)
-    ops = [layer.layer for layer in qat.layers
-           if type(getattr(layer, "layer", None)).__name__ == "ScalarOp"]
+    ops = [
+        layer.layer
+        for layer in qat.layers
+        if type(getattr(layer, "layer", None)).__name__ == "ScalarOp"
+    ]
     assert sorted((op.op, round(op.constant, 4)) for op in ops) == [
-        ("add", -1.0), ("add", 3.0), ("multiply", 0.1667)]
+        ("add", -1.0),
+        ("add", 3.0),
+        ("multiply", 0.1667),
+    ]
     x = np.random.default_rng(0).normal(size=(64, 8, 8, 3)).astype(np.float32)
     found = _int8_ops(qat, x, tmp_path / "hard_swish.tflite")
     assert (found.quantize, found.dequantize, found.float_ops) == (1, 1, ()), (
-        found.counts)
+        found.counts
+    )
     qat.save(tmp_path / "hard_swish.keras")  # ScalarOp and its config load
     again = tfopt.load_model(str(tmp_path / "hard_swish.keras"))
     np.testing.assert_allclose(again.predict(x, verbose=0), qat.predict(x, verbose=0))
@@ -475,25 +550,29 @@ def _residual_swish_block():
 
 
 def test_swish_layer_scale_and_residual_ops_are_integer_end_to_end(tmp_path):
-    from tfopt import _rewrite
 
     keras.utils.set_random_seed(0)
     model = _residual_swish_block()
     model.get_layer("layer_scale").set_weights([np.array([0.5, 1, 2, 3], "f")])
     x = np.random.default_rng(0).normal(size=(64, 8, 8, 4)).astype(np.float32)
-    copy = _rewrite.quantizable_copy(model)
+    copy = rewrite.quantizable_copy(model)
     kinds = {layer.name: type(layer).__name__ for layer in copy.layers}
     # Each swish is its sigmoid and a Multiply; each sigmoid a layer.
     assert kinds["conv_swish"] == kinds["se_reduce_swish"] == "Multiply"
     assert kinds["conv_sigmoid"] == kinds["se_expand_sigmoid"] == "Activation"
     assert copy.get_layer("conv").activation.__name__ == "linear"
     assert copy.get_layer("se_expand").activation.__name__ == "linear"
-    assert type(tfopt.quantize(model).get_layer("quant_conv_sigmoid")
-                .quantize_config).__name__ == "SigmoidQuantizeConfig"
+    assert (
+        type(
+            tfopt.quantize(model).get_layer("quant_conv_sigmoid").quantize_config
+        ).__name__
+        == "SigmoidQuantizeConfig"
+    )
     assert kinds["layer_scale"] == "DepthwiseConv2D"
     assert copy.get_layer("layer_scale").trainable
-    residual, = [layer.name for layer in model.layers
-                 if type(layer).__name__ == "TFOpLambda"]
+    (residual,) = [
+        layer.name for layer in model.layers if type(layer).__name__ == "TFOpLambda"
+    ]
     assert kinds[residual] == "Add"
     np.testing.assert_allclose(copy(x), model(x), rtol=1e-5, atol=1e-5)
     assert model.get_layer("conv").activation.__name__ == "swish"  # untouched
@@ -502,7 +581,8 @@ def test_swish_layer_scale_and_residual_ops_are_integer_end_to_end(tmp_path):
         qat = tfopt.quantize(model)
     found = _int8_ops(qat, x, tmp_path / "block.tflite")
     assert (found.quantize, found.dequantize, found.float_ops) == (1, 1, ()), (
-        found.counts)
+        found.counts
+    )
     # Its configs and layers (sigmoid, Multiply, the LayerScale's depthwise)
     # are registered: the .keras file loads.
     qat.save(tmp_path / "block.keras")
@@ -530,13 +610,12 @@ def _dense_block():
 
 
 def test_dense_blocks_share_one_range_and_export_with_no_rescale(tmp_path):
-    from tfopt import _ranges, _rewrite
 
     keras.utils.set_random_seed(0)
     model = _dense_block()
     x = np.random.default_rng(0).normal(size=(64, 8, 8, 4)).astype(np.float32)
     compiled(model).fit(x, np.zeros(64), epochs=2, verbose=0)  # BN statistics
-    copy = _rewrite.quantizable_copy(model)
+    copy = rewrite.quantizable_copy(model)
     kinds = {layer.name: type(layer).__name__ for layer in copy.layers}
     # Each BN after a Concatenate is its inference-time affine map, trainable;
     # the one after a convolution stays, for TFMOT to fold.
@@ -547,7 +626,7 @@ def test_dense_blocks_share_one_range_and_export_with_no_rescale(tmp_path):
     np.testing.assert_allclose(copy(x), model(x), rtol=1e-4, atol=1e-5)
     # The padding, the pool and the first two Concatenates take the last
     # one's range, as do the layers feeding them.
-    followers, producers = _ranges.shared_ranges(copy)
+    followers, producers = ranges.shared_ranges(copy)
     assert followers == {"pad", "stem_pool", "concat0", "concat1"}
     assert producers == {"stem_relu", "conv0", "conv1", "conv2"}
     with warnings.catch_warnings():
@@ -562,13 +641,15 @@ def test_dense_blocks_share_one_range_and_export_with_no_rescale(tmp_path):
     conv = qat.get_layer("quant_conv0")
     assert not conv.quantize_config.get_activations_and_quantizers(conv.layer)
     assert type(qat.get_layer("quant_pool").quantize_config).__name__ == (
-        "InputRangeQuantizeConfig")
+        "InputRangeQuantizeConfig"
+    )
     # The export once failed: "'tfl.average_pool_2d' op quantization
     # parameters violate the same scale constraint"; then it rescaled the
     # running feature map before each Concatenate and after the padding.
     found = _int8_ops(qat, x, tmp_path / "dense.tflite")
     assert (found.quantize, found.dequantize, found.float_ops) == (1, 1, ()), (
-        found.counts)
+        found.counts
+    )
     assert found.requantize == 0
     int8, step = _tflite_outputs(tmp_path / "dense.tflite", x[:16])
     assert np.abs(int8 - qat.predict(x[:16], verbose=0)).max() <= 3 * step + 1e-6
@@ -582,15 +663,17 @@ def test_prune_preserving_qat_shares_ranges_and_keeps_the_zeros(tmp_path):
     model = _dense_block()
     x = np.random.default_rng(0).normal(size=(64, 8, 8, 4)).astype(np.float32)
     pruned = tfopt.prune(model, 0.5, end=1.0)
-    compiled(pruned).fit(x, np.zeros(64), epochs=2, verbose=0,
-                         callbacks=[tfopt.PruningCallback()])
+    compiled(pruned).fit(
+        x, np.zeros(64), epochs=2, verbose=0, callbacks=[tfopt.PruningCallback()]
+    )
     stripped = tfopt.strip(pruned)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         qat = tfopt.quantize(stripped, preserve_sparsity=True)
     found = _int8_ops(qat, x, tmp_path / "dense.tflite")
     assert (found.quantize, found.requantize, found.float_ops) == (1, 0, ()), (
-        found.counts)
+        found.counts
+    )
     # conv0-2 lost their output ranges and kept their zeros through fit.
     before = tfopt.sparsity_report(stripped).sparsity
     assert before > 0.4
@@ -598,23 +681,21 @@ def test_prune_preserving_qat_shares_ranges_and_keeps_the_zeros(tmp_path):
 
 
 def test_a_group_with_two_last_concatenations_keeps_its_ranges():
-    from tfopt import _ranges
 
     layers = keras.layers
     inputs = keras.Input((8, 8, 4))
     pooled = layers.MaxPooling2D(2, name="pool")(layers.Conv2D(4, 1)(inputs))
     left = layers.Concatenate(name="left")([pooled, layers.Conv2D(4, 1)(pooled)])
     right = layers.Concatenate(name="right")([pooled, layers.Conv2D(2, 1)(pooled)])
-    model = keras.Model(inputs, layers.Add()([layers.Conv2D(3, 1)(left),
-                                              layers.Conv2D(3, 1)(right)]))
+    model = keras.Model(
+        inputs, layers.Add()([layers.Conv2D(3, 1)(left), layers.Conv2D(3, 1)(right)])
+    )
     # Which of the two ranges the pool should take is not clear: none changes.
-    assert _ranges.shared_ranges(model) == (set(), set())
+    assert ranges.shared_ranges(model) == (set(), set())
 
 
 def test_inception_resnet_scaled_sums_are_integer_and_pqat_takes_them(tmp_path):
     from tf_keras.src.applications.inception_resnet_v2 import CustomScaleLayer
-
-    from tfopt import _rewrite
 
     layers = keras.layers
     inputs = keras.Input((8, 8, 4))
@@ -623,7 +704,7 @@ def test_inception_resnet_scaled_sums_are_integer_and_pqat_takes_them(tmp_path):
     x = layers.GlobalAveragePooling2D()(layers.Activation("relu")(x))
     model = keras.Model(inputs, layers.Dense(3)(x))
     x = np.random.default_rng(0).normal(size=(32, 8, 8, 4)).astype(np.float32)
-    copy = _rewrite.quantizable_copy(model)
+    copy = rewrite.quantizable_copy(model)
     assert type(copy.get_layer("block")).__name__ == "Add"
     assert copy.get_layer("block_scale").constant == pytest.approx(0.17)
     np.testing.assert_allclose(copy(x), model(x), rtol=1e-6)
@@ -635,7 +716,8 @@ def test_inception_resnet_scaled_sums_are_integer_and_pqat_takes_them(tmp_path):
             qat = tfopt.quantize(model, preserve_sparsity=preserve_sparsity)
     found = _int8_ops(qat, x, tmp_path / "scaled.tflite")
     assert (found.quantize, found.dequantize, found.float_ops) == (1, 1, ()), (
-        found.counts)
+        found.counts
+    )
 
 
 def test_layer_norm_stays_float_with_its_reason():
@@ -646,7 +728,8 @@ def test_layer_norm_stays_float_with_its_reason():
         qat = tfopt.quantize(model)
     assert qat.tfopt_float_reasons == {
         "norm": "TFLite has no int8 layer-norm kernel, and its MEAN/RSQRT "
-                "decomposition has no ranges"}
+        "decomposition has no ranges"
+    }
 
 
 def test_prune_preserving_qat_leaves_a_weightless_lambda_float():
@@ -662,7 +745,7 @@ def test_prune_preserving_qat_leaves_a_weightless_lambda_float():
 def test_depthwise_kernels_get_one_range_per_channel_as_in_tflite(tmp_path):
     import tensorflow as tf
 
-    from tfopt import _tfmot
+    from tfopt.keras2 import tfmot as _tfmot
 
     # Channel 1 is channel 0 times 0.01: with one range per channel it is
     # quantized to exactly 0.01 times channel 0's grid; with TFMOT's (one
@@ -671,14 +754,21 @@ def test_depthwise_kernels_get_one_range_per_channel_as_in_tflite(tmp_path):
     first = rng.uniform(-1, 1, (3, 3, 1, 1)).astype(np.float32)
     kernel = tf.constant(np.concatenate([first, 0.01 * first], axis=2))
     holder = keras.layers.Layer()
-    for quantizer, close in ((_tfmot.DepthwiseKernelQuantizer(), True),
-                             (_tfmot._quantizers.LastValueQuantizer(
-                                 8, per_axis=True, symmetric=True, narrow_range=True),
-                              False)):
+    for quantizer, close in (
+        (_tfmot.DepthwiseKernelQuantizer(), True),
+        (
+            _tfmot._quantizers.LastValueQuantizer(
+                8, per_axis=True, symmetric=True, narrow_range=True
+            ),
+            False,
+        ),
+    ):
         weights = quantizer.build(kernel.shape, f"k{close}", holder)
         if not close:  # TFMOT's conv weight quantizer: one range per last axis
-            weights = {key: holder.add_weight(f"{key}x", shape=(1,), trainable=False)
-                       for key in ("min_var", "max_var")}
+            weights = {
+                key: holder.add_weight(f"{key}x", shape=(1,), trainable=False)
+                for key in ("min_var", "max_var")
+            }
         out = quantizer(kernel, True, weights).numpy()
         ratio = out[:, :, 1] / np.where(out[:, :, 0] == 0, 1, out[:, :, 0])
         assert np.allclose(ratio, 0.01, rtol=1e-4) == close
@@ -691,8 +781,9 @@ def test_depthwise_kernels_get_one_range_per_channel_as_in_tflite(tmp_path):
     qat = tfopt.quantize(model)
     wrapper = qat.get_layer("quant_dw")
     assert type(wrapper.quantize_config).__name__ == "DepthwiseQuantizeConfig"
-    assert sorted(tuple(v.shape) for v in wrapper.weights
-                  if "depthwise_kernel_m" in v.name) == [(4,), (4,)]
+    assert sorted(
+        tuple(v.shape) for v in wrapper.weights if "depthwise_kernel_m" in v.name
+    ) == [(4,), (4,)]
     x = rng.normal(size=(32, 8, 8, 4)).astype(np.float32)
     found = _int8_ops(qat, x, tmp_path / "dw.tflite")
     assert (found.quantize, found.dequantize, found.float_ops) == (1, 1, ())
@@ -703,8 +794,6 @@ def test_depthwise_kernels_get_one_range_per_channel_as_in_tflite(tmp_path):
 
 def test_rewrites_see_a_pruned_and_stripped_copy_as_its_own_graph():
     from tf_keras.src.applications.inception_resnet_v2 import CustomScaleLayer
-
-    from tfopt import _rewrite
 
     # prune and strip share the layers they do not wrap (BN, CustomScale)
     # with the model they copy: each has a node in every copy. The BN after
@@ -717,14 +806,15 @@ def test_rewrites_see_a_pruned_and_stripped_copy_as_its_own_graph():
     model = keras.Model(inputs, layers.Dense(2)(layers.GlobalAveragePooling2D()(x)))
     stripped = tfopt.strip(tfopt.prune(model, 0.5))
     assert len(stripped.get_layer("bn").inbound_nodes) > 1
-    kinds = {layer.name: type(layer).__name__
-             for layer in _rewrite.quantizable_copy(stripped).layers}
+    kinds = {
+        layer.name: type(layer).__name__
+        for layer in rewrite.quantizable_copy(stripped).layers
+    }
     assert kinds["bn"] == "BatchNormalization"
     assert (kinds["block"], kinds["block_scale"]) == ("Add", "ScalarOp")
 
 
 def test_a_layer_named_layer_scale_that_is_not_one_stays_as_it_is():
-    from tfopt import _rewrite
 
     @keras.utils.register_keras_serializable(package="tests")
     class OtherScale(LayerScale):
@@ -734,17 +824,19 @@ def test_a_layer_named_layer_scale_that_is_not_one_stays_as_it_is():
     OtherScale.__name__ = "LayerScale"
     inputs = keras.Input((4, 4, 2))
     model = keras.Model(inputs, OtherScale(name="scale")(inputs))
-    copy = _rewrite.quantizable_copy(model)
+    copy = rewrite.quantizable_copy(model)
     assert type(copy.get_layer("scale")).__name__ == "LayerScale"
 
 
 def test_scalar_op_round_trips_and_checks_its_op():
-    from tfopt import _rewrite
 
-    op = _rewrite.ScalarOp("multiply", 0.5, name="half")
-    again = _rewrite.ScalarOp.from_config(op.get_config())
+    op = rewrite.ScalarOp("multiply", 0.5, name="half")
+    again = rewrite.ScalarOp.from_config(op.get_config())
     assert (again.op, again.constant, again.name) == ("multiply", 0.5, "half")
     np.testing.assert_allclose(again(np.ones((2, 3), np.float32)), 0.5)
-    with pytest.raises(ValueError, match=r"^`op` must be 'add' or 'multiply'. "
-                                         r"Received: op='pow'$"):
-        _rewrite.ScalarOp("pow", 2.0)
+    with pytest.raises(
+        ValueError,
+        match=r"^`op` must be 'add' or 'multiply'. "
+        r"Received: op='pow'$",
+    ):
+        rewrite.ScalarOp("pow", 2.0)

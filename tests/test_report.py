@@ -1,20 +1,41 @@
 """The report is a pure function of its rows and environment."""
 
-from tfopt import report
+from tfopt.job import report
 
 ROWS = [
-    {"artifact": "teacher", "accuracy": 0.95, "accuracy_delta": 0.0,
-     "params": 120000, "macs": 3200000, "nonzero_params": 120000,
-     "size_bytes": 500000,
-     "gzip_bytes": 450000, "gzip_ratio": 1.0, "latency_ms_per_example": None},
-    {"artifact": "tflite_int8", "accuracy": 0.9325, "accuracy_delta": -0.0175,
-     "params": 20490, "nonzero_params": 4145, "size_bytes": 26080,
-     "gzip_bytes": 9058, "gzip_ratio": 49.68, "latency_ms_per_example": 0.0061},
+    {
+        "artifact": "teacher",
+        "accuracy": 0.95,
+        "accuracy_delta": 0.0,
+        "params": 120000,
+        "macs": 3200000,
+        "nonzero_params": 120000,
+        "size_bytes": 500000,
+        "gzip_bytes": 450000,
+        "gzip_ratio": 1.0,
+        "latency_ms_per_example": None,
+    },
+    {
+        "artifact": "tflite_int8",
+        "accuracy": 0.9325,
+        "accuracy_delta": -0.0175,
+        "params": 20490,
+        "nonzero_params": 4145,
+        "size_bytes": 26080,
+        "gzip_bytes": 9058,
+        "gzip_ratio": 49.68,
+        "latency_ms_per_example": 0.0061,
+    },
 ]
-ENV = {"strategy": "mirrored", "replicas": 2, "workers": 1, "task": None,
-       "versions": {"tensorflow": "2.21.0", "tfopt": "0.1.0"},
-       "stage_seconds": {"teacher": 12.345, "total": 30.0},
-       "command": "scripts/train.py --teacher=train"}
+ENV = {
+    "strategy": "mirrored",
+    "replicas": 2,
+    "workers": 1,
+    "task": None,
+    "versions": {"tensorflow": "2.21.0", "tfopt": "0.1.0"},
+    "stage_seconds": {"teacher": 12.345, "total": 30.0},
+    "command": "scripts/train.py --teacher=train",
+}
 
 
 def test_markdown_rows():
@@ -29,10 +50,22 @@ def test_markdown_rows():
     ]
 
 
-SPEED = [{"model": "dense", "params": 6090, "macs": 84224,
-          "float32_ms": {"1": 0.5, "2": 0.3}, "int8_ms": {"1": 0.2, "2": 0.12}},
-         {"model": "shrunk", "params": 1898, "macs": 23680,
-          "float32_ms": {"1": 0.25, "2": 0.2}, "int8_ms": {"1": 0.16, "2": 0.1}}]
+SPEED = [
+    {
+        "model": "dense",
+        "params": 6090,
+        "macs": 84224,
+        "float32_ms": {"1": 0.5, "2": 0.3},
+        "int8_ms": {"1": 0.2, "2": 0.12},
+    },
+    {
+        "model": "shrunk",
+        "params": 1898,
+        "macs": 23680,
+        "float32_ms": {"1": 0.25, "2": 0.2},
+        "int8_ms": {"1": 0.16, "2": 0.1},
+    },
+]
 
 
 def test_speed_rows_show_each_speed_up_over_the_dense_model():
@@ -45,8 +78,10 @@ def test_speed_rows_show_each_speed_up_over_the_dense_model():
         "0.160 ms (1.25x) | 0.100 ms (1.20x) |",
     ]
     text = report.render("student_cnn on digits", ROWS, ENV, SPEED)
-    assert "\n\n## Speed (TFLite, batch 1, median ms per example; speed-up over " \
+    assert (
+        "\n\n## Speed (TFLite, batch 1, median ms per example; speed-up over "
         "the dense model)\n\n| model | params | MACs |" in text
+    )
     assert "## Speed" not in report.render("student_cnn on digits", ROWS, ENV)
 
 
@@ -58,5 +93,6 @@ def test_render_is_the_whole_report():
         "- strategy: mirrored, 2 replica(s) on 1 worker(s)\n"
         "- versions: tensorflow 2.21.0, tfopt 0.1.0\n"
         "- wall time: teacher 12.3 s, total 30.0 s\n"
-        "- command: `scripts/train.py --teacher=train`\n")
+        "- command: `scripts/train.py --teacher=train`\n"
+    )
     assert report.render("student_cnn on mnist5k", ROWS, ENV) == text

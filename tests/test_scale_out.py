@@ -18,9 +18,18 @@ from tests import cluster, helpers, parity
 
 # The teacher is tfmot_mnist, which has no BatchNorm or Dropout: those run
 # per replica, so with them no two replica counts train the same model.
-ARGS = ["--dataset=digits", "--teacher=train", "--teacher_model=tfmot_mnist",
-        "--prune", "--qat", "--epochs=3", "--teacher_epochs=1", "--qat_epochs=1",
-        "--batch_size=32", "--export=tflite_int8"]
+ARGS = [
+    "--dataset=digits",
+    "--teacher=train",
+    "--teacher_model=tfmot_mnist",
+    "--prune",
+    "--qat",
+    "--epochs=3",
+    "--teacher_epochs=1",
+    "--qat_epochs=1",
+    "--batch_size=32",
+    "--export=tflite_int8",
+]
 TIMEOUT = 240
 
 
@@ -35,9 +44,15 @@ def _rows(model_dir):
 
 def _slurm_step(tasks):
     """What srun sets for a step of `tasks` tasks on this one node."""
-    return [{"SLURM_PROCID": str(i), "SLURM_STEP_NUM_TASKS": str(tasks),
-             "SLURM_STEP_NODELIST": "localhost",
-             "SLURM_STEP_TASKS_PER_NODE": str(tasks)} for i in range(tasks)]
+    return [
+        {
+            "SLURM_PROCID": str(i),
+            "SLURM_STEP_NUM_TASKS": str(tasks),
+            "SLURM_STEP_NODELIST": "localhost",
+            "SLURM_STEP_TASKS_PER_NODE": str(tasks),
+        }
+        for i in range(tasks)
+    ]
 
 
 def _ports_free(*ports):
@@ -55,7 +70,8 @@ def _two_workers(tmp_path, name, attempt=0, slurm=False):
     logs.mkdir(parents=True)
     envs = _slurm_step(2) if slurm else cluster.cluster_envs({"worker": 2})
     procs = cluster.start_script(
-        "train", [f"--model_dir={tmp_path / name}", *ARGS], envs, logs)
+        "train", [f"--model_dir={tmp_path / name}", *ARGS], envs, logs
+    )
     return procs, logs
 
 
@@ -76,8 +92,11 @@ def single(tmp_path_factory):
     """The same flags and global batch in one process."""
     tmp_path = tmp_path_factory.mktemp("single")
     [proc] = cluster.start_script(
-        "train", [f"--model_dir={tmp_path / 'run'}", "--strategy=default", *ARGS],
-        [{}], tmp_path)
+        "train",
+        [f"--model_dir={tmp_path / 'run'}", "--strategy=default", *ARGS],
+        [{}],
+        tmp_path,
+    )
     codes, outputs = cluster.wait_all([proc], tmp_path, TIMEOUT)
     assert codes == [0], outputs
     return tmp_path / "run"
@@ -95,12 +114,22 @@ def test_train_py_on_two_workers_matches_one_process(whole, single):
     assert "# tfopt report" in outputs[0] and "# tfopt report" not in outputs[1]
     assert "worker 1 done; the chief wrote the report to" in outputs[1]
     assert sorted(p.name for p in model_dir.iterdir()) == [
-        "checkpoints", "config.json", "export", "logs", "report.json",
-        "report.md", "report.png"]
+        "checkpoints",
+        "config.json",
+        "export",
+        "logs",
+        "report.json",
+        "report.md",
+        "report.png",
+    ]
     report, rows = _rows(model_dir)
     env = report["environment"]
     assert (env["strategy"], env["replicas"], env["workers"], env["task"]) == (
-        "multi_worker", 2, 2, "worker 0")
+        "multi_worker",
+        2,
+        2,
+        "worker 0",
+    )
     assert set(env["stage_seconds"]) >= {"teacher", "distilled", "qat", "total"}
     assert env["command"].startswith("scripts/train.py --model_dir=")
     assert env["versions"]["tfopt"] == tfopt.__version__
@@ -114,7 +143,8 @@ def test_train_py_on_two_workers_matches_one_process(whole, single):
     assert rows.keys() == single_rows.keys()
     for name, row in rows.items():
         assert abs(row["accuracy"] - single_rows[name]["accuracy"]) <= (
-            1 / test_size + 1e-9), name
+            1 / test_size + 1e-9
+        ), name
         assert row["nonzero_params"] == single_rows[name]["nonzero_params"], name
     # Adam divides each update by the gradient's running RMS: where a
     # gradient is near zero, a ~1e-7 rounding difference changes a whole
@@ -134,7 +164,8 @@ def test_a_lost_worker_stops_the_other_and_both_resume(whole, tmp_path, victim):
     deadline = time.monotonic() + TIMEOUT
     while not index.exists():
         assert time.monotonic() < deadline and procs[0].poll() is None, (
-            "no distilled-stage checkpoint appeared")
+            "no distilled-stage checkpoint appeared"
+        )
         time.sleep(0.1)
     # Worker 0 is the chief, which also hosts the coordination service.
     procs[victim].send_signal(signal.SIGKILL)
@@ -146,8 +177,9 @@ def test_a_lost_worker_stops_the_other_and_both_resume(whole, tmp_path, victim):
     assert re.search(
         rf"error: lost worker task {victim} at 127\.0\.0\.1:\d+ of this 2-worker "
         rf"cluster \(\w+Error\); this is worker {survivor}\. Re-run the same "
-        "command on every worker to resume", outputs[survivor]), (
-            outputs[survivor][-3000:])
+        "command on every worker to resume",
+        outputs[survivor],
+    ), outputs[survivor][-3000:]
     assert not (tmp_path / "run" / "report.json").exists()
 
     procs, logs = _two_workers(tmp_path, "run", attempt=1)
@@ -180,33 +212,49 @@ def test_all_workers_stop_together_when_one_cannot_run(tmp_path, case):
     logs = tmp_path / "logs"
     logs.mkdir()
     procs = cluster.start_script(
-        "train", [f"--model_dir={model_dir}", *ARGS, *args], cluster.cluster_envs(
-            {"worker": 2}), logs, extra)
+        "train",
+        [f"--model_dir={model_dir}", *ARGS, *args],
+        cluster.cluster_envs({"worker": 2}),
+        logs,
+        extra,
+    )
     start = time.monotonic()
     codes, outputs = cluster.wait_all(procs, logs, 120)
     assert codes == [1, 1], outputs
     assert time.monotonic() - start < 60
     if case == "other_flags":
         for output in outputs:
-            assert ("error: the workers were started with different flags; start "
-                    "every worker with the same command.") in output
+            assert (
+                "error: the workers were started with different flags; start "
+                "every worker with the same command."
+            ) in output
     elif case == "batch":
         for output in outputs:
             assert "error: --batch_size=4000 must be at most the 1295" in output
     else:
         assert "holds a run with other flags" in outputs[0]
-        assert ("error: a worker refused the run (its log says why, usually the "
-                "chief's about --model_dir)") in outputs[1]
+        assert (
+            "error: a worker refused the run (its log says why, usually the "
+            "chief's about --model_dir)"
+        ) in outputs[1]
         assert (model_dir / "config.json").read_text() == '{"other": "run"}'
         assert (model_dir / "workertemp_1" / "notes.txt").read_text() == "keep"
     # Nothing was written unless every worker could run.
     assert case == "chief_refuses" or not model_dir.exists()
 
 
-K3_ARGS = ["--keras=3", "--dataset=digits", "--teacher=train",
-           "--teacher_model=tfmot_mnist", "--prune", "--sparsity_m_by_n=2:4",
-           "--epochs=2", "--teacher_epochs=1", "--batch_size=32",
-           "--export=tflite,tflite_int8"]
+K3_ARGS = [
+    "--keras=3",
+    "--dataset=digits",
+    "--teacher=train",
+    "--teacher_model=tfmot_mnist",
+    "--prune",
+    "--sparsity_m_by_n=2:4",
+    "--epochs=2",
+    "--teacher_epochs=1",
+    "--batch_size=32",
+    "--export=tflite,tflite_int8",
+]
 
 
 @pytest.mark.slow
@@ -216,15 +264,20 @@ def test_keras3_train_py_on_two_workers_matches_one_process(tmp_path):
     # As on a user's machine: this test process set TF_USE_LEGACY_KERAS=1
     # (it uses tf_keras), which would make TensorFlow load tf_keras itself.
     plain = {"TF_USE_LEGACY_KERAS": "0"}
-    procs = cluster.start_script("train", [f"--model_dir={tmp_path / 'two'}",
-                                           *K3_ARGS],
-                                 [{**env, **plain} for env in
-                                  cluster.cluster_envs({"worker": 2})], logs)
+    procs = cluster.start_script(
+        "train",
+        [f"--model_dir={tmp_path / 'two'}", *K3_ARGS],
+        [{**env, **plain} for env in cluster.cluster_envs({"worker": 2})],
+        logs,
+    )
     codes, outputs = cluster.wait_all(procs, logs, TIMEOUT)
     assert codes == [0, 0], outputs
-    [proc] = cluster.start_script("train", [f"--model_dir={tmp_path / 'one'}",
-                                            "--strategy=default", *K3_ARGS],
-                                  [plain], tmp_path)
+    [proc] = cluster.start_script(
+        "train",
+        [f"--model_dir={tmp_path / 'one'}", "--strategy=default", *K3_ARGS],
+        [plain],
+        tmp_path,
+    )
     codes, single = cluster.wait_all([proc], tmp_path, TIMEOUT)
     assert codes == [0], single
     digests = [_digests(out) for out in outputs]
@@ -233,7 +286,9 @@ def test_keras3_train_py_on_two_workers_matches_one_process(tmp_path):
     assert "worker 1 done; the chief wrote the report to" in outputs[1]
     report, rows = _rows(tmp_path / "two")
     assert (report["environment"]["workers"], list(rows)) == (
-        2, ["teacher", "distilled+pruned", "tflite", "tflite_int8"])
+        2,
+        ["teacher", "distilled+pruned", "tflite", "tflite_int8"],
+    )
     # A Keras 3 run loads neither tf_keras nor TFMOT.
     assert {"tf_keras", "tfmot"}.isdisjoint(report["environment"]["versions"])
     _, one = _rows(tmp_path / "one")
@@ -267,9 +322,11 @@ def test_readme_device_pattern_works_in_either_order(order):
     results = cluster.run_workers(readme_pattern, order)
     for multi, replicas, _, late in results:
         assert (multi, replicas) == (True, 2)
-        assert late.startswith("configure_devices must run before TensorFlow's "
-                               "first op (before building a model, a data set or "
-                               "a strategy)")
+        assert late.startswith(
+            "configure_devices must run before TensorFlow's "
+            "first op (before building a model, a data set or "
+            "a strategy)"
+        )
     for a, b in zip(results[0][2], results[1][2], strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -291,26 +348,38 @@ def test_logged_metrics_equal_on_one_process_two_replicas_two_workers(mirrored):
                 values = list(values.values()) if key == "evaluate" else values
                 theirs = other[name][key]
                 theirs = list(theirs.values()) if key == "evaluate" else theirs
-                assert all(_close(a, b) for a, b in zip(values, theirs, strict=True)
-                           ), (name, key, values, theirs)
+                assert all(_close(a, b) for a, b in zip(values, theirs, strict=True)), (
+                    name,
+                    key,
+                    values,
+                    theirs,
+                )
     assert {"student_loss", "distillation_loss", "val_student_loss"} <= set(
-        single["distiller"])
+        single["distiller"]
+    )
     assert "sparsity" in single["pruned"]
     assert single["channels"]["sparsity"][-1] == 0.5
 
 
 def test_a_lost_task_is_named_with_its_address_or_as_a_peer():
-    from tfopt import _lockstep, distribute
+    from tfopt import distribute
+    from tfopt.job import lockstep
 
-    me = distribute.WorkerInfo("worker", 1, False, 2,
-                               {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]})
+    me = distribute.WorkerInfo(
+        "worker", 1, False, 2, {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]}
+    )
     err = tf.errors.UnavailableError(
-        None, None, "Collective ops is aborted by: /job:worker/replica:0/task:1 "
-        "and /job:worker/replica:0/task:0 is down")
-    assert _lockstep.lost_task(err, me) == (
+        None,
+        None,
+        "Collective ops is aborted by: /job:worker/replica:0/task:1 "
+        "and /job:worker/replica:0/task:0 is down",
+    )
+    assert lockstep.lost_task(err, me) == (
         "lost worker task 0 at 10.0.0.1:2222 of this 2-worker cluster "
         "(UnavailableError); this is worker 1. Re-run the same command on every "
-        "worker to resume from the last finished epoch.")
+        "worker to resume from the last finished epoch."
+    )
     silent = tf.errors.CancelledError(None, None, "the step was cancelled")
-    assert _lockstep.lost_task(silent, me).startswith(
-        "lost a peer of this 2-worker cluster (CancelledError); this is worker 1.")
+    assert lockstep.lost_task(silent, me).startswith(
+        "lost a peer of this 2-worker cluster (CancelledError); this is worker 1."
+    )

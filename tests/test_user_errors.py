@@ -29,39 +29,58 @@ def _subclassed():
 def test_subclassed_models_get_tfopt_errors_in_strip_and_distiller():
     # Once: "clone_function ... only supported for Sequential or Functional"
     # and "The layer has never been called".
-    with pytest.raises(TypeError, match=(
-        r"^`model` must be a Sequential or functional tf_keras model: a "
-        r"subclassed model \(_Subclassed\) hides its layer graph. tfopt.prune "
-        r"makes only functional models")):
+    with pytest.raises(
+        TypeError,
+        match=(
+            r"^`model` must be a Sequential or functional tf_keras model: a "
+            r"subclassed model \(_Subclassed\) hides its layer graph. tfopt.prune "
+            r"makes only functional models"
+        ),
+    ):
         tfopt.strip(_subclassed())
     inputs = keras.Input((4,))
     teacher = keras.Model(inputs, keras.layers.Dense(10)(inputs))
-    with pytest.raises(TypeError, match=(
-        r"^`student` must be a Sequential or functional tf_keras model: a "
-        r"subclassed model \(_Subclassed\) hides its layer graph. The Distiller "
-        r"checks its output shape and taps its layers: wrap it, e.g. "
-        r"keras.Model\(inputs, student\(inputs\)\).")):
+    with pytest.raises(
+        TypeError,
+        match=(
+            r"^`student` must be a Sequential or functional tf_keras model: a "
+            r"subclassed model \(_Subclassed\) hides its layer graph. The Distiller "
+            r"checks its output shape and taps its layers: wrap it, e.g. "
+            r"keras.Model\(inputs, student\(inputs\)\)."
+        ),
+    ):
         tfopt.Distiller(student=_subclassed(), teacher=teacher)
 
 
 def test_keras3_optimizers_losses_and_metrics_are_named_in_compile(keras3):
     model = models.build("tfmot_mnist", (8, 8), 10)
-    distiller = tfopt.Distiller(student=models.build("tfmot_mnist", (8, 8), 10),
-                                teacher=model)
+    distiller = tfopt.Distiller(
+        student=models.build("tfmot_mnist", (8, 8), 10), teacher=model
+    )
     pruned = tfopt.prune(models.build("tfmot_mnist", (8, 8), 10), 0.5)
     for owner in (distiller, pruned):
         # Once: "Could not interpret optimizer identifier".
-        with pytest.raises(TypeError, match=(
-            r"^`optimizer` must be a tf_keras object, not a Keras 3 Adam")):
+        with pytest.raises(
+            TypeError,
+            match=(r"^`optimizer` must be a tf_keras object, not a Keras 3 Adam"),
+        ):
             owner.compile(optimizer=keras3.optimizers.Adam(), loss=LOSS)
-        with pytest.raises(TypeError, match=(
-            r"^`loss` must be a tf_keras object, not a Keras 3 "
-            r"SparseCategoricalCrossentropy")):
-            owner.compile(optimizer="adam",
-                          loss=keras3.losses.SparseCategoricalCrossentropy())
+        with pytest.raises(
+            TypeError,
+            match=(
+                r"^`loss` must be a tf_keras object, not a Keras 3 "
+                r"SparseCategoricalCrossentropy"
+            ),
+        ):
+            owner.compile(
+                optimizer="adam", loss=keras3.losses.SparseCategoricalCrossentropy()
+            )
         with pytest.raises(TypeError, match=r"^`metrics` must be a tf_keras object"):
-            owner.compile(optimizer="adam", loss=LOSS,
-                          metrics=[keras3.metrics.SparseCategoricalAccuracy()])
+            owner.compile(
+                optimizer="adam",
+                loss=LOSS,
+                metrics=[keras3.metrics.SparseCategoricalAccuracy()],
+            )
 
 
 def test_a_truncated_keras_file_is_named(tmp_path):
@@ -73,9 +92,13 @@ def test_a_truncated_keras_file_is_named(tmp_path):
     with open(cut, "wb") as file:
         file.write(data[: len(data) // 2])
     # Once: "Unable to synchronously open file (file signature not found)".
-    with pytest.raises(OSError, match=(
-        rf"^'{cut}' is truncated or not a Keras file \(neither a .keras archive "
-        r"nor an HDF5 file\); an interrupted save or copy leaves such a file.")):
+    with pytest.raises(
+        OSError,
+        match=(
+            rf"^'{cut}' is truncated or not a Keras file \(neither a .keras archive "
+            r"nor an HDF5 file\); an interrupted save or copy leaves such a file."
+        ),
+    ):
         tfopt.load_model(cut)
 
 
@@ -96,8 +119,10 @@ def test_a_corrupt_tflite_file_is_named(tmp_path, digits):
     path = str(tmp_path / "bad.tflite")
     with open(path, "wb") as file:
         file.write(b"not a flatbuffer" * 64)
-    message = (rf"^`model` is not a readable .tflite file \(.*\): '{path}' is "
-               r"truncated or holds something else.")
+    message = (
+        rf"^`model` is not a readable .tflite file \(.*\): '{path}' is "
+        r"truncated or holds something else."
+    )
     with pytest.raises(ValueError, match=message):
         tfopt.evaluate_tflite(path, digits.test)
     with pytest.raises(ValueError, match=message):

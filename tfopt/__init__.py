@@ -1,37 +1,58 @@
 """tfopt: prune, distill and quantize Keras models while they train.
 
-The names that take a model serve tf_keras models (through TFMOT) and Keras
-3 models (tfopt's own path) alike: `_front` picks by the model given.
+The public names take tf_keras models (through TFMOT) and Keras 3 models
+(tfopt's own code) alike and pick the implementation by the model given:
 
-The public names load on first use (PEP 562), so `tfopt.config` and
-`tfopt.flags` (what a script needs to parse and check its flags) import
-without TensorFlow: a mistyped flag is answered before TensorFlow's
-seconds-long import.
+    tfopt/
+      core/     no Keras: schedules, layer choice, sparsity, TFLite files,
+                distillation losses, vocabularies, which Keras (`kerases`)
+      keras2/   tf_keras through TFMOT        keras3/  Keras 3, tfopt's own
+      pruning, distillation, quantization, export   the public front
+      distribute, devices, data, models, callbacks
+      job/      the main job: config, flags, pipeline, report
+
+(`docs/architecture.md` has the whole map.) The public names load on first
+use (PEP 562), so `tfopt.job.config` and `tfopt.job.flags` (what a script
+needs to parse and check its flags) import without TensorFlow, and a Keras 3
+program never loads tf_keras or TFMOT.
 """
 
 import importlib
 
 __version__ = "0.1.0"
 
-_MODULES = ("data", "devices", "distillation", "distribute", "export", "models",
-            "pruning", "quantization")
+_MODULES = (
+    "callbacks",
+    "core",
+    "data",
+    "devices",
+    "distillation",
+    "distribute",
+    "export",
+    "job",
+    "keras2",
+    "keras3",
+    "models",
+    "pruning",
+    "quantization",
+)
 # Public name -> (module, attribute).
 _NAMES = {
-    "keras": ("tfopt._keras", "keras"),
+    "keras": ("tfopt.keras2.binding", "keras"),
     "configure_devices": ("tfopt.devices", "configure_devices"),
-    "DistillationSchedule": ("tfopt._front", "DistillationSchedule"),
-    "Distiller": ("tfopt._front", "Distiller"),
+    "DistillationSchedule": ("tfopt.distillation", "DistillationSchedule"),
+    "Distiller": ("tfopt.distillation", "Distiller"),
     "get_strategy": ("tfopt.distribute", "get_strategy"),
-    "evaluate_tflite": ("tfopt._tflite", "evaluate_tflite"),
-    "export_saved_model": ("tfopt._front", "export_saved_model"),
-    "export_tflite": ("tfopt._front", "export_tflite"),
-    "load_model": ("tfopt._front", "load_model"),
-    "PruningCallback": ("tfopt._front", "PruningCallback"),
-    "prune": ("tfopt._front", "prune"),
-    "sparsity_report": ("tfopt._front", "sparsity_report"),
-    "strip": ("tfopt._front", "strip"),
-    "quantize": ("tfopt._front", "quantize"),
-    "shrink": ("tfopt._front", "shrink"),
+    "evaluate_tflite": ("tfopt.export", "evaluate_tflite"),
+    "export_saved_model": ("tfopt.export", "export_saved_model"),
+    "export_tflite": ("tfopt.export", "export_tflite"),
+    "load_model": ("tfopt.export", "load_model"),
+    "PruningCallback": ("tfopt.pruning", "PruningCallback"),
+    "prune": ("tfopt.pruning", "prune"),
+    "sparsity_report": ("tfopt.pruning", "sparsity_report"),
+    "strip": ("tfopt.pruning", "strip"),
+    "quantize": ("tfopt.quantization", "quantize"),
+    "shrink": ("tfopt.pruning", "shrink"),
 }
 
 __all__ = ["__version__", *_MODULES, *_NAMES]
@@ -43,6 +64,8 @@ def __getattr__(name):
     elif name in _NAMES:
         module, attribute = _NAMES[name]
         value = getattr(importlib.import_module(module), attribute)
+    elif name in ("config", "flags", "pipeline", "report"):  # old paths
+        value = importlib.import_module(f"tfopt.job.{name}")
     else:
         raise AttributeError(f"module 'tfopt' has no attribute {name!r}")
     globals()[name] = value  # later lookups skip this function

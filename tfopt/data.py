@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from tfopt import _checks
+from tfopt.core import checks
 
 BUNDLED = ("digits", "mnist5k")
 # Data sets without an official test split hold out this fraction of each
@@ -154,8 +154,10 @@ def _load_arrays(name, batch_size, validation_fraction, seed, drop_remainder):
     if x_test is None:
         train_idx, test_idx = _stratified_split(y_train, TEST_FRACTION, rng)
         x_train, y_train, x_test, y_test = (
-            x_train[train_idx], y_train[train_idx],
-            x_train[test_idx], y_train[test_idx],
+            x_train[train_idx],
+            y_train[train_idx],
+            x_train[test_idx],
+            y_train[test_idx],
         )
     train_idx, val_idx = _stratified_split(y_train, validation_fraction, rng)
     y_test = np.asarray(y_test).reshape(-1)
@@ -164,13 +166,14 @@ def _load_arrays(name, batch_size, validation_fraction, seed, drop_remainder):
 
     def pipe(x, y, shuffle_seed):
         return _batched(
-            _from_arrays(x, y), batch_size, shuffle_seed=shuffle_seed,
-            drop_remainder=drop_remainder, size=len(y),
+            _from_arrays(x, y),
+            batch_size,
+            shuffle_seed=shuffle_seed,
+            drop_remainder=drop_remainder,
+            size=len(y),
         )
 
-    info = DatasetInfo(
-        name, tuple(x_train.shape[1:]), int(y_train.max()) + 1, *sizes
-    )
+    info = DatasetInfo(name, tuple(x_train.shape[1:]), int(y_train.max()) + 1, *sizes)
     return Splits(
         pipe(x_train[train_idx], y_train[train_idx], seed),
         pipe(x_train[val_idx], y_train[val_idx], None) if sizes[1] else None,
@@ -201,7 +204,7 @@ def _import_tfds(name):
 
 def _load_tfds(name, batch_size, validation_fraction, seed, drop_remainder):
     tfds = _import_tfds(name)
-    dataset_name = name[len(_TFDS_PREFIX):]
+    dataset_name = name[len(_TFDS_PREFIX) :]
     try:
         builder = tfds.builder(dataset_name)
     except tfds.core.registered.DatasetNotFoundError as err:
@@ -251,14 +254,19 @@ def _load_tfds(name, batch_size, validation_fraction, seed, drop_remainder):
         dataset = builder.as_dataset(split=split, as_supervised=True)
         dataset = dataset.map(scale, num_parallel_calls=tf.data.AUTOTUNE)
         return _batched(
-            dataset, batch_size, shuffle_seed=shuffle_seed,
-            drop_remainder=drop_remainder, size=size,
+            dataset,
+            batch_size,
+            shuffle_seed=shuffle_seed,
+            drop_remainder=drop_remainder,
+            size=size,
         )
 
     shape = tuple(meta.features[image_key].shape)
     info = DatasetInfo(
-        name, shape if len(shape) == 3 else (*shape, 1),
-        int(meta.features[label_key].num_classes), *sizes,
+        name,
+        shape if len(shape) == 3 else (*shape, 1),
+        int(meta.features[label_key].num_classes),
+        *sizes,
     )
     return Splits(
         pipe(f"train[:{sizes[0]}]", sizes[0], seed),
@@ -268,8 +276,7 @@ def _load_tfds(name, batch_size, validation_fraction, seed, drop_remainder):
     )
 
 
-def load(name, *, batch_size, validation_fraction=0.1, seed=0,
-         drop_remainder=False):
+def load(name, *, batch_size, validation_fraction=0.1, seed=0, drop_remainder=False):
     """Loads a named data set as batched train/validation/test pipelines.
 
     Images are float32 in [0, 1] with a channel axis; labels are int32 class
@@ -309,18 +316,21 @@ def load(name, *, batch_size, validation_fraction=0.1, seed=0,
     >>> info.input_shape, info.num_classes
     ((8, 8, 1), 10)
     """
-    is_tfds = isinstance(name, str) and name.startswith(_TFDS_PREFIX) and (
-        len(name) > len(_TFDS_PREFIX))
+    is_tfds = (
+        isinstance(name, str)
+        and name.startswith(_TFDS_PREFIX)
+        and (len(name) > len(_TFDS_PREFIX))
+    )
     if not is_tfds:
-        _checks.check_name(name, "name", NAMES)
-    _checks.check_int(batch_size, "batch_size", minimum=1)
-    _checks.check_real(validation_fraction, "validation_fraction")
+        checks.check_name(name, "name", NAMES)
+    checks.check_int(batch_size, "batch_size", minimum=1)
+    checks.check_real(validation_fraction, "validation_fraction")
     if not 0 <= validation_fraction < 1:
         raise ValueError(
             "`validation_fraction` must be in [0, 1). "
             f"Received: validation_fraction={validation_fraction!r}"
         )
-    _checks.check_int(seed, "seed", minimum=0)
-    _checks.check_bool(drop_remainder, "drop_remainder")
+    checks.check_int(seed, "seed", minimum=0)
+    checks.check_bool(drop_remainder, "drop_remainder")
     loader = _load_arrays if name in _LOADERS else _load_tfds
     return loader(name, batch_size, validation_fraction, seed, drop_remainder)

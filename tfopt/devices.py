@@ -19,10 +19,10 @@ from typing import NamedTuple
 import tensorflow as tf
 from absl import logging
 
-from tfopt import _checks, config
+from tfopt.core import checks, vocab
 
 # Keras policy names accepted for `mixed_precision`.
-PRECISIONS = config.PRECISIONS
+PRECISIONS = vocab.PRECISIONS
 _GROWTH_ENV = "TF_FORCE_GPU_ALLOW_GROWTH"
 
 
@@ -42,11 +42,12 @@ def _env_growth():
     return {"true": True, "false": False}.get(os.environ.get(_GROWTH_ENV))
 
 
-def _validate(memory_growth, memory_limit_mb, visible_gpus, logical_cpus,
-              mixed_precision):
-    _checks.check_bool(memory_growth, "memory_growth", optional=True)
-    _checks.check_int(memory_limit_mb, "memory_limit_mb", minimum=1, optional=True)
-    _checks.check_int(logical_cpus, "logical_cpus", minimum=1, optional=True)
+def _validate(
+    memory_growth, memory_limit_mb, visible_gpus, logical_cpus, mixed_precision
+):
+    checks.check_bool(memory_growth, "memory_growth", optional=True)
+    checks.check_int(memory_limit_mb, "memory_limit_mb", minimum=1, optional=True)
+    checks.check_int(logical_cpus, "logical_cpus", minimum=1, optional=True)
     if memory_growth and memory_limit_mb is not None:
         raise ValueError(
             "`memory_growth` and `memory_limit_mb` are exclusive: a hard "
@@ -62,7 +63,7 @@ def _validate(memory_growth, memory_limit_mb, visible_gpus, logical_cpus,
         )
     if visible_gpus is not None:
         if not isinstance(visible_gpus, (list, tuple)) or not all(
-            _checks.is_int(i) for i in visible_gpus
+            checks.is_int(i) for i in visible_gpus
         ):
             raise TypeError(
                 "`visible_gpus` must be a list of GPU indices or None. "
@@ -75,8 +76,7 @@ def _validate(memory_growth, memory_limit_mb, visible_gpus, logical_cpus,
                 "`visible_gpus` must hold distinct indices >= 0. "
                 f"Received: visible_gpus={visible_gpus!r}"
             )
-    _checks.check_choice(mixed_precision, "mixed_precision", PRECISIONS,
-                         optional=True)
+    checks.check_choice(mixed_precision, "mixed_precision", PRECISIONS, optional=True)
 
 
 def _configure_gpus(gpus, growth, memory_limit_mb, visible_gpus):
@@ -93,8 +93,9 @@ def _configure_gpus(gpus, growth, memory_limit_mb, visible_gpus):
         gpus = wanted
     for gpu in gpus:
         if memory_limit_mb is not None:
-            wanted = [tf.config.LogicalDeviceConfiguration(
-                memory_limit=memory_limit_mb)]
+            wanted = [
+                tf.config.LogicalDeviceConfiguration(memory_limit=memory_limit_mb)
+            ]
             if tf.config.get_logical_device_configuration(gpu) != wanted:
                 tf.config.set_logical_device_configuration(gpu, wanted)
         elif tf.config.experimental.get_memory_growth(gpu) != growth:
@@ -118,8 +119,10 @@ def _logical_names(gpus):
     cpus = len(tf.config.get_logical_device_configuration(cpu) or [None])
     names = [f"/device:CPU:{i}" for i in range(cpus)]
     if gpus:
-        count = sum(len(tf.config.get_logical_device_configuration(gpu) or [None])
-                    for gpu in tf.config.get_visible_devices("GPU"))
+        count = sum(
+            len(tf.config.get_logical_device_configuration(gpu) or [None])
+            for gpu in tf.config.get_visible_devices("GPU")
+        )
         names += [f"/device:GPU:{i}" for i in range(count)]
     return tuple(names)
 
@@ -148,9 +151,14 @@ def _policy():
     return requested_policy or "float32"
 
 
-def configure_devices(*, memory_growth=None, memory_limit_mb=None,
-                      visible_gpus=None, logical_cpus=None,
-                      mixed_precision=None):
+def configure_devices(
+    *,
+    memory_growth=None,
+    memory_limit_mb=None,
+    visible_gpus=None,
+    logical_cpus=None,
+    mixed_precision=None,
+):
     """Configures GPUs, logical CPUs and the Keras precision policy.
 
     Call it first: before any TensorFlow op, model or data set. It does not
@@ -193,8 +201,9 @@ def configure_devices(*, memory_growth=None, memory_limit_mb=None,
     >>> len([d for d in config.logical_devices if "CPU" in d])
     2
     """
-    _validate(memory_growth, memory_limit_mb, visible_gpus, logical_cpus,
-              mixed_precision)
+    _validate(
+        memory_growth, memory_limit_mb, visible_gpus, logical_cpus, mixed_precision
+    )
     growth = memory_growth
     if growth is None:
         env = _env_growth()
@@ -204,8 +213,10 @@ def configure_devices(*, memory_growth=None, memory_limit_mb=None,
         if gpus:
             _configure_gpus(gpus, growth, memory_limit_mb, visible_gpus)
         elif memory_limit_mb is not None or visible_gpus:
-            logging.info("configure_devices: no GPU present; GPU settings "
-                         "(memory_limit_mb, visible_gpus) skipped.")
+            logging.info(
+                "configure_devices: no GPU present; GPU settings "
+                "(memory_limit_mb, visible_gpus) skipped."
+            )
         if logical_cpus is not None:
             _configure_cpus(logical_cpus)
     except RuntimeError as err:

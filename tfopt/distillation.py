@@ -1,34 +1,33 @@
-"""Teacher–student distillation that stays right under every strategy.
+"""Teacher–student distillation, for tf_keras and Keras 3 models alike.
 
-`Distiller` is a tf_keras `Model` whose `train_step` runs the teacher in
-inference mode outside the gradient tape, the student once in training mode,
-and reduces every per-example loss by the global batch size (and the
-student's regularization losses by the replica count), so the same global
-batch gives the same student on one replica or many. `evaluate`, `predict`,
-`save` and the `tfopt.export_*` functions see the student alone.
+`Distiller(student=..., teacher=...)` makes the Distiller of the student's
+Keras: `tfopt.keras2.distillation.Distiller` (a tf_keras `Model`) or
+`tfopt.keras3.distillation.Distiller` (a Keras 3 `Model`), with the same
+arguments, losses and guarantees (`tfopt.core.distill`); `isinstance(x,
+tfopt.Distiller)` holds for both. `DistillationSchedule` is one callback
+for either.
 """
 
-import tensorflow as tf
+import abc
 
-from tfopt import _distill, _keras, _selection, pruning
-from tfopt._keras import keras
-
-DISTILLATION_LOSSES = _distill.DISTILLATION_LOSSES
+from tfopt import callbacks
+from tfopt.core import distill, vocab
+from tfopt.core.kerases import Keras
 
 __all__ = ["DISTILLATION_LOSSES", "DistillationSchedule", "Distiller"]
 
-
-def per_example(loss):
-    """A per-example version of the compiled hard-label `loss`."""
-    loss = keras.losses.get(loss)
-    if isinstance(loss, keras.losses.Loss):
-        config = {**loss.get_config(), "reduction": "none"}
-        return loss.__class__.from_config(config)
-    return loss
+DISTILLATION_LOSSES = vocab.DISTILLATION_LOSSES
 
 
-@keras.utils.register_keras_serializable(package="tfopt")
-class Distiller(_distill.DistillerSteps, keras.Model):
+def _implementation(keras):
+    if keras is Keras.KERAS3:
+        from tfopt.keras3.distillation import Distiller
+    else:
+        from tfopt.keras2.distillation import Distiller
+    return Distiller
+
+
+class Distiller(abc.ABC):  # noqa: B024 (a front, never subclassed)
     """Trains `student` to match `teacher` and the labels.
 
     Loss = `alpha * hard + (1 - alpha) * T^2 * soft` (+ the weighted feature
@@ -37,156 +36,62 @@ class Distiller(_distill.DistillerSteps, keras.Model):
     teacher and student logits at temperature T. Every per-example term is
     averaged over the global batch, so results do not depend on the number
     of replicas. The teacher runs with `training=False` outside the gradient
-    tape and its variables are not trained (the model itself is left as it
-    is: still trainable if it was); the student runs once with
+    tape and its variables are not trained; the student runs once with
     `training=True`, so a pruned student's step advances once per batch.
-    `evaluate` (and validation) compute the same loss, with the student in
-    inference mode; `student_loss` and `distillation_loss` are its parts.
+    `evaluate` computes the same loss with the student in inference mode;
+    `save` and the `tfopt.export_*` functions see the student alone.
+
+    Calling `Distiller(...)` returns the Distiller of `student`'s Keras (see
+    the module docstring); its arguments are those of
+    `tfopt.keras2.distillation.Distiller`.
 
     Args:
-        student: The tf_keras model to train (plain, pruned or QAT), with
-            trainable variables. Keyword-only, as is `teacher`.
-        teacher: A built tf_keras model with the same output shape; it may
-            be the model `student` was pruned from.
+        student: The model to train (plain, pruned or QAT). Keyword-only, as
+            is `teacher`.
+        teacher: A built model of the same Keras, with the same output shape.
         temperature: Softening temperature T, > 0. Defaults to `4.0`.
         alpha: Weight of the hard-label loss, in [0, 1]. Defaults to `0.1`.
-        distillation_loss: One of `_distill.DISTILLATION_LOSSES`: `kl` or `mse`.
+        distillation_loss: One of `DISTILLATION_LOSSES`: `kl` or `mse`.
             Defaults to `kl`.
         features: `(teacher_layer, student_layer, weight)` tuples adding
-            `weight * MSE` between those layers' outputs; a learned 1x1
-            convolution (or Dense) maps the student's channels to the
-            teacher's when they differ. It is not part of the student.
-            Defaults to `None`.
-        cache_teacher: Remember the teacher's logits per input (by a 64-bit
-            fingerprint of the example) and reuse them in later epochs. Valid
-            when the inputs are the same every epoch (no random augmentation);
-            not with `features`. Defaults to `False`.
+            `weight * MSE` between those layers' outputs. Defaults to `None`.
+        cache_teacher: Reuse the teacher's logits per input in later epochs.
+            Defaults to `False`.
         name: The model name. Defaults to `distiller`.
 
     Raises:
-        TypeError, ValueError: For a bad argument, named with its value
-            (models given by position, a student without trainable
-            variables).
-
-    Example:
-
-    >>> import tfopt
-    >>> from tfopt import keras
-    >>> train, val, test, info = tfopt.data.load("digits", batch_size=64)
-    >>> teacher = tfopt.models.build("teacher_cnn", info.input_shape, 10)
-    >>> student = tfopt.models.build("student_cnn", info.input_shape, 10)
-    >>> distiller = tfopt.Distiller(student=student, teacher=teacher,
-    ...                             temperature=4.0, alpha=0.1)
-    >>> distiller.compile(optimizer="adam", metrics=["accuracy"],
-    ...     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    >>> sorted(distiller.fit(train, epochs=1, verbose=0).history)
-    ['accuracy', 'distillation_loss', 'loss', 'student_loss']
+        TypeError, ValueError: For a bad argument, named with its value.
     """
 
-    distribute_reduction_method = _keras.SYNCED_LOGS
-
-    def __init__(self, *args, student=None, teacher=None, temperature=4.0,
-                 alpha=0.1, distillation_loss="kl", features=None,
-                 cache_teacher=False, name="distiller"):
-        if args:
-            # Keras 3's keras.distillation.Distiller takes the teacher first:
-            # a positional order would be read both ways.
-            raise TypeError(
-                "Distiller takes its models as keywords: Distiller(student=..., "
-                f"teacher=...). Received: {len(args)} positional argument(s)")
-        for arg, model in (("student", student), ("teacher", teacher)):
-            _keras.check_model(model, arg)
-            _selection.check_graph_model(model, "distillation", arg, hint=(
-                "The Distiller checks its output shape and taps its layers: "
-                f"wrap it, e.g. keras.Model(inputs, {arg}(inputs))."))
-        if _keras.frozen(student):
-            raise ValueError(_keras.frozen_message(
-                student, "student", "distilling into it would train nothing"))
-        if tuple(student.output_shape) != tuple(teacher.output_shape):
-            raise ValueError(
-                "`student` and `teacher` must produce the same output shape. "
-                f"Received: student output {student.output_shape}, teacher "
-                f"output {teacher.output_shape}")
-        taps = _distill.check_settings(student, teacher, temperature, alpha,
-                                       distillation_loss, features, cache_teacher)
-        super().__init__(name=name)
-        self._distill_set_up(keras, student, teacher, temperature, alpha,
-                     distillation_loss, features, taps, cache_teacher,
-                     teacher.output_shape[-1])
-
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
-        """Compiles with the student's hard-label `loss` and `metrics`.
-
-        Other keyword arguments go to `keras.Model.compile`.
-        """
-        if loss is None:
-            raise ValueError(
-                "`loss` must be the student's hard-label loss, e.g. "
-                "keras.losses.SparseCategoricalCrossentropy(from_logits=True). "
-                "Received: loss=None")
-        _keras.check_compile(optimizer, loss, metrics)
-        self._hard_loss = per_example(loss)
-        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
-
-    @property
-    def metrics(self):
-        # Keras resets these each epoch; the trackers are also sub-layers, so
-        # super() lists them too.
-        ids = {id(m) for m in self._trackers}
-        return self._trackers + [m for m in super().metrics if id(m) not in ids]
-
-    def call(self, inputs, training=None):
-        return self.student(inputs, training=training)
-
-    def train_step(self, data):
-        pruning.require_callback(self.student, self)
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        teacher_out = self._teacher_outputs(x)
-        with tf.GradientTape() as tape:
-            student_out, loss, values = self._distill_losses(x, y, sample_weight,
-                                                     teacher_out, training=True)
-        self.optimizer.minimize(loss, self._student_variables(), tape=tape)
-        return self._distill_logs(y, sample_weight, student_out, values)
-
-    def test_step(self, data):
-        # The same loss as in training (so `val_loss` compares with `loss`),
-        # with the student in inference mode.
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        student_out, _, values = self._distill_losses(x, y, sample_weight,
-                                              self._teacher_outputs(x),
-                                              training=False)
-        return self._distill_logs(y, sample_weight, student_out, values)
-
-    def _distill_logs(self, y, sample_weight, student_out, values):
-        self._distill_track(values, sample_weight)
-        self.compiled_metrics.update_state(y, student_out[0], sample_weight)
-        return {m.name: m.result() for m in self.metrics}
-
-    def save(self, filepath, *args, **kwargs):
-        """Saves the student alone (what is deployed); see `keras.Model.save`.
-
-        `ModelCheckpoint` goes through here too. `save_weights` and
-        `BackupAndRestore` still checkpoint the whole Distiller for resuming.
-        """
-        return self.student.save(filepath, *args, **kwargs)
-
-    KERAS_VERSION = 2
-    _serialize_model = staticmethod(keras.layers.serialize)
+    def __new__(cls, *args, student=None, **settings):
+        distill.check_keywords(args)
+        return _implementation(Keras.of(student))(student=student, **settings)
 
     @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        config.pop("keras_version", None)
-        student = keras.layers.deserialize(config.pop("student"), custom_objects)
-        teacher = keras.layers.deserialize(config.pop("teacher"), custom_objects)
-        return cls(student=student, teacher=teacher, **config)
+    def __subclasshook__(cls, klass):
+        # Both Kerases' Distillers are instances of this one, without this
+        # module importing either Keras to say so.
+        if cls is Distiller:
+            return (
+                issubclass(klass, distill.DistillerSteps)
+                and getattr(klass, "KERAS", None) is not None
+            )
+        return NotImplemented
+
+    @classmethod
+    def from_config(cls, config):
+        """The Distiller of `get_config()`'s dict, of the Keras that wrote it
+        (its `keras_version`; configs without one are tf_keras ones)."""
+        keras = Keras.from_version(config.get("keras_version"))
+        return _implementation(keras).from_config(config)
 
 
-class DistillationSchedule(_distill.ScheduleHooks, keras.callbacks.Callback):
+class DistillationSchedule(callbacks.Callback):
     """Sets a Distiller's temperature and/or alpha at the start of each epoch.
 
     The values live in variables, so changing them does not retrace the
-    training step. They are added to the epoch logs (`History`).
+    training step. They are added to the epoch logs (`History`). It works
+    in either Keras's `fit`.
 
     Args:
         temperature: A callable `epoch -> T`, or a list (its last value holds
@@ -204,11 +109,50 @@ class DistillationSchedule(_distill.ScheduleHooks, keras.callbacks.Callback):
     ...                                       alpha=lambda epoch: 0.1 * epoch)
     """
 
+    _CHECKS = {"temperature": distill.check_temperature, "alpha": distill.check_alpha}
+
     def __init__(self, temperature=None, alpha=None):
         super().__init__()
-        _distill.check_schedule_specs(temperature, alpha)
+        for arg, spec in (("temperature", temperature), ("alpha", alpha)):
+            if spec is None or callable(spec):
+                continue
+            if not isinstance(spec, (list, tuple)) or not spec:
+                raise TypeError(
+                    f"`{arg}` must be a callable epoch -> value, a non-empty "
+                    f"list, or None. Received: {arg}={spec!r}"
+                )
+            for value in spec:
+                self._CHECKS[arg](value, arg)
         self.temperature = temperature
         self.alpha = alpha
 
-    def _distiller(self):
-        return Distiller
+    def on_train_begin(self, logs=None):
+        if not isinstance(self.model, Distiller):
+            raise TypeError(
+                "DistillationSchedule must be used in Distiller.fit. "
+                f"Received: model={type(self.model).__name__}"
+            )
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for arg in ("temperature", "alpha"):
+            spec = getattr(self, arg)
+            if spec is None:
+                continue
+            value = spec(epoch) if callable(spec) else spec[min(epoch, len(spec) - 1)]
+            self._CHECKS[arg](value, f"{arg} at epoch {epoch}")
+            getattr(self.model, arg).assign(float(value))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["temperature"] = float(self.model.temperature.numpy())
+            logs["alpha"] = float(self.model.alpha.numpy())
+
+
+def __getattr__(name):
+    # The tf_keras names this module held before it served both Kerases.
+    import importlib
+
+    legacy = importlib.import_module("tfopt.keras2.distillation")
+    if name.startswith("__") or not hasattr(legacy, name):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(legacy, name)

@@ -17,13 +17,24 @@ from typing import NamedTuple
 import tensorflow as tf
 from absl import logging
 
-from tfopt import _checks, _cluster, config
-from tfopt._cluster import run_server, tf_config
+from tfopt.core import checks, vocab
+from tfopt.core import cluster as _cluster
+from tfopt.core.cluster import run_server, tf_config
 
-__all__ = ["ALL_REDUCE", "COMMUNICATION", "NAMES", "WorkerInfo", "get_strategy",
-           "keras3_multi_worker",
-           "global_batch_size", "resolve_name", "run_server",
-           "scale_learning_rate", "tf_config", "worker_info"]
+__all__ = [
+    "ALL_REDUCE",
+    "COMMUNICATION",
+    "NAMES",
+    "WorkerInfo",
+    "get_strategy",
+    "keras3_multi_worker",
+    "global_batch_size",
+    "resolve_name",
+    "run_server",
+    "scale_learning_rate",
+    "tf_config",
+    "worker_info",
+]
 
 ALL_REDUCE = {
     "nccl": tf.distribute.NcclAllReduce,
@@ -70,8 +81,11 @@ def resolve_name(name="auto", *, tpu=None):
         return "parameter_server", "TF_CONFIG has a 'ps' job"
     workers = _cluster.cluster_workers()
     if workers > 1:
-        return "multi_worker", (f"TF_CONFIG has {workers} workers" if config
-                                else f"SLURM step has {workers} tasks")
+        return "multi_worker", (
+            f"TF_CONFIG has {workers} workers"
+            if config
+            else f"SLURM step has {workers} tasks"
+        )
     gpus = _num_gpus()
     if gpus > 1:
         return "mirrored", f"{gpus} GPUs are visible"
@@ -80,13 +94,16 @@ def resolve_name(name="auto", *, tpu=None):
     return "default", "no TPU, cluster or GPU found"
 
 
-NAMES = config.STRATEGIES
+NAMES = vocab.STRATEGIES
 
 
 def _check_name(name):
-    hint = (" A YAML value of off/no/false reads as False: quote it."
-            if isinstance(name, bool) else "")
-    _checks.check_name(name, "name", NAMES, hint=hint)
+    hint = (
+        " A YAML value of off/no/false reads as False: quote it."
+        if isinstance(name, bool)
+        else ""
+    )
+    checks.check_name(name, "name", NAMES, hint=hint)
 
 
 def _default(**_):
@@ -132,8 +149,10 @@ def _multi_worker(*, communication, **_):
 
 def _parameter_server(**_):
     config = tf_config()
-    if config is None or "ps" not in config["cluster"] or (
-        "worker" not in config["cluster"]
+    if (
+        config is None
+        or "ps" not in config["cluster"]
+        or ("worker" not in config["cluster"])
     ):
         raise ValueError(
             "`name`='parameter_server' needs TF_CONFIG with 'chief', 'worker' "
@@ -185,7 +204,7 @@ def _validate(name, tpu, num_gpus, devices, all_reduce, communication):
             f"grpc://host:port) or None. Received: tpu={tpu!r}"
         )
     if num_gpus is not None:
-        _checks.check_int(num_gpus, "num_gpus", optional=True)
+        checks.check_int(num_gpus, "num_gpus", optional=True)
         present = _num_gpus()
         if not 0 <= num_gpus <= present:
             raise ValueError(
@@ -193,8 +212,10 @@ def _validate(name, tpu, num_gpus, devices, all_reduce, communication):
                 f"Received: num_gpus={num_gpus!r}"
             )
     if devices is not None:
-        if not isinstance(devices, (list, tuple)) or not devices or not all(
-            isinstance(d, str) for d in devices
+        if (
+            not isinstance(devices, (list, tuple))
+            or not devices
+            or not all(isinstance(d, str) for d in devices)
         ):
             raise TypeError(
                 "`devices` must be a non-empty list of device names such as "
@@ -210,21 +231,32 @@ def _validate(name, tpu, num_gpus, devices, all_reduce, communication):
                 "`devices` must name exactly one device for 'one_device'. "
                 f"Received: devices={devices!r}"
             )
-    _checks.check_choice(all_reduce, "all_reduce", ALL_REDUCE, optional=True)
-    _checks.check_choice(communication, "communication", COMMUNICATION,
-                         optional=True)
-    given = {"tpu": tpu, "num_gpus": num_gpus, "devices": devices,
-             "all_reduce": all_reduce, "communication": communication}
+    checks.check_choice(all_reduce, "all_reduce", ALL_REDUCE, optional=True)
+    checks.check_choice(communication, "communication", COMMUNICATION, optional=True)
+    given = {
+        "tpu": tpu,
+        "num_gpus": num_gpus,
+        "devices": devices,
+        "all_reduce": all_reduce,
+        "communication": communication,
+    }
     for arg, value in given.items():
         if value is not None and name != "auto" and name not in _APPLIES[arg]:
             raise ValueError(
-                f"`{arg}` only applies to {_checks.describe(_APPLIES[arg])}, "
+                f"`{arg}` only applies to {checks.describe(_APPLIES[arg])}, "
                 f"not to name={name!r}. Received: {arg}={value!r}"
             )
 
 
-def get_strategy(name="auto", *, tpu=None, num_gpus=None, devices=None,
-                 all_reduce=None, communication=None):
+def get_strategy(
+    name="auto",
+    *,
+    tpu=None,
+    num_gpus=None,
+    devices=None,
+    all_reduce=None,
+    communication=None,
+):
     """Builds (or returns the cached) `tf.distribute.Strategy` for `name`.
 
     One strategy is made per configuration per process and handed back on
@@ -283,11 +315,12 @@ def get_strategy(name="auto", *, tpu=None, num_gpus=None, devices=None,
         # Key by the devices actually used, so that "mirrored" and "mirrored"
         # over the same explicit devices are one strategy, not two.
         devices, num_gpus = _devices(resolved, num_gpus, devices), None
-    key = (resolved, tpu, num_gpus, tuple(devices or ()), all_reduce,
-           communication)
+    key = (resolved, tpu, num_gpus, tuple(devices or ()), all_reduce, communication)
     if key not in _STRATEGIES:
         _STRATEGIES[key] = _BUILDERS[resolved](
-            tpu=tpu, devices=devices, all_reduce=all_reduce,
+            tpu=tpu,
+            devices=devices,
+            all_reduce=all_reduce,
             communication=communication,
         )
     return _STRATEGIES[key]
@@ -330,16 +363,23 @@ def worker_info(strategy):
     _check_strategy(strategy)
     # Only these two span processes; the resolver of any other strategy
     # (MirroredStrategy keeps one) would read a TF_CONFIG it does not use.
-    if not isinstance(strategy, (tf.distribute.MultiWorkerMirroredStrategy,
-                                 tf.distribute.experimental.ParameterServerStrategy)):
+    if not isinstance(
+        strategy,
+        (
+            tf.distribute.MultiWorkerMirroredStrategy,
+            tf.distribute.experimental.ParameterServerStrategy,
+        ),
+    ):
         return WorkerInfo(None, 0, True, 1, {})
     resolver = strategy.cluster_resolver
     spec = resolver.cluster_spec().as_dict()
     task_type, task_id = resolver.task_type, resolver.task_id or 0
     chief = task_type in (None, "chief") or (
-        task_type == "worker" and task_id == 0 and "chief" not in spec)
-    return WorkerInfo(task_type, int(task_id), chief,
-                      max(_cluster.count_workers(spec), 1), spec)
+        task_type == "worker" and task_id == 0 and "chief" not in spec
+    )
+    return WorkerInfo(
+        task_type, int(task_id), chief, max(_cluster.count_workers(spec), 1), spec
+    )
 
 
 def _check_strategy(strategy):
@@ -365,7 +405,7 @@ def global_batch_size(per_replica, strategy):
             strategy.
         ValueError: If `per_replica` is below 1.
     """
-    _checks.check_int(per_replica, "per_replica", minimum=1)
+    checks.check_int(per_replica, "per_replica", minimum=1)
     _check_strategy(strategy)
     return int(per_replica) * strategy.num_replicas_in_sync
 
@@ -388,11 +428,10 @@ def scale_learning_rate(learning_rate, strategy):
             strategy.
         ValueError: If `learning_rate` is not positive.
     """
-    _checks.check_real(learning_rate, "learning_rate")
+    checks.check_real(learning_rate, "learning_rate")
     if not learning_rate > 0:
         raise ValueError(
-            "`learning_rate` must be > 0. "
-            f"Received: learning_rate={learning_rate!r}"
+            f"`learning_rate` must be > 0. Received: learning_rate={learning_rate!r}"
         )
     _check_strategy(strategy)
     return float(learning_rate) * strategy.num_replicas_in_sync
@@ -407,7 +446,7 @@ def keras3_multi_worker(model):
     scalar logs along an axis they lack). tfopt's pruned Keras 3 models and
     Distillers carry this fix already; call it for a plain Keras 3 model
     built in `strategy.scope()`. It changes only `model` (see
-    `tfopt/_k3_fit.py`), and stops being needed when Keras fixes its trainer.
+    `tfopt/fit.py`), and stops being needed when Keras fixes its trainer.
 
     Args:
         model: A Keras 3 model.
@@ -418,8 +457,10 @@ def keras3_multi_worker(model):
     Raises:
         TypeError: If `model` is not a Keras 3 model.
     """
-    from tfopt import _front, _k3_fit
+    from tfopt.core.kerases import Keras
 
-    if _front.world(model) != _front.KERAS3 or not hasattr(model, "fit"):
+    if Keras.of(model) is not Keras.KERAS3 or not hasattr(model, "fit"):
         raise TypeError(f"`model` must be a Keras 3 model. Received: model={model!r}")
-    return _k3_fit.fix(model)
+    from tfopt.keras3 import fit
+
+    return fit.fix(model)

@@ -1,106 +1,91 @@
-"""Exporting and loading tf_keras models: TFLite files (float, dynamic,
-float16, int8), SavedModels, and `load_model` for any tfopt/TFMOT model.
-What TFLite files have in common with Keras 3's (`_k3_export`) is in
-`_tflite`, `evaluate_tflite` and `tflite_ops` included.
+"""Shipping a model, of either Keras: TFLite files, SavedModels, and loading
+what tfopt (or TFMOT, or either Keras) saved.
 
-Every write goes to a temporary file beside the target and is moved into
-place, so a crash never leaves half a file, and an existing file is never
-replaced unless `overwrite=True`.
+`export_tflite` goes to `tfopt.keras2.export` (tf_keras; QAT ranges, sparse
+files) or `tfopt.keras3.export` (Keras 3; built-in ops only), by the model
+given; TFLite files themselves are the same for both (`tfopt.core.tflite`:
+`evaluate_tflite`, `tflite_ops`). `load_model` picks by the file.
+
+The tf_keras names this module held before it served both Kerases are still
+read from `tfopt.keras2.export` for one release; import them from there.
 """
 
+import json
 import os
-import shutil
-import tempfile
 import zipfile
 
-import h5py
-import tensorflow as tf
-import tensorflow_model_optimization as tfmot
-
-from tfopt import (
-    _channel_pruning,  # registers ChannelPrunedModel, for load_model
-    _flatten,
-    _keras,
-    _selection,
-    _tflite,
-    _tfmot,
-    _xnnpack,
-    config,
-    distillation,
-    pruning,
-)
-from tfopt._keras import keras
-from tfopt._tflite import (  # noqa: F401 (the public ones re-exported)
-    QUANTIZATIONS,
+from tfopt.core import tflite, vocab
+from tfopt.core.kerases import Keras, refusal, require, supports
+from tfopt.core.tflite import (
     Exported,
     TFLiteEvaluation,
     TFLiteOps,
-    _check_path,
-    _from_output,
-    _interpreter,
-    _ops_details,
-    _refuse_overwrite,
-    _to_input,
-    _write_atomically,
     disk_sizes,
     evaluate_tflite,
     tflite_ops,
 )
-from tfopt._xnnpack import SparseEligibility
 
-__all__ = ["EXPORTS", "QUANTIZATIONS", "SparseEligibility", "TFLITE_FORMATS",
-           "TFLiteOps", "disk_sizes", "evaluate_tflite", "export_saved_model",
-           "export_tflite", "load_model", "tflite_ops"]
+__all__ = [
+    "EXPORTS",
+    "Exported",
+    "QUANTIZATIONS",
+    "TFLITE_FORMATS",
+    "TFLiteEvaluation",
+    "TFLiteOps",
+    "disk_sizes",
+    "evaluate_tflite",
+    "export_saved_model",
+    "export_tflite",
+    "load_model",
+    "tflite_ops",
+]
 
-# The artifacts the scripts can make: a SavedModel or a TFLite file per
-# quantization (the flag names map to `export_tflite`'s `quantization`).
-TFLITE_FORMATS = {name: form.quantization for name, form in config.EXPORTS.items()
-                  if form.kind == "tflite"}
-EXPORTS = tuple(config.EXPORTS)
-def _deployable(model):
-    """The model to ship: a Distiller's student, without pruning wrappers."""
-    if isinstance(model, distillation.Distiller):
-        model = model.student
-    return pruning.strip(model) if pruning.wrappers(model) else model
+QUANTIZATIONS = vocab.QUANTIZATIONS
+TFLITE_FORMATS = vocab.TFLITE_FORMATS
+EXPORTS = tuple(vocab.EXPORTS)
 
 
-def export_tflite(model, path, *, quantization=None, representative_data=None,
-                  int8_io=False, overwrite=False, sparse=False):
-    """Converts `model` to a TFLite file.
+def export_tflite(
+    model,
+    path,
+    *,
+    quantization=None,
+    representative_data=None,
+    int8_io=False,
+    overwrite=False,
+    sparse=False,
+):
+    """Converts `model` (either Keras) to a TFLite file of built-in ops.
 
-    Pruning wrappers are stripped first. A QAT model (`tfopt.quantize`)
-    converts to int8 with the ranges it learned; a float model needs
-    `representative_data` to calibrate int8.
+    A Distiller exports its student; pruning is stripped first. A tf_keras
+    QAT model (`tfopt.quantize`) converts to int8 with the ranges it
+    learned; a float model needs `representative_data` to calibrate int8.
+    The arguments are those of `tfopt.keras2.export.export_tflite`;
+    `sparse=True` is tf_keras only.
 
     Args:
-        model: A tf_keras model: plain, pruned or quantization-aware.
+        model: A model of either Keras: plain, pruned, distilled or QAT.
         path: The `.tflite` file to write.
         quantization: One of `QUANTIZATIONS`: `None` (float32), `dynamic`,
             `float16` or `int8`. Defaults to `None`.
         representative_data: Batches `x` or `(x, y)` (a `tf.data.Dataset` or a
             callable returning an iterable) to calibrate `int8` on a float
-            model; up to 200 samples are used. Defaults to `None`.
+            model. Defaults to `None`.
         int8_io: Make the input and output tensors int8 too (with `int8`).
             Defaults to `False`.
         overwrite: Replace an existing file. Defaults to `False`.
         sparse: Store weights with at least 30% zeros in TFLite's sparse
-            format (the converter's `EXPERIMENTAL_SPARSITY`), and report
-            whether XNNPACK can run the file with its sparse kernels. They
-            help float32 models on ARM and WebAssembly only: x86 CPUs with
-            AVX turn them off and int8 never uses them, so there the file
-            runs at dense speed (prune channels and `tfopt.shrink` for a
-            faster model). Defaults to `False`.
+            format and report XNNPACK's eligibility (tf_keras). Defaults to
+            `False`.
 
     Returns:
-        `Exported(path, size_bytes, sparse)`; `sparse` is a
-        `SparseEligibility` (eligible, the reasons it is not, the zero
-        fraction of the 1x1 convolutions, the sparse-encoded weights) when
-        `sparse=True`, else None.
+        `Exported(path, size_bytes, sparse)`.
 
     Raises:
         TypeError: For an argument of the wrong type.
         ValueError: For an unknown `quantization`, `int8` on a float model
-            without `representative_data`, or `int8_io` without `int8`.
+            without `representative_data`, `int8_io` without `int8`, or
+            `sparse=True` for a Keras 3 model.
         FileExistsError: If `path` exists and `overwrite` is False.
 
     Example:
@@ -111,83 +96,59 @@ def export_tflite(model, path, *, quantization=None, representative_data=None,
     >>> tfopt.export_tflite(model, path, quantization="dynamic").size_bytes > 0
     True
     """
-    _keras.check_model(model)
-    path = _tflite.check_export(path, quantization, representative_data, int8_io,
-                                sparse)
-    _refuse_overwrite(path, overwrite)
-    model = _deployable(model)
-    qat = _selection.is_quantized(model)
-    if quantization == "int8" and not qat and representative_data is None:
+    keras = Keras.of(model)
+    if sparse is True and not supports(keras, "sparse_export"):
         raise ValueError(
-            "`representative_data` is needed for quantization='int8' of a float "
-            "model, to calibrate its activation ranges: pass a few batches of "
-            "training data, or quantize the model with tfopt.quantize and "
-            "fine-tune it first. Received: representative_data=None")
-    data = _tflite.convert(tf.lite.TFLiteConverter.from_keras_model(model),
-                           quantization, representative_data, int8_io, sparse)
-    eligibility = None
-    if sparse:
-        flat = _flatten.flat(model)
-        eligibility = _xnnpack.eligibility(
-            flat, "int8" if qat else quantization,
-            tflite_ops(data).counts.get("DENSIFY", 0))
-    _write_atomically(path, data, overwrite)
-    return Exported(path, len(data), eligibility)
+            f"{refusal('sparse_export', keras, '`sparse=True`')} Received: sparse=True"
+        )
+    if keras is Keras.KERAS3:
+        from tfopt.keras3 import export as implementation
+    else:
+        from tfopt.keras2 import export as implementation
+    return implementation.export_tflite(
+        model,
+        path,
+        quantization=quantization,
+        representative_data=representative_data,
+        int8_io=int8_io,
+        overwrite=overwrite,
+        sparse=sparse,
+    )
 
 
 def export_saved_model(model, path, *, overwrite=False):
-    """Saves `model` (pruning wrappers stripped) as a TensorFlow SavedModel.
-
-    Args:
-        model: A tf_keras model.
-        path: The SavedModel directory to create.
-        overwrite: Replace an existing directory. Defaults to `False`.
-
-    Returns:
-        `Exported(path, size_bytes)`, the size summed over its files.
+    """Saves `model` (pruning stripped, a Distiller's student) as a
+    TensorFlow SavedModel directory; see
+    `tfopt.keras2.export.export_saved_model` (tf_keras only).
 
     Raises:
-        TypeError: For an argument of the wrong type.
+        TypeError: For a Keras 3 model, or an argument of the wrong type.
         FileExistsError: If `path` exists and `overwrite` is False.
-
-    Example:
-
-    >>> import os, tempfile, tfopt
-    >>> model = tfopt.models.build("tfmot_mnist", (8, 8), 10)
-    >>> path = os.path.join(tempfile.mkdtemp(), "saved")
-    >>> os.path.isdir(tfopt.export_saved_model(model, path).path)
-    True
     """
-    _keras.check_model(model)
-    path = _check_path(path)
-    _refuse_overwrite(path, overwrite)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent, prefix=".tfopt-")
+    require("export_saved_model", model, "tfopt.export_saved_model")
+    from tfopt.keras2 import export as implementation
+
+    return implementation.export_saved_model(model, path, overwrite=overwrite)
+
+
+def _keras_version(path):
+    # A `.keras` file names the Keras that wrote it in metadata.json.
     try:
-        _deployable(model).save(os.path.join(staging, "model"), save_format="tf")
-        if os.path.exists(path):  # overwrite=True: the old one goes with staging
-            os.rename(path, os.path.join(staging, "previous"))
-        os.rename(os.path.join(staging, "model"), path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return Exported(path, disk_sizes(path)[0])
-
-
-def _custom_objects():
-    # Registration covers the .keras format; the legacy .h5 config names the
-    # top-level model class without its "tfopt>" package.
-    return {"PrunedModel": pruning.PrunedModel,
-            "ChannelPrunedModel": _channel_pruning.ChannelPrunedModel}
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read("metadata.json")).get("keras_version")
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
 
 
 def load_model(path, *, compile=True, safe_mode=True):
-    """Loads a `.keras`, `.h5` or SavedModel file of any tfopt/TFMOT model.
+    """Loads a model saved by tfopt, TFMOT or either Keras.
 
-    TFMOT's wrappers and schedules, and tfopt's own classes, are in scope, so
-    a pruned or quantization-aware model loads without `prune_scope` or
-    `quantize_scope`, and a pruned one trains on with `PruningCallback`
-    where it stopped.
+    A `.keras` file written by Keras 3 loads as a Keras 3 model (tfopt's
+    pruned ones included, their masks and schedules restored); every other
+    file (`.keras` of tf_keras, `.h5`, SavedModel directories) as a tf_keras
+    model with TFMOT's and tfopt's classes in scope, so a pruned or
+    quantization-aware model trains on with `PruningCallback` where it
+    stopped.
 
     Args:
         path: The file or SavedModel directory.
@@ -197,13 +158,12 @@ def load_model(path, *, compile=True, safe_mode=True):
             `True`.
 
     Returns:
-        The tf_keras model.
+        The model.
 
     Raises:
         TypeError: If `path` is not a path or `compile`/`safe_mode` not a bool.
         FileNotFoundError: If nothing exists at `path`.
-        OSError: If the file is truncated or not a Keras file (the message
-            names it).
+        OSError: If the file is truncated or not a Keras file.
 
     Example:
 
@@ -214,27 +174,25 @@ def load_model(path, *, compile=True, safe_mode=True):
     >>> type(tfopt.load_model(path)).__name__
     'PrunedModel'
     """
-    path = _tflite.check_load(path, compile, safe_mode,
-                              "a .keras/.h5 file or a SavedModel directory")
-    # tf_keras tries anything that is not a zip archive as HDF5 and says only
-    # "file signature not found", without the path.
-    unreadable = os.path.isfile(path) and not (
-        zipfile.is_zipfile(path) or h5py.is_hdf5(path))
-    try:
-        if unreadable:
-            raise OSError("neither a .keras archive nor an HDF5 file")
-        # TFMOT's QAT layer names load as tfopt's subclasses, which fix their
-        # .keras round trip. A scope, since scopes take precedence over
-        # `custom_objects` and quantize_scope names TFMOT's own classes.
-        with tfmot.sparsity.keras.prune_scope(), \
-                tfmot.quantization.keras.quantize_scope(), \
-                keras.utils.custom_object_scope(_tfmot.RAW_NAMES):
-            return keras.models.load_model(
-                path, custom_objects=_custom_objects(), compile=compile,
-                safe_mode=safe_mode)
-    except (OSError, zipfile.BadZipFile) as err:
-        raise OSError(
-            f"{path!r} is truncated or not a Keras file ({err}); an interrupted "
-            f"save or copy leaves such a file. Received: path={path!r}") from err
+    if (
+        isinstance(path, (str, os.PathLike))
+        and str(path).endswith(".keras")
+        and Keras.from_version(_keras_version(path)) is Keras.KERAS3
+    ):
+        from tfopt.keras3 import export as implementation
+    else:
+        from tfopt.keras2 import export as implementation
+    return implementation.load_model(path, compile=compile, safe_mode=safe_mode)
 
 
+def __getattr__(name):
+    # The tf_keras names this module held before it served both Kerases, and
+    # the TFLite helpers it re-exported.
+    import importlib
+
+    if name.startswith("__"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    for source in (tflite, importlib.import_module("tfopt.keras2.export")):
+        if hasattr(source, name):
+            return getattr(source, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

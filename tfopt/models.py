@@ -11,13 +11,12 @@ resized to at least 32x32: the architecture people deploy, small enough to
 train on the bundled data sets.
 """
 
-import importlib
-
-from tfopt import _checks
+from tfopt.core import checks
+from tfopt.core.kerases import Keras
 
 # Keras version -> the module that builds it; imported when first asked for,
 # so building Keras 3 models never loads tf_keras.
-KERASES = {2: "tfopt._keras", 3: "keras"}
+KERASES = {keras.value: keras for keras in Keras}  # keras_version -> Keras
 # Keras's default 0.99 needs thousands of steps before the moving statistics
 # (used at inference) match the data; the small bundled data sets give
 # hundreds, so a model would evaluate at chance after a few epochs.
@@ -30,15 +29,13 @@ def _batch_norm(keras, name):
     # statistics, so every replica and worker keeps the same ones, as
     # tf_keras's mean-aggregated statistics do.
     extra = {"synchronized": True} if keras.__version__.startswith("3.") else {}
-    return keras.layers.BatchNormalization(momentum=_BN_MOMENTUM, name=name,
-                                           **extra)
+    return keras.layers.BatchNormalization(momentum=_BN_MOMENTUM, name=name, **extra)
 
 
 def keras_module(keras_version):
     """The Keras module of `keras_version` (2: tf_keras, 3: Keras 3),
     imported on first use."""
-    module = importlib.import_module(KERASES[keras_version])
-    return module.keras if keras_version == 2 else module  # _keras holds tf_keras
+    return Keras(keras_version).module()
 
 
 def _inputs(keras, input_shape):
@@ -63,8 +60,9 @@ def _tfmot_mnist(keras, input_shape, num_classes):
 def _conv_bn_relu(keras, x, filters, name):
     layers = keras.layers
     # The convolution's bias is redundant before BatchNormalization.
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
-                      name=f"{name}_conv")(x)
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(
+        x
+    )
     x = _batch_norm(keras, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
@@ -90,11 +88,9 @@ def _student_cnn(keras, input_shape, num_classes):
     layers = keras.layers
     inputs = _inputs(keras, input_shape)
     x = layers.Reshape(_with_channels(input_shape), name="reshape")(inputs)
-    x = layers.Conv2D(16, 3, padding="same", activation="relu",
-                      name="conv1")(x)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1")(x)
     x = layers.MaxPooling2D(2, padding="same", name="pool1")(x)
-    x = layers.Conv2D(32, 3, padding="same", activation="relu",
-                      name="conv2")(x)
+    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2")(x)
     x = layers.MaxPooling2D(2, padding="same", name="pool2")(x)
     x = layers.Flatten(name="flatten")(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
@@ -104,15 +100,17 @@ def _student_cnn(keras, input_shape, num_classes):
 def _residual_block(keras, x, filters, stride, name):
     layers = keras.layers
     shortcut = x
-    y = layers.DepthwiseConv2D(3, strides=stride, padding="same",
-                               use_bias=False, name=f"{name}_dw")(x)
+    y = layers.DepthwiseConv2D(
+        3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw"
+    )(x)
     y = _batch_norm(keras, name=f"{name}_dw_bn")(y)
     y = layers.ReLU(name=f"{name}_dw_relu")(y)
     y = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_pw")(y)
     y = _batch_norm(keras, name=f"{name}_pw_bn")(y)
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False,
-                                 name=f"{name}_proj")(x)
+        shortcut = layers.Conv2D(
+            filters, 1, strides=stride, use_bias=False, name=f"{name}_proj"
+        )(x)
         shortcut = _batch_norm(keras, name=f"{name}_proj_bn")(shortcut)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.ReLU(name=f"{name}_out")(y)
@@ -141,8 +139,12 @@ def _mobilenet_v2(keras, input_shape, num_classes):
         x = layers.Resizing(height, width, name="resize")(x)
     # Built on the tensor, so the result is one flat functional model.
     model = keras.applications.MobileNetV2(
-        input_tensor=x, alpha=0.35, weights=None, classes=num_classes,
-        classifier_activation=None)
+        input_tensor=x,
+        alpha=0.35,
+        weights=None,
+        classes=num_classes,
+        classifier_activation=None,
+    )
     result = keras.Model(inputs, model.output, name="mobilenet_v2")
     for layer in result.layers:  # the application's 0.999: see _BN_MOMENTUM
         if isinstance(layer, layers.BatchNormalization):
@@ -186,9 +188,9 @@ def build(name, input_shape, num_classes, *, keras_version=2):
     >>> tfopt.models.build("tfmot_mnist", (28, 28, 1), 10).count_params()
     20410
     """
-    _checks.check_name(name, "name", BUILDERS)
+    checks.check_name(name, "name", BUILDERS)
     if not isinstance(input_shape, (tuple, list)) or not all(
-        _checks.is_int(d) for d in input_shape
+        checks.is_int(d) for d in input_shape
     ):
         raise TypeError(
             "`input_shape` must be a tuple of ints such as (28, 28, 1). "
@@ -199,7 +201,10 @@ def build(name, input_shape, num_classes, *, keras_version=2):
             "`input_shape` must be (height, width) or (height, width, "
             f"channels) of positive ints. Received: input_shape={input_shape!r}"
         )
-    _checks.check_int(num_classes, "num_classes", minimum=2)
-    _checks.check_choice(keras_version, "keras_version", tuple(KERASES))
-    return BUILDERS[name](keras_module(keras_version),
-                          tuple(int(d) for d in input_shape), int(num_classes))
+    checks.check_int(num_classes, "num_classes", minimum=2)
+    checks.check_choice(keras_version, "keras_version", tuple(KERASES))
+    return BUILDERS[name](
+        keras_module(keras_version),
+        tuple(int(d) for d in input_shape),
+        int(num_classes),
+    )

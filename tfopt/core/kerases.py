@@ -1,0 +1,161 @@
+"""Which Keras: the one way tfopt's code names a Keras, and what each supports.
+
+`Keras.of(obj)` tells a Keras 3 object (its class comes from the `keras`
+package) from anything else, which goes the tf_keras way (wrong types
+included, so the tf_keras checks word their errors). `CAPABILITIES` is the
+one table of what each Keras can do; the public front, the main job's config
+checks, the README's feature table and the contract tests all read it, and
+`refusal` is the one wording of "not for this Keras yet".
+
+Nothing here imports TensorFlow or a Keras: `Keras.module()` imports the
+chosen one when asked, so a Keras 3 program never loads tf_keras or TFMOT.
+"""
+
+import enum
+import importlib
+from typing import NamedTuple
+
+
+class Keras(enum.Enum):
+    """A Keras tfopt works with; the value is the version number that
+    configs (`keras_version`) and the main job's `--keras` flag use."""
+
+    TF_KERAS = 2  # tf_keras, through TFMOT
+    KERAS3 = 3  # the `keras` package, tfopt's own code
+
+    @classmethod
+    def of(cls, obj):
+        """`KERAS3` for an object of a Keras 3 class, else `TF_KERAS`."""
+        for klass in type(obj).__mro__:
+            if klass.__module__.split(".", 1)[0] == "keras":
+                return cls.KERAS3
+        return cls.TF_KERAS
+
+    @classmethod
+    def from_version(cls, version):
+        """The Keras of a version: 2, 3, "2", "3" or a release such as
+        "3.15.0"; a saved config without one (None) is a tf_keras one."""
+        if version is None:
+            return cls.TF_KERAS
+        major = str(version).split(".", 1)[0]
+        return cls.KERAS3 if major == "3" else cls.TF_KERAS
+
+    @property
+    def label(self):
+        return "Keras 3" if self is Keras.KERAS3 else "tf_keras"
+
+    @property
+    def package(self):
+        """The tfopt package that implements this Keras."""
+        return "tfopt.keras3" if self is Keras.KERAS3 else "tfopt.keras2"
+
+    def module(self):
+        """The Keras module itself (`keras`, or tf_keras as tfopt binds it)."""
+        if self is Keras.KERAS3:
+            return importlib.import_module("keras")
+        return importlib.import_module("tfopt.keras2.binding").keras
+
+
+BOTH = frozenset(Keras)
+TF_KERAS_ONLY = frozenset({Keras.TF_KERAS})
+
+
+class Capability(NamedTuple):
+    """One thing tfopt does, and the Kerases it does it for."""
+
+    name: str
+    what: str  # what it is, as a noun phrase
+    supported: frozenset
+    instead: str = ""  # what a user of another Keras can do meanwhile
+
+
+_INT8_BY_CALIBRATION = (
+    "A Keras 3 model exports to int8 with tfopt.export_tflite(model, path, "
+    "quantization='int8', representative_data=...)."
+)
+
+CAPABILITIES = {
+    c.name: c
+    for c in (
+        Capability(
+            "prune",
+            "magnitude pruning (prune, strip, sparsity_report, PruningCallback)",
+            BOTH,
+        ),
+        Capability("m_by_n", "m:n structured pruning", BOTH),
+        Capability(
+            "block_pruning",
+            "block pruning (`block_size`)",
+            TF_KERAS_ONLY,
+            "Prune weights, or m:n with `m_by_n`.",
+        ),
+        Capability(
+            "channel_pruning",
+            "channel pruning (`structure='channels'`)",
+            TF_KERAS_ONLY,
+            "Prune weights, or m:n with `m_by_n`.",
+        ),
+        Capability("shrink", "removing pruned channels (shrink)", TF_KERAS_ONLY),
+        Capability(
+            "distill",
+            "teacher-student distillation (Distiller, DistillationSchedule)",
+            BOTH,
+        ),
+        Capability(
+            "quantize",
+            "quantization-aware training (quantize)",
+            TF_KERAS_ONLY,
+            _INT8_BY_CALIBRATION,
+        ),
+        Capability(
+            "export_tflite", "TFLite export (float32, dynamic, float16, int8)", BOTH
+        ),
+        Capability(
+            "sparse_export", "sparse TFLite export (`sparse=True`)", TF_KERAS_ONLY
+        ),
+        Capability(
+            "export_saved_model",
+            "SavedModel export (export_saved_model)",
+            TF_KERAS_ONLY,
+        ),
+        Capability("load_model", "loading saved models (load_model)", BOTH),
+        Capability("multi_worker", "training on several workers", BOTH),
+    )
+}
+
+
+def supports(keras, capability):
+    """Whether `keras` (a `Keras`) has `capability` (a `CAPABILITIES` name)."""
+    return keras in CAPABILITIES[capability].supported
+
+
+def missing(keras):
+    """The capabilities `keras` lacks, in table order."""
+    return [c for c in CAPABILITIES.values() if keras not in c.supported]
+
+
+def refusal(capability, keras, subject):
+    """The one message for `subject` (what the user asked for, quoted as
+    they wrote it) when `keras` lacks `capability`."""
+    cap = CAPABILITIES[capability]
+    others = " and ".join(k.label for k in Keras if k in cap.supported)
+    text = (
+        f"{subject} is not available for {keras.label} models yet: "
+        f"{cap.what} is {others} only in this release."
+    )
+    return f"{text} {cap.instead}" if cap.instead else text
+
+
+class Unsupported(TypeError):
+    """A feature asked of a model whose Keras lacks it."""
+
+
+def require(capability, model, subject, arg="model"):
+    """Raises `Unsupported` (a `TypeError`) unless `model`'s Keras has
+    `capability`; returns that Keras."""
+    keras = Keras.of(model)
+    if not supports(keras, capability):
+        raise Unsupported(
+            f"{refusal(capability, keras, subject)} Received: {arg}={model!r}"
+        )
+    return keras

@@ -1,0 +1,395 @@
+"""The settings of the main job: one `Config`, without TensorFlow.
+
+Each field carries its default, help text and allowed values; the flags of
+`scripts/train.py` are generated from them (`tfopt.job.flags`), and
+`Config.check` refuses what cannot work before anything is imported,
+written or trained. The tables of names here are the library's own (the
+modules that implement them check they agree), so a flag never offers what
+the library refuses. Errors name fields as `field`; a script shows them as
+its `--field` flags (`ConfigError.for_flags`).
+"""
+
+import dataclasses
+import json
+import re
+
+from tfopt.core.kerases import Keras, refusal, supports
+from tfopt.core.vocab import (  # noqa: F401 (the job reads them here)
+    ALL_REDUCE,
+    DISTILLATION_LOSSES,
+    EXPORTS,
+    PRECISIONS,
+    PRUNE_IMPORTANCES,
+    PRUNE_MEASURES,
+    PRUNE_STRUCTURES,
+    STRATEGIES,
+    ExportFormat,
+)
+from tfopt.job.errors import ClusterError  # noqa: F401 (its old home)
+
+__all__ = ["ClusterError", "Config", "ConfigError", "ExportFormat", "EXPORTS"]
+
+DATASETS = ("digits", "mnist5k", "mnist", "fashion_mnist", "cifar10")
+TFDS_PREFIX = "tfds:"
+MODELS = ("tfmot_mnist", "teacher_cnn", "student_cnn", "resnet_tiny", "mobilenet_v2")
+KERAS_VERSIONS = tuple(str(keras.value) for keras in Keras)
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work, found before any training. The message
+    names fields as `field` (or `field=value`)."""
+
+    def for_flags(self):
+        """The message with each `field` of `Config` written as the flag
+        --field (other quoted names, e.g. a library function's arguments,
+        stay as they are)."""
+        fields = {field.name for field in dataclasses.fields(Config)}
+        return re.sub(
+            r"`([a-z_0-9]+)(=[^`]*)?`",
+            lambda m: f"--{m[1]}{m[2] or ''}" if m[1] in fields else m[0],
+            str(self),
+        )
+
+
+def _field(default, help, kind, *, choices=None, low=None, high=None, alias=None):
+    return dataclasses.field(
+        default=default,
+        metadata={
+            "help": help,
+            "kind": kind,
+            "choices": choices,
+            "low": low,
+            "high": high,
+            "alias": alias,
+        },
+    )
+
+
+def parse_m_by_n(text):
+    """(m, n) from '2:4' (0 < m < n), else None."""
+    parts = text.split(":") if isinstance(text, str) else ()
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    m, n = map(int, parts)
+    return (m, n) if 0 < m < n else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The settings of one run of the main job (`tfopt.job.pipeline.run`)."""
+
+    model_dir: str | None = _field(
+        None, "Where checkpoints, logs, exports and the report go (required).", "string"
+    )
+    dataset: str = _field(
+        "mnist5k", f"Data set: one of {', '.join(DATASETS)}, or tfds:NAME.", "string"
+    )
+    batch_size: int = _field(64, "Global batch size (all replicas).", "integer", low=1)
+    seed: int = _field(0, "Seed of the splits, shuffles and weights.", "integer", low=0)
+    model: str = _field(
+        "student_cnn",
+        "The model to compress (the student when distilling).",
+        "enum",
+        choices=MODELS,
+    )
+    keras: str = _field(
+        "2",
+        "The Keras the models are built with: 2 (tf_keras, through TFMOT: "
+        "every feature) or 3 (the keras package: pruning, distillation and "
+        "TFLite export; no QAT, channel pruning or SavedModel yet).",
+        "enum",
+        choices=KERAS_VERSIONS,
+    )
+    epochs: int = _field(3, "Epochs of the main training stage.", "integer", low=1)
+    learning_rate: float = _field(3e-3, "Adam learning rate.", "float", low=0.0)
+    teacher: str | None = _field(
+        None,
+        "A saved teacher model, or 'train' to train --teacher_model first; "
+        "unset: no distillation.",
+        "string",
+    )
+    teacher_model: str = _field(
+        "teacher_cnn",
+        "The teacher to train with --teacher=train.",
+        "enum",
+        choices=MODELS,
+    )
+    teacher_epochs: int = _field(3, "Epochs to train the teacher.", "integer", low=1)
+    temperature: float = _field(4.0, "Distillation temperature.", "float", low=0.0)
+    alpha: float = _field(
+        0.1, "Weight of the hard-label loss.", "float", low=0.0, high=1.0
+    )
+    distillation_loss: str = _field(
+        "kl",
+        "Soft loss between teacher and student logits.",
+        "enum",
+        choices=DISTILLATION_LOSSES,
+    )
+    cache_teacher: bool = _field(
+        True,
+        "Reuse teacher logits across epochs (valid without data augmentation).",
+        "bool",
+    )
+    prune: bool = _field(False, "Prune the model while it trains.", "bool")
+    target_sparsity: float = _field(
+        0.8, "Sparsity reached by the end, in (0, 1).", "float", low=0.0, high=0.99
+    )
+    pruning_begin: float = _field(
+        0.0, "Start, as a fraction of the stage.", "float", low=0.0, high=1.0
+    )
+    pruning_end: float = _field(
+        0.75, "End, as a fraction of the stage.", "float", low=0.0, high=1.0
+    )
+    sparsity_m_by_n: str | None = _field(
+        None, "Structured sparsity, e.g. 2:4.", "string"
+    )
+    prune_structure: str = _field(
+        "weights",
+        "What --prune removes: weights (smaller files) or channels "
+        "(then shrunk: a smaller, faster model).",
+        "enum",
+        choices=PRUNE_STRUCTURES,
+    )
+    prune_measure: str = _field(
+        "channels",
+        "With --prune_structure=channels, what --target_sparsity is a "
+        "share of: channels (of each group), params or macs (of the model).",
+        "enum",
+        choices=PRUNE_MEASURES,
+    )
+    prune_importance: str = _field(
+        "l2",
+        "With --prune_structure=channels, how channels are ranked.",
+        "enum",
+        choices=PRUNE_IMPORTANCES,
+    )
+    prune_round_to: int = _field(
+        8,
+        "With --prune_structure=channels, kept channels per group are a "
+        "multiple of this.",
+        "integer",
+        low=1,
+    )
+    recover: bool = _field(
+        True,
+        "With --prune and no --teacher, fine-tune the pruned model against "
+        "the unpruned one as its teacher (self-distillation); --norecover: plain "
+        "fine-tuning.",
+        "bool",
+    )
+    recover_alpha: float = _field(
+        0.9,
+        "Weight of the hard-label loss when recovering: the unpruned model "
+        "is only as good as its training, so the labels keep most of the weight.",
+        "float",
+        low=0.0,
+        high=1.0,
+    )
+    qat: bool = _field(False, "Quantization-aware fine-tuning after training.", "bool")
+    qat_epochs: int = _field(1, "Epochs of QAT fine-tuning.", "integer", low=1)
+    export: tuple = _field(
+        ("tflite", "tflite_int8"),
+        f"Artifacts to export: any of {', '.join(EXPORTS)}.",
+        "list",
+        choices=tuple(EXPORTS),
+    )
+    strategy: str = _field(
+        "auto",
+        "tf.distribute strategy (see tfopt.get_strategy).",
+        "enum",
+        choices=STRATEGIES,
+        alias="distribution_strategy",
+    )
+    tpu: str | None = _field(
+        None, "TPU address: local, a name or grpc://host:port.", "string"
+    )
+    num_gpus: int | None = _field(
+        None, "GPUs for the mirrored strategy.", "integer", low=0
+    )
+    all_reduce: str | None = _field(
+        None,
+        "Cross-device reduction of the mirrored strategy.",
+        "enum",
+        choices=ALL_REDUCE,
+    )
+    memory_growth: bool | None = _field(
+        None,
+        "Allocate GPU memory on demand (default: yes, unless --memory_limit_mb).",
+        "bool",
+    )
+    memory_limit_mb: int | None = _field(
+        None, "Hard memory limit per GPU, MiB.", "integer", low=1
+    )
+    logical_cpus: int | None = _field(
+        None,
+        "Split the CPU into N logical devices (mirrored on a CPU).",
+        "integer",
+        low=1,
+    )
+    mixed_precision: str | None = _field(
+        None, "Keras precision policy.", "enum", choices=PRECISIONS
+    )
+    deterministic: bool = _field(
+        True,
+        "Deterministic TensorFlow ops, so a resumed run ends with the same numbers.",
+        "bool",
+    )
+    overwrite: bool = _field(
+        False, "Replace a --model_dir made with other flags.", "bool"
+    )
+
+    @property
+    def m_by_n(self):
+        """`sparsity_m_by_n` as (m, n), or None."""
+        return (
+            None if self.sparsity_m_by_n is None else parse_m_by_n(self.sparsity_m_by_n)
+        )
+
+    @property
+    def keras_api(self):
+        """The `Keras` that `keras` names."""
+        return Keras.from_version(self.keras)
+
+    @property
+    def prunes_channels(self):
+        """Whether the run prunes channels (and then shrinks the model)."""
+        return self.prune and self.prune_structure == "channels"
+
+    def settings(self):
+        """What identifies the run's results (not where or whether to overwrite)."""
+        values = dataclasses.asdict(self)
+        for key in ("model_dir", "overwrite", "deterministic"):
+            values.pop(key)
+        return json.loads(json.dumps(values))
+
+    def check(self):
+        """Raises `ConfigError` for a value that cannot work; needs no
+        TensorFlow and touches no file. (What a cluster, a TPU or
+        `model_dir`'s contents allow is checked when the run starts, still
+        before anything is written.)"""
+        for field in dataclasses.fields(self):
+            _check_field(field, getattr(self, field.name))
+        if not self.model_dir:
+            raise ConfigError(
+                "`model_dir` is required: where checkpoints and the report go."
+            )
+        if not (
+            self.dataset in DATASETS
+            or (self.dataset.startswith(TFDS_PREFIX) and len(self.dataset) > 5)
+        ):
+            raise ConfigError(
+                f"`dataset={self.dataset}` must be one of "
+                f"{', '.join(DATASETS)}, or tfds:NAME."
+            )
+        if self.pruning_begin >= self.pruning_end:
+            raise ConfigError(
+                f"`pruning_begin={self.pruning_begin}` must be below "
+                f"`pruning_end={self.pruning_end}`."
+            )
+        if self.prune and not 0 < self.target_sparsity < 1:
+            raise ConfigError(
+                f"`target_sparsity={self.target_sparsity}` must be in "
+                "(0, 1) with `prune`: the fraction of weights "
+                "pruned."
+            )
+        if self.sparsity_m_by_n is not None and self.m_by_n is None:
+            raise ConfigError(
+                f"`sparsity_m_by_n={self.sparsity_m_by_n}` must look "
+                "like 2:4 (m zeros in every n weights, 0 < m < n)."
+            )
+        if self.sparsity_m_by_n is not None and not self.prune:
+            raise ConfigError(
+                f"`sparsity_m_by_n={self.sparsity_m_by_n}` needs `prune`."
+            )
+        if self.recover_alpha != 0.9 and (
+            self.teacher or not self.prune or not self.recover
+        ):
+            raise ConfigError(
+                f"`recover_alpha={self.recover_alpha}` needs `prune` "
+                "with `recover` and no `teacher`."
+            )
+        channel_only = {
+            "prune_measure": "channels",
+            "prune_importance": "l2",
+            "prune_round_to": 8,
+            "prune_structure": "weights",
+        }
+        for name, default in channel_only.items():
+            if getattr(self, name) != default and not (self.prunes_channels):
+                raise ConfigError(
+                    f"`{name}={getattr(self, name)}` needs `prune`"
+                    + (
+                        "."
+                        if name == "prune_structure"
+                        else " with `prune_structure=channels`."
+                    )
+                )
+        if self.prune_structure == "channels" and self.sparsity_m_by_n is not None:
+            raise ConfigError(
+                f"`sparsity_m_by_n={self.sparsity_m_by_n}` applies to "
+                "`prune_structure=weights`."
+            )
+        if not self.export:
+            raise ConfigError(
+                f"`export` must name at least one of {', '.join(EXPORTS)}."
+            )
+        if self.temperature <= 0:
+            raise ConfigError(f"`temperature={self.temperature}` must be > 0.")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"`learning_rate={self.learning_rate}` must be > 0.")
+        keras = self.keras_api
+        for name, value, capability in (
+            ("qat", self.qat, "quantize"),
+            ("prune_structure", self.prune_structure != "weights", "channel_pruning"),
+            ("export", "saved_model" in self.export, "export_saved_model"),
+        ):
+            if value and not supports(keras, capability):
+                raise ConfigError(
+                    refusal(capability, keras, f"`{name}={getattr(self, name)}`")
+                )
+        if self.strategy == "tpu" and not self.tpu:
+            raise ConfigError(
+                "`strategy=tpu` needs `tpu`: 'local' on a Cloud TPU "
+                "VM, the TPU's name, or grpc://host:port."
+            )
+        return self
+
+
+_TYPES = {
+    "string": str,
+    "enum": str,
+    "integer": int,
+    "float": (int, float),
+    "bool": bool,
+    "list": (tuple, list),
+}
+_KINDS = {
+    "string": "a string",
+    "enum": "a string",
+    "integer": "an int",
+    "float": "a number",
+    "bool": "a bool",
+    "list": "a tuple of names",
+}
+
+
+def _check_field(field, value):
+    meta = field.metadata
+    if value is None and field.default is None:
+        return
+    kind, name = meta["kind"], field.name
+    if not isinstance(value, _TYPES[kind]) or (
+        kind in ("integer", "float") and isinstance(value, bool)
+    ):
+        raise ConfigError(f"`{name}={value!r}` must be {_KINDS[kind]}.")
+    items = value if kind == "list" else [value]
+    if meta["choices"] is not None:
+        for item in items:
+            if item not in meta["choices"]:
+                raise ConfigError(
+                    f"`{name}={item}` must be one of {', '.join(meta['choices'])}."
+                )
+    if meta["low"] is not None and value < meta["low"]:
+        raise ConfigError(f"`{name}={value}` must be at least {meta['low']}.")
+    if meta["high"] is not None and value > meta["high"]:
+        raise ConfigError(f"`{name}={value}` must be at most {meta['high']}.")

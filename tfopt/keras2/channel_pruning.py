@@ -1,0 +1,416 @@
+"""Channel pruning during `fit`: `tfopt.prune(..., structure="channels")`.
+
+Whole channel groups (`_channels.channel_groups`) are zeroed on the same
+fractional schedule as magnitude pruning, so that `tfopt.shrink` can then
+remove them for a model that runs faster. The pruned model is a
+`ChannelPrunedModel`: a functional model whose config carries the settings,
+so it saves, reloads and resumes like any model. `PruningCallback` drives
+it through a `ChannelPruning` controller: at each update step of the
+schedule it ranks every group's channels (L2 norm of the producers' output
+slices, BatchNorm scales, or a first-order Taylor score) and keeps the best,
+one channel fewer at a time as the schedule goes, down to a final count
+that is a multiple of `round_to` (never zero); after every batch it zeroes
+the other channels' producer kernels and biases, depthwise slices and
+BatchNorm scales and offsets, undoing what the optimizer step moved. A
+zeroed channel is zero all the way to its consumers, so the shrunk model
+computes what the masked one does.
+
+The masks follow from the weights, which are the same on every replica, and
+the step from the optimizer, so a resumed `fit` (or a reloaded model) goes
+on where it was: the channels already zeroed rank last.
+"""
+
+import math
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+from tfopt.core import vocab
+from tfopt.keras2 import binding, graph, pruning, selection
+from tfopt.keras2 import channels as _channels
+from tfopt.keras2.binding import keras
+from tfopt.keras2.schedule import PruningSchedule
+
+MEASURES = vocab.PRUNE_MEASURES  # ("channels", "params", "macs")
+IMPORTANCES = vocab.PRUNE_IMPORTANCES
+# Batches of `PruningCallback(data=...)` each Taylor score is summed over.
+TAYLOR_BATCHES = 4
+_L = keras.layers
+
+
+def kept_count(size, fraction, round_to):
+    """Channels a group of `size` keeps when `fraction` is pruned."""
+    # The epsilon keeps a product like 64 * 0.5 / 8 from rounding up a step.
+    kept = math.ceil(size * (1.0 - fraction) / round_to - 1e-9) * round_to
+    return int(min(size, max(kept, min(size, round_to), 1)))
+
+
+def removed_share(model, groups, prunable, measure, keep, terms=None):
+    """The fraction of `model`'s `measure` that keeping `keep` removes."""
+    if measure == "channels":
+        return 1.0 - (
+            sum(len(keep[i]) for i in prunable) / sum(groups[i].size for i in prunable)
+        )
+    index = MEASURES.index(measure) - 1
+    terms = terms or _channels.cost_terms(model)
+    kept = _channels.kept_channels(model, groups, keep)
+    return 1.0 - (
+        _channels.cost(model, kept, terms)[index]
+        / _channels.cost(model, terms=terms)[index]
+    )
+
+
+def final_counts(model, groups, prunable, measure, target, round_to):
+    """{group index: channels it keeps} once `target` of `measure` is cut.
+
+    For `channels`, every group loses `target` of its channels. For `params`
+    and `macs`, every group first loses the largest common fraction that
+    stays short of the target; then the groups with the most channels left
+    (relative to their size) shed `round_to` more, one at a time, until the
+    target is met, so the cut lands just past it instead of a rounding step
+    beyond.
+    """
+    if measure == "channels":
+        return {i: kept_count(groups[i].size, target, round_to) for i in prunable}
+    terms = _channels.cost_terms(model)
+
+    def cut(counts):
+        return removed_share(
+            model,
+            groups,
+            prunable,
+            measure,
+            {i: range(n) for i, n in counts.items()},
+            terms,
+        )
+
+    def at(fraction):
+        return {i: kept_count(groups[i].size, fraction, round_to) for i in prunable}
+
+    most = cut(at(1.0))
+    if most < target:
+        raise ValueError(
+            f"`target_sparsity` must be at most {math.floor(most * 1000) / 1000} "
+            f"with measure={measure!r}: removing every prunable channel (down "
+            f"to round_to={round_to} per group) cuts only that fraction of the "
+            f"model's {measure}. Received: target_sparsity={target!r}"
+        )
+    low, high = 0.0, 1.0  # cut(at(low)) < target <= cut(at(high))
+    for _ in range(30):
+        middle = (low + high) / 2
+        low, high = (low, middle) if cut(at(middle)) >= target else (middle, high)
+    counts = at(low)
+    while cut(counts) < target:
+        # The next count down: a multiple of round_to, never below it.
+        lower = {i: (counts[i] - 1) // round_to * round_to for i in prunable}
+        shrinkable = [
+            i for i in prunable if lower[i] >= max(1, min(round_to, groups[i].size))
+        ]
+        if not shrinkable:
+            return at(high)
+        cuts = {i: cut({**counts, i: lower[i]}) for i in shrinkable}
+        enough = [i for i in shrinkable if cuts[i] >= target]
+        if enough:  # the last step: the one that overshoots least
+            best = min(enough, key=lambda i: (cuts[i], i))
+            counts[best] = lower[best]
+            break
+        i = max(shrinkable, key=lambda i: (counts[i] / groups[i].size, -i))
+        counts[i] = lower[i]
+    return counts
+
+
+@keras.utils.register_keras_serializable(package="tfopt")
+class ChannelPrunedModel(pruning.PrunedModel):
+    """What `prune(..., structure="channels")` returns: a flat functional
+    model whose `tfopt_channel_pruning` settings say how `PruningCallback`
+    zeroes its channels; `tfopt.shrink` then removes them."""
+
+    tfopt_channel_pruning = None  # the settings; set by prune or from_config
+    channel_pruned = True  # what `pruning.channel_models` looks for
+
+    def train_step(self, data):
+        pruning.require_callback(self)
+        return keras.Model.train_step(self, data)
+
+    def get_config(self):
+        config = super().get_config()
+        config["tfopt_channel_pruning"] = dict(self.tfopt_channel_pruning)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        settings = config.pop("tfopt_channel_pruning")
+        model = super().from_config(config, custom_objects)
+        model.tfopt_channel_pruning = settings
+        return model
+
+
+def prune_channels(model, channels, settings, *, layers, exclude):
+    """`tfopt.prune` of tf_keras `model` with `structure=Channels(...)` (or
+    "channels"), its arguments checked: a `ChannelPrunedModel` whose config
+    says which groups lose how many channels on the schedule of `settings`
+    (`core.schedule.ScheduleSteps`'s arguments)."""
+    target = settings["target_sparsity"]
+    measure, importance, round_to = channels
+    copy = selection.copy_model(model)
+    flat = graph.flat(copy)
+    chosen = {layer.name for layer in selection.chosen_layers(flat, layers, exclude)}
+    groups = _channels.channel_groups(flat)
+    prunable = [
+        i for i, g in enumerate(groups) if all(name in chosen for name in g.producers)
+    ]
+    if not prunable:
+        raise ValueError(
+            "`model` has no channel group that can be pruned (each group's "
+            "channels must run from Conv/Dense producers to consumers, not to "
+            "the model's outputs or through layers whose channels cannot be "
+            f"followed) among the chosen layers. Received: layers={layers!r}, "
+            f"exclude={exclude!r}"
+        )
+    counts = final_counts(flat, groups, prunable, measure, target, round_to)
+    reached = removed_share(
+        flat, groups, prunable, measure, {i: range(n) for i, n in counts.items()}
+    )
+    if abs(reached - target) > 0.05:
+        sizes = sorted({groups[i].size for i in prunable})
+        warnings.warn(
+            f"prune: with round_to={round_to}, the nearest cut these channel "
+            f"groups allow removes {reached:.0%} of the {measure} (target "
+            f"{target:.0%}): groups of {sizes} channels keep multiples of "
+            f"{round_to}. A smaller round_to comes closer.",
+            UserWarning,
+            stacklevel=3,
+        )
+    pruned = ChannelPrunedModel(flat.inputs, flat.outputs, name=model.name)
+    pruned.tfopt_channel_pruning = {
+        "target": float(target),
+        "measure": measure,
+        "importance": importance,
+        "round_to": round_to,
+        # Each prunable group (by its producers) and the channels it ends with.
+        "groups": [
+            {"producers": list(groups[i].producers), "kept": counts[i]}
+            for i in prunable
+        ],
+        # The schedule's "sparsity" is the progress towards those counts.
+        "schedule": PruningSchedule(
+            **{
+                **settings,
+                "target_sparsity": 1.0,
+                "initial_sparsity": settings["initial_sparsity"] / target,
+            }
+        ).get_config()["config"],
+    }
+    return pruned
+
+
+def controller(model):
+    """The `ChannelPruning` of a `ChannelPrunedModel` (made once, kept on the
+    model: it lives and goes with it)."""
+    found = model.__dict__.get("_tfopt_channel_controller")
+    if found is None:
+        found = ChannelPruning(model)
+        # Not through Keras's attribute tracking: the controller's variables
+        # are bookkeeping, not weights of the model.
+        object.__setattr__(model, "_tfopt_channel_controller", found)
+    return found
+
+
+class ChannelPruning:
+    """Chooses and applies the channel masks of a `ChannelPrunedModel`."""
+
+    def __init__(self, model):
+        settings = model.tfopt_channel_pruning
+        self.model = model
+        self.groups = _channels.channel_groups(model)
+        final = {tuple(g["producers"]): g["kept"] for g in settings["groups"]}
+        self.prunable = [i for i, g in enumerate(self.groups) if g.producers in final]
+        self.final = {i: final[self.groups[i].producers] for i in self.prunable}
+        self.schedule = PruningSchedule(**settings["schedule"])
+        self.importance, self.measure = settings["importance"], settings["measure"]
+        self.keep = {i: list(range(g.size)) for i, g in enumerate(self.groups)}
+        self._updated_at = None  # the schedule step of the masks in place
+        self._terms = _channels.cost_terms(model)
+        # One mask variable per masked weight, and one traced function that
+        # applies them all: called after every batch, it must cost far less
+        # than the batch, and never retrace when the masks change.
+        self._masks = {}
+        with model.distribute_strategy.scope():
+            for i in self.prunable:
+                for name in self.groups[i].channels:
+                    for variable, axis in _channels.output_variables(
+                        model.get_layer(name)
+                    ):
+                        shape = [1] * len(variable.shape)
+                        shape[axis] = variable.shape[axis]
+                        self._masks[id(variable)] = (
+                            variable,
+                            tf.Variable(
+                                tf.ones(shape, variable.dtype),
+                                trainable=False,
+                                name="channel_mask",
+                            ),
+                            axis,
+                        )
+        pairs = [(v, m) for v, m, _ in self._masks.values()]
+
+        @tf.function(autograph=False)
+        def apply():
+            for variable, mask in pairs:
+                variable.assign(variable * mask)
+
+        self._apply = apply
+        self._gradient = None  # traced on the first Taylor update
+
+    def _scores(self, group, gradients):
+        layers = [self.model.get_layer(n) for n in group.channels]
+        if self.importance == "bn_gamma":
+            norms = [
+                layer
+                for layer in layers
+                if isinstance(layer, _L.BatchNormalization) and layer.scale
+            ]
+            if norms:  # else (no BatchNorm in the group) the L2 norm
+                return sum(
+                    np.abs(n.gamma.numpy()[list(group.channels[n.name])]) for n in norms
+                )
+        total = np.zeros(group.size)
+        names = group.producers if gradients is None else group.channels
+        for name in names:
+            layer = self.model.get_layer(name)
+            index = list(group.channels[name])
+            for variable, axis in _channels.output_variables(layer):
+                values = variable.numpy()
+                if gradients is not None:  # first-order Taylor: (w * dL/dw)^2
+                    values = values * gradients[id(variable)]
+                values = np.moveaxis(values, axis, -1)[..., index]
+                total += np.square(values).reshape(-1, group.size).sum(0)
+        return total
+
+    def _gradients(self, trained, data):
+        """Gradients of the training loss on the first batches of `data`."""
+        variables = [v for v, _, _ in self._masks.values()]
+        if self._gradient is None:
+            # The hard-label loss: a Distiller's, or the compiled one (not
+            # `compute_loss`, which would also move the loss metric).
+            loss_fn = getattr(trained, "hard_loss", None) or (
+                binding.per_example(trained.loss)
+            )
+
+            strategy = self.model.distribute_strategy
+
+            def replica(x, y):
+                with tf.GradientTape() as tape:
+                    loss = tf.reduce_mean(loss_fn(y, self.model(x, training=False)))
+                return [
+                    tf.zeros_like(v) if g is None else g
+                    for v, g in zip(
+                        variables, tape.gradient(loss, variables), strict=True
+                    )
+                ]
+
+            @tf.function
+            def gradient(x, y):
+                # Every replica (and worker) scores the same batch; the mean
+                # over them all makes the scores, and so the masks, agree
+                # even where workers were given different batches.
+                return [
+                    strategy.reduce("MEAN", g, axis=None)
+                    for g in strategy.run(replica, args=(x, y))
+                ]
+
+            self._gradient = gradient
+        sums = [0.0] * len(variables)
+        for x, y in data.take(TAYLOR_BATCHES):
+            sums = [
+                total + g.numpy()
+                for total, g in zip(sums, self._gradient(x, y), strict=True)
+            ]
+        return {id(v): total for v, total in zip(variables, sums, strict=True)}
+
+    def update(self, progress, trained=None, data=None):
+        """Chooses the channels each group keeps `progress` (0 to 1) of the
+        way to its final count."""
+        # The optimizer step since the last batch moved pruned weights off
+        # zero (BatchNorm offsets, momentum): zero them again before ranking,
+        # so that pruned channels stay pruned.
+        self.apply()
+        gradients = None
+        if self.importance == "taylor" and progress > 0:
+            gradients = self._gradients(trained, data)
+        removed = {key: [] for key in self._masks}
+        for i in self.prunable:
+            group = self.groups[i]
+            # One channel at a time on the way: only the final count (what
+            # shrink keeps) must be a multiple of round_to. Rounding every
+            # step would hold a group whole until the last update, then cut it
+            # at once, with little training left to recover.
+            count = group.size - math.floor(
+                min(progress, 1.0) * (group.size - self.final[i]) + 1e-9
+            )
+            order = np.argsort(-self._scores(group, gradients), kind="stable")
+            self.keep[i] = sorted(int(k) for k in order[:count])
+            drop = sorted(set(range(group.size)) - set(self.keep[i]))
+            if not drop:
+                continue
+            for name, channels in group.channels.items():
+                for variable, _ in _channels.output_variables(
+                    self.model.get_layer(name)
+                ):
+                    removed[id(variable)] += _channels._flat(channels[k] for k in drop)
+        with self.model.distribute_strategy.scope():
+            for key, (variable, mask, axis) in self._masks.items():
+                values = np.ones(variable.shape[axis], np.float32)
+                values[removed[key]] = 0.0
+                mask.assign(tf.reshape(tf.constant(values, mask.dtype), mask.shape))
+        self.apply()
+
+    def apply(self):
+        """Zeroes the pruned channels' weights (on every replica)."""
+        with self.model.distribute_strategy.scope():
+            self._apply()
+
+    def begin(self, trained, epochs, steps, data=None):
+        """At the start of `fit`: resolves the schedule, restores the masks
+        of the step the optimizer is at (a resumed or continued fit)."""
+        if self.importance == "taylor" and data is None:
+            raise ValueError(
+                "`data` must be batches of (x, y) for importance='taylor', which "
+                "scores channels on training data: pass "
+                "PruningCallback(data=...). Received: data=None"
+            )
+        if self.schedule.fractional:
+            if not (epochs and steps):
+                raise ValueError(
+                    "Pruning `begin`/`end` are fractions of the run, but this fit "
+                    "does not know its length (the data set has no known size): "
+                    "pass steps_per_epoch to fit, or give prune() int steps."
+                )
+            self.schedule.resolve(epochs * steps)
+        self._updated_at = None
+        self.batch_end(trained, data)
+
+    def batch_end(self, trained, data=None):
+        """After a batch: the update of the last schedule step reached (the
+        step counter can jump several steps with steps_per_execution), else
+        the masks again."""
+        last = self.schedule.last_update_at_or_before(
+            int(trained.optimizer.iterations.numpy())
+        )
+        if last is not None and last != self._updated_at:
+            self.update(self.schedule.sparsity_at(last), trained, data)
+            self._updated_at = last
+        else:
+            self.apply()
+
+    def sparsity(self):
+        """The fraction of the model's `measure` removed now."""
+        return removed_share(
+            self.model, self.groups, self.prunable, self.measure, self.keep, self._terms
+        )
+
+    def shrink(self):
+        """The physically smaller model of the channels kept now."""
+        return _channels.shrink(self.model, self.groups, self.keep)

@@ -1,0 +1,99 @@
+"""Exporting and loading Keras 3 models, side by side with `export.py`
+(tf_keras): `export_tflite` (float32, dynamic, float16, int8 calibrated on
+representative data, optional int8 I/O; built-in ops only) and `load_model`
+for the `.keras` files of tfopt's Keras 3 models.
+
+Keras 3's `model.quantize("int8")` is not used: it covers Dense, EinsumDense
+and Embedding only (Conv2D is skipped), freezes int8 kernels, and a model
+after it fails TFLite conversion. Post-training calibration through the
+TFLite converter gives a file that is integer end to end instead.
+"""
+
+import functools
+import tempfile
+import zipfile
+
+import keras
+import tensorflow as tf
+
+from tfopt.core import tflite
+from tfopt.keras3 import distillation, fit, pruning
+
+
+def deployable(model):
+    """What ships: a Distiller's student, pruning constraints stripped."""
+    if isinstance(model, distillation.Distiller):
+        model = model.student
+    if pruning.masked(model):
+        model = pruning.strip(model)
+    return model
+
+
+def _convert(model, quantization, representative_data, int8_io):
+    # What `TFLiteConverter.from_keras_model` does for a Keras 3 model (an
+    # ExportArchive of the inference call, then the SavedModel converter),
+    # without its printout of every variable.
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    specs = [tf.TensorSpec(t.shape, t.dtype, name=t.name) for t in model.inputs]
+    archive.add_endpoint(
+        "serve",
+        functools.partial(model.__call__, training=False),
+        specs if len(specs) == 1 else [specs],
+    )
+    with tempfile.TemporaryDirectory(prefix="tfopt-") as directory:
+        archive.write_out(directory, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(directory)
+        return tflite.convert(
+            converter, quantization, representative_data, int8_io, False
+        )
+
+
+def export_tflite(
+    model,
+    path,
+    *,
+    quantization=None,
+    representative_data=None,
+    int8_io=False,
+    overwrite=False,
+    sparse=False,
+):
+    """`tfopt.export_tflite` for a Keras 3 model; see `tfopt.keras2.export`. A
+    Keras 3 model has no QAT ranges (phase 2), so `int8` always calibrates
+    on `representative_data`."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a Keras 3 Model. Received: model={model!r}")
+    path = tflite.check_export(path, quantization, representative_data, int8_io, sparse)
+    if sparse:
+        raise ValueError(
+            "`sparse=True` is for tf_keras models; a Keras 3 model's zeros "
+            "compress with gzip as they are. Received: sparse=True"
+        )
+    tflite.refuse_overwrite(path, overwrite)
+    if quantization == "int8" and representative_data is None:
+        raise ValueError(
+            "`representative_data` is needed for quantization='int8' of a Keras 3 "
+            "model, to calibrate its activation ranges: pass a few batches of "
+            "training data. Received: representative_data=None"
+        )
+    model = deployable(model)
+    data = _convert(model, quantization, representative_data, int8_io)
+    tflite.write_atomically(path, data, overwrite)
+    return tflite.Exported(path, len(data))
+
+
+def load_model(path, *, compile=True, safe_mode=True):
+    """Loads a Keras 3 `.keras` file, tfopt's pruned models (their
+    `PruningMask` constraints) included; see `tfopt.load_model`."""
+    path = tflite.check_load(path, compile, safe_mode, "a .keras file")
+    try:
+        model = keras.saving.load_model(path, compile=compile, safe_mode=safe_mode)
+    except (OSError, zipfile.BadZipFile) as err:
+        raise OSError(
+            f"{path!r} is truncated or not a Keras file ({err}); an interrupted "
+            f"save or copy leaves such a file. Received: path={path!r}"
+        ) from err
+    # A model loaded in a multi-worker strategy's scope trains and evaluates
+    # there only with tfopt's fix of Keras 3.15's trainer.
+    return fit.fix(pruning.guard(model))

@@ -1,0 +1,393 @@
+"""Magnitude pruning of Keras 3 models (the `keras` package), side by side
+with `pruning.py`, which does it for tf_keras through TFMOT.
+
+TFMOT refuses Keras 3 objects, so this path is tfopt's own, and small: a
+pruned weight gets a `PruningMask` constraint. Keras 3 optimizers apply a
+variable's constraint after every update, so `w * mask` keeps the pruned
+weights at zero inside the training step, on every replica, at the cost of
+one multiply. `PruningCallback` (the Keras 3 half of `tfopt.PruningCallback`)
+(in `_k3_callback`) moves the masks along the schedule. The step count is
+kept in each `PruningMask`'s config (a `.keras` file) and in the optimizer
+(a checkpoint), whichever is further, so a reloaded model resumes where it
+stopped: its masks are its zeros.
+
+m:n structure is applied at each schedule update from `begin` and
+recomputed from the magnitudes then (TFMOT fixes it at its first update).
+
+The layer graph is left as it was (no wrapper layers), so the pruned model
+saves, reloads and exports as the plain model does. QAT (phase 2) is meant
+to slot in the same way: `rebuild` swaps layer configs of a Sequential or
+functional model, nested ones included.
+"""
+
+import warnings
+import weakref
+
+import keras
+import numpy as np
+
+from tfopt.core import schedule as _steps
+from tfopt.core import selection, sparsity
+from tfopt.core.sparsity import SparsityReport, check_m_by_n, m_by_n_compliant, row
+from tfopt.keras3 import fit
+
+MISSING_CALLBACK = (
+    "This Keras 3 model was pruned with tfopt.prune and is training without "
+    "tfopt.PruningCallback(), which advances the pruning schedule and keeps "
+    "the masks. Add it: model.fit(..., callbacks=[tfopt.PruningCallback()])."
+)
+
+# (layer classes, weight attribute, constraint attribute): the weights TFMOT
+# prunes in the same layers of tf_keras (the pointwise kernel only, for a
+# separable convolution).
+_PRUNABLE = (
+    (
+        (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D),
+        "pointwise_kernel",
+        "pointwise_constraint",
+    ),
+    (
+        (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D),
+        "depthwise_kernel",
+        "depthwise_constraint",
+    ),
+    (
+        (
+            keras.layers.Dense,
+            keras.layers.EinsumDense,
+            keras.layers.Conv1D,
+            keras.layers.Conv2D,
+            keras.layers.Conv3D,
+            keras.layers.Conv1DTranspose,
+            keras.layers.Conv2DTranspose,
+            keras.layers.Conv3DTranspose,
+        ),
+        "kernel",
+        "kernel_constraint",
+    ),
+    ((keras.layers.Embedding,), "embeddings", "embeddings_constraint"),
+)
+
+
+def prunable(layer):
+    """(weight attribute, constraint attribute) of `layer`'s prunable
+    weight, or None."""
+    for classes, weight, constraint in _PRUNABLE:
+        if isinstance(layer, classes):
+            return weight, constraint
+    return None
+
+
+@keras.saving.register_keras_serializable(package="tfopt")
+class PruningMask(keras.constraints.Constraint):
+    """The constraint of a pruned weight: `inner(w) * mask`.
+
+    Its config holds the schedule (so a `.keras` file knows how to go on);
+    the mask itself is a variable `PruningCallback` makes from the weight's
+    zeros when `fit` starts, in the model's strategy scope.
+    """
+
+    def __init__(
+        self,
+        target_sparsity,
+        kind="polynomial",
+        begin=0.0,
+        end=0.75,
+        initial_sparsity=0.0,
+        frequency=None,
+        power=3,
+        m_by_n=None,
+        inner=None,
+        step=0,
+    ):
+        self.schedule = _steps.ScheduleSteps(
+            target_sparsity, kind, begin, end, initial_sparsity, frequency, power
+        )
+        # Training steps this weight has been pruned for. The optimizer counts
+        # too, but a new one (a compile, a Distiller, a student-only file)
+        # starts again at 0: the schedule must not.
+        self.step = int(step)
+        self.m_by_n = tuple(m_by_n) if m_by_n else None
+        self.inner = keras.constraints.get(inner)
+        self.mask = None
+        self.ready = False
+        self.trainer = None  # a weak reference to the model whose fit runs it
+        self.failed = False  # raised MISSING_CALLBACK while a step was traced
+
+    def __call__(self, w):
+        if not self.ready:
+            # Raised while `fit` traces its step, before the first update.
+            # Drop the half-traced step, or the next fit would reuse it.
+            trainer = self.trainer() if self.trainer else None
+            if trainer is not None:
+                trainer.train_function = None
+            self.failed = True
+            raise RuntimeError(MISSING_CALLBACK)
+        if self.inner is not None:
+            w = self.inner(w)
+        return keras.ops.multiply(w, keras.ops.cast(self.mask, w.dtype))
+
+    def get_config(self):
+        return {
+            **self.schedule.settings(),
+            "m_by_n": list(self.m_by_n) if self.m_by_n else None,
+            "inner": keras.constraints.serialize(self.inner),
+            "step": self.step,
+        }
+
+
+def flat_layers(model):
+    """Every layer of `model`, nested models flattened, inputs left out."""
+    return selection.flat_layers(model, keras)
+
+
+def masked(model):
+    """(layer, variable, PruningMask) of every pruned weight of `model`."""
+    found = []
+    for layer in flat_layers(model):
+        names = prunable(layer)
+        if names:
+            variable = getattr(layer, names[0], None)
+            if isinstance(getattr(variable, "constraint", None), PruningMask):
+                found.append((layer, variable, variable.constraint))
+    return found
+
+
+def guard(trainer, model=None):
+    """Makes `trainer` (a pruned model, or a Distiller of a pruned `model`)
+    refuse to train without PruningCallback, in Python, before the forward
+    pass of its first step (eager or traced); returns `trainer`."""
+    found = masked(model or trainer)
+    for _, _, constraint in found:
+        constraint.trainer = weakref.ref(trainer)
+    if found and not getattr(trainer, "_tfopt_guarded", False):
+        step = trainer.train_step
+        pruned = model or trainer
+
+        def guarded(data):
+            if not all(c.ready for _, _, c in masked(pruned)):
+                # Traced: drop the half-made step, or the next fit reuses it.
+                trainer.train_function = None
+                raise RuntimeError(MISSING_CALLBACK)
+            return step(data)
+
+        # `train_step` is Keras's documented override point; on the instance,
+        # so only this model changes.
+        trainer.train_step = guarded
+        trainer._tfopt_guarded = True
+    return trainer
+
+
+def check_graph_model(model, action):
+    if not (
+        isinstance(model, keras.Sequential) or type(model).__name__ == "Functional"
+    ):
+        raise TypeError(
+            f"`model` must be a Sequential or functional Keras 3 model for "
+            f"{action}: a subclassed model ({type(model).__name__}) hides its "
+            f"layer graph. Build it with the functional API. Received: "
+            f"model={model!r}"
+        )
+    if not model.built:
+        raise ValueError(
+            f"`model` must be built (give it an `Input`) before {action}. "
+            f"Received: model={model!r}"
+        )
+
+
+def rebuild(model, new_config):
+    """A copy of Sequential/functional `model` (nested models too) whose
+    layers are made from `new_config(layer, config)`, weights copied."""
+
+    def clone(layer):
+        if isinstance(layer, keras.Model):
+            return keras.models.clone_model(layer, clone_function=clone)
+        config = new_config(layer, layer.get_config())
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def check_prunable(model):
+    """Raises unless `model` is a Keras 3 model `prune` can take."""
+    check_graph_model(model, "pruning")
+    if masked(model):
+        raise ValueError(
+            "`model` is already pruned: train it with PruningCallback, or "
+            f"tfopt.strip it first. Received: model={model.name!r}"
+        )
+
+
+def prune(
+    model, target_sparsity, settings, *, layers, exclude, m_by_n, block_size=None
+):
+    """`tfopt.prune` of Keras 3 `model`, its arguments checked: a copy whose
+    chosen weights carry `PruningMask` constraints of `settings`
+    (`core.schedule.ScheduleSteps`'s arguments)."""
+    all_layers = list(flat_layers(model))
+    selected = selection.select(
+        all_layers, [x for x in all_layers if prunable(x)], layers, exclude, "tfopt"
+    )
+    fits = {}
+    for layer in selected:
+        weight = getattr(layer, prunable(layer)[0])
+        fits[id(layer)] = (
+            bool(m_by_n)
+            and m_by_n_compliant(np.zeros(weight.shape), m_by_n) is not None
+        )
+        if not fits[id(layer)]:
+            sparsity.check_ceiling(
+                f"{layer.name}/{prunable(layer)[0]}",
+                int(np.prod(weight.shape)),
+                target_sparsity,
+            )
+    unfit = [layer.name for layer in selected if m_by_n and not fits[id(layer)]]
+    if unfit:
+        warnings.warn(
+            sparsity.unfit_message(f"m_by_n={tuple(m_by_n)}", unfit, target_sparsity),
+            UserWarning,
+            stacklevel=3,
+        )
+
+    def add_mask(layer, config):
+        if id(layer) in fits:
+            key = prunable(layer)[1]
+            config[key] = PruningMask(
+                **settings,
+                m_by_n=m_by_n if fits[id(layer)] else None,
+                inner=config.get(key),
+            )
+        return config
+
+    return fit.fix(guard(rebuild(model, add_mask)))
+
+
+def strip(model):
+    """`tfopt.strip` for a Keras 3 model: the masks applied, the
+    `PruningMask` constraints replaced by what they wrapped."""
+    check_graph_model(model, "stripping")
+    apply_masks(model)
+
+    def unmask(layer, config):
+        names = prunable(layer)
+        if names and isinstance(getattr(layer, names[0]).constraint, PruningMask):
+            inner = getattr(layer, names[0]).constraint.inner
+            config[names[1]] = keras.constraints.serialize(inner)
+        return config
+
+    return rebuild(model, unmask)
+
+
+def _values(variable, constraint):
+    values = variable.numpy()
+    if constraint.mask is not None:
+        values = values * constraint.mask.numpy()
+    return values
+
+
+def rows(model, m_by_n):
+    """`_sparsity.Row`s of the prunable weights of Keras 3 `model`."""
+    for layer in flat_layers(model):
+        names = prunable(layer)
+        if not names:
+            continue
+        variable = getattr(layer, names[0])
+        constraint = variable.constraint
+        pruned = isinstance(constraint, PruningMask)
+        values = _values(variable, constraint) if pruned else variable.numpy()
+        yield row(layer.name, variable, values, pruned, m_by_n)
+
+
+_KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
+
+
+def macs(model):
+    """Multiply-accumulates per example of Keras 3 `model`, counted as
+    `_channels.cost` counts a tf_keras one: every kernel's size times the
+    positions it is applied at (the output's middle dimensions; the input's
+    for a transposed convolution). Biases and BatchNorm add none."""
+    total = 0
+    for layer in flat_layers(model):
+        transposed = isinstance(
+            layer,
+            (
+                keras.layers.Conv1DTranspose,
+                keras.layers.Conv2DTranspose,
+                keras.layers.Conv3DTranspose,
+            ),
+        )
+        shape = (layer.input if transposed else layer.output).shape
+        positions = int(np.prod([d or 1 for d in shape[1:-1]])) if len(shape) > 2 else 1
+        total += sum(
+            int(np.prod(w.shape)) * positions
+            for w in layer.weights
+            if w.name in _KERNELS
+        )
+    return total
+
+
+def sparsity_report(model, *, m_by_n=(2, 4)):
+    """`tfopt.sparsity_report` for a Keras 3 model."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a Keras 3 Model. Received: model={model!r}")
+    check_m_by_n(m_by_n, "m_by_n")
+    return SparsityReport(rows(model, tuple(m_by_n)), m_by_n)
+
+
+def _magnitude_mask(values, sparsity):
+    # A partial sort (linear time: it runs at every mask update, in the
+    # training loop). Deterministic: equal inputs give equal masks on every
+    # worker and replica.
+    zeros = min(int(round(sparsity * values.size)), values.size - 1)
+    mask = np.ones(values.size, values.dtype)
+    if zeros:
+        mask[np.argpartition(np.abs(values).ravel(), zeros - 1)[:zeros]] = 0
+    return mask.reshape(values.shape)
+
+
+def _m_by_n_mask(values, m_by_n):
+    # Groups of n run along the input channels (axis -2 of a Keras kernel),
+    # as in TFMOT and TFLite: move that axis last, group, move it back.
+    zeros, n = m_by_n
+    moved = np.moveaxis(values, -2, -1)
+    groups = np.abs(moved).reshape(-1, n)
+    mask = np.ones_like(groups)
+    order = np.argsort(groups, axis=1, kind="stable")[:, :zeros]
+    np.put_along_axis(mask, order, 0, axis=1)
+    return np.moveaxis(mask.reshape(moved.shape), -1, -2)
+
+
+def apply_masks(model):
+    """Zeroes the pruned weights of `model` as its masks say, on every
+    replica (this runs in cross-replica context)."""
+    with model.distribute_strategy.scope():
+        for _, variable, constraint in masked(model):
+            if constraint.mask is not None:
+                variable.assign(_values(variable, constraint))
+
+
+def update_masks(model, found, step_update):
+    """Sets the masks of `found` (from `masked`) to the schedule's sparsity
+    at `step_update` (or m:n), ranking the weights by magnitude."""
+    with model.distribute_strategy.scope():
+        for _, variable, constraint in found:
+            values = _values(variable, constraint)
+            if constraint.m_by_n:
+                mask = _m_by_n_mask(values, constraint.m_by_n)
+            else:
+                mask = _magnitude_mask(
+                    values, constraint.schedule.sparsity_at(step_update)
+                )
+            constraint.mask.assign(mask)
+            variable.assign(values * mask)
+
+
+def mask_sparsity(found):
+    """The fraction of the pruned weights masked to zero."""
+    total = sum(int(np.prod(v.shape)) for _, v, _ in found)
+    zeros = sum(
+        int((c.mask.numpy() == 0).sum()) for _, _, c in found if c.mask is not None
+    )
+    return zeros / total if total else 0.0
