@@ -36,7 +36,7 @@ def export_and_verify(
     model, splits, formats, output_dir, *, overwrite, max_drop, batch_size
 ):
     """Exports `model` in each format and checks it on `splits.test`
-    (`tfopt.pipeline.export_and_verify`, as the main job does).
+    (`tfopt.job.exports.export_and_verify`, as the main job does).
 
     Returns:
         The `Verified` artifacts and the Keras model's accuracy.
@@ -44,10 +44,10 @@ def export_and_verify(
     Raises:
         RuntimeError: If an export loses more than `max_drop` accuracy.
     """
-    from tfopt.job import measure, pipeline
+    from tfopt.job import exports, measure
 
     reference = measure.keras_accuracy(model, splits.test)
-    verified = pipeline.export_and_verify(
+    verified = exports.export_and_verify(
         model, formats, output_dir, splits, batch_size=batch_size, overwrite=overwrite
     )
     bad = [v for v in verified if reference - v.accuracy > max_drop]

@@ -1,6 +1,6 @@
 """Shared fixtures and helpers. TensorFlow takes seconds to import and data
 sets seconds to load, so everything expensive is built once per session.
-Test modules import the helpers: `from tests.conftest import LOSS, compiled`.
+Helpers the tests share live in `tests/support/` and are imported from there.
 """
 
 import pytest
@@ -11,19 +11,6 @@ import tfopt
 # Two logical CPUs give every test a real 2-replica MirroredStrategy. This
 # must run before TensorFlow's first op, i.e. here, at collection.
 DEVICES = tfopt.configure_devices(logical_cpus=2)
-
-# What every classifier of the tests is trained with: integer labels, logits.
-LOSS = tfopt.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def compiled(model, learning_rate=1e-3):
-    """`model` compiled with Adam(`learning_rate`), `LOSS` and accuracy."""
-    model.compile(
-        optimizer=tfopt.keras.optimizers.Adam(learning_rate),
-        loss=LOSS,
-        metrics=["accuracy"],
-    )
-    return model
 
 
 def pytest_collection_modifyitems(config, items):

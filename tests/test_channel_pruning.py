@@ -10,10 +10,9 @@ import pytest
 import tensorflow as tf
 
 import tfopt
-from tests.conftest import LOSS, compiled
+from tests.support.helpers import LOSS, compiled
 from tfopt import keras
-from tfopt.keras2 import channel_pruning, pruning
-from tfopt.keras2 import channels as _channels
+from tfopt.keras2 import channel_pruning, cost, pruning
 
 
 def _model(name="resnet_tiny"):
@@ -57,7 +56,7 @@ def test_groups_reach_their_kept_counts_and_shrink_exactly(digits):
     assert pruning_.prunable
     for i in pruning_.prunable:
         group = pruning_.groups[i]
-        kept = channel_pruning.kept_count(group.size, 0.5, 4)
+        kept = cost.kept_count(group.size, 0.5, 4)
         assert len(pruning_.keep[i]) == kept
         assert kept % 4 == 0 or kept == group.size
         for name in group.producers:
@@ -119,8 +118,8 @@ def test_a_target_share_of_params_or_macs_is_met_by_the_shrunk_model(measure):
     pruning_ = channel_pruning.controller(pruned)
     pruning_.update(1.0)  # its last update
     index = channel_pruning.MEASURES.index(measure) - 1
-    flat = _channels.cost(model)[index]
-    small = _channels.cost(pruning_.shrink())[index]
+    flat = cost.cost(model)[index]
+    small = cost.cost(pruning_.shrink())[index]
     assert small <= 0.6 * flat
     assert small >= 0.5 * flat  # the smallest fraction that meets it
     assert pruning_.sparsity() == pytest.approx(1 - small / flat)
@@ -302,7 +301,7 @@ def test_a_saved_channel_pruned_model_loads_in_a_new_process(tmp_path):
     ],
 )
 def test_kept_counts_round_up_and_never_reach_zero(size, fraction, round_to, kept):
-    assert channel_pruning.kept_count(size, fraction, round_to) == kept
+    assert cost.kept_count(size, fraction, round_to) == kept
 
 
 @pytest.mark.parametrize(

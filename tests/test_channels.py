@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tfopt import keras
-from tfopt.keras2 import channels
+from tfopt.keras2 import channels, shrink
 
 L = keras.layers
 
@@ -183,7 +183,7 @@ def test_shrunk_model_computes_what_the_masked_one_does(build):
             )
     groups = channels.channel_groups(model)
     keep = _half(groups)
-    small = channels.shrink(model, groups, keep)
+    small = shrink.remove_channels(model, groups, keep)
     assert small.count_params() < 0.6 * model.count_params()
     kept = channels.kept_channels(model, groups, keep)
     shape = model.input_shape[1:]
@@ -201,7 +201,7 @@ def test_a_shrunk_model_saves_quantizes_and_exports(tmp_path):
 
     model = _block()
     groups = channels.channel_groups(model)
-    small = channels.shrink(model, groups, _half(groups))
+    small = shrink.remove_channels(model, groups, _half(groups))
     small.save(tmp_path / "small.keras")
     again = tfopt.load_model(str(tmp_path / "small.keras"))
     x = np.random.default_rng(0).uniform(0, 1, (8, 8, 8, 3)).astype("float32")

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tests import cluster
+from tests.support import cluster
 
 
 def _echo_task():

@@ -2,7 +2,7 @@ import pytest
 import tensorflow as tf
 
 import tfopt
-from tests import cluster
+from tests.support import cluster
 from tfopt import devices, keras
 
 

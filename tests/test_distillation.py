@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 
 import tfopt
-from tests import cluster, helpers
-from tests.conftest import LOSS
+from tests.support import cluster, helpers
+from tests.support.helpers import LOSS
 from tfopt import keras, models
 
 

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import tfopt
-from tests import cluster, helpers
+from tests.support import cluster, helpers
 from tfopt import distribute
 
 WORKERS_2 = {

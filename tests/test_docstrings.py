@@ -6,6 +6,7 @@ import importlib
 import pytest
 
 MODULES = [
+    "tfopt.channels",
     "tfopt.core.sparsity",
     "tfopt.data",
     "tfopt.devices",
@@ -18,9 +19,11 @@ MODULES = [
     "tfopt.keras2.export",
     "tfopt.keras2.pruning",
     "tfopt.keras2.quantization",
+    "tfopt.keras2.shrink",
     "tfopt.models",
     "tfopt.pruning",
     "tfopt.quantization",
+    "tfopt.replicas",
     "tfopt.job.report",
 ]
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.cluster import ROOT
+from tests.support.cluster import ROOT
 
 
 def test_quickstart_runs_and_reports_accuracy():

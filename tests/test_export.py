@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import tfopt
-from tests.conftest import compiled
+from tests.support.helpers import compiled
 from tfopt import keras, models
-from tfopt.keras2 import export
+from tfopt.core import tflite
 
 
 def _float_and_qat(name, data, epochs):
@@ -58,7 +58,7 @@ def test_int8_io_gives_int8_tensors(mnist5k, mnist_pair, out):
     path = tfopt.export_tflite(
         mnist_pair[1], out / "io.tflite", quantization="int8", int8_io=True
     ).path
-    interpreter = export.open_interpreter(path)
+    interpreter = tflite.open_interpreter(path)
     assert interpreter.get_input_details()[0]["dtype"] == np.int8
     assert interpreter.get_output_details()[0]["dtype"] == np.int8
     float_io = tfopt.evaluate_tflite(out / "int8.tflite", mnist5k.test)
@@ -162,7 +162,7 @@ def test_evaluate_accepts_bytes_and_falls_back_to_tf_lite(
     litert = tfopt.evaluate_tflite(path.read_bytes(), mnist5k.test)
     for name in ("ai_edge_litert", "ai_edge_litert.interpreter"):
         monkeypatch.setitem(sys.modules, name, None)
-    assert "tensorflow" in type(export.open_interpreter(str(path))).__module__
+    assert "tensorflow" in type(tflite.open_interpreter(str(path))).__module__
     assert tfopt.evaluate_tflite(path, mnist5k.test).accuracy == litert.accuracy
 
 
@@ -342,7 +342,7 @@ def test_a_sparse_file_reports_that_xnnpack_can_run_it_sparse(out):
     x = np.random.default_rng(1).uniform(0, 1, (1, 16, 16, 3)).astype("float32")
     outputs = []
     for path in (sparse.path, dense.path):
-        interpreter = export.open_interpreter(path)
+        interpreter = tflite.open_interpreter(path)
         interpreter.allocate_tensors()
         interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
         interpreter.invoke()

@@ -5,11 +5,10 @@ import dataclasses
 
 import pytest
 
-from tfopt import distribute, models
+from tfopt import distillation, distribute, export, models
 from tfopt.job import config
 from tfopt.job import flags as tfopt_flags
 from tfopt.job.config import Config, ConfigError
-from tfopt.keras2 import distillation, export
 
 
 def test_choices_are_the_library_tables():
@@ -113,9 +112,10 @@ def test_flags_become_the_config_without_a_mapping():
         ({"keras": "4"}, "`keras=4` must be one of 2, 3."),
         (
             {"keras": "3", "qat": True},
-            "`qat=True` is not available with `keras=3` yet: quantization-aware "
-            "training of Keras 3 models is the next phase (int8 TFLite files come "
-            "from calibration: `export=tflite_int8`).",
+            "`qat=True` is not available for Keras 3 models yet "
+            "(quantization-aware training (quantize) is tf_keras only). "
+            "A Keras 3 model exports to int8 with tfopt.export_tflite(model, "
+            "path, quantization='int8', representative_data=...).",
         ),
     ],
 )

@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 import tfopt
-from tests import k3_helpers
-from tests.k3_helpers import LOSS, cnn
+from tests.support import k3
+from tests.support.k3 import LOSS, cnn
 from tfopt.core import distill
 from tfopt.keras3 import distillation as _k3_distillation
 
@@ -37,7 +37,7 @@ def test_keras_distillation_default_is_kl_on_raw_logits_and_tfopts_is_not():
         pytest.approx(expected, rel=0.5),
         pytest.approx(4.0 * expected, rel=0.5),
     )
-    ours = float(distill.DISTILLATION_LOSSES["kl"](TEACHER, STUDENT, 2.0)[0])
+    ours = float(distill.SOFT_LOSSES["kl"](TEACHER, STUDENT, 2.0)[0])
     assert ours == pytest.approx(expected, rel=1e-6)
 
 
@@ -148,8 +148,8 @@ def test_cached_teacher_gives_the_same_student(digits, teacher):
 
 
 def test_same_student_and_logs_on_default_and_mirrored(mirrored):
-    single, h1 = k3_helpers.train_distilled(tfopt.get_strategy("default"), pruned=True)
-    double, h2 = k3_helpers.train_distilled(mirrored, pruned=True)
+    single, h1 = k3.train_distilled(tfopt.get_strategy("default"), pruned=True)
+    double, h2 = k3.train_distilled(mirrored, pruned=True)
     for a, b in zip(single, double, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
     for name in ("loss", "student_loss", "distillation_loss"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tfopt
-from tests import cluster, k3_helpers
+from tests.support import cluster, k3
 
 pytestmark = pytest.mark.slow
 
@@ -14,10 +14,10 @@ pytestmark = pytest.mark.slow
 def test_keras3_multi_worker_fit_fails_upstream_and_works_with_the_fix():
     # Without the fix Keras 3.15 fails before the first step. When this
     # assertion fails, Keras has fixed its trainer: remove tfopt/_k3_fit.py.
-    raw = cluster.run_workers(k3_helpers.plain_multi_worker_job, False)
+    raw = cluster.run_workers(k3.plain_multi_worker_job, False)
     assert all(isinstance(r, str) and "PerReplica" in r for r in raw), raw
-    fixed = cluster.run_workers(k3_helpers.plain_multi_worker_job, True)
-    single = k3_helpers.plain_fit(tfopt.get_strategy("default"), fixed=False)
+    fixed = cluster.run_workers(k3.plain_multi_worker_job, True)
+    single = k3.plain_fit(tfopt.get_strategy("default"), fixed=False)
     (w0, h0), (w1, h1) = fixed
     for a, b, c in zip(single[0], w0, w1, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
@@ -29,8 +29,8 @@ def test_keras3_multi_worker_fit_fails_upstream_and_works_with_the_fix():
 
 
 def test_same_masks_on_two_worker_processes():
-    results = cluster.run_workers(k3_helpers.pruned_multi_worker_job)
-    single = k3_helpers.train_pruned(tfopt.get_strategy("default"))
+    results = cluster.run_workers(k3.pruned_multi_worker_job)
+    single = k3.train_pruned(tfopt.get_strategy("default"))
     for worker in results:
         for a, b in zip(single[1], worker[1], strict=True):
             np.testing.assert_array_equal(a, b)
@@ -40,10 +40,8 @@ def test_same_masks_on_two_worker_processes():
 
 
 def test_same_distilled_pruned_student_on_two_worker_processes():
-    results = cluster.run_workers(k3_helpers.distilled_multi_worker_job)
-    single, history = k3_helpers.train_distilled(
-        tfopt.get_strategy("default"), pruned=True
-    )
+    results = cluster.run_workers(k3.distilled_multi_worker_job)
+    single, history = k3.train_distilled(tfopt.get_strategy("default"), pruned=True)
     for weights, logged in results:
         for a, b in zip(single, weights, strict=True):
             np.testing.assert_allclose(a, b, atol=1e-5)

@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 import tfopt
-from tests.k3_helpers import LOSS, cnn
-from tfopt.keras2 import export
+from tests.support.k3 import LOSS, cnn
+from tfopt import export
 
 
 def _accuracy(model, data):
@@ -92,7 +92,9 @@ def test_never_overwrites_and_checks_its_arguments(pruned, tmp_path):
         tfopt.export_tflite(pruned, tmp_path / "q.tflite", quantization="int8")
     with pytest.raises(ValueError, match=r"^`quantization` must be one of"):
         tfopt.export_tflite(pruned, tmp_path / "q.tflite", quantization="int4")
-    with pytest.raises(ValueError, match=r"^`sparse=True` is for tf_keras models"):
+    with pytest.raises(
+        ValueError, match=r"^`sparse=True` is not available for Keras 3 models yet"
+    ):
         tfopt.export_tflite(pruned, tmp_path / "q.tflite", sparse=True)
     with pytest.raises(
         TypeError,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import tfopt
-from tests import helpers, k3_helpers
-from tests.k3_helpers import LOSS, cnn
+from tests.support import helpers, k3
+from tests.support.k3 import LOSS, cnn
 from tfopt.keras3 import pruning
 
 
@@ -191,8 +191,8 @@ def test_nested_functional_models_are_pruned_through(digits):
 
 
 def test_same_masks_and_weights_on_default_and_mirrored(mirrored):
-    single = k3_helpers.train_pruned(tfopt.get_strategy("default"))
-    double = k3_helpers.train_pruned(mirrored)
+    single = k3.train_pruned(tfopt.get_strategy("default"))
+    double = k3.train_pruned(mirrored)
     for a, b in zip(single[1], double[1], strict=True):
         np.testing.assert_array_equal(a, b)
         assert (a == 0).mean() == pytest.approx(0.5, abs=0.01)

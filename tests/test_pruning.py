@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import tfopt
-from tests import cluster, helpers
-from tests.conftest import compiled
+from tests.support import cluster, helpers
+from tests.support.helpers import compiled
 from tfopt import keras, models
 from tfopt.keras2 import pruning
 

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import tfopt
-from tests import helpers
+from tests.support import helpers
 from tfopt import keras, models
 from tfopt.keras2 import pruning
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import tfopt
-from tests import cluster, helpers
-from tests.conftest import compiled
+from tests.support import cluster, helpers
+from tests.support.helpers import compiled
 from tfopt import keras, models
 from tfopt.keras2 import ranges, rewrite
 
@@ -455,7 +455,7 @@ def test_modern_blocks_are_integer_end_to_end(tmp_path):
 def _tflite_outputs(path, x):
     """The float outputs of the `.tflite` file at `path` for each example of
     `x` (batch 1), and the output's quantization step."""
-    from tfopt.keras2 import export
+    from tfopt.core import tflite as export
 
     interpreter = export.open_interpreter(str(path))
     source = interpreter.get_input_details()[0]

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 import tfopt
-from tests import cluster, helpers, parity
+from tests.support import cluster, helpers, parity
 
 # The teacher is tfmot_mnist, which has no BatchNorm or Dropout: those run
 # per replica, so with them no two replica counts train the same model.

@@ -13,7 +13,7 @@ from absl import flags
 from absl.testing import flagsaver
 
 from scripts import train
-from tests.cluster import ROOT
+from tests.support.cluster import ROOT
 
 FLAGS = flags.FLAGS
 QUICK = {

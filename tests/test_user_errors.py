@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tfopt
-from tests.conftest import LOSS
+from tests.support.helpers import LOSS
 from tfopt import keras, models
 
 

@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 
 _MODULES = (
     "callbacks",
+    "channels",
     "core",
     "data",
     "devices",
@@ -35,6 +36,7 @@ _MODULES = (
     "models",
     "pruning",
     "quantization",
+    "replicas",
 )
 # Public name -> (module, attribute).
 _NAMES = {
@@ -52,7 +54,7 @@ _NAMES = {
     "sparsity_report": ("tfopt.pruning", "sparsity_report"),
     "strip": ("tfopt.pruning", "strip"),
     "quantize": ("tfopt.quantization", "quantize"),
-    "shrink": ("tfopt.pruning", "shrink"),
+    "shrink": ("tfopt.channels", "shrink"),
 }
 
 __all__ = ["__version__", *_MODULES, *_NAMES]

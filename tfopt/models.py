@@ -11,6 +11,8 @@ resized to at least 32x32: the architecture people deploy, small enough to
 train on the bundled data sets.
 """
 
+import importlib
+
 from tfopt.core import checks
 from tfopt.core.kerases import Keras
 
@@ -32,10 +34,12 @@ def _batch_norm(keras, name):
     return keras.layers.BatchNormalization(momentum=_BN_MOMENTUM, name=name, **extra)
 
 
-def keras_module(keras_version):
-    """The Keras module of `keras_version` (2: tf_keras, 3: Keras 3),
-    imported on first use."""
-    return Keras(keras_version).module()
+def keras_module(keras):
+    """The Keras module of `keras` (a `Keras`, or its version: 2 for
+    tf_keras as tfopt binds it, 3 for Keras 3), imported on first use."""
+    if Keras(keras) is Keras.KERAS3:
+        return importlib.import_module("keras")
+    return importlib.import_module("tfopt.keras2.binding").keras
 
 
 def _inputs(keras, input_shape):

@@ -12,18 +12,21 @@ tf_keras ones: `wrappers`, `PrunedModel`, `PruneLowMagnitude`,
 from `tfopt.keras2.pruning` for one release; import them from there.
 """
 
-from typing import NamedTuple
 
+from tfopt import models
 from tfopt.callbacks import ByModel
+from tfopt.channels import Channels, shrink
 from tfopt.core import checks, selection, sparsity, vocab
-from tfopt.core.kerases import Keras, refusal, require, supports
+from tfopt.core.kerases import Keras, refusal, supports
 from tfopt.core.schedule import KINDS, check_schedule
+from tfopt.core.sparsity import SparsityReport
 
 __all__ = [
     "Channels",
     "KINDS",
     "PruningCallback",
     "STRUCTURES",
+    "SparsityReport",
     "prune",
     "shrink",
     "sparsity_report",
@@ -31,31 +34,6 @@ __all__ = [
 ]
 
 STRUCTURES = vocab.PRUNE_STRUCTURES
-
-
-class Channels(NamedTuple):
-    """`structure=Channels(...)` of `prune`: zero whole channel groups, which
-    `shrink` then removes (a smaller, faster model).
-
-    Attributes:
-        measure: What `target_sparsity` is a fraction of: `channels` (of each
-            prunable group), `params` or `macs` (of the whole model).
-        importance: How channels are ranked: `l2` (norm of the producers'
-            output slices), `bn_gamma` (BatchNorm scales) or `taylor`
-            (first-order, on `PruningCallback(data=...)` batches).
-        round_to: Each group keeps a multiple of this many channels (or all
-            of them; never none).
-    """
-
-    measure: str = "channels"
-    importance: str = "l2"
-    round_to: int = 8
-
-    def check(self):
-        checks.check_choice(self.measure, "measure", vocab.PRUNE_MEASURES)
-        checks.check_choice(self.importance, "importance", vocab.PRUNE_IMPORTANCES)
-        checks.check_int(self.round_to, "round_to", minimum=1)
-        return self
 
 
 _CHANNEL_DEFAULTS = Channels()
@@ -220,7 +198,9 @@ def prune(
         target_sparsity, schedule, begin, end, initial_sparsity, frequency, power
     )
     for arg, specs in (("layers", layers), ("exclude", exclude)):
-        selection.check_specs(specs, arg, keras.module().layers.Layer, keras.label)
+        selection.check_specs(
+            specs, arg, models.keras_module(keras).layers.Layer, keras.label
+        )
     channels = _channels(structure, measure, importance, round_to, m_by_n, block_size)
     if channels is not None and not supports(keras, "channel_pruning"):
         _refuse_argument("channel_pruning", keras, "structure", structure)
@@ -316,29 +296,6 @@ def sparsity_report(model, *, m_by_n=(2, 4)):
     else:
         from tfopt.keras2 import sparsity as implementation
     return implementation.sparsity_report(model, m_by_n=m_by_n)
-
-
-def shrink(model, *, atol=1e-4):
-    """Removes the channels that channel pruning zeroed: a physically
-    smaller, faster copy of `model`, checked to compute what it does.
-
-    Args:
-        model: A tf_keras model pruned with `structure="channels"` (or any
-            tf_keras model whose producers hold zeroed channels).
-        atol: The largest difference allowed between the outputs of the
-            copy and of `model` on a random batch. Defaults to `1e-4`.
-
-    Returns:
-        A plain functional tf_keras model.
-
-    Raises:
-        TypeError: If `model` is not a tf_keras model (`shrink` is tf_keras
-            only: `tfopt.core.kerases.CAPABILITIES`).
-    """
-    require("shrink", model, "tfopt.shrink")
-    from tfopt.keras2 import channels
-
-    return channels.shrink_zeroed(model, atol=atol)
 
 
 class PruningCallback(ByModel):

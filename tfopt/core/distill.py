@@ -23,9 +23,9 @@ def _mse(teacher, student, temperature):
     return tf.reduce_mean(tf.square(teacher - student), axis=-1)
 
 
-# Per-example soft losses: KL(softmax(t/T) || softmax(s/T)), or MSE on logits.
-# The soft losses by name: `vocab.DISTILLATION_LOSSES`.
-_LOSSES = {"kl": _kl, "mse": _mse}
+# The per-example soft losses under their `vocab.DISTILLATION_LOSSES` names:
+# KL(softmax(t/T) || softmax(s/T)), or MSE on logits.
+SOFT_LOSSES = {"kl": _kl, "mse": _mse}
 
 
 def check_keywords(args):
@@ -319,7 +319,7 @@ class DistillerSteps:
             tf.cast(teacher_out[0], tf.float32), student_logits.shape
         )
         hard = self.hard_loss(y, student_logits)
-        soft = _LOSSES[self.distillation_loss](teacher_logits, student_logits, t)
+        soft = SOFT_LOSSES[self.distillation_loss](teacher_logits, student_logits, t)
         total = alpha * hard + (1.0 - alpha) * t * t * soft
         for s_feat, t_feat, projection, weight in zip(
             student_out[1:],

@@ -7,12 +7,12 @@ one table of what each Keras can do; the public front, the main job's config
 checks, the README's feature table and the contract tests all read it, and
 `refusal` is the one wording of "not for this Keras yet".
 
-Nothing here imports TensorFlow or a Keras: `Keras.module()` imports the
-chosen one when asked, so a Keras 3 program never loads tf_keras or TFMOT.
+Nothing here imports TensorFlow or a Keras (`tfopt.models.keras_module`
+imports the one asked for), so a Keras 3 program never loads tf_keras or
+TFMOT.
 """
 
 import enum
-import importlib
 from typing import NamedTuple
 
 
@@ -48,12 +48,6 @@ class Keras(enum.Enum):
     def package(self):
         """The tfopt package that implements this Keras."""
         return "tfopt.keras3" if self is Keras.KERAS3 else "tfopt.keras2"
-
-    def module(self):
-        """The Keras module itself (`keras`, or tf_keras as tfopt binds it)."""
-        if self is Keras.KERAS3:
-            return importlib.import_module("keras")
-        return importlib.import_module("tfopt.keras2.binding").keras
 
 
 BOTH = frozenset(Keras)
@@ -140,22 +134,20 @@ def refusal(capability, keras, subject):
     cap = CAPABILITIES[capability]
     others = " and ".join(k.label for k in Keras if k in cap.supported)
     text = (
-        f"{subject} is not available for {keras.label} models yet: "
-        f"{cap.what} is {others} only in this release."
+        f"{subject} is not available for {keras.label} models yet "
+        f"({cap.what} is {others} only)."
     )
     return f"{text} {cap.instead}" if cap.instead else text
 
 
-class Unsupported(TypeError):
-    """A feature asked of a model whose Keras lacks it."""
-
-
 def require(capability, model, subject, arg="model"):
-    """Raises `Unsupported` (a `TypeError`) unless `model`'s Keras has
-    `capability`; returns that Keras."""
+    """Raises `TypeError` unless `model`'s Keras has `capability`; returns
+    that Keras."""
     keras = Keras.of(model)
     if not supports(keras, capability):
-        raise Unsupported(
+        wanted = " or ".join(k.label for k in CAPABILITIES[capability].supported)
+        raise TypeError(
+            f"`{arg}` must be a {wanted} model: "
             f"{refusal(capability, keras, subject)} Received: {arg}={model!r}"
         )
     return keras

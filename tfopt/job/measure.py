@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from tfopt import export, pruning
+from tfopt import export, models, pruning
 from tfopt.core import speed as _speed
 from tfopt.core import tflite
 from tfopt.core.kerases import Keras
@@ -43,7 +43,7 @@ def macs(model):
         from tfopt.keras3 import pruning as keras3_pruning
 
         return keras3_pruning.macs(model)
-    from tfopt.keras2 import channels, graph
+    from tfopt.keras2 import cost, graph
     from tfopt.keras2.binding import keras
 
     if not isinstance(model, keras.Model) or not (
@@ -51,7 +51,7 @@ def macs(model):
     ):
         return None
     flat = graph.flat(model)
-    return channels.cost(flat)[1]
+    return cost.cost(flat)[1]
 
 
 def keras_accuracy(model, data):
@@ -61,12 +61,14 @@ def keras_accuracy(model, data):
     if keras is Keras.KERAS3:
         from tfopt.keras3 import fit
 
-        fit.fix(model)  # evaluate under a multi-worker strategy
+        fit.enable_multi_worker(model)  # evaluate under a multi-worker strategy
         # Keras 3 makes the metrics where `compile` runs: in the model's strategy.
         scope = model.distribute_strategy.scope()
     with scope:
         model.compile(
-            loss=keras.module().losses.SparseCategoricalCrossentropy(from_logits=True),
+            loss=models.keras_module(keras).losses.SparseCategoricalCrossentropy(
+                from_logits=True
+            ),
             metrics=["accuracy"],
         )
     return model.evaluate(data, verbose=0, return_dict=True)["accuracy"]
@@ -122,7 +124,7 @@ def keras_row(stem, name, model, test, reference):
 
 
 def file_row(verified, reference):
-    """The row of an exported artifact (`pipeline.Verified`)."""
+    """The row of an exported artifact (`tfopt.job.exports.Verified`)."""
     return _row(
         verified.name,
         verified.accuracy,

@@ -16,7 +16,6 @@ checkpoints (see `tfopt.job.state`).
 """
 
 import logging
-import os
 import sys
 import time
 from typing import NamedTuple
@@ -24,7 +23,6 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from tfopt import (
-    callbacks,
     devices,
     distillation,
     distribute,
@@ -33,14 +31,22 @@ from tfopt import (
     pruning,
     quantization,
 )
-from tfopt.core import summary, tflite
-from tfopt.core.kerases import Keras
-from tfopt.job import lockstep, measure, report
-from tfopt.job.config import EXPORTS, ClusterError, Config, ConfigError
+from tfopt.job import lockstep, measure, report, stages
+from tfopt.job.config import ClusterError, Config, ConfigError
+from tfopt.job.exports import Verified, export_and_verify
 from tfopt.job.state import Run as _Run
 from tfopt.job.state import check
 
-__all__ = ["ClusterError", "Config", "ConfigError", "Report", "get_strategy", "run"]
+__all__ = [
+    "ClusterError",
+    "Config",
+    "ConfigError",
+    "Report",
+    "Verified",
+    "export_and_verify",
+    "get_strategy",
+    "run",
+]
 
 # Stage lines; `scripts/train.py` shows them as plain lines.
 _log = logging.getLogger("tfopt.job.pipeline")
@@ -54,235 +60,31 @@ class Report(NamedTuple):
     markdown: str | None
 
 
-def keras_of(config):
-    """The Keras module `config.keras` builds models with: tf_keras (the
-    world of TFMOT) or Keras 3. Only the one asked for is imported."""
-    return config.keras_api.module()
-
-
-# The job's own callbacks run in either Keras's `fit`: `callbacks.Callback`.
-class _EpochCheckpoint(callbacks.Callback):
-    def __init__(self, manager, epoch):
-        super().__init__()
-        self.manager, self.epoch = manager, epoch
-
-    def on_epoch_end(self, index, logs=None):
-        self.epoch.assign(index + 1)
-        self.manager.save(checkpoint_number=index + 1)
-
-
-class _EpochLine(callbacks.Callback):
-    """One line per epoch where there is no terminal for a progress bar."""
-
-    def __init__(self, epochs):
-        super().__init__()
-        self.epochs = epochs
-
-    def on_epoch_begin(self, index, logs=None):
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, index, logs=None):
-        values = ", ".join(
-            f"{k} {v:.4f}"
-            for k, v in (logs or {}).items()
-            if isinstance(v, (int, float))
-        )
-        _log.info(
-            "      epoch %d/%d: %s (%.1f s)",
-            index + 1,
-            self.epochs,
-            values,
-            time.perf_counter() - self.start,
-        )
-
-
-class _ScalarLogger(callbacks.Callback):
-    def __init__(self, log_dir):
-        super().__init__()
-        self.writer = tf.summary.create_file_writer(log_dir)
-
-    def on_epoch_end(self, index, logs=None):
-        summary.write_scalars(
-            self.writer,
-            index + 1,
-            {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))},
-        )
-
-
-def _plan(config):
-    """Stage name -> what its banner says, in order."""
-    stages = {}
-    if config.teacher == "train":
-        stages["teacher"] = (
-            f"train teacher {config.teacher_model}, {config.teacher_epochs} epochs"
-        )
-    if config.teacher:
-        teacher = (
-            config.teacher_model
-            if config.teacher == "train"
-            else os.path.basename(config.teacher)
-        )
-        stages["distilled"] = (
-            f"distill{' + prune' * config.prune} "
-            f"{config.model} ← {teacher}, {config.epochs} epochs"
-        )
-    else:
-        stages["baseline"] = f"train {config.model}, {config.epochs} epochs"
-        if config.prune:
-            stages["pruned"] = (
-                f"prune {_what_is_pruned(config)} of {config.model}, "
-                f"{config.epochs} epochs"
-                + (", distilled from the unpruned model" if config.recover else "")
-            )
-    if config.prunes_channels:
-        stages["shrink"] = "shrink: remove the pruned channels"
-    if config.qat:
-        stages["qat"] = f"quantization-aware training, {config.qat_epochs} epochs"
-    stages["export"] = f"evaluate and export {', '.join(config.export)}"
-    return stages
-
-
-def _what_is_pruned(config):
-    if config.prune_structure == "weights":
-        return f"{config.target_sparsity:.0%} of the weights"
-    share = (
-        "of each group's channels"
-        if config.prune_measure == "channels"
-        else (f"of the {config.prune_measure.replace('macs', 'MACs')}")
-    )
-    return f"channels: {config.target_sparsity:.0%} {share}"
-
-
-def _banner(run, name, note=""):
-    stages = _plan(run.config)
-    _log.info(
-        "[%d/%d] %s%s", list(stages).index(name) + 1, len(stages), stages[name], note
-    )
-
-
-def _stage(run, name, build, epochs, callbacks=()):
-    """Builds, compiles and trains one stage (resuming it if interrupted)
-    and saves its result; returns that result as loaded back from disk,
-    whether trained now or earlier, so a resumed run measures and exports
-    exactly what an uninterrupted one does."""
-    done = run.chief_path("checkpoints", f"{name}.keras")
-    finished = os.path.exists(done)
-    latest = tf.train.latest_checkpoint(run.chief_path("checkpoints", name))
-    # Every worker decides from the chief's files on its own: they must see
-    # the same ones, or they would run different stages and hang.
-    _, same = lockstep.agree(
-        run.strategy, run.worker, True, [finished, latest and os.path.basename(latest)]
-    )
-    if not same:
-        raise ConfigError(
-            f"the workers see different files in `model_dir={run.shared}`: it "
-            "must be one directory that every worker reaches at the same path "
-            "(a shared file system)."
-        )
-    if finished:
-        _banner(run, name, f": finished earlier, loading {done}")
-        with run.timed(f"{name} (loaded)"), run.strategy.scope():
-            return export.load_model(done)
-    replicas = run.strategy.num_replicas_in_sync
-    _banner(run, name, f" on {replicas} replicas" if replicas > 1 else "")
-    with run.timed(name):
-        saved = _train(run, name, build, epochs, callbacks, latest)
-        with run.strategy.scope():
-            result = export.load_model(saved)
-    # The digest lets the workers of a cluster be compared from their logs.
-    _log.info(
-        "      stage %s: %d epochs in %.1f s (weights %s)",
-        name,
-        epochs,
-        run.seconds[name],
-        lockstep.digest(result),
-    )
-    return result
-
-
-def _train(run, name, build, epochs, callbacks, latest):
-    """Trains a stage from `latest` (its last checkpoint, or None) and saves
-    its result; returns where."""
-    with run.strategy.scope():
-        model = build()
-        epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        checkpoint = tf.train.Checkpoint(
-            model=model, optimizer=model.optimizer, epoch=epoch
-        )
-    manager = tf.train.CheckpointManager(
-        checkpoint, run.path("checkpoints", name), max_to_keep=1
-    )
-    if latest:
-        checkpoint.restore(latest)
-        _log.info("      resuming after epoch %d", int(epoch.numpy()))
-    first = int(epoch.numpy())
-    # Keras's progress bar on a terminal; else one line per epoch.
-    bar = sys.stdout.isatty()
-    model.fit(
-        run.stream(first, epochs),
-        epochs=epochs,
-        initial_epoch=first,
-        steps_per_epoch=run.steps,
-        validation_data=run.splits.validation,
-        verbose=1 if bar else 0,
-        callbacks=[
-            *callbacks,
-            _EpochCheckpoint(manager, epoch),
-            _ScalarLogger(run.path("logs", name)),
-            *([] if bar else [_EpochLine(epochs)]),
-        ],
-    )
-    result = model.student if isinstance(model, distillation.Distiller) else model
-    mine = run.path("checkpoints", f"{name}.keras")
-    result.save(mine + ".tmp.keras")
-    os.replace(mine + ".tmp.keras", mine)
-    return mine
-
-
-def _compiled(config, model, learning_rate):
-    keras = keras_of(config)
-    if config.keras_api is Keras.KERAS3:
-        distribute.keras3_multi_worker(model)  # Keras 3.15's trainer bugs
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
-
-
-def _build(config, name, info, seed):
-    keras_of(config).utils.set_random_seed(seed)
-    return models.build(
-        name, info.input_shape, info.num_classes, keras_version=config.keras_api.value
-    )
-
-
 def _teacher(run):
     config = run.config
     if config.teacher == "train":
 
         def build():
-            return _compiled(
+            return stages.compiled(
                 config,
-                _build(config, config.teacher_model, run.info, config.seed),
+                stages.build(config, config.teacher_model, run.info, config.seed),
                 config.learning_rate,
             )
 
-        return _stage(run, "teacher", build, config.teacher_epochs)
+        return stages.stage(run, "teacher", build, config.teacher_epochs)
     with run.strategy.scope():
         return export.load_model(config.teacher)
 
 
 def _prune(config, model):
-    extra = (
-        {
-            "measure": config.prune_measure,
-            "importance": config.prune_importance,
-            "round_to": config.prune_round_to,
-        }
+    structure = (
+        pruning.Channels(
+            measure=config.prune_measure,
+            importance=config.prune_importance,
+            round_to=config.prune_round_to,
+        )
         if config.prunes_channels
-        else {}
+        else "weights"
     )
     return pruning.prune(
         model,
@@ -290,8 +92,7 @@ def _prune(config, model):
         begin=config.pruning_begin,
         end=config.pruning_end,
         m_by_n=config.m_by_n,
-        structure=config.prune_structure,
-        **extra,
+        structure=structure,
     )
 
 
@@ -312,10 +113,10 @@ def _student(run, teacher):
     )
 
     def fresh():
-        return _build(config, config.model, run.info, config.seed + 1)
+        return stages.build(config, config.model, run.info, config.seed + 1)
 
     def distiller(student, teacher, alpha=config.alpha):
-        return _compiled(
+        return stages.compiled(
             config,
             distillation.Distiller(
                 student=student,
@@ -335,11 +136,11 @@ def _student(run, teacher):
                 _prune(config, fresh()) if config.prune else fresh(), teacher
             )
 
-        return None, _stage(run, "distilled", distill, config.epochs, callbacks)
-    baseline = _stage(
+        return None, stages.stage(run, "distilled", distill, config.epochs, callbacks)
+    baseline = stages.stage(
         run,
         "baseline",
-        lambda: _compiled(config, fresh(), config.learning_rate),
+        lambda: stages.compiled(config, fresh(), config.learning_rate),
         config.epochs,
     )
     if not config.prune:
@@ -350,95 +151,25 @@ def _student(run, teacher):
         # the one that trains; the baseline stays as it was saved).
         if config.recover:
             return distiller(_prune(config, baseline), baseline, config.recover_alpha)
-        return _compiled(config, _prune(config, baseline), config.learning_rate)
+        return stages.compiled(config, _prune(config, baseline), config.learning_rate)
 
-    return baseline, _stage(run, "pruned", pruned, config.epochs, callbacks)
+    return baseline, stages.stage(run, "pruned", pruned, config.epochs, callbacks)
 
 
 def _qat(run, model):
 
     config = run.config
     zeros = config.prune and not config.prunes_channels
-    return _stage(
+    return stages.stage(
         run,
         "qat",
-        lambda: _compiled(
+        lambda: stages.compiled(
             config,
             quantization.quantize(model, preserve_sparsity=zeros),
             config.learning_rate / 10,
         ),
         config.qat_epochs,
     )
-
-
-class Verified(NamedTuple):
-    """One exported artifact and how it did on the test split."""
-
-    name: str  # a `tfopt.job.config.EXPORTS` name
-    path: str
-    size_bytes: int
-    accuracy: float
-    latency_ms_per_example: float | None  # TFLite files only
-    model: object  # what it was made from (a SavedModel: as loaded back)
-
-
-def export_and_verify(
-    model, formats, output_dir, splits, *, batch_size, overwrite=False
-):
-    """Exports `model` in each of `formats` (`tfopt.job.config.EXPORTS` names)
-    under `output_dir` and evaluates each file on `splits.test`; the main
-    job and `scripts/export.py` both use it. A float model's int8 file is
-    calibrated on `splits.train`; a QAT model's uses its learned ranges.
-
-    Returns:
-        One `Verified` per format, in order.
-    """
-    calibration = None if _is_quantized(model) else splits.train
-    verified = []
-    for name in formats:
-        form = EXPORTS[name]
-        path = os.path.join(output_dir, form.filename)
-        if form.kind == "saved_model":
-            made = export.export_saved_model(model, path, overwrite=overwrite)
-            loaded = export.load_model(made.path, compile=False)
-            verified.append(
-                Verified(
-                    name,
-                    made.path,
-                    made.size_bytes,
-                    measure.keras_accuracy(loaded, splits.test),
-                    None,
-                    loaded,
-                )
-            )
-            continue
-        made = export.export_tflite(
-            model,
-            path,
-            quantization=form.quantization,
-            overwrite=overwrite,
-            representative_data=calibration,
-        )
-        result = tflite.evaluate_tflite(made.path, splits.test)
-        verified.append(
-            Verified(
-                name,
-                made.path,
-                made.size_bytes,
-                result.accuracy,
-                result.mean_batch_latency_ms / batch_size,
-                model,
-            )
-        )
-    return verified
-
-
-def _is_quantized(model):
-    if Keras.of(model) is Keras.KERAS3:
-        return False  # Keras 3 has no QAT yet
-    from tfopt.keras2 import selection
-
-    return selection.is_quantized(model)
 
 
 def get_strategy(config):
@@ -478,7 +209,7 @@ def run(config, *, command=None):
     )
     # Before any op: a multi_worker strategy configures the runtime.
     strategy = get_strategy(config)
-    keras_of(config).utils.set_random_seed(config.seed)
+    stages.keras_of(config).utils.set_random_seed(config.seed)
     if config.deterministic:
         # Same numbers after a restart; a process-wide, one-way switch.
         tf.config.experimental.enable_op_determinism()
@@ -554,7 +285,7 @@ def _recipe(run_):
         elif config.prune:
             rows.append(_row(run_, "pruned", final, rows[0]))
     if config.prunes_channels:
-        _banner(run_, "shrink")
+        stages.banner(run_, "shrink")
         with run_.timed("shrink"):
             # Deterministic from the saved pruned model: a resumed run shrinks
             # it to the same model, so it needs no checkpoint of its own.
@@ -564,7 +295,7 @@ def _recipe(run_):
         final = _qat(run_, final)
         with run_.timed("evaluate"):
             rows.append(_row(run_, "qat", final, rows[0]))
-    _banner(run_, "export")
+    stages.banner(run_, "export")
     with run_.timed("evaluate"):
         for verified in export_and_verify(
             final,

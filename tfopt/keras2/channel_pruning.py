@@ -1,6 +1,6 @@
 """Channel pruning during `fit`: `tfopt.prune(..., structure="channels")`.
 
-Whole channel groups (`_channels.channel_groups`) are zeroed on the same
+Whole channel groups (`channels.channel_groups`) are zeroed on the same
 fractional schedule as magnitude pruning, so that `tfopt.shrink` can then
 remove them for a model that runs faster. The pruned model is a
 `ChannelPrunedModel`: a functional model whose config carries the settings,
@@ -27,137 +27,31 @@ import numpy as np
 import tensorflow as tf
 
 from tfopt.core import vocab
-from tfopt.keras2 import binding, graph, pruning, selection
-from tfopt.keras2 import channels as _channels
+from tfopt.keras2 import binding, channels, cost, graph, pruning, selection
 from tfopt.keras2.binding import keras
 from tfopt.keras2.schedule import PruningSchedule
+from tfopt.keras2.shrink import remove_channels
 
 MEASURES = vocab.PRUNE_MEASURES  # ("channels", "params", "macs")
 IMPORTANCES = vocab.PRUNE_IMPORTANCES
+# Read here too: the class of what `prune_channels` returns.
+ChannelPrunedModel = pruning.ChannelPrunedModel
 # Batches of `PruningCallback(data=...)` each Taylor score is summed over.
 TAYLOR_BATCHES = 4
 _L = keras.layers
 
 
-def kept_count(size, fraction, round_to):
-    """Channels a group of `size` keeps when `fraction` is pruned."""
-    # The epsilon keeps a product like 64 * 0.5 / 8 from rounding up a step.
-    kept = math.ceil(size * (1.0 - fraction) / round_to - 1e-9) * round_to
-    return int(min(size, max(kept, min(size, round_to), 1)))
-
-
-def removed_share(model, groups, prunable, measure, keep, terms=None):
-    """The fraction of `model`'s `measure` that keeping `keep` removes."""
-    if measure == "channels":
-        return 1.0 - (
-            sum(len(keep[i]) for i in prunable) / sum(groups[i].size for i in prunable)
-        )
-    index = MEASURES.index(measure) - 1
-    terms = terms or _channels.cost_terms(model)
-    kept = _channels.kept_channels(model, groups, keep)
-    return 1.0 - (
-        _channels.cost(model, kept, terms)[index]
-        / _channels.cost(model, terms=terms)[index]
-    )
-
-
-def final_counts(model, groups, prunable, measure, target, round_to):
-    """{group index: channels it keeps} once `target` of `measure` is cut.
-
-    For `channels`, every group loses `target` of its channels. For `params`
-    and `macs`, every group first loses the largest common fraction that
-    stays short of the target; then the groups with the most channels left
-    (relative to their size) shed `round_to` more, one at a time, until the
-    target is met, so the cut lands just past it instead of a rounding step
-    beyond.
-    """
-    if measure == "channels":
-        return {i: kept_count(groups[i].size, target, round_to) for i in prunable}
-    terms = _channels.cost_terms(model)
-
-    def cut(counts):
-        return removed_share(
-            model,
-            groups,
-            prunable,
-            measure,
-            {i: range(n) for i, n in counts.items()},
-            terms,
-        )
-
-    def at(fraction):
-        return {i: kept_count(groups[i].size, fraction, round_to) for i in prunable}
-
-    most = cut(at(1.0))
-    if most < target:
-        raise ValueError(
-            f"`target_sparsity` must be at most {math.floor(most * 1000) / 1000} "
-            f"with measure={measure!r}: removing every prunable channel (down "
-            f"to round_to={round_to} per group) cuts only that fraction of the "
-            f"model's {measure}. Received: target_sparsity={target!r}"
-        )
-    low, high = 0.0, 1.0  # cut(at(low)) < target <= cut(at(high))
-    for _ in range(30):
-        middle = (low + high) / 2
-        low, high = (low, middle) if cut(at(middle)) >= target else (middle, high)
-    counts = at(low)
-    while cut(counts) < target:
-        # The next count down: a multiple of round_to, never below it.
-        lower = {i: (counts[i] - 1) // round_to * round_to for i in prunable}
-        shrinkable = [
-            i for i in prunable if lower[i] >= max(1, min(round_to, groups[i].size))
-        ]
-        if not shrinkable:
-            return at(high)
-        cuts = {i: cut({**counts, i: lower[i]}) for i in shrinkable}
-        enough = [i for i in shrinkable if cuts[i] >= target]
-        if enough:  # the last step: the one that overshoots least
-            best = min(enough, key=lambda i: (cuts[i], i))
-            counts[best] = lower[best]
-            break
-        i = max(shrinkable, key=lambda i: (counts[i] / groups[i].size, -i))
-        counts[i] = lower[i]
-    return counts
-
-
-@keras.utils.register_keras_serializable(package="tfopt")
-class ChannelPrunedModel(pruning.PrunedModel):
-    """What `prune(..., structure="channels")` returns: a flat functional
-    model whose `tfopt_channel_pruning` settings say how `PruningCallback`
-    zeroes its channels; `tfopt.shrink` then removes them."""
-
-    tfopt_channel_pruning = None  # the settings; set by prune or from_config
-    channel_pruned = True  # what `pruning.channel_models` looks for
-
-    def train_step(self, data):
-        pruning.require_callback(self)
-        return keras.Model.train_step(self, data)
-
-    def get_config(self):
-        config = super().get_config()
-        config["tfopt_channel_pruning"] = dict(self.tfopt_channel_pruning)
-        return config
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        settings = config.pop("tfopt_channel_pruning")
-        model = super().from_config(config, custom_objects)
-        model.tfopt_channel_pruning = settings
-        return model
-
-
-def prune_channels(model, channels, settings, *, layers, exclude):
+def prune_channels(model, structure, settings, *, layers, exclude):
     """`tfopt.prune` of tf_keras `model` with `structure=Channels(...)` (or
     "channels"), its arguments checked: a `ChannelPrunedModel` whose config
     says which groups lose how many channels on the schedule of `settings`
     (`core.schedule.ScheduleSteps`'s arguments)."""
     target = settings["target_sparsity"]
-    measure, importance, round_to = channels
+    measure, importance, round_to = structure
     copy = selection.copy_model(model)
     flat = graph.flat(copy)
     chosen = {layer.name for layer in selection.chosen_layers(flat, layers, exclude)}
-    groups = _channels.channel_groups(flat)
+    groups = channels.channel_groups(flat)
     prunable = [
         i for i, g in enumerate(groups) if all(name in chosen for name in g.producers)
     ]
@@ -169,8 +63,8 @@ def prune_channels(model, channels, settings, *, layers, exclude):
             f"followed) among the chosen layers. Received: layers={layers!r}, "
             f"exclude={exclude!r}"
         )
-    counts = final_counts(flat, groups, prunable, measure, target, round_to)
-    reached = removed_share(
+    counts = cost.final_counts(flat, groups, prunable, measure, target, round_to)
+    reached = cost.removed_share(
         flat, groups, prunable, measure, {i: range(n) for i, n in counts.items()}
     )
     if abs(reached - target) > 0.05:
@@ -183,7 +77,7 @@ def prune_channels(model, channels, settings, *, layers, exclude):
             UserWarning,
             stacklevel=3,
         )
-    pruned = ChannelPrunedModel(flat.inputs, flat.outputs, name=model.name)
+    pruned = pruning.ChannelPrunedModel(flat.inputs, flat.outputs, name=model.name)
     pruned.tfopt_channel_pruning = {
         "target": float(target),
         "measure": measure,
@@ -224,7 +118,7 @@ class ChannelPruning:
     def __init__(self, model):
         settings = model.tfopt_channel_pruning
         self.model = model
-        self.groups = _channels.channel_groups(model)
+        self.groups = channels.channel_groups(model)
         final = {tuple(g["producers"]): g["kept"] for g in settings["groups"]}
         self.prunable = [i for i, g in enumerate(self.groups) if g.producers in final]
         self.final = {i: final[self.groups[i].producers] for i in self.prunable}
@@ -232,7 +126,7 @@ class ChannelPruning:
         self.importance, self.measure = settings["importance"], settings["measure"]
         self.keep = {i: list(range(g.size)) for i, g in enumerate(self.groups)}
         self._updated_at = None  # the schedule step of the masks in place
-        self._terms = _channels.cost_terms(model)
+        self._terms = cost.cost_terms(model)
         # One mask variable per masked weight, and one traced function that
         # applies them all: called after every batch, it must cost far less
         # than the batch, and never retrace when the masks change.
@@ -240,7 +134,7 @@ class ChannelPruning:
         with model.distribute_strategy.scope():
             for i in self.prunable:
                 for name in self.groups[i].channels:
-                    for variable, axis in _channels.output_variables(
+                    for variable, axis in channels.output_variables(
                         model.get_layer(name)
                     ):
                         shape = [1] * len(variable.shape)
@@ -281,7 +175,7 @@ class ChannelPruning:
         for name in names:
             layer = self.model.get_layer(name)
             index = list(group.channels[name])
-            for variable, axis in _channels.output_variables(layer):
+            for variable, axis in channels.output_variables(layer):
                 values = variable.numpy()
                 if gradients is not None:  # first-order Taylor: (w * dL/dw)^2
                     values = values * gradients[id(variable)]
@@ -355,11 +249,13 @@ class ChannelPruning:
             drop = sorted(set(range(group.size)) - set(self.keep[i]))
             if not drop:
                 continue
-            for name, channels in group.channels.items():
-                for variable, _ in _channels.output_variables(
+            for name, positions in group.channels.items():
+                for variable, _ in channels.output_variables(
                     self.model.get_layer(name)
                 ):
-                    removed[id(variable)] += _channels._flat(channels[k] for k in drop)
+                    removed[id(variable)] += channels.flat_indices(
+                        positions[k] for k in drop
+                    )
         with self.model.distribute_strategy.scope():
             for key, (variable, mask, axis) in self._masks.items():
                 values = np.ones(variable.shape[axis], np.float32)
@@ -407,10 +303,10 @@ class ChannelPruning:
 
     def sparsity(self):
         """The fraction of the model's `measure` removed now."""
-        return removed_share(
+        return cost.removed_share(
             self.model, self.groups, self.prunable, self.measure, self.keep, self._terms
         )
 
     def shrink(self):
         """The physically smaller model of the channels kept now."""
-        return _channels.shrink(self.model, self.groups, self.keep)
+        return remove_channels(self.model, self.groups, self.keep)

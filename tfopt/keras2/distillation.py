@@ -41,7 +41,7 @@ class Distiller(distill.DistillerSteps, keras.Model):
             be the model `student` was pruned from.
         temperature: Softening temperature T, > 0. Defaults to `4.0`.
         alpha: Weight of the hard-label loss, in [0, 1]. Defaults to `0.1`.
-        distillation_loss: One of `distill.DISTILLATION_LOSSES`: `kl` or `mse`.
+        distillation_loss: `kl` or `mse` (`vocab.DISTILLATION_LOSSES`).
             Defaults to `kl`.
         features: `(teacher_layer, student_layer, weight)` tuples adding
             `weight * MSE` between those layers' outputs; a learned 1x1

@@ -29,7 +29,6 @@ from tfopt.core.tflite import (  # noqa: F401 (public names of this module)
 )
 from tfopt.keras2 import (
     binding,
-    channel_pruning,
     distillation,
     graph,
     pruning,
@@ -197,7 +196,7 @@ def _custom_objects():
     # top-level model class without its "tfopt>" package.
     return {
         "PrunedModel": pruning.PrunedModel,
-        "ChannelPrunedModel": channel_pruning.ChannelPrunedModel,
+        "ChannelPrunedModel": pruning.ChannelPrunedModel,
     }
 
 

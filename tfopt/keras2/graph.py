@@ -53,7 +53,7 @@ def rebuilding(model):
         yield
 
 
-def _is_ref(item):
+def is_ref(item):
     return (
         isinstance(item, list)
         and len(item) in (3, 4)
@@ -66,7 +66,7 @@ def _is_ref(item):
 
 def _map_refs(data, fn):
     """Applies `fn` to every tensor reference [layer, node, index(, kwargs)]."""
-    if _is_ref(data):
+    if is_ref(data):
         new = list(fn(data[:3]))
         return new + [_map_refs(data[3], fn)] if len(data) == 4 else new
     if isinstance(data, list):
@@ -97,7 +97,7 @@ def _inline(model, taken):
     config, by_name = _functional_config(model)
     entries, origin, redirect, renamed = [], {}, {}, {}
 
-    def fix(ref):
+    def redirected(ref):
         if tuple(ref) in redirect:
             return redirect[tuple(ref)]
         return [renamed.get(ref[0], ref[0]), *ref[1:]]
@@ -118,7 +118,7 @@ def _inline(model, taken):
                     **entry,
                     "name": name,
                     "config": {**entry["config"], "name": name},
-                    "inbound_nodes": _map_refs(entry["inbound_nodes"], fix),
+                    "inbound_nodes": _map_refs(entry["inbound_nodes"], redirected),
                 }
             )
             origin[name] = layer
@@ -128,7 +128,7 @@ def _inline(model, taken):
                 f"Nested model {layer.name!r} is called {len(entry['inbound_nodes'])} "
                 "times; only models called once can be flattened."
             )
-        sources = [fix(ref) for ref in _refs(entry["inbound_nodes"][0])]
+        sources = [redirected(ref) for ref in _refs(entry["inbound_nodes"][0])]
         inner, inner_origin, inner_inputs, inner_outputs = _inline(layer, taken)
         feed = {tuple(ref): src for ref, src in zip(inner_inputs, sources, strict=True)}
         for item in inner:
@@ -145,8 +145,8 @@ def _inline(model, taken):
         # the outer graph refers to its call as node 1.
         for index, out in enumerate(inner_outputs):
             redirect[(entry["name"], 1, index)] = feed.get(tuple(out), out)
-    inputs = [fix(ref) for ref in config["input_layers"]]
-    outputs = [fix(ref) for ref in config["output_layers"]]
+    inputs = [redirected(ref) for ref in config["input_layers"]]
+    outputs = [redirected(ref) for ref in config["output_layers"]]
     return entries, origin, inputs, outputs
 
 

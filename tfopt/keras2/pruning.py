@@ -5,8 +5,8 @@
 the run. `PruningCallback` does what TFMOT's two callbacks do, resolves the
 fractions when `fit` starts, reports `sparsity` in the logs and warns when a
 schedule cannot finish. Training a pruned model without it fails in Python
-before the first step. `strip` removes the wrappers; `sparsity_report`
-counts zeros.
+before the first step. `strip` removes the wrappers (`tfopt.keras2.sparsity`
+counts the zeros).
 """
 
 import warnings
@@ -14,22 +14,19 @@ import warnings
 import tensorflow as tf
 
 from tfopt.core import sparsity
-from tfopt.core.sparsity import SparsityReport
 from tfopt.keras2 import binding, selection, tfmot
 from tfopt.keras2.binding import keras
 from tfopt.keras2.schedule import PruningSchedule
-from tfopt.keras2.sparsity import sparsity_report
 
 __all__ = [
     "MISSING_CALLBACK",
+    "ChannelPrunedModel",
     "PrunedModel",
     "PruneLowMagnitude",
     "PruningSchedule",
-    "SparsityReport",
     "apply_masks",
     "check_prunable",
     "prune",
-    "sparsity_report",
     "strip",
     "wrappers",
 ]
@@ -69,11 +66,11 @@ def wrappers(model):
 
 def channel_models(model):
     """The channel-pruned models that training `model` trains: itself, or a
-    Distiller's student (`ChannelPrunedModel`s, marked `channel_pruned`)."""
+    Distiller's student."""
     found = [
         m
         for m in (model, getattr(model, "student", None))
-        if getattr(m, "channel_pruned", False)
+        if isinstance(m, ChannelPrunedModel)
     ]
     return list({id(m): m for m in found}.values())
 
@@ -249,11 +246,27 @@ def strip(model):
     return stripped
 
 
-def __getattr__(name):
-    # PruningCallback lives beside this module (it drives channel pruning too,
-    # which builds on this one); read here for the names of earlier releases.
-    if name == "PruningCallback":
-        from tfopt.keras2.callback import PruningCallback
+@keras.utils.register_keras_serializable(package="tfopt")
+class ChannelPrunedModel(PrunedModel):
+    """What `prune(..., structure="channels")` returns: a flat functional
+    model whose `tfopt_channel_pruning` settings say how `PruningCallback`
+    zeroes its channels; `tfopt.shrink` then removes them."""
 
-        return PruningCallback
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    tfopt_channel_pruning = None  # the settings; set by prune or from_config
+
+    def train_step(self, data):
+        require_callback(self)
+        return keras.Model.train_step(self, data)
+
+    def get_config(self):
+        config = super().get_config()
+        config["tfopt_channel_pruning"] = dict(self.tfopt_channel_pruning)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        settings = config.pop("tfopt_channel_pruning")
+        model = super().from_config(config, custom_objects)
+        model.tfopt_channel_pruning = settings
+        return model

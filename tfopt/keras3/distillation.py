@@ -106,7 +106,7 @@ class Distiller(distill.DistillerSteps, keras.Model):
             cache_teacher,
             shapes[1][-1],
         )
-        fit.fix(self)
+        fit.enable_multi_worker(self)
         pruning.guard(self, student)
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):

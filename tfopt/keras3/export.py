@@ -96,4 +96,4 @@ def load_model(path, *, compile=True, safe_mode=True):
         ) from err
     # A model loaded in a multi-worker strategy's scope trains and evaluates
     # there only with tfopt's fix of Keras 3.15's trainer.
-    return fit.fix(pruning.guard(model))
+    return fit.enable_multi_worker(pruning.guard(model))

@@ -57,7 +57,7 @@ def _rank1_logs(step):
     return wrapped
 
 
-def fix(model):
+def enable_multi_worker(model):
     """Makes Keras 3 `model` train and evaluate under the multi-worker
     strategy it was built in; does nothing under any other strategy, or if
     already done. Returns `model`."""

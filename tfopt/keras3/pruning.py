@@ -261,7 +261,7 @@ def prune(
             )
         return config
 
-    return fit.fix(guard(rebuild(model, add_mask)))
+    return fit.enable_multi_worker(guard(rebuild(model, add_mask)))
 
 
 def strip(model):

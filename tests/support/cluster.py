@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class WorkerError(RuntimeError):
@@ -85,7 +85,13 @@ def run_processes(fn, envs, *args, timeout=240, wait=None):
             procs.append(
                 (
                     subprocess.Popen(
-                        [sys.executable, "-m", "tests.cluster", str(tmp), str(rank)],
+                        [
+                            sys.executable,
+                            "-m",
+                            "tests.support.cluster",
+                            str(tmp),
+                            str(rank),
+                        ],
                         cwd=ROOT,
                         env=env,
                         stdout=log,

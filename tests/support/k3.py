@@ -1,12 +1,12 @@
 """Keras 3 models and training runs for the Keras 3 tests: the same runs on
 one replica, two mirrored replicas and two worker processes (importable by
-`tests.cluster`). Nothing here touches tf_keras."""
+`tests.support.cluster`). Nothing here touches tf_keras."""
 
 import keras
 import numpy as np
 
 import tfopt
-from tests.helpers import _dataset, tiny_regression
+from tests.support.helpers import _dataset, tiny_regression
 from tfopt.keras3 import fit, pruning
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -96,7 +96,7 @@ def plain_fit(strategy, *, fixed):
         model = mlp()
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse", metrics=["mae"])
     if fixed:
-        fit.fix(model)
+        fit.enable_multi_worker(model)
     history = model.fit(_dataset(x, y, 16), epochs=2, verbose=0)
     return model.get_weights(), history.history
 

@@ -6,6 +6,19 @@ import tensorflow as tf
 import tfopt
 from tfopt import keras
 
+# What every classifier of the tests is trained with: integer labels, logits.
+LOSS = tfopt.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def compiled(model, learning_rate=1e-3):
+    """`model` compiled with Adam(`learning_rate`), `LOSS` and accuracy."""
+    model.compile(
+        optimizer=tfopt.keras.optimizers.Adam(learning_rate),
+        loss=LOSS,
+        metrics=["accuracy"],
+    )
+    return model
+
 
 def tiny_regression(seed=0, n=64):
     """Fixed inputs and targets for replica-parity checks."""

@@ -1,0 +1,224 @@
+"""The main job's training stages: banners, one `fit` per stage with a
+checkpoint each epoch, resumption from the last one, and the result saved
+and loaded back (so a resumed run measures what an uninterrupted one does).
+"""
+
+import logging
+import os
+import sys
+import time
+
+import tensorflow as tf
+
+from tfopt import callbacks, distillation, distribute, export, models
+from tfopt.core import summary
+from tfopt.core.kerases import Keras
+from tfopt.job import lockstep
+from tfopt.job.config import ConfigError
+
+# Stage lines; `scripts/train.py` shows them as plain lines.
+_log = logging.getLogger("tfopt.job.pipeline")
+
+
+def keras_of(config):
+    """The Keras module `config.keras` builds models with: tf_keras (the
+    one TFMOT takes) or Keras 3. Only the one asked for is imported."""
+    return models.keras_module(config.keras_api)
+
+
+# The job's own callbacks run in either Keras's `fit`: `callbacks.Callback`.
+class _EpochCheckpoint(callbacks.Callback):
+    def __init__(self, manager, epoch):
+        super().__init__()
+        self.manager, self.epoch = manager, epoch
+
+    def on_epoch_end(self, index, logs=None):
+        self.epoch.assign(index + 1)
+        self.manager.save(checkpoint_number=index + 1)
+
+
+class _EpochLine(callbacks.Callback):
+    """One line per epoch where there is no terminal for a progress bar."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_begin(self, index, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, index, logs=None):
+        values = ", ".join(
+            f"{k} {v:.4f}"
+            for k, v in (logs or {}).items()
+            if isinstance(v, (int, float))
+        )
+        _log.info(
+            "      epoch %d/%d: %s (%.1f s)",
+            index + 1,
+            self.epochs,
+            values,
+            time.perf_counter() - self.start,
+        )
+
+
+class _ScalarLogger(callbacks.Callback):
+    def __init__(self, log_dir):
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(log_dir)
+
+    def on_epoch_end(self, index, logs=None):
+        summary.write_scalars(
+            self.writer,
+            index + 1,
+            {k: v for k, v in (logs or {}).items() if isinstance(v, (int, float))},
+        )
+
+
+def plan(config):
+    """Stage name -> what its banner says, in order."""
+    stages = {}
+    if config.teacher == "train":
+        stages["teacher"] = (
+            f"train teacher {config.teacher_model}, {config.teacher_epochs} epochs"
+        )
+    if config.teacher:
+        teacher = (
+            config.teacher_model
+            if config.teacher == "train"
+            else os.path.basename(config.teacher)
+        )
+        stages["distilled"] = (
+            f"distill{' + prune' * config.prune} "
+            f"{config.model} ← {teacher}, {config.epochs} epochs"
+        )
+    else:
+        stages["baseline"] = f"train {config.model}, {config.epochs} epochs"
+        if config.prune:
+            stages["pruned"] = (
+                f"prune {_what_is_pruned(config)} of {config.model}, "
+                f"{config.epochs} epochs"
+                + (", distilled from the unpruned model" if config.recover else "")
+            )
+    if config.prunes_channels:
+        stages["shrink"] = "shrink: remove the pruned channels"
+    if config.qat:
+        stages["qat"] = f"quantization-aware training, {config.qat_epochs} epochs"
+    stages["export"] = f"evaluate and export {', '.join(config.export)}"
+    return stages
+
+
+def _what_is_pruned(config):
+    if config.prune_structure == "weights":
+        return f"{config.target_sparsity:.0%} of the weights"
+    share = (
+        "of each group's channels"
+        if config.prune_measure == "channels"
+        else (f"of the {config.prune_measure.replace('macs', 'MACs')}")
+    )
+    return f"channels: {config.target_sparsity:.0%} {share}"
+
+
+def banner(run, name, note=""):
+    stages = plan(run.config)
+    _log.info(
+        "[%d/%d] %s%s", list(stages).index(name) + 1, len(stages), stages[name], note
+    )
+
+
+def stage(run, name, build, epochs, callbacks=()):
+    """Builds, compiles and trains one stage (resuming it if interrupted)
+    and saves its result; returns that result as loaded back from disk,
+    whether trained now or earlier, so a resumed run measures and exports
+    exactly what an uninterrupted one does."""
+    done = run.chief_path("checkpoints", f"{name}.keras")
+    finished = os.path.exists(done)
+    latest = tf.train.latest_checkpoint(run.chief_path("checkpoints", name))
+    # Every worker decides from the chief's files on its own: they must see
+    # the same ones, or they would run different stages and hang.
+    _, same = lockstep.agree(
+        run.strategy, run.worker, True, [finished, latest and os.path.basename(latest)]
+    )
+    if not same:
+        raise ConfigError(
+            f"the workers see different files in `model_dir={run.shared}`: it "
+            "must be one directory that every worker reaches at the same path "
+            "(a shared file system)."
+        )
+    if finished:
+        banner(run, name, f": finished earlier, loading {done}")
+        with run.timed(f"{name} (loaded)"), run.strategy.scope():
+            return export.load_model(done)
+    replicas = run.strategy.num_replicas_in_sync
+    banner(run, name, f" on {replicas} replicas" if replicas > 1 else "")
+    with run.timed(name):
+        saved = train(run, name, build, epochs, callbacks, latest)
+        with run.strategy.scope():
+            result = export.load_model(saved)
+    # The digest lets the workers of a cluster be compared from their logs.
+    _log.info(
+        "      stage %s: %d epochs in %.1f s (weights %s)",
+        name,
+        epochs,
+        run.seconds[name],
+        lockstep.digest(result),
+    )
+    return result
+
+
+def train(run, name, build, epochs, callbacks, latest):
+    """Trains a stage from `latest` (its last checkpoint, or None) and saves
+    its result; returns where."""
+    with run.strategy.scope():
+        model = build()
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        checkpoint = tf.train.Checkpoint(
+            model=model, optimizer=model.optimizer, epoch=epoch
+        )
+    manager = tf.train.CheckpointManager(
+        checkpoint, run.path("checkpoints", name), max_to_keep=1
+    )
+    if latest:
+        checkpoint.restore(latest)
+        _log.info("      resuming after epoch %d", int(epoch.numpy()))
+    first = int(epoch.numpy())
+    # Keras's progress bar on a terminal; else one line per epoch.
+    bar = sys.stdout.isatty()
+    model.fit(
+        run.stream(first, epochs),
+        epochs=epochs,
+        initial_epoch=first,
+        steps_per_epoch=run.steps,
+        validation_data=run.splits.validation,
+        verbose=1 if bar else 0,
+        callbacks=[
+            *callbacks,
+            _EpochCheckpoint(manager, epoch),
+            _ScalarLogger(run.path("logs", name)),
+            *([] if bar else [_EpochLine(epochs)]),
+        ],
+    )
+    result = model.student if isinstance(model, distillation.Distiller) else model
+    mine = run.path("checkpoints", f"{name}.keras")
+    result.save(mine + ".tmp.keras")
+    os.replace(mine + ".tmp.keras", mine)
+    return mine
+
+
+def compiled(config, model, learning_rate):
+    keras = keras_of(config)
+    if config.keras_api is Keras.KERAS3:
+        distribute.keras3_multi_worker(model)  # Keras 3.15's trainer bugs
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def build(config, name, info, seed):
+    keras_of(config).utils.set_random_seed(seed)
+    return models.build(
+        name, info.input_shape, info.num_classes, keras_version=config.keras_api.value
+    )
