@@ -31,7 +31,7 @@ test-fast: lint
 
 # Every tf_keras.applications family through prune, QAT and int8 export.
 test-models: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -m models tests/test_coverage.py
+	$(BIN)/python -m pytest -m models tests/test_zoo.py
 
 demo: $(VENV)/.installed-data
 	$(BIN)/python scripts/train.py --flagfile=scripts/demo.flags

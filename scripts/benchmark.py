@@ -88,9 +88,9 @@ def median_ratio(numerator, denominator):
 
 def gzip_size(path):
     """Bytes of `path` after gzip -9 (summed over the files of a directory)."""
-    from tfopt.keras2 import export
+    from tfopt.core import tflite
 
-    return export.disk_sizes(path)[1]
+    return tflite.disk_sizes(path)[1]
 
 
 def interleaved(variants, rounds):

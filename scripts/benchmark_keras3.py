@@ -1,4 +1,4 @@
-"""The benchmark's Keras 3 suite (issue 15), run by `scripts/benchmark.py`.
+"""The benchmark's Keras 3 suite, run by `scripts/benchmark.py`.
 
 `keras3`: Keras 3 models (the `keras` package) through tfopt's own path.
 Time per epoch of plain Keras 3 training against tfopt's Keras 3 pruning

@@ -1,4 +1,4 @@
-"""The benchmark's pruning suites (issue 14), run by `scripts/benchmark.py`.
+"""The benchmark's pruning suites, run by `scripts/benchmark.py`.
 
 `speed`: batch-1 TFLite latency of a dense model, the same model with
 channels pruned to a MAC cut and shrunk (tfopt; kept counts multiples of 8,

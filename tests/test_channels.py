@@ -1,4 +1,4 @@
-"""Channel dependency groups (issue 14's groundwork): which channels of a
+"""Channel dependency groups (channel pruning's groundwork): which channels of a
 model must be removed together."""
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Distilling Keras 3 models (`_k3_distillation`), and why not
+"""Distilling Keras 3 models (`k3_distillation`), and why not
 `keras.distillation`."""
 
 import keras
@@ -10,7 +10,7 @@ import tfopt
 from tests.support import k3
 from tests.support.k3 import LOSS, cnn
 from tfopt.core import distill
-from tfopt.keras3 import distillation as _k3_distillation
+from tfopt.keras3 import distillation as k3_distillation
 
 TEACHER = np.array([[2.0, 0.0, -1.0]], np.float32)
 STUDENT = np.array([[0.5, 0.5, 0.0]], np.float32)
@@ -42,6 +42,13 @@ def test_keras_distillation_default_is_kl_on_raw_logits_and_tfopts_is_not():
 
 
 @pytest.fixture(scope="module")
+def digits():
+    # Its own copy: each pass over a pipeline reshuffles it, so the session's
+    # copy would give this module's runs orders that depend on earlier tests.
+    return tfopt.data.load("digits", batch_size=32)
+
+
+@pytest.fixture(scope="module")
 def teacher(digits):
     keras.utils.set_random_seed(0)
     model = cnn(digits.info.input_shape, 32, "teacher")
@@ -55,7 +62,7 @@ def test_distiller_trains_a_student_and_logs_its_parts(digits, teacher):
     student = cnn(digits.info.input_shape, 4, "student")
     distiller = tfopt.Distiller(student=student, teacher=teacher, alpha=0.1)
     assert isinstance(distiller, tfopt.Distiller)
-    assert isinstance(distiller, _k3_distillation.Distiller)
+    assert isinstance(distiller, k3_distillation.Distiller)
     distiller.compile(optimizer="adam", loss=LOSS, metrics=["accuracy"])
     teacher_weights = [w.copy() for w in teacher.get_weights()]
     history = distiller.fit(
@@ -211,7 +218,7 @@ def test_bad_models_are_refused(teacher, digits):
             teacher=tfopt.models.build("tfmot_mnist", (8, 8, 1), 10),
         )
     with pytest.raises(TypeError, match=r"^Distiller takes its models as keywords"):
-        _k3_distillation.Distiller(teacher, teacher)
+        k3_distillation.Distiller(teacher, teacher)
     frozen = cnn(digits.info.input_shape, 4)
     frozen.trainable = False
     with pytest.raises(ValueError, match=r"^`student` has no trainable variables"):
@@ -234,7 +241,7 @@ def test_config_round_trips_to_the_distiller_of_the_same_keras(teacher, digits):
         alpha=0.4,
     )
     again = tfopt.Distiller.from_config(distiller.get_config())
-    assert isinstance(again, _k3_distillation.Distiller)
+    assert isinstance(again, k3_distillation.Distiller)
     assert (float(again.temperature.numpy()), again.alpha.numpy()) == (
         3.0,
         pytest.approx(0.4),

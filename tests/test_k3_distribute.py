@@ -1,5 +1,5 @@
 """Keras 3 models on two worker processes over 127.0.0.1: the upstream
-trainer failures tfopt works around (`_k3_fit`), and the same masks and
+trainer failures tfopt works around (`tfopt.keras3.fit`), and the same masks and
 students as on one process."""
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Exporting Keras 3 models to TFLite (`_k3_export`): every quantization,
+"""Exporting Keras 3 models to TFLite (`tfopt.keras3.export`): every quantization,
 built-in ops only, checked with `evaluate_tflite`."""
 
 import keras

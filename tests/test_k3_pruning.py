@@ -1,4 +1,4 @@
-"""Pruning Keras 3 models: tfopt's own path (`_k3_pruning`), through the
+"""Pruning Keras 3 models: tfopt's own path (`tfopt.keras3.pruning`), through the
 same public names as tf_keras models."""
 
 import keras

@@ -127,14 +127,15 @@ def _logical_names(gpus):
     return tuple(names)
 
 
-# The policy configure_devices set, for a Keras that loads later (`_keras`).
+# The policy configure_devices set, for a Keras that loads later
+# (`tfopt.keras2.binding`).
 requested_policy = None
 
 
 def _set_policy(name):
     # The policy is global per Keras, and a program may use either (or both):
     # set it on Keras 3 (TensorFlow ships it), and on tf_keras where this
-    # program has loaded it (else `_keras` sets it when it loads).
+    # program has loaded it (else `tfopt.keras2.binding` sets it when it loads).
     global requested_policy
     requested_policy = name
     import keras

@@ -330,5 +330,3 @@ def get_strategy(
             communication=communication,
         )
     return _STRATEGIES[key]
-
-

@@ -60,8 +60,8 @@ def export_tflite(
     A Distiller exports its student; pruning is stripped first. A tf_keras
     QAT model (`tfopt.quantize`) converts to int8 with the ranges it
     learned; a float model needs `representative_data` to calibrate int8.
-    The arguments are those of `tfopt.keras2.export.export_tflite`;
-    `sparse=True` is tf_keras only.
+    Every write goes to a temporary file beside `path` and is moved into
+    place, so a crash never leaves half a file.
 
     Args:
         model: A model of either Keras: plain, pruned, distilled or QAT.
@@ -70,16 +70,23 @@ def export_tflite(
             `float16` or `int8`. Defaults to `None`.
         representative_data: Batches `x` or `(x, y)` (a `tf.data.Dataset` or a
             callable returning an iterable) to calibrate `int8` on a float
-            model. Defaults to `None`.
+            model; up to 200 samples are used. Defaults to `None`.
         int8_io: Make the input and output tensors int8 too (with `int8`).
             Defaults to `False`.
         overwrite: Replace an existing file. Defaults to `False`.
         sparse: Store weights with at least 30% zeros in TFLite's sparse
-            format and report XNNPACK's eligibility (tf_keras). Defaults to
-            `False`.
+            format (the converter's `EXPERIMENTAL_SPARSITY`), and report
+            whether XNNPACK can run the file with its sparse kernels
+            (tf_keras). They help float32 models on ARM and WebAssembly only:
+            x86 CPUs with AVX turn them off and int8 never uses them, so there
+            the file runs at dense speed (prune channels and `tfopt.shrink`
+            for a faster model). Defaults to `False`.
 
     Returns:
-        `Exported(path, size_bytes, sparse)`.
+        `Exported(path, size_bytes, sparse)`; `sparse` is a
+        `SparseEligibility` (eligible, the reasons it is not, the zero
+        fraction of the 1x1 convolutions, the sparse-encoded weights) when
+        `sparse=True`, else None.
 
     Raises:
         TypeError: For an argument of the wrong type.
@@ -97,14 +104,17 @@ def export_tflite(
     True
     """
     keras = Keras.of(model)
-    if sparse is True and not supports(keras, "sparse_export"):
-        raise ValueError(
-            f"{refusal('sparse_export', keras, '`sparse=True`')} Received: sparse=True"
-        )
     if keras is Keras.KERAS3:
         from tfopt.keras3 import export as implementation
     else:
         from tfopt.keras2 import export as implementation
+    implementation.check_model(model)
+    path = tflite.check_export(path, quantization, representative_data, int8_io, sparse)
+    if sparse and not supports(keras, "sparse_export"):
+        raise ValueError(
+            f"{refusal('sparse_export', keras, '`sparse=True`')} Received: sparse=True"
+        )
+    tflite.refuse_overwrite(path, overwrite)
     return implementation.export_tflite(
         model,
         path,
@@ -117,13 +127,29 @@ def export_tflite(
 
 
 def export_saved_model(model, path, *, overwrite=False):
-    """Saves `model` (pruning stripped, a Distiller's student) as a
-    TensorFlow SavedModel directory; see
-    `tfopt.keras2.export.export_saved_model` (tf_keras only).
+    """Saves `model` (pruning wrappers stripped, a Distiller's student) as a
+    TensorFlow SavedModel directory (tf_keras models: the capability table of
+    `tfopt.core.kerases`).
+
+    Args:
+        model: A tf_keras model.
+        path: The SavedModel directory to create.
+        overwrite: Replace an existing directory. Defaults to `False`.
+
+    Returns:
+        `Exported(path, size_bytes)`, the size summed over its files.
 
     Raises:
         TypeError: For a Keras 3 model, or an argument of the wrong type.
         FileExistsError: If `path` exists and `overwrite` is False.
+
+    Example:
+
+    >>> import os, tempfile, tfopt
+    >>> model = tfopt.models.build("tfmot_mnist", (8, 8), 10)
+    >>> path = os.path.join(tempfile.mkdtemp(), "saved")
+    >>> os.path.isdir(tfopt.export_saved_model(model, path).path)
+    True
     """
     require("export_saved_model", model, "tfopt.export_saved_model")
     from tfopt.keras2 import export as implementation
@@ -192,7 +218,11 @@ def __getattr__(name):
 
     if name.startswith("__"):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    for source in (tflite, importlib.import_module("tfopt.keras2.export")):
+    for source in (
+        tflite,
+        importlib.import_module("tfopt.keras2.export"),
+        importlib.import_module("tfopt.keras2.xnnpack"),  # SparseEligibility
+    ):
         if hasattr(source, name):
             return getattr(source, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

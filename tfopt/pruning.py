@@ -12,7 +12,6 @@ tf_keras ones: `wrappers`, `PrunedModel`, `PruneLowMagnitude`,
 from `tfopt.keras2.pruning` for one release; import them from there.
 """
 
-
 from tfopt import models
 from tfopt.callbacks import ByModel
 from tfopt.channels import Channels, shrink
@@ -292,7 +291,7 @@ def sparsity_report(model, *, m_by_n=(2, 4)):
     0.0
     """
     if Keras.of(model) is Keras.KERAS3:
-        from tfopt.keras3 import pruning as implementation
+        from tfopt.keras3 import sparsity as implementation
     else:
         from tfopt.keras2 import sparsity as implementation
     return implementation.sparsity_report(model, m_by_n=m_by_n)

@@ -19,13 +19,39 @@ def quantize(
 ):
     """Returns a quantization-aware (QAT) copy of `model` to fine-tune.
 
-    See `tfopt.keras2.quantization.quantize` for the arguments and what is
-    returned.
+    Built on TFMOT's `quantize_annotate_layer` + `quantize_apply` with the
+    default 8-bit scheme. Fine-tune it for an epoch or two, then
+    `tfopt.export_tflite(..., quantization="int8")`.
+
+    Args:
+        model: A built Sequential or functional tf_keras model. Nested
+            functional models are flattened. A model that still has pruning
+            wrappers is stripped first (with a warning).
+        layers: Layers to quantize: names, regular expressions or classes.
+            Defaults to `None` (every layer).
+        exclude: Layers to keep in float, in the same forms. Defaults to
+            `None`.
+        preserve_sparsity: Use TFMOT's prune-preserving scheme (PQAT), so the
+            zeros of a pruned and stripped model survive fine-tuning.
+            Defaults to `False`.
+        skip_unsupported: Leave layers TFMOT cannot quantize (a Lambda, a
+            BatchNormalization after an Add, ...) in float, listed in a warning
+            and in `model.tfopt_skipped_layers`; with `False` they raise.
+            Defaults to `True`.
+
+    Returns:
+        The QAT model, in float32 even under a mixed-precision policy, with
+        `tfopt_skipped_layers`, a tuple of "name (Class)" strings of the
+        layers left in float, and `tfopt_float_reasons`, a dict from their
+        names to why.
 
     Raises:
-        TypeError: For a Keras 3 model (not available yet), a model that is
-            not a Sequential/functional tf_keras model, or a bad argument.
-        ValueError: For a bad value, named with it.
+        TypeError: If `model` is a Keras 3 model (not available yet: the
+            capability table of `tfopt.core.kerases`), not a tf_keras
+            Sequential/functional model, or an argument has the wrong type.
+        ValueError: If a named layer does not exist, the model is already
+            quantized, or (with `skip_unsupported=False`) a layer cannot be
+            quantized.
 
     Example:
 
@@ -38,11 +64,7 @@ def quantize(
     from tfopt.keras2 import quantization as implementation
 
     return implementation.quantize(
-        model,
-        layers=layers,
-        exclude=exclude,
-        preserve_sparsity=preserve_sparsity,
-        skip_unsupported=skip_unsupported,
+        model, layers, exclude, preserve_sparsity, skip_unsupported
     )
 
 

@@ -34,6 +34,13 @@ COVERED = {
 }
 
 
+@pytest.fixture(scope="module")
+def digits():
+    # Its own copy, so that these runs leave the session's pipeline (each pass
+    # reshuffles it) as the other tests expect it.
+    return tfopt.data.load("digits", batch_size=32)
+
+
 def _fit(model, digits, steps=4, callbacks=()):
     return model.fit(
         digits.train.take(steps),

@@ -154,26 +154,41 @@ def check_settings(
 class DistillerSteps:
     """The state, passes and losses of a Distiller (mixed into both). A
     subclass sets `KERAS` (its `Keras`) and `_serialize_model` (its Keras's model
-    serializer) and calls `_distill_set_up` from `__init__`."""
+    serializer) and calls `_distill_init` from `__init__`."""
 
     KERAS = None
     _serialize_model = None
 
-    def _distill_set_up(
+    def _distill_init(
         self,
         keras,
+        shapes,
         student,
         teacher,
-        temperature,
-        alpha,
-        distillation_loss,
-        features,
-        taps,
-        cache_teacher,
-        width,
+        *,
+        temperature=4.0,
+        alpha=0.1,
+        distillation_loss="kl",
+        features=None,
+        cache_teacher=False,
+        name="distiller",
     ):
-        """The Distiller's state; `keras` is the module of its models and
-        `width` the number of logits."""
+        """Checks the settings (`tfopt.Distiller` documents them) against the
+        models, whose output `shapes` (student's, teacher's) the subclass
+        read, then builds the Distiller's state; `keras` is the Keras module
+        of its models."""
+        check_output_shapes(*shapes)
+        taps = check_settings(
+            student,
+            teacher,
+            temperature,
+            alpha,
+            distillation_loss,
+            features,
+            cache_teacher,
+        )
+        super().__init__(name=name)  # the subclass's Keras Model
+        width = shapes[1][-1]  # the number of logits
         self.student = student
         # The teacher is left as given (a model the user goes on using, e.g.
         # to prune a copy of it, must stay trainable): it runs in inference

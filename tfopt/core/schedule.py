@@ -1,6 +1,6 @@
 """When a pruning schedule updates its masks, and to what sparsity: the
 step arithmetic that the tf_keras path (`_schedule.PruningSchedule`, a TFMOT
-schedule) and the Keras 3 path (`_k3_pruning.PruningMask`) share.
+schedule) and the Keras 3 path (`tfopt.keras3.pruning.PruningMask`) share.
 
 TFMOT's schedules prune only on steps where `(step - begin) % frequency == 0`,
 so an `end` off that grid stops short of the target, and `frequency=100`
@@ -26,12 +26,13 @@ def is_fraction(value):
 class ScheduleSteps:
     """Sparsity over optimizer steps; see `tfopt.prune` for the arguments."""
 
+    # The kind and span are always given (`tfopt.prune` has the defaults).
     def __init__(
         self,
         target_sparsity,
-        kind="polynomial",
-        begin=0.0,
-        end=0.75,
+        kind,
+        begin,
+        end,
         initial_sparsity=0.0,
         frequency=None,
         power=3,

@@ -3,7 +3,7 @@ models, with 2:4 (m:n) compliance where the layout allows it.
 
 `Row`, `SparsityReport` and the m:n checks serve both Kerases; each
 Keras's package makes the rows (`keras2.sparsity.rows`,
-`keras3.pruning.rows`). Nothing here imports TensorFlow or a Keras.
+`keras3.sparsity.rows`). Nothing here imports TensorFlow or a Keras.
 """
 
 from typing import NamedTuple

@@ -2,7 +2,7 @@
 each quantization (built-in ops only), the atomic write that never replaces
 a file unless asked, the LiteRT interpreter, `evaluate_tflite` and
 `tflite_ops`. Nothing here imports a Keras: `export` (tf_keras) and
-`_k3_export` (Keras 3) hand it a converter.
+`tfopt.keras3.export` (Keras 3) hand it a converter.
 """
 
 import gzip
@@ -350,7 +350,7 @@ def tflite_ops(model):
     >>> import os, tempfile, tfopt
     >>> model = tfopt.models.build("tfmot_mnist", (8, 8, 1), 10)
     >>> path = os.path.join(tempfile.mkdtemp(), "m.tflite")
-    >>> ops = tfopt.keras2.export.tflite_ops(tfopt.export_tflite(model, path).path)
+    >>> ops = tfopt.export.tflite_ops(tfopt.export_tflite(model, path).path)
     >>> ops.quantize, ops.dequantize, ops.counts["CONV_2D"], bool(ops.float_ops)
     (0, 0, 1, True)
     """

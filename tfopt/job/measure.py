@@ -40,9 +40,9 @@ def macs(model):
     """Multiply-accumulates per example of a Keras model (None for what has
     no layer graph, e.g. a loaded SavedModel)."""
     if Keras.of(model) is Keras.KERAS3:
-        from tfopt.keras3 import pruning as keras3_pruning
+        from tfopt.keras3 import sparsity
 
-        return keras3_pruning.macs(model)
+        return sparsity.macs(model)
     from tfopt.keras2 import cost, graph
     from tfopt.keras2.binding import keras
 

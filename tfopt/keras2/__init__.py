@@ -1,16 +1,2 @@
 """tf_keras (Keras 2) through TFMOT: pruning, channels, quantization,
 distillation, export. Loading any of it binds tf_keras (see `binding`)."""
-
-
-def __getattr__(name):
-    # `tfopt.PKG.module` without importing each module first.
-    import importlib
-
-    try:
-        module = importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as err:
-        if err.name != f"{__name__}.{name}":
-            raise
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    globals()[name] = module
-    return module

@@ -16,39 +16,11 @@ from tfopt.keras2.schedule import PruningSchedule
 
 
 class PruningCallback(keras.callbacks.Callback):
-    """Drives pruning during `fit`: the one callback a pruned model needs.
-
-    It does what TFMOT's `UpdatePruningStep` and `PruningSummaries` do, and:
-    resolves fractional `begin`/`end` from `fit`'s epochs and steps, adds
-    `sparsity` (the masked fraction of the pruned weights) to the epoch logs
-    (progress bar, `History`, `CSVLogger`), and warns when an absolute
-    schedule cannot reach its target within the run. It finds wrappers in
-    nested models, and in the student of a `Distiller`.
-
-    Args:
-        log_dir: Where to write TensorBoard summaries of the sparsity of each
-            pruned weight and of the target. Defaults to `None` (none).
-        update_freq: When to write them: `epoch`, `batch`, or every N
-            batches (an int). Defaults to `epoch`.
-        data: Batches of `(x, y)` (a `tf.data.Dataset`) on which a model
-            pruned with `structure="channels", importance="taylor"` scores
-            its channels at each update (the first few batches; the
-            gradients are averaged over replicas and workers, so every worker
-            chooses the same channels). Defaults to `None`.
-
-    Raises:
-        TypeError, ValueError: For a bad `log_dir`, `update_freq` or `data`.
-
-    Example:
-
-    >>> import numpy as np, tfopt
-    >>> model = tfopt.prune(tfopt.models.build("tfmot_mnist", (8, 8), 10), 0.5)
-    >>> model.compile("sgd", "mse")
-    >>> history = model.fit(np.zeros((8, 8, 8)), np.zeros((8, 10)), verbose=0,
-    ...                     callbacks=[tfopt.PruningCallback()])
-    >>> round(history.history["sparsity"][-1], 2)
-    0.5
-    """
+    """`tfopt.PruningCallback` for tf_keras models (the front, `tfopt.pruning`,
+    documents and checks the arguments): TFMOT's `UpdatePruningStep` and
+    `PruningSummaries` in one callback, with fractional schedules resolved when
+    `fit` starts, `sparsity` in the logs, and the channel masks of channel
+    pruning."""
 
     def __init__(self, log_dir=None, update_freq="epoch", data=None):
         super().__init__()

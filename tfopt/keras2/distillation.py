@@ -20,74 +20,14 @@ __all__ = ["Distiller"]
 
 @keras.utils.register_keras_serializable(package="tfopt")
 class Distiller(distill.DistillerSteps, keras.Model):
-    """Trains `student` to match `teacher` and the labels.
-
-    Loss = `alpha * hard + (1 - alpha) * T^2 * soft` (+ the weighted feature
-    losses and the student's regularization losses), where `hard` is the
-    compiled loss on the labels and `soft` the `distillation_loss` between
-    teacher and student logits at temperature T. Every per-example term is
-    averaged over the global batch, so results do not depend on the number
-    of replicas. The teacher runs with `training=False` outside the gradient
-    tape and its variables are not trained (the model itself is left as it
-    is: still trainable if it was); the student runs once with
-    `training=True`, so a pruned student's step advances once per batch.
-    `evaluate` (and validation) compute the same loss, with the student in
-    inference mode; `student_loss` and `distillation_loss` are its parts.
-
-    Args:
-        student: The tf_keras model to train (plain, pruned or QAT), with
-            trainable variables. Keyword-only, as is `teacher`.
-        teacher: A built tf_keras model with the same output shape; it may
-            be the model `student` was pruned from.
-        temperature: Softening temperature T, > 0. Defaults to `4.0`.
-        alpha: Weight of the hard-label loss, in [0, 1]. Defaults to `0.1`.
-        distillation_loss: `kl` or `mse` (`vocab.DISTILLATION_LOSSES`).
-            Defaults to `kl`.
-        features: `(teacher_layer, student_layer, weight)` tuples adding
-            `weight * MSE` between those layers' outputs; a learned 1x1
-            convolution (or Dense) maps the student's channels to the
-            teacher's when they differ. It is not part of the student.
-            Defaults to `None`.
-        cache_teacher: Remember the teacher's logits per input (by a 64-bit
-            fingerprint of the example) and reuse them in later epochs. Valid
-            when the inputs are the same every epoch (no random augmentation);
-            not with `features`. Defaults to `False`.
-        name: The model name. Defaults to `distiller`.
-
-    Raises:
-        TypeError, ValueError: For a bad argument, named with its value
-            (models given by position, a student without trainable
-            variables).
-
-    Example:
-
-    >>> import tfopt
-    >>> from tfopt import keras
-    >>> train, val, test, info = tfopt.data.load("digits", batch_size=64)
-    >>> teacher = tfopt.models.build("teacher_cnn", info.input_shape, 10)
-    >>> student = tfopt.models.build("student_cnn", info.input_shape, 10)
-    >>> distiller = tfopt.Distiller(student=student, teacher=teacher,
-    ...                             temperature=4.0, alpha=0.1)
-    >>> distiller.compile(optimizer="adam", metrics=["accuracy"],
-    ...     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    >>> sorted(distiller.fit(train, epochs=1, verbose=0).history)
-    ['accuracy', 'distillation_loss', 'loss', 'student_loss']
-    """
+    """The tf_keras Distiller (`tfopt.Distiller` documents its loss and
+    arguments): the shared step of `tfopt.core.distill`, tf_keras model checks,
+    and a config that names its Keras. The teacher is left as given (still
+    trainable if it was); `student_loss` and `distillation_loss` are logged."""
 
     distribute_reduction_method = binding.SYNCED_LOGS
 
-    def __init__(
-        self,
-        *args,
-        student=None,
-        teacher=None,
-        temperature=4.0,
-        alpha=0.1,
-        distillation_loss="kl",
-        features=None,
-        cache_teacher=False,
-        name="distiller",
-    ):
+    def __init__(self, *args, student=None, teacher=None, **settings):
         distill.check_keywords(args)
         for arg, model in (("student", student), ("teacher", teacher)):
             binding.check_model(model, arg)
@@ -106,30 +46,12 @@ class Distiller(distill.DistillerSteps, keras.Model):
                     student, "student", "distilling into it would train nothing"
                 )
             )
-        distill.check_output_shapes(
-            tuple(student.output_shape), tuple(teacher.output_shape)
-        )
-        taps = distill.check_settings(
-            student,
-            teacher,
-            temperature,
-            alpha,
-            distillation_loss,
-            features,
-            cache_teacher,
-        )
-        super().__init__(name=name)
-        self._distill_set_up(
+        self._distill_init(
             keras,
+            (tuple(student.output_shape), tuple(teacher.output_shape)),
             student,
             teacher,
-            temperature,
-            alpha,
-            distillation_loss,
-            features,
-            taps,
-            cache_teacher,
-            teacher.output_shape[-1],
+            **settings,
         )
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):

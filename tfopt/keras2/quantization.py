@@ -6,7 +6,7 @@ float (listing them), flattens nested models, keeps pruned zeros with
 Keras precision policy, and makes the learned activation ranges independent
 of the number of replicas (`_tfmot.GlobalRangeMovingAverageQuantizer`).
 Tensors TFLite must give one int8 scale (a chain of concatenations, pools
-and paddings) share one range (`_ranges`), so the file needs no rescale.
+and paddings) share one range (`tfopt.keras2.ranges`), so the file needs no rescale.
 
 TFMOT itself is left as it is: the fixes are tfopt subclasses that
 `_tfmot.adopt` gives to the layers of the models `quantize` returns.
@@ -128,7 +128,7 @@ SAME_RANGE = (
 # Layers quantized with OutputQuantizeConfig when the scheme's registry does
 # not support them; TFLite has int8 kernels for all of them. (Image
 # Rescaling/Normalization become 1x1 depthwise convolutions first, and
-# `x + 3.0`-style TFOpLambdas ScalarOps: see `_rewrite`.)
+# `x + 3.0`-style TFOpLambdas ScalarOps: see `tfopt.keras2.rewrite`.)
 OUTPUT_ONLY = (
     keras.layers.Multiply,
     keras.layers.Subtract,
@@ -238,51 +238,11 @@ def _rejected(error, annotated):
     return max(named, key=len) if named else None
 
 
-def quantize(
-    model, *, layers=None, exclude=None, preserve_sparsity=False, skip_unsupported=True
-):
-    """Returns a quantization-aware (QAT) copy of `model` to fine-tune.
-
-    Built on TFMOT's `quantize_annotate_layer` + `quantize_apply` with the
-    default 8-bit scheme. Fine-tune it for an epoch or two, then
-    `tfopt.export_tflite(..., quantization="int8")`.
-
-    Args:
-        model: A built Sequential or functional tf_keras model. Nested
-            functional models are flattened. A model that still has pruning
-            wrappers is stripped first (with a warning).
-        layers: Layers to quantize: names, regular expressions or classes.
-            Defaults to `None` (every layer).
-        exclude: Layers to keep in float, in the same forms. Defaults to
-            `None`.
-        preserve_sparsity: Use TFMOT's prune-preserving scheme (PQAT), so the
-            zeros of a pruned and stripped model survive fine-tuning.
-            Defaults to `False`.
-        skip_unsupported: Leave layers TFMOT cannot quantize (a Lambda, a
-            BatchNormalization after an Add, ...) in float, listed in a warning
-            and in `model.tfopt_skipped_layers`; with `False` they raise.
-            Defaults to `True`.
-
-    Returns:
-        The QAT model, in float32 even under a mixed-precision policy, with
-        `tfopt_skipped_layers`, a tuple of "name (Class)" strings of the
-        layers left in float, and `tfopt_float_reasons`, a dict from their
-        names to why.
-
-    Raises:
-        TypeError: If `model` is not a tf_keras Sequential/functional model or
-            an argument has the wrong type.
-        ValueError: If a named layer does not exist, the model is already
-            quantized, or (with `skip_unsupported=False`) a layer cannot be
-            quantized.
-
-    Example:
-
-    >>> import tfopt
-    >>> qat = tfopt.quantize(tfopt.models.build("tfmot_mnist", (8, 8), 10))
-    >>> qat.tfopt_skipped_layers
-    ()
-    """
+def quantize(model, layers, exclude, preserve_sparsity, skip_unsupported):
+    """`tfopt.quantize` of a tf_keras model (the front, `tfopt.quantization`,
+    documents the arguments): TFMOT's `quantize_annotate_layer` +
+    `quantize_apply` with the default 8-bit scheme, after the rewrites of
+    `tfopt.keras2.rewrite`."""
     binding.check_model(model)
     selection.check_graph_model(model, "quantization")
     selection.check_specs(layers, "layers")

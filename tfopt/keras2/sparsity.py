@@ -27,31 +27,8 @@ def rows(model, m_by_n):
 
 
 def sparsity_report(model, *, m_by_n=(2, 4)):
-    """Counts the zeros of every weight TFMOT can prune, layer by layer.
-
-    Works on a pruned model (counting the weights as masked) and on a
-    stripped or never-pruned one. Nested models are walked.
-
-    Args:
-        model: A tf_keras model.
-        m_by_n: The structured pattern to check, `(zeros, group)`. Defaults
-            to `(2, 4)`.
-
-    Returns:
-        A `SparsityReport`: `.rows`, `.sparsity` (zeros over all counted
-        weights), `str()` for a table, `.to_dict()` for JSON.
-
-    Raises:
-        TypeError: If `model` is not a tf_keras model.
-        ValueError: If `m_by_n` is not two ints with 0 < m < n.
-
-    Example:
-
-    >>> import tfopt
-    >>> model = tfopt.models.build("tfmot_mnist", (28, 28, 1), 10)
-    >>> round(tfopt.sparsity_report(model).sparsity, 2)
-    0.0
-    """
+    """`tfopt.sparsity_report` for a tf_keras model: wrapped weights counted as
+    masked, QAT-wrapped and plain ones as they are, nested models walked."""
     binding.check_model(model)
     sparsity.check_m_by_n(m_by_n, "m_by_n")
     return sparsity.SparsityReport(rows(model, tuple(m_by_n)), m_by_n)

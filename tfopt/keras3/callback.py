@@ -1,6 +1,6 @@
 """The Keras 3 half of `tfopt.PruningCallback`: it moves the masks of a
-Keras 3 model's `PruningMask` constraints (`_k3_pruning`) along their
-schedule, side by side with `pruning.PruningCallback` (tf_keras, TFMOT).
+Keras 3 model's `PruningMask` constraints (`tfopt.keras3.pruning`) along their
+schedule, side by side with `tfopt.keras2.callback.PruningCallback` (tf_keras, TFMOT).
 
 The step it counts is the training step about to run, 1 for the first,
 as TFMOT's wrapper counts it: the mask of step s is in place before step s

@@ -61,18 +61,7 @@ class Distiller(distill.DistillerSteps, keras.Model):
     """`tfopt.Distiller` for Keras 3 models: the arguments, losses and
     guarantees of `tfopt.keras2.distillation.Distiller`."""
 
-    def __init__(
-        self,
-        *args,
-        student=None,
-        teacher=None,
-        temperature=4.0,
-        alpha=0.1,
-        distillation_loss="kl",
-        features=None,
-        cache_teacher=False,
-        name="distiller",
-    ):
+    def __init__(self, *args, student=None, teacher=None, **settings):
         distill.check_keywords(args)
         for arg, model in (("student", student), ("teacher", teacher)):
             _check_model(model, arg)
@@ -82,29 +71,12 @@ class Distiller(distill.DistillerSteps, keras.Model):
                 f"train nothing. Set `student.trainable = True` first. "
                 f"Received: student={student.name!r}"
             )
-        shapes = [_output_shape(m) for m in (student, teacher)]
-        distill.check_output_shapes(*shapes)
-        taps = distill.check_settings(
-            student,
-            teacher,
-            temperature,
-            alpha,
-            distillation_loss,
-            features,
-            cache_teacher,
-        )
-        super().__init__(name=name)
-        self._distill_set_up(
+        self._distill_init(
             keras,
+            [_output_shape(m) for m in (student, teacher)],
             student,
             teacher,
-            temperature,
-            alpha,
-            distillation_loss,
-            features,
-            taps,
-            cache_teacher,
-            shapes[1][-1],
+            **settings,
         )
         fit.enable_multi_worker(self)
         pruning.guard(self, student)

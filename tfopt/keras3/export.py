@@ -49,28 +49,18 @@ def _convert(model, quantization, representative_data, int8_io):
         )
 
 
-def export_tflite(
-    model,
-    path,
-    *,
-    quantization=None,
-    representative_data=None,
-    int8_io=False,
-    overwrite=False,
-    sparse=False,
-):
-    """`tfopt.export_tflite` for a Keras 3 model; see `tfopt.keras2.export`. A
-    Keras 3 model has no QAT ranges (phase 2), so `int8` always calibrates
-    on `representative_data`."""
+def check_model(model):
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a Keras 3 Model. Received: model={model!r}")
-    path = tflite.check_export(path, quantization, representative_data, int8_io, sparse)
-    if sparse:
-        raise ValueError(
-            "`sparse=True` is for tf_keras models; a Keras 3 model's zeros "
-            "compress with gzip as they are. Received: sparse=True"
-        )
-    tflite.refuse_overwrite(path, overwrite)
+
+
+def export_tflite(
+    model, path, *, quantization, representative_data, int8_io, overwrite, sparse
+):
+    """`tfopt.export_tflite` for a Keras 3 model, its arguments checked (by
+    the front, `tfopt.export`). A Keras 3 model has no QAT ranges yet, so
+    `int8` always calibrates on `representative_data`."""
+    del sparse  # the front refuses it for Keras 3
     if quantization == "int8" and representative_data is None:
         raise ValueError(
             "`representative_data` is needed for quantization='int8' of a Keras 3 "

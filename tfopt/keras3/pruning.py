@@ -1,12 +1,12 @@
 """Magnitude pruning of Keras 3 models (the `keras` package), side by side
-with `pruning.py`, which does it for tf_keras through TFMOT.
+with `tfopt.keras2.pruning`, which does it for tf_keras through TFMOT.
 
 TFMOT refuses Keras 3 objects, so this path is tfopt's own, and small: a
 pruned weight gets a `PruningMask` constraint. Keras 3 optimizers apply a
 variable's constraint after every update, so `w * mask` keeps the pruned
 weights at zero inside the training step, on every replica, at the cost of
 one multiply. `PruningCallback` (the Keras 3 half of `tfopt.PruningCallback`)
-(in `_k3_callback`) moves the masks along the schedule. The step count is
+(in `tfopt.keras3.callback`) moves the masks along the schedule. The step count is
 kept in each `PruningMask`'s config (a `.keras` file) and in the optimizer
 (a checkpoint), whichever is further, so a reloaded model resumes where it
 stopped: its masks are its zeros.
@@ -15,7 +15,7 @@ m:n structure is applied at each schedule update from `begin` and
 recomputed from the magnitudes then (TFMOT fixes it at its first update).
 
 The layer graph is left as it was (no wrapper layers), so the pruned model
-saves, reloads and exports as the plain model does. QAT (phase 2) is meant
+saves, reloads and exports as the plain model does. QAT (not yet for Keras 3) is meant
 to slot in the same way: `rebuild` swaps layer configs of a Sequential or
 functional model, nested ones included.
 """
@@ -28,7 +28,7 @@ import numpy as np
 
 from tfopt.core import schedule as _steps
 from tfopt.core import selection, sparsity
-from tfopt.core.sparsity import SparsityReport, check_m_by_n, m_by_n_compliant, row
+from tfopt.core.sparsity import m_by_n_compliant
 from tfopt.keras3 import fit
 
 MISSING_CALLBACK = (
@@ -87,22 +87,9 @@ class PruningMask(keras.constraints.Constraint):
     zeros when `fit` starts, in the model's strategy scope.
     """
 
-    def __init__(
-        self,
-        target_sparsity,
-        kind="polynomial",
-        begin=0.0,
-        end=0.75,
-        initial_sparsity=0.0,
-        frequency=None,
-        power=3,
-        m_by_n=None,
-        inner=None,
-        step=0,
-    ):
-        self.schedule = _steps.ScheduleSteps(
-            target_sparsity, kind, begin, end, initial_sparsity, frequency, power
-        )
+    def __init__(self, *schedule, m_by_n=None, inner=None, step=0, **settings):
+        # `schedule` and `settings`: the arguments of `ScheduleSteps`.
+        self.schedule = _steps.ScheduleSteps(*schedule, **settings)
         # Training steps this weight has been pruned for. The optimizer counts
         # too, but a new one (a compile, a Distiller, a student-only file)
         # starts again at 0: the schedule must not.
@@ -280,60 +267,12 @@ def strip(model):
     return rebuild(model, unmask)
 
 
-def _values(variable, constraint):
+def values_of(variable, constraint):
+    """`variable`'s values as its mask leaves them."""
     values = variable.numpy()
     if constraint.mask is not None:
         values = values * constraint.mask.numpy()
     return values
-
-
-def rows(model, m_by_n):
-    """`_sparsity.Row`s of the prunable weights of Keras 3 `model`."""
-    for layer in flat_layers(model):
-        names = prunable(layer)
-        if not names:
-            continue
-        variable = getattr(layer, names[0])
-        constraint = variable.constraint
-        pruned = isinstance(constraint, PruningMask)
-        values = _values(variable, constraint) if pruned else variable.numpy()
-        yield row(layer.name, variable, values, pruned, m_by_n)
-
-
-_KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
-
-
-def macs(model):
-    """Multiply-accumulates per example of Keras 3 `model`, counted as
-    `_channels.cost` counts a tf_keras one: every kernel's size times the
-    positions it is applied at (the output's middle dimensions; the input's
-    for a transposed convolution). Biases and BatchNorm add none."""
-    total = 0
-    for layer in flat_layers(model):
-        transposed = isinstance(
-            layer,
-            (
-                keras.layers.Conv1DTranspose,
-                keras.layers.Conv2DTranspose,
-                keras.layers.Conv3DTranspose,
-            ),
-        )
-        shape = (layer.input if transposed else layer.output).shape
-        positions = int(np.prod([d or 1 for d in shape[1:-1]])) if len(shape) > 2 else 1
-        total += sum(
-            int(np.prod(w.shape)) * positions
-            for w in layer.weights
-            if w.name in _KERNELS
-        )
-    return total
-
-
-def sparsity_report(model, *, m_by_n=(2, 4)):
-    """`tfopt.sparsity_report` for a Keras 3 model."""
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"`model` must be a Keras 3 Model. Received: model={model!r}")
-    check_m_by_n(m_by_n, "m_by_n")
-    return SparsityReport(rows(model, tuple(m_by_n)), m_by_n)
 
 
 def _magnitude_mask(values, sparsity):
@@ -365,7 +304,7 @@ def apply_masks(model):
     with model.distribute_strategy.scope():
         for _, variable, constraint in masked(model):
             if constraint.mask is not None:
-                variable.assign(_values(variable, constraint))
+                variable.assign(values_of(variable, constraint))
 
 
 def update_masks(model, found, step_update):
@@ -373,7 +312,7 @@ def update_masks(model, found, step_update):
     at `step_update` (or m:n), ranking the weights by magnitude."""
     with model.distribute_strategy.scope():
         for _, variable, constraint in found:
-            values = _values(variable, constraint)
+            values = values_of(variable, constraint)
             if constraint.m_by_n:
                 mask = _m_by_n_mask(values, constraint.m_by_n)
             else:

@@ -1,7 +1,7 @@
 """tf_keras.applications architectures through prune, QAT and int8 TFLite.
 
 `pytest -m models` (`make test-models`) runs every family of
-`scripts/coverage.py`, EfficientNetB0 on its own first (its blocks need most
+`scripts/zoo.py`, EfficientNetB0 on its own first (its blocks need most
 of tfopt's own rewrites and configs: swish inside a conv, squeeze-excite,
 image Rescaling and Normalization), and the agreement runs: about 35
 minutes on 2 cores, too long for `make test`'s 10. EfficientNetB0 alone
@@ -11,7 +11,7 @@ came; test_quantization.py keeps each of its rewrites on a small block.
 
 import pytest
 
-from scripts import coverage
+from scripts import zoo
 
 # Integer end to end is out of reach for these, for the reason given.
 FLOAT_ISLANDS = {
@@ -32,7 +32,7 @@ def _check(row):
         assert kinds == {FLOAT_ISLANDS[row["model"]]}, row["float_layers"]
     else:
         assert row["float_layers"] == [], row["float_layers"]
-        assert coverage.integer(row), (
+        assert zoo.integer(row), (
             row["quantize_ops"],
             row["dequantize_ops"],
             row["float_ops"],
@@ -43,23 +43,23 @@ def _check(row):
 
 @pytest.mark.models
 def test_efficientnet_is_integer_end_to_end(tmp_path):
-    _check(coverage.measure("EfficientNetB0", 32, raw=False, directory=tmp_path))
+    _check(zoo.measure("EfficientNetB0", 32, raw=False, directory=tmp_path))
 
 
 @pytest.mark.models
-@pytest.mark.parametrize("name", sorted(coverage.MODELS))
+@pytest.mark.parametrize("name", sorted(zoo.MODELS))
 def test_every_family(name, tmp_path):
-    _check(coverage.measure(name, coverage.MODELS[name], raw=False, directory=tmp_path))
+    _check(zoo.measure(name, zoo.MODELS[name], raw=False, directory=tmp_path))
 
 
 @pytest.mark.models
-@pytest.mark.parametrize("name", sorted(coverage.AGREEMENT))
+@pytest.mark.parametrize("name", sorted(zoo.AGREEMENT))
 def test_int8_file_agrees_with_the_qat_model_when_trained(name, tmp_path):
     # Trained for 4 epochs (EfficientNetB0 10) on mnist5k as 32x32 RGB
     # (75x75 for InceptionV3): the int8 file's test accuracy is within half
     # a point of the QAT model's on 1,000 images.
-    size, kwargs, epochs = coverage.AGREEMENT[name]
-    row = coverage.agreement(name, size, epochs, directory=tmp_path, **kwargs)
+    size, kwargs, epochs = zoo.AGREEMENT[name]
+    row = zoo.agreement(name, size, epochs, directory=tmp_path, **kwargs)
     assert row["float_ops"] == 0 and row["quantize_ops"] == 1, row
     assert row["qat_accuracy"] > 0.5, row  # it learned something
     assert abs(row["difference"]) <= 0.005, row
@@ -82,10 +82,10 @@ def test_table_rows():
         "float_ops": [],
         "ops": 40,
     }
-    assert coverage.integer(row)
-    assert coverage.markdown([row]).splitlines()[-1] == (
+    assert zoo.integer(row)
+    assert zoo.markdown([row]).splitlines()[-1] == (
         "| M | 32 | ok | fails | ok | ok | 0 | 3 / 1 | 2 | 0 / 40 |"
     )
-    assert not coverage.integer({**row, "float_ops": ["LOGISTIC (x)"]})
-    assert not coverage.integer({**row, "quantize_ops": 17})
-    assert not coverage.integer({**row, "dequantize_ops": 2})
+    assert not zoo.integer({**row, "float_ops": ["LOGISTIC (x)"]})
+    assert not zoo.integer({**row, "quantize_ops": 17})
+    assert not zoo.integer({**row, "dequantize_ops": 2})

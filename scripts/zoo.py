@@ -1,14 +1,14 @@
-"""Model coverage: tf_keras.applications CNNs through prune, QAT and int8.
+"""The model zoo: tf_keras.applications CNNs through prune, QAT and int8.
 
 For each architecture (weights=None, 10 classes, random images): raw TFMOT's
 `prune_low_magnitude` and `quantize_model`, then tfopt's prune (one step of
 fit) and strip, `quantize(preserve_sparsity=True)`, one step of fit, an int8
 TFLite export, and the file's QUANTIZE/DEQUANTIZE and float compute ops.
 
-    python scripts/coverage.py --output=coverage.json          # every family
-    python scripts/coverage.py --models=MobileNetV2,Xception   # some
-    python scripts/coverage.py --agreement --output=agreement.json
-    python scripts/coverage.py --timing --output=timing.json
+    python scripts/zoo.py --output=zoo.json                  # every family
+    python scripts/zoo.py --models=MobileNetV2,Xception   # some
+    python scripts/zoo.py --agreement --output=agreement.json
+    python scripts/zoo.py --timing --output=timing.json
 
 `--agreement` instead trains `AGREEMENT`'s models briefly on mnist5k (as
 RGB at the input size), fine-tunes them with QAT and compares the int8
@@ -79,7 +79,7 @@ if "models" not in flags.FLAGS:
     )
     flags.DEFINE_bool("timing", False, "Time quantize against raw TFMOT instead.")
 if "output" not in flags.FLAGS:  # benchmark.py's, when both are imported
-    flags.DEFINE_string("output", "coverage.json", "Where the JSON goes.")
+    flags.DEFINE_string("output", "zoo.json", "Where the JSON goes.")
 FLAGS = flags.FLAGS
 _BATCH = 4
 
@@ -354,7 +354,7 @@ def main(argv):
         return
     rows = []
     for name in FLAGS.models:
-        logging.info("coverage: %s", name)
+        logging.info("zoo: %s", name)
         rows.append(measure(name, MODELS[name]))
         row = rows[-1]
         logging.info(
