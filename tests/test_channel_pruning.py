@@ -88,6 +88,7 @@ def test_the_same_channels_on_one_and_two_replicas(digits, mirrored):
     assert single.keep == double.keep
 
 
+@pytest.mark.slow
 def test_taylor_scores_choose_the_same_channels_on_one_and_two_replicas(
     digits, mirrored
 ):
@@ -242,6 +243,7 @@ def test_channels_go_one_at_a_time_and_end_on_a_multiple_of_round_to():
             assert len(pruning_.keep[i]) == size - int(progress * (size - final))
 
 
+@pytest.mark.slow
 def test_the_final_counts_apply_when_steps_per_execution_skips_the_end():
     pruned = _pruned()
     pruned.compile(optimizer="sgd", loss=LOSS, steps_per_execution=3)

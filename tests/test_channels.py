@@ -194,6 +194,7 @@ def test_shrunk_model_computes_what_the_masked_one_does(build):
     )
 
 
+@pytest.mark.slow
 def test_a_shrunk_model_saves_quantizes_and_exports(tmp_path):
     import warnings
 

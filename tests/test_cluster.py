@@ -34,6 +34,7 @@ def test_each_worker_gets_its_own_task():
     assert cluster.run_workers(_echo_task) == [("worker", 0), ("worker", 1)]
 
 
+@pytest.mark.slow
 def test_a_crash_is_reported_with_its_traceback_without_waiting():
     with pytest.raises(cluster.WorkerError) as info:
         cluster.run_workers(_crash_on_worker_1, timeout=50)
@@ -42,6 +43,7 @@ def test_a_crash_is_reported_with_its_traceback_without_waiting():
     assert "ZeroDivisionError: worker 1 broke" in message
 
 
+@pytest.mark.slow
 def test_a_hang_times_out():
     with pytest.raises(cluster.WorkerError, match="the cluster timed out after 2 s"):
         cluster.run_processes(_hang, [{}], timeout=2)

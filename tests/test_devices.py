@@ -64,6 +64,7 @@ def _fresh_process_job():
     return tfopt.configure_devices(logical_cpus=3, mixed_precision="mixed_bfloat16")
 
 
+@pytest.mark.slow
 def test_a_fresh_process_gets_what_it_asks_for():
     [config] = cluster.run_processes(_fresh_process_job, [{}])
     assert [d for d in config.logical_devices if "CPU" in d] == [
@@ -175,5 +176,6 @@ def _runtime_left_unstarted_job():
     return len(tf.config.list_logical_devices("CPU"))
 
 
+@pytest.mark.slow
 def test_configure_devices_leaves_the_runtime_unstarted():
     assert cluster.run_processes(_runtime_left_unstarted_job, [{}]) == [3]

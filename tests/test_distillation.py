@@ -97,6 +97,7 @@ def test_logs_teacher_frozen_and_student_alone_at_inference(digits, digits_teach
     )
 
 
+@pytest.mark.slow
 def test_a_pruned_copy_distils_from_its_own_dense_model(digits):
     # Self-distillation, the usual way to recover a pruned model's accuracy.
     # tfopt once froze the teacher object itself, so a copy pruned from it
@@ -198,6 +199,7 @@ def test_mse_loss_and_the_loss_formula(digits, digits_teacher):
     )
 
 
+@pytest.mark.slow
 def test_same_student_on_default_and_mirrored(mirrored):
     single = helpers.train_distilled(tfopt.get_strategy("default"))
     double = helpers.train_distilled(mirrored)
@@ -214,6 +216,7 @@ def test_same_student_on_two_worker_processes():
         np.testing.assert_array_equal(b, c)
 
 
+@pytest.mark.slow
 def test_pruned_student_reaches_its_target_with_one_callback(digits, digits_teacher):
     pruned = tfopt.prune(_student(digits.info), 0.7, end=0.8)
     distiller = _distiller(pruned, digits_teacher)
@@ -236,6 +239,7 @@ def test_pruned_student_without_the_callback_fails_first(digits, digits_teacher)
         distiller.fit(digits.train, epochs=1, verbose=0)
 
 
+@pytest.mark.slow
 def test_qat_student_trains(digits, digits_teacher):
     qat = tfopt.quantize(_student(digits.info))
     distiller = _distiller(qat, digits_teacher)
@@ -243,6 +247,7 @@ def test_qat_student_trains(digits, digits_teacher):
     assert history.history["loss"][1] < history.history["loss"][0]
 
 
+@pytest.mark.slow
 def test_feature_distillation_with_a_projection(digits, digits_teacher):
     student = _student(digits.info)
     distiller = _distiller(
@@ -288,6 +293,7 @@ def test_unknown_feature_layers_list_the_available_ones(digits, digits_teacher):
         )
 
 
+@pytest.mark.slow
 def test_saving_and_exporting_give_the_student_alone(digits, digits_teacher, tmp_path):
     student = _student(digits.info)
     distiller = _distiller(
@@ -336,6 +342,7 @@ def _resumable(digits, teacher, backup, interrupt):
     return distiller
 
 
+@pytest.mark.slow
 def test_backup_and_restore_continues_exactly(digits, digits_teacher, tmp_path):
     whole = _resumable(digits, digits_teacher, tmp_path / "a", False)
     with pytest.raises(KeyboardInterrupt):
@@ -364,6 +371,7 @@ def test_schedule_changes_temperature_and_alpha(digits, digits_teacher):
     )
 
 
+@pytest.mark.slow
 def test_cached_teacher_gives_the_same_student(digits, digits_teacher):
     results = []
     for cache in (False, True):

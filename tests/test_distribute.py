@@ -91,6 +91,7 @@ def _all_reduce_job():
     return out
 
 
+@pytest.mark.slow
 def test_all_reduce_and_explicit_devices_in_a_fresh_process():
     [out] = cluster.run_processes(_all_reduce_job, [{}])
     assert len(out["logical"]) == 2
@@ -520,6 +521,7 @@ def _multi_worker_after_an_op_job():
     return "no error"
 
 
+@pytest.mark.slow
 def test_multi_worker_after_the_runtime_started_says_what_to_move():
     # One task of a two-worker cluster: it must fail before waiting for its
     # peer.

@@ -9,6 +9,7 @@ import pytest
 from tests.support.cluster import ROOT
 
 
+@pytest.mark.slow
 def test_quickstart_runs_and_reports_accuracy():
     result = subprocess.run(
         [sys.executable, "examples/quickstart.py"],

@@ -29,6 +29,7 @@ def out(tmp_path_factory):
     return tmp_path_factory.mktemp("export")
 
 
+@pytest.mark.slow
 def test_int8_file_matches_qat_accuracy_at_under_30_percent_size(
     mnist5k, mnist_pair, out
 ):
@@ -61,7 +62,10 @@ def test_int8_io_gives_int8_tensors(mnist5k, mnist_pair, out):
     interpreter = tflite.open_interpreter(path)
     assert interpreter.get_input_details()[0]["dtype"] == np.int8
     assert interpreter.get_output_details()[0]["dtype"] == np.int8
-    float_io = tfopt.evaluate_tflite(out / "int8.tflite", mnist5k.test)
+    float_io = tfopt.export_tflite(
+        mnist_pair[1], out / "float_io.tflite", quantization="int8"
+    )
+    float_io = tfopt.evaluate_tflite(float_io.path, mnist5k.test)
     assert tfopt.evaluate_tflite(path, mnist5k.test).accuracy == pytest.approx(
         float_io.accuracy, abs=0.01
     )
@@ -89,6 +93,7 @@ def test_float_model_int8_needs_representative_data(mnist5k, mnist_pair, out):
     )
 
 
+@pytest.mark.slow
 def test_dynamic_and_float16_shrink_the_file(mnist_pair, out):
     model = mnist_pair[0]
     sizes = {
@@ -111,6 +116,7 @@ def test_pruned_models_export_stripped(digits, out):
     )
 
 
+@pytest.mark.slow
 def test_existing_files_are_never_overwritten(mnist_pair, out):
     target = out / "kept.tflite"
     target.write_bytes(b"user data")
@@ -327,6 +333,7 @@ def _sparse_block(stem="explicit", zeros=0.8):
     return model
 
 
+@pytest.mark.slow
 def test_a_sparse_file_reports_that_xnnpack_can_run_it_sparse(out):
     model = _sparse_block()
     sparse = tfopt.export_tflite(model, out / "xnn_sparse.tflite", sparse=True)
@@ -352,6 +359,7 @@ def test_a_sparse_file_reports_that_xnnpack_can_run_it_sparse(out):
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_sparse_file_names_what_keeps_it_off_the_sparse_path(out):
     same = tfopt.export_tflite(
         _sparse_block(stem="same"), out / "xnn_same.tflite", sparse=True

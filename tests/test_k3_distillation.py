@@ -96,6 +96,7 @@ def test_distiller_trains_a_student_and_logs_its_parts(digits, teacher):
     )
 
 
+@pytest.mark.slow
 def test_student_alone_is_saved_and_exported(digits, teacher, tmp_path):
     student = cnn(digits.info.input_shape, 4, "student")
     distiller = tfopt.Distiller(student=student, teacher=teacher)
@@ -154,6 +155,7 @@ def test_cached_teacher_gives_the_same_student(digits, teacher):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_same_student_and_logs_on_default_and_mirrored(mirrored):
     single, h1 = k3.train_distilled(tfopt.get_strategy("default"), pruned=True)
     double, h2 = k3.train_distilled(mirrored, pruned=True)

@@ -26,6 +26,7 @@ def pruned(digits):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "quantization, int8_io",
     [

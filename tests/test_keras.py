@@ -40,6 +40,7 @@ def _run(code, env=None):
     )
 
 
+@pytest.mark.slow
 def test_importing_tfopt_changes_nothing_in_tf_keras():
     result = _run(
         "import os, tfopt\n"

@@ -6,6 +6,7 @@ from tfopt import keras, models
 from tfopt.job import measure
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(models.BUILDERS))
 def test_every_model_builds_functional_with_logits_and_trains_a_step(name, digits):
     model = models.build(name, digits.info.input_shape, digits.info.num_classes)
@@ -67,6 +68,7 @@ def test_resnet_tiny_has_the_hard_cases():
     assert {"Add", "BatchNormalization", "DepthwiseConv2D"} <= kinds
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_is_the_application_resized_to_its_smallest_input():
     model = models.build("mobilenet_v2", (28, 28, 1), 10)
     assert model.get_layer("resize").output_shape == (None, 32, 32, 1)

@@ -26,6 +26,7 @@ def _without_latency(rows):
     ]
 
 
+@pytest.mark.slow
 def test_a_run_reports_the_same_figures_when_its_stages_are_loaded(tmp_path, caplog):
     config = Config(
         model_dir=str(tmp_path),

@@ -65,6 +65,7 @@ def test_strip_gives_a_plain_model_with_the_zeros(trained):
     assert (kernel == 0).mean() == pytest.approx(0.8, abs=0.01)
 
 
+@pytest.mark.slow
 def test_a_ten_step_run_with_fractions_reaches_the_target(digits):
     model = compiled(tfopt.prune(_base(digits.info), 0.6, begin=0.1, end=0.5))
     model.fit(
@@ -209,6 +210,7 @@ def test_nested_functional_models_are_pruned_through(digits):
     )
 
 
+@pytest.mark.slow
 def test_resnet_tiny_prunes_its_convolutions(digits):
     model = compiled(tfopt.prune(_base(digits.info, "resnet_tiny"), 0.5, end=1.0))
     names = {w.layer.name for w in pruning.wrappers(model)}
@@ -278,6 +280,7 @@ def _resumable_run(digits, backup, interrupt):
     return model
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_equals_uninterrupted(digits, tmp_path):
     whole = _resumable_run(digits, tmp_path / "a", interrupt=False)
     with pytest.raises(KeyboardInterrupt):
@@ -290,6 +293,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(digits, tmp_path):
     assert sparsities[0] == pytest.approx(0.7, abs=0.01)
 
 
+@pytest.mark.slow
 def test_same_result_on_default_and_mirrored(mirrored):
     single_weights, single_masks = helpers.train_pruned(tfopt.get_strategy("default"))
     double_weights, double_masks = helpers.train_pruned(mirrored)

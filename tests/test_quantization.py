@@ -36,6 +36,7 @@ def _awkward():
     return keras.Model(inputs, L.Dense(3, name="dense_b")(x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["tfmot_mnist", "resnet_tiny"])
 def test_qat_fine_tuning_trains_and_leaves_the_input_alone(digits, name):
     model = _trained(name, digits, epochs=1)
@@ -166,6 +167,7 @@ def test_mixed_precision_builds_a_float32_qat_model_that_trains(digits, policy):
         keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.slow
 def test_ranges_and_weights_equal_on_default_and_mirrored(mirrored):
     single = helpers.train_qat(tfopt.get_strategy("default"))
     double = helpers.train_qat(mirrored)
@@ -316,6 +318,7 @@ def _raw_tfmot_untouched_job(directory):
     return changed, kinds, equal, len(saved.get_weights())
 
 
+@pytest.mark.slow
 def test_importing_tfopt_leaves_raw_tfmot_untouched(tmp_path):
     [(changed, kinds, equal, count)] = cluster.run_processes(
         _raw_tfmot_untouched_job, [{}], str(tmp_path)
@@ -405,6 +408,7 @@ def _modern_blocks():
     return keras.Model(inputs, layers.Dense(10, name="logits")(x))
 
 
+@pytest.mark.slow
 def test_modern_blocks_are_integer_end_to_end(tmp_path):
     import tensorflow as tf
 
@@ -487,6 +491,7 @@ def _int8_ops(qat, x, path):
     return tfopt.export.tflite_ops(str(path))
 
 
+@pytest.mark.slow
 def test_hard_swish_arithmetic_is_integer_end_to_end(tmp_path):
     # MobileNetV3's hard-swish: TensorFlow ops with constants on Keras
     # tensors, i.e. TFOpLambda layers TFMOT's wrapper cannot call.
@@ -549,6 +554,7 @@ def _residual_swish_block():
     return keras.Model(inputs, layers.Dense(3, name="logits")(x))
 
 
+@pytest.mark.slow
 def test_swish_layer_scale_and_residual_ops_are_integer_end_to_end(tmp_path):
 
     keras.utils.set_random_seed(0)
@@ -609,6 +615,7 @@ def _dense_block():
     return keras.Model(inputs, layers.Dense(3)(layers.GlobalAveragePooling2D()(x)))
 
 
+@pytest.mark.slow
 def test_dense_blocks_share_one_range_and_export_with_no_rescale(tmp_path):
 
     keras.utils.set_random_seed(0)
@@ -658,6 +665,7 @@ def test_dense_blocks_share_one_range_and_export_with_no_rescale(tmp_path):
     np.testing.assert_allclose(again.predict(x, verbose=0), qat.predict(x, verbose=0))
 
 
+@pytest.mark.slow
 def test_prune_preserving_qat_shares_ranges_and_keeps_the_zeros(tmp_path):
     keras.utils.set_random_seed(0)
     model = _dense_block()
@@ -694,6 +702,7 @@ def test_a_group_with_two_last_concatenations_keeps_its_ranges():
     assert ranges.shared_ranges(model) == (set(), set())
 
 
+@pytest.mark.slow
 def test_inception_resnet_scaled_sums_are_integer_and_pqat_takes_them(tmp_path):
     from tf_keras.src.applications.inception_resnet_v2 import CustomScaleLayer
 
@@ -742,6 +751,7 @@ def test_prune_preserving_qat_leaves_a_weightless_lambda_float():
     assert qat.tfopt_skipped_layers == ("double (Lambda)",)
 
 
+@pytest.mark.slow
 def test_depthwise_kernels_get_one_range_per_channel_as_in_tflite(tmp_path):
     import tensorflow as tf
 

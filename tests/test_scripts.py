@@ -47,6 +47,7 @@ def _files_written(model_dir):
     assert os.listdir(os.path.join(model_dir, "checkpoints"))
 
 
+@pytest.mark.slow
 def test_pruning_only(tmp_path):
     rows = _train(tmp_path, prune=True, target_sparsity=0.7)
     _files_written(tmp_path)
@@ -58,6 +59,7 @@ def test_pruning_only(tmp_path):
     assert rows["tflite_int8"]["gzip_ratio"] > 3
 
 
+@pytest.mark.slow
 def test_qat_only(tmp_path):
     rows = _train(tmp_path, qat=True, export=["tflite_int8", "saved_model"])
     assert list(rows) == ["baseline", "qat", "tflite_int8", "saved_model"]
@@ -66,6 +68,7 @@ def test_qat_only(tmp_path):
     assert rows["tflite_int8"]["size_bytes"] < rows["baseline"]["size_bytes"]
 
 
+@pytest.mark.slow
 def test_distillation_only(tmp_path):
     rows = _train(tmp_path, teacher="train", export=["tflite_float16"])
     # The reference row of a distilled run is the teacher, named so.
@@ -142,6 +145,7 @@ PS_CLUSTER = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "tf_config, overrides, message",
     [
@@ -434,6 +438,7 @@ def saved_model_file(tmp_path_factory, digits):
     return path
 
 
+@pytest.mark.slow
 def test_export_script_exports_and_verifies(saved_model_file, tmp_path, capsys):
     from scripts import export as export_script
 
@@ -538,6 +543,7 @@ def test_model_dir_is_required():
         train.main(["train.py", "extra"])
 
 
+@pytest.mark.slow
 def test_gpu_check_refuses_at_once_without_a_gpu(tmp_path):
     import tensorflow as tf
 

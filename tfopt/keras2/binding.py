@@ -1,6 +1,6 @@
 """The tf_keras binding that tfopt and TFMOT share, and the Keras 3 guard.
 
-This is the tf_keras world. It loads only when a program engages it: reads
+tf_keras loads only when a program engages it: reads
 `tfopt.keras`, or hands tfopt a tf_keras model. A Keras 3 model never loads
 it, nor TFMOT, so a program that only uses Keras 3 keeps `tf.keras` as
 TensorFlow made it.
@@ -34,7 +34,7 @@ _FIXES = (
     "tfopt and TFMOT only accept tf_keras (Keras 2) objects here. Either build "
     "it with `from tfopt import keras` (or `import tf_keras as keras`), or "
     "build every model of this call with Keras 3 (`import keras`): tfopt "
-    "takes both, one world per call."
+    "takes both, one Keras per call."
 )
 
 

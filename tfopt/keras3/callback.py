@@ -22,7 +22,7 @@ from tfopt.keras3 import pruning
 from tfopt.keras3.pruning import MISSING_CALLBACK, masked
 
 
-class _Refused:
+class _ParkedStep:
     """A pruned model's traced step between fits: called by a fit that has no
     PruningCallback, it raises MISSING_CALLBACK; `step` is the real one."""
 
@@ -86,7 +86,7 @@ class PruningCallback(keras.callbacks.Callback):
         pruning.guard(self.model)
         if any(c.failed for _, _, c in self._found):
             _fresh_optimizer(self.model)
-        if isinstance(self.model.train_function, _Refused):
+        if isinstance(self.model.train_function, _ParkedStep):
             # The step traced by the last fit with this callback: no retrace.
             self.model.train_function = self.model.train_function.step
         epochs, steps = self.params.get("epochs"), self.params.get("steps")
@@ -188,4 +188,4 @@ class PruningCallback(keras.callbacks.Callback):
         for _, _, constraint in self._found:
             constraint.ready = False
         if self.model.train_function is not None:
-            self.model.train_function = _Refused(self.model.train_function)
+            self.model.train_function = _ParkedStep(self.model.train_function)
