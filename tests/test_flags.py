@@ -114,8 +114,7 @@ def test_flags_become_the_config_without_a_mapping():
             {"keras": "3", "qat": True},
             "`qat=True` is not available for Keras 3 models yet "
             "(quantization-aware training (quantize) is tf_keras only). "
-            "A Keras 3 model exports to int8 with tfopt.export_tflite(model, "
-            "path, quantization='int8', representative_data=...).",
+            "Int8 TFLite files come from calibration: `export=tflite_int8`.",
         ),
     ],
 )

@@ -128,16 +128,18 @@ def missing(keras):
     return [c for c in CAPABILITIES.values() if keras not in c.supported]
 
 
-def refusal(capability, keras, subject):
+def refusal(capability, keras, subject, instead=None):
     """The one message for `subject` (what the user asked for, quoted as
-    they wrote it) when `keras` lacks `capability`."""
+    they wrote it) when `keras` lacks `capability`; `instead` replaces the
+    table's advice (the main job names its flags)."""
     cap = CAPABILITIES[capability]
+    instead = cap.instead if instead is None else instead
     others = " and ".join(k.label for k in Keras if k in cap.supported)
     text = (
         f"{subject} is not available for {keras.label} models yet "
         f"({cap.what} is {others} only)."
     )
-    return f"{text} {cap.instead}" if cap.instead else text
+    return f"{text} {instead}" if instead else text
 
 
 def require(capability, model, subject, arg="model"):

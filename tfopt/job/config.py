@@ -3,10 +3,9 @@
 Each field carries its default, help text and allowed values; the flags of
 `scripts/train.py` are generated from them (`tfopt.job.flags`), and
 `Config.check` refuses what cannot work before anything is imported,
-written or trained. The tables of names here are the library's own (the
-modules that implement them check they agree), so a flag never offers what
-the library refuses. Errors name fields as `field`; a script shows them as
-its `--field` flags (`ConfigError.for_flags`).
+written or trained. The tables of names are the library's (`core.vocab`,
+`core.kerases`), so a flag never offers what the library refuses. Errors
+name fields as `field`; a script shows them as `--field` (`for_flags`).
 """
 
 import dataclasses
@@ -338,15 +337,19 @@ class Config:
         if self.learning_rate <= 0:
             raise ConfigError(f"`learning_rate={self.learning_rate}` must be > 0.")
         keras = self.keras_api
-        for name, value, capability in (
-            ("qat", self.qat, "quantize"),
-            ("prune_structure", self.prune_structure != "weights", "channel_pruning"),
-            ("export", "saved_model" in self.export, "export_saved_model"),
+        for name, value, capability, instead in (
+            ("qat", self.qat, "quantize", _CALIBRATE),
+            (
+                "prune_structure",
+                self.prune_structure != "weights",
+                "channel_pruning",
+                "",
+            ),
+            ("export", "saved_model" in self.export, "export_saved_model", ""),
         ):
             if value and not supports(keras, capability):
-                raise ConfigError(
-                    refusal(capability, keras, f"`{name}={getattr(self, name)}`")
-                )
+                subject = f"`{name}={getattr(self, name)}`"
+                raise ConfigError(refusal(capability, keras, subject, instead))
         if self.strategy == "tpu" and not self.tpu:
             raise ConfigError(
                 "`strategy=tpu` needs `tpu`: 'local' on a Cloud TPU "
@@ -354,6 +357,8 @@ class Config:
             )
         return self
 
+
+_CALIBRATE = "Int8 TFLite files come from calibration: `export=tflite_int8`."
 
 _TYPES = {
     "string": str,
