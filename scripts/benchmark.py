@@ -64,12 +64,12 @@ TARGETS = {
     "pruned_accuracy_drop": 0.01,
     "int8_vs_qat_accuracy": 0.005,
     "parity_max_abs_diff": 1e-5,
-    # Issue 14: channel pruning's batch-1 speed-up and accuracy recovery.
+    # Channel pruning's batch-1 speed-up and accuracy recovery.
     "mobilenet_v2_float32_speedup": 1.5,
     "mobilenet_v2_int8_speedup": 1.3,
     "resnet50_float32_speedup": 1.3,
     "recovered_accuracy_drop": 0.01,
-    # Issue 15: Keras 3 models through tfopt's own path.
+    # Keras 3 models through tfopt's own path.
     "keras3_prune_vs_float": 1.15,
     "keras3_int8_vs_float_accuracy": 0.005,
 }

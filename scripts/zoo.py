@@ -182,7 +182,7 @@ def _step(model, x, y, callbacks=()):
 
 
 def measure(name, size, *, raw=True, directory=None):
-    """One row of the coverage table for `tf_keras.applications.<name>`."""
+    """One row of the zoo table for `tf_keras.applications.<name>`."""
     import numpy as np
     import tensorflow_model_optimization as tfmot
 

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 def test_keras3_multi_worker_fit_fails_upstream_and_works_with_the_fix():
     # Without the fix Keras 3.15 fails before the first step. When this
-    # assertion fails, Keras has fixed its trainer: remove tfopt/_k3_fit.py.
+    # assertion fails, Keras has fixed its trainer: remove tfopt/keras3/fit.py.
     raw = cluster.run_workers(k3.plain_multi_worker_job, False)
     assert all(isinstance(r, str) and "PerReplica" in r for r in raw), raw
     fixed = cluster.run_workers(k3.plain_multi_worker_job, True)

@@ -260,8 +260,8 @@ def test_bad_models_are_refused():
     callback = tfopt.PruningCallback(data=tf.data.Dataset.range(2))
     with pytest.raises(
         ValueError,
-        match=r"^`data` ranks channels for "
-        r"structure='channels', which Keras 3 models do not have",
+        match=r"^`data` is not available for Keras 3 models yet "
+        r"\(channel pruning",
     ):
         callback.set_model(pruned)
 

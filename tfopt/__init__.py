@@ -67,7 +67,7 @@ def __getattr__(name):
         module, attribute = _NAMES[name]
         value = getattr(importlib.import_module(module), attribute)
     elif name in ("config", "flags", "pipeline", "report"):  # old paths
-        value = importlib.import_module(f"tfopt.job.{name}")
+        value = importlib.import_module(f"tfopt.{name}")
     else:
         raise AttributeError(f"module 'tfopt' has no attribute {name!r}")
     globals()[name] = value  # later lookups skip this function

@@ -2,8 +2,8 @@
 
 `Callback` is a base with the hooks both CallbackLists call, as no-ops (the
 main job's epoch callbacks use it). `ByModel` is the base of the public
-callbacks whose work depends on the Keras of the model (`PruningCallback`,
-`DistillationSchedule`): it makes the implementation of that Keras in
+callbacks whose work depends on the Keras of the model (`PruningCallback`):
+it makes the implementation of that Keras in
 `set_model`, which both `fit`s call before any hook, and hands every hook
 to it.
 """

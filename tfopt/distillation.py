@@ -10,7 +10,7 @@ for either.
 
 import abc
 
-from tfopt import callbacks
+from tfopt import callbacks, legacy
 from tfopt.core import distill, vocab
 from tfopt.core.kerases import Keras
 
@@ -148,11 +148,5 @@ class DistillationSchedule(callbacks.Callback):
             logs["alpha"] = float(self.model.alpha.numpy())
 
 
-def __getattr__(name):
-    # The tf_keras names this module held before it served both Kerases.
-    import importlib
-
-    legacy = importlib.import_module("tfopt.keras2.distillation")
-    if name.startswith("__") or not hasattr(legacy, name):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(legacy, name)
+# The tf_keras name this module held before it served both Kerases.
+__getattr__ = legacy.moved(__name__, {"per_example": "tfopt.keras2.binding"})

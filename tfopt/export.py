@@ -14,8 +14,9 @@ import json
 import os
 import zipfile
 
+from tfopt import legacy
 from tfopt.core import tflite, vocab
-from tfopt.core.kerases import Keras, refusal, require, supports
+from tfopt.core.kerases import Keras, NotAvailable, refusal, require, supports
 from tfopt.core.tflite import (
     Exported,
     TFLiteEvaluation,
@@ -111,9 +112,8 @@ def export_tflite(
     implementation.check_model(model)
     path = tflite.check_export(path, quantization, representative_data, int8_io, sparse)
     if sparse and not supports(keras, "sparse_export"):
-        raise ValueError(
-            f"{refusal('sparse_export', keras, '`sparse=True`')} Received: sparse=True"
-        )
+        subject = refusal("sparse_export", keras, "`sparse=True`")
+        raise NotAvailable(f"{subject} Received: sparse=True")
     tflite.refuse_overwrite(path, overwrite)
     return implementation.export_tflite(
         model,
@@ -211,18 +211,5 @@ def load_model(path, *, compile=True, safe_mode=True):
     return implementation.load_model(path, compile=compile, safe_mode=safe_mode)
 
 
-def __getattr__(name):
-    # The tf_keras names this module held before it served both Kerases, and
-    # the TFLite helpers it re-exported.
-    import importlib
-
-    if name.startswith("__"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    for source in (
-        tflite,
-        importlib.import_module("tfopt.keras2.export"),
-        importlib.import_module("tfopt.keras2.xnnpack"),  # SparseEligibility
-    ):
-        if hasattr(source, name):
-            return getattr(source, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The tf_keras name this module held before it served both Kerases.
+__getattr__ = legacy.moved(__name__, {"SparseEligibility": "tfopt.keras2.xnnpack"})

@@ -30,7 +30,8 @@ def _batch_norm(keras, name):
     # apart under a strategy); `synchronized=True` all-reduces the batch
     # statistics, so every replica and worker keeps the same ones, as
     # tf_keras's mean-aggregated statistics do.
-    extra = {"synchronized": True} if keras.__version__.startswith("3.") else {}
+    keras3 = Keras.from_version(keras.__version__) is Keras.KERAS3
+    extra = {"synchronized": True} if keras3 else {}
     return keras.layers.BatchNormalization(momentum=_BN_MOMENTUM, name=name, **extra)
 
 

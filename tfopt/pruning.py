@@ -12,11 +12,11 @@ tf_keras ones: `wrappers`, `PrunedModel`, `PruneLowMagnitude`,
 from `tfopt.keras2.pruning` for one release; import them from there.
 """
 
-from tfopt import models
+from tfopt import legacy, models
 from tfopt.callbacks import ByModel
 from tfopt.channels import Channels, shrink
 from tfopt.core import checks, selection, sparsity, vocab
-from tfopt.core.kerases import Keras, refusal, supports
+from tfopt.core.kerases import Keras, refuse, supports
 from tfopt.core.schedule import KINDS, check_schedule
 from tfopt.core.sparsity import SparsityReport
 
@@ -85,12 +85,6 @@ def _check_block_size(block_size, m_by_n):
             "`m_by_n` and `block_size` are exclusive. "
             f"Received: m_by_n={m_by_n!r}, block_size={block_size!r}"
         )
-
-
-def _refuse_argument(capability, keras, arg, value):
-    raise ValueError(
-        f"{refusal(capability, keras, f'`{arg}`')} Received: {arg}={value!r}"
-    )
 
 
 def prune(
@@ -173,11 +167,12 @@ def prune(
 
     Raises:
         TypeError: If `model` is not a Sequential/functional model (subclassed
-            models included) or an argument has the wrong type, or the
-            model's Keras lacks what is asked (`tfopt.core.kerases`).
+            models included) or an argument has the wrong type.
         ValueError: If a value is out of range, `begin`/`end` mix fractions
             and steps, a named layer does not exist, or `target_sparsity`
             would leave a pruned tensor empty.
+        tfopt.core.kerases.NotAvailable: (a `TypeError` and a `ValueError`)
+            If the model's Keras lacks what is asked.
 
     Example:
 
@@ -202,9 +197,9 @@ def prune(
         )
     channels = _channels(structure, measure, importance, round_to, m_by_n, block_size)
     if channels is not None and not supports(keras, "channel_pruning"):
-        _refuse_argument("channel_pruning", keras, "structure", structure)
+        refuse("channel_pruning", keras, "structure", structure)
     if block_size is not None and not supports(keras, "block_pruning"):
-        _refuse_argument("block_pruning", keras, "block_size", block_size)
+        refuse("block_pruning", keras, "block_size", block_size)
     sparsity.check_m_by_n(m_by_n, "m_by_n", optional=True)
     _check_block_size(block_size, m_by_n)
     settings = dict(
@@ -354,14 +349,23 @@ class PruningCallback(ByModel):
         return PruningCallback
 
 
-_LEGACY = "tfopt.keras2.pruning"
-
-
-def __getattr__(name):
-    # The tf_keras names this module held before it served both Kerases.
-    import importlib
-
-    legacy = importlib.import_module(_LEGACY)
-    if name.startswith("__") or not hasattr(legacy, name):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(legacy, name)
+# The tf_keras names this module held before it served both Kerases.
+__getattr__ = legacy.moved(
+    __name__,
+    {
+        **dict.fromkeys(
+            (
+                "MISSING_CALLBACK",
+                "PruneLowMagnitude",
+                "PrunedModel",
+                "PruningSchedule",
+                "apply_masks",
+                "mask_sparsity",
+                "require_callback",
+                "wrappers",
+            ),
+            "tfopt.keras2.pruning",
+        ),
+        "check_m_by_n": "tfopt.core.sparsity",
+    },
+)

@@ -9,6 +9,7 @@ before (`OutputQuantizeConfig`, ...) are still read from
 `tfopt.keras2.quantization` for one release.
 """
 
+from tfopt import legacy
 from tfopt.core.kerases import require
 
 __all__ = ["quantize"]
@@ -68,10 +69,17 @@ def quantize(
     )
 
 
-def __getattr__(name):
-    import importlib
-
-    legacy = importlib.import_module("tfopt.keras2.quantization")
-    if name.startswith("__") or not hasattr(legacy, name):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(legacy, name)
+# The tf_keras names this module held before (the QAT configs).
+__getattr__ = legacy.moved(
+    __name__,
+    dict.fromkeys(
+        (
+            "InputRangeQuantizeConfig",
+            "OUTPUT_ONLY",
+            "OutputQuantizeConfig",
+            "SAME_RANGE",
+            "SigmoidQuantizeConfig",
+        ),
+        "tfopt.keras2.quantization",
+    ),
+)

@@ -2,14 +2,15 @@
 
 `each_keras(capability)` gives one parameter per Keras. Where the table says
 a Keras lacks the capability, the test is expected to fail with tfopt's
-refusal (`strict=True`: the day the capability lands, the test passes, the
-xfail turns into an error, and the table must be updated with it).
+refusal, `NotAvailable` (strictly: the day the capability lands, the test
+passes, the strict xfail fails the suite, and the table must change with
+it).
 """
 
 import pytest
 
 from tfopt import models
-from tfopt.core.kerases import Keras, refusal, supports
+from tfopt.core.kerases import Keras, NotAvailable, refusal, supports
 
 
 def each_keras(capability):
@@ -20,7 +21,7 @@ def each_keras(capability):
             marks.append(
                 pytest.mark.xfail(
                     strict=True,
-                    raises=(TypeError, ValueError),
+                    raises=NotAvailable,
                     reason=refusal(capability, keras, capability),
                 )
             )

@@ -142,13 +142,27 @@ def refusal(capability, keras, subject, instead=None):
     return f"{text} {instead}" if instead else text
 
 
+class NotAvailable(TypeError, ValueError):
+    """What a Keras lacks, asked of it: a `TypeError` where the model is the
+    problem, a `ValueError` where an argument is, so callers catch it as
+    either."""
+
+
+def refuse(capability, keras, arg, value):
+    """Raises `NotAvailable` for argument `arg=value`, which `keras` lacks."""
+    subject = f"`{arg}`"
+    raise NotAvailable(
+        f"{refusal(capability, keras, subject)} Received: {arg}={value!r}"
+    )
+
+
 def require(capability, model, subject, arg="model"):
-    """Raises `TypeError` unless `model`'s Keras has `capability`; returns
-    that Keras."""
+    """Raises `NotAvailable` (a `TypeError`) unless `model`'s Keras has
+    `capability`; returns that Keras."""
     keras = Keras.of(model)
     if not supports(keras, capability):
         wanted = " or ".join(k.label for k in CAPABILITIES[capability].supported)
-        raise TypeError(
+        raise NotAvailable(
             f"`{arg}` must be a {wanted} model: "
             f"{refusal(capability, keras, subject)} Received: {arg}={model!r}"
         )

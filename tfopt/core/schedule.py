@@ -1,5 +1,5 @@
 """When a pruning schedule updates its masks, and to what sparsity: the
-step arithmetic that the tf_keras path (`_schedule.PruningSchedule`, a TFMOT
+step arithmetic that the tf_keras path (`tfopt.keras2.schedule.PruningSchedule`, a TFMOT
 schedule) and the Keras 3 path (`tfopt.keras3.pruning.PruningMask`) share.
 
 TFMOT's schedules prune only on steps where `(step - begin) % frequency == 0`,

@@ -1,7 +1,7 @@
 """TFLite files, whichever Keras made the model: the converter settings of
 each quantization (built-in ops only), the atomic write that never replaces
 a file unless asked, the LiteRT interpreter, `evaluate_tflite` and
-`tflite_ops`. Nothing here imports a Keras: `export` (tf_keras) and
+`tflite_ops`. Nothing here imports a Keras: `tfopt.keras2.export` (tf_keras) and
 `tfopt.keras3.export` (Keras 3) hand it a converter.
 """
 

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import re
 
-from tfopt.core.kerases import Keras, refusal, supports
+from tfopt.core.kerases import Keras, missing, refusal, supports
 from tfopt.core.vocab import (  # noqa: F401 (the job reads them here)
     ALL_REDUCE,
     DISTILLATION_LOSSES,
@@ -94,8 +94,9 @@ class Config:
     keras: str = _field(
         "2",
         "The Keras the models are built with: 2 (tf_keras, through TFMOT: "
-        "every feature) or 3 (the keras package: pruning, distillation and "
-        "TFLite export; no QAT, channel pruning or SavedModel yet).",
+        "every feature) or 3 (the keras package; not yet: "
+        + ", ".join(c.name for c in missing(Keras.KERAS3))
+        + ").",
         "enum",
         choices=KERAS_VERSIONS,
     )
@@ -240,9 +241,7 @@ class Config:
     @property
     def m_by_n(self):
         """`sparsity_m_by_n` as (m, n), or None."""
-        return (
-            None if self.sparsity_m_by_n is None else parse_m_by_n(self.sparsity_m_by_n)
-        )
+        return parse_m_by_n(self.sparsity_m_by_n)
 
     @property
     def keras_api(self):

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 from tfopt import export
 from tfopt.core import tflite
-from tfopt.core.kerases import Keras
+from tfopt.core.kerases import Keras, supports
 from tfopt.job import measure
 from tfopt.job.config import EXPORTS
 
@@ -74,8 +74,8 @@ def export_and_verify(
 
 
 def _is_quantized(model):
-    if Keras.of(model) is Keras.KERAS3:
-        return False  # Keras 3 has no QAT yet
+    if not supports(Keras.of(model), "quantize"):
+        return False  # this Keras has no QAT models
     from tfopt.keras2 import selection
 
     return selection.is_quantized(model)

@@ -24,6 +24,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import tf_keras as keras  # noqa: E402
 
+from tfopt.core.kerases import Keras
+
 if getattr(sys.modules.get("tfopt.devices"), "requested_policy", None):
     # configure_devices(mixed_precision=...) ran before tf_keras loaded.
     keras.mixed_precision.set_global_policy(
@@ -36,11 +38,6 @@ _FIXES = (
     "build every model of this call with Keras 3 (`import keras`): tfopt "
     "takes both, one Keras per call."
 )
-
-
-def _is_foreign_keras(obj):
-    """True for objects of Keras 3 (the `keras` package), not of tf_keras."""
-    return any(cls.__module__.split(".", 1)[0] == "keras" for cls in type(obj).__mro__)
 
 
 def _describe(obj):
@@ -59,7 +56,7 @@ def check_keras2(obj, arg):
     Raises:
         TypeError: If `obj` comes from Keras 3 rather than tf_keras.
     """
-    if _is_foreign_keras(obj):
+    if Keras.of(obj) is Keras.KERAS3:
         raise TypeError(
             f"`{arg}` must be a tf_keras object, not a Keras 3 "
             f"{_describe(obj)} (class {type(obj).__module__}."

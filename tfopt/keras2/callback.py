@@ -7,8 +7,8 @@ import warnings
 
 import tensorflow as tf
 
-from tfopt.core import checks, summary
 from tfopt.core import schedule as schedule_steps
+from tfopt.core import summary
 from tfopt.keras2 import binding, channel_pruning, pruning
 from tfopt.keras2.binding import keras
 from tfopt.keras2.pruning import apply_masks, mask_sparsity, wrappers
@@ -22,16 +22,10 @@ class PruningCallback(keras.callbacks.Callback):
     `fit` starts, `sparsity` in the logs, and the channel masks of channel
     pruning."""
 
-    def __init__(self, log_dir=None, update_freq="epoch", data=None):
-        super().__init__()
-        if data is not None and not isinstance(data, tf.data.Dataset):
-            raise TypeError(
-                "`data` must be a tf.data.Dataset of (x, y) batches or "
-                f"None. Received: data={data!r}"
-            )
+    def __init__(self, log_dir, update_freq, data):
+        super().__init__()  # the arguments are checked by the front
         self.data = data
         self._channels = []
-        checks.check_callback_output(log_dir, update_freq)
         self.log_dir = log_dir
         self.update_freq = 1 if update_freq == "batch" else update_freq
         self._wrappers = []

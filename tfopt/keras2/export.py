@@ -17,11 +17,10 @@ import h5py
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfopt.core import tflite
+from tfopt.core import distill, tflite
 from tfopt.core.tflite import Exported, disk_sizes, tflite_ops
 from tfopt.keras2 import (
     binding,
-    distillation,
     graph,
     pruning,
     selection,
@@ -39,7 +38,7 @@ check_model = binding.check_model
 
 def _deployable(model):
     """The model to ship: a Distiller's student, without pruning wrappers."""
-    if isinstance(model, distillation.Distiller):
+    if isinstance(model, distill.DistillerSteps):  # either Keras's Distiller
         model = model.student
     return pruning.strip(model) if pruning.wrappers(model) else model
 

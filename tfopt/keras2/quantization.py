@@ -4,12 +4,12 @@
 float (listing them), flattens nested models, keeps pruned zeros with
 `preserve_sparsity=True`, builds the QAT model in float32 whatever the
 Keras precision policy, and makes the learned activation ranges independent
-of the number of replicas (`_tfmot.GlobalRangeMovingAverageQuantizer`).
+of the number of replicas (`keras2.tfmot.GlobalRangeMovingAverageQuantizer`).
 Tensors TFLite must give one int8 scale (a chain of concatenations, pools
 and paddings) share one range (`tfopt.keras2.ranges`), so the file needs no rescale.
 
 TFMOT itself is left as it is: the fixes are tfopt subclasses that
-`_tfmot.adopt` gives to the layers of the models `quantize` returns.
+`keras2.tfmot.adopt` gives to the layers of the models `quantize` returns.
 """
 
 import contextlib

@@ -1,5 +1,5 @@
 """The pruning schedule behind `tfopt.prune` for tf_keras: TFMOT's
-polynomial and constant schedules over `_steps.ScheduleSteps`, whose
+polynomial and constant schedules over `tfopt.core.schedule.ScheduleSteps`, whose
 `begin`/`end` may be fractions of the run and which always updates at `end`.
 """
 

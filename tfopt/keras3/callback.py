@@ -16,7 +16,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from tfopt.core import checks, summary
+from tfopt.core import checks, kerases, summary
 from tfopt.core import schedule as _steps
 from tfopt.keras3 import pruning
 from tfopt.keras3.pruning import MISSING_CALLBACK, masked
@@ -49,16 +49,12 @@ def _fresh_optimizer(model):
 
 
 class PruningCallback(keras.callbacks.Callback):
-    """The Keras 3 half of `tfopt.PruningCallback` (see `tfopt.keras2.pruning`)."""
+    """The Keras 3 half of `tfopt.PruningCallback` (see `tfopt.keras2.callback`)."""
 
-    def __init__(self, log_dir=None, update_freq="epoch", data=None):
-        super().__init__()
-        if data is not None:
-            raise ValueError(
-                "`data` ranks channels for structure='channels', which Keras 3 "
-                f"models do not have yet. Received: data={data!r}"
-            )
-        checks.check_callback_output(log_dir, update_freq)
+    def __init__(self, log_dir, update_freq, data):
+        super().__init__()  # the arguments are checked by the front
+        if data is not None:  # it ranks channels for channel pruning
+            kerases.refuse("channel_pruning", kerases.Keras.KERAS3, "data", data)
         self.log_dir = log_dir
         self.update_freq = 1 if update_freq == "batch" else update_freq
         self._found = []

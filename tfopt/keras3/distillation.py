@@ -1,6 +1,6 @@
 """Teacher–student distillation of Keras 3 models, side by side with
-`distillation.py` (tf_keras); the passes and losses are shared
-(`distill.DistillerSteps`).
+`tfopt.keras2.distillation` (tf_keras); the passes and losses are shared
+(`tfopt.core.distill.DistillerSteps`).
 
 Why not `keras.distillation`: in Keras 3.15 `LogitsDistillation()`'s default
 loss (`"kl_divergence"`) is applied to raw logits, without the softmax, and

@@ -1,7 +1,8 @@
-"""Exporting and loading Keras 3 models, side by side with `export.py`
-(tf_keras): `export_tflite` (float32, dynamic, float16, int8 calibrated on
-representative data, optional int8 I/O; built-in ops only) and `load_model`
-for the `.keras` files of tfopt's Keras 3 models.
+"""Exporting and loading Keras 3 models, side by side with
+`tfopt.keras2.export` (tf_keras): `export_tflite` (float32, dynamic,
+float16, int8 calibrated on representative data, optional int8 I/O;
+built-in ops only) and `load_model` for the `.keras` files of tfopt's
+Keras 3 models.
 
 Keras 3's `model.quantize("int8")` is not used: it covers Dense, EinsumDense
 and Embedding only (Conv2D is skipped), freezes int8 kernels, and a model
@@ -16,13 +17,13 @@ import zipfile
 import keras
 import tensorflow as tf
 
-from tfopt.core import tflite
-from tfopt.keras3 import distillation, fit, pruning
+from tfopt.core import distill, tflite
+from tfopt.keras3 import fit, pruning
 
 
 def deployable(model):
     """What ships: a Distiller's student, pruning constraints stripped."""
-    if isinstance(model, distillation.Distiller):
+    if isinstance(model, distill.DistillerSteps):  # either Keras's Distiller
         model = model.student
     if pruning.masked(model):
         model = pruning.strip(model)

@@ -5,8 +5,8 @@ TFMOT refuses Keras 3 objects, so this path is tfopt's own, and small: a
 pruned weight gets a `PruningMask` constraint. Keras 3 optimizers apply a
 variable's constraint after every update, so `w * mask` keeps the pruned
 weights at zero inside the training step, on every replica, at the cost of
-one multiply. `PruningCallback` (the Keras 3 half of `tfopt.PruningCallback`)
-(in `tfopt.keras3.callback`) moves the masks along the schedule. The step count is
+one multiply. `tfopt.keras3.callback.PruningCallback` moves the masks
+along the schedule. The step count is
 kept in each `PruningMask`'s config (a `.keras` file) and in the optimizer
 (a checkpoint), whichever is further, so a reloaded model resumes where it
 stopped: its masks are its zeros.
