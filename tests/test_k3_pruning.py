@@ -398,3 +398,30 @@ def test_the_callback_says_when_it_has_nothing_to_drive(digits):
         r"to drive \(no PruningMask constraints\); it does nothing",
     ):
         _fit(model, digits, steps_per_epoch=1)
+
+
+@pytest.mark.slow
+def test_depthwise_convolutions_are_pruned_strip_and_report(digits):
+    # Keras 3 names a depthwise convolution's kernel `kernel` (tf_keras:
+    # `depthwise_kernel`); MobileNetV2's once crashed prune with it.
+    keras.utils.set_random_seed(0)
+    model = tfopt.models.build(
+        "mobilenet_v2", digits.info.input_shape, 10, keras_version=3
+    )
+    pruned = tfopt.prune(model, 0.5, end=1.0)
+    depthwise = [
+        layer.name
+        for layer in pruning.flat_layers(pruned)
+        if isinstance(layer, keras.layers.DepthwiseConv2D)
+    ]
+    assert depthwise
+    pruned.compile(optimizer="sgd", loss=LOSS)
+    pruned.fit(
+        digits.train.take(2),
+        epochs=1,
+        verbose=0,
+        callbacks=[tfopt.PruningCallback()],
+    )
+    rows = {row.layer: row for row in tfopt.sparsity_report(tfopt.strip(pruned)).rows}
+    for name in depthwise:
+        assert rows[name].sparsity == pytest.approx(0.5, abs=0.06), name

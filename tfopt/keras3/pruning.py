@@ -37,9 +37,11 @@ MISSING_CALLBACK = (
     "the masks. Add it: model.fit(..., callbacks=[tfopt.PruningCallback()])."
 )
 
-# (layer classes, weight attribute, constraint attribute): the weights TFMOT
+# (layer classes, weight attribute, constraint argument): the weights TFMOT
 # prunes in the same layers of tf_keras (the pointwise kernel only, for a
-# separable convolution).
+# separable convolution). A Keras 3 depthwise convolution holds its kernel
+# as `kernel` (tf_keras: `depthwise_kernel`), constrained by
+# `depthwise_constraint`.
 _PRUNABLE = (
     (
         (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D),
@@ -48,7 +50,7 @@ _PRUNABLE = (
     ),
     (
         (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D),
-        "depthwise_kernel",
+        "kernel",
         "depthwise_constraint",
     ),
     (
