@@ -39,7 +39,9 @@ class Distiller(abc.ABC):  # noqa: B024 (a front, never subclassed)
     tape and its variables are not trained; the student runs once with
     `training=True`, so a pruned student's step advances once per batch.
     `evaluate` computes the same loss with the student in inference mode;
-    `save` and the `tfopt.export_*` functions see the student alone.
+    `save` and the `tfopt.export_*` functions see the student alone. A
+    teacher that ends in softmax (as `keras.applications` models do by
+    default) is read as probabilities: their logarithms are its logits.
 
     Calling `Distiller(...)` returns the Distiller of `student`'s Keras (see
     the module docstring); its arguments are those of

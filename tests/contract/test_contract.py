@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import tfopt
-from tests.support.kerases import build, compiled, each_keras
+from tests.support.kerases import api, build, compiled, each_keras
 from tfopt.core import kerases
 from tfopt.core.kerases import CAPABILITIES, Keras
 
@@ -120,6 +120,24 @@ def test_distiller_trains_the_student_and_logs_the_same_keys(keras, digits):
     assert not all(
         np.array_equal(a, b) for a, b in zip(before, student.get_weights(), strict=True)
     )
+
+
+@pytest.mark.parametrize("keras", each_keras("distill"))
+def test_a_teacher_ending_in_softmax_teaches_as_its_logits_would(keras, digits):
+    # keras.applications classifiers end in softmax by default: read as
+    # logits, their probabilities would teach a different distribution.
+    k = api(keras)
+    teacher = build(keras, digits.info, "teacher_cnn", seed=1)
+    probabilities = k.Model(teacher.inputs, k.layers.Softmax()(teacher.output))
+    student = build(keras, digits.info)
+    x, y = next(iter(digits.test))
+    losses = [
+        compiled(
+            tfopt.Distiller(student=student, teacher=model, temperature=2.0), keras
+        ).evaluate(x, y, verbose=0, return_dict=True)["distillation_loss"]
+        for model in (teacher, probabilities)
+    ]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4, abs=1e-6)
 
 
 @pytest.mark.parametrize("keras", each_keras("quantize"))

@@ -28,6 +28,15 @@ def _mse(teacher, student, temperature):
 SOFT_LOSSES = {"kl": _kl, "mse": _mse}
 
 
+def ends_in_softmax(model):
+    """Whether `model` outputs probabilities (its last layer is a softmax, as
+    `keras.applications` classifiers are by default) rather than logits."""
+    layer = model.layers[-1] if model.layers else None
+    if type(layer).__name__ == "Softmax":
+        return True
+    return getattr(getattr(layer, "activation", None), "__name__", "") == "softmax"
+
+
 def check_keywords(args):
     """Refuses positional models: Keras 3's `keras.distillation.Distiller`
     takes the teacher first, so a positional order would be read both ways."""
@@ -195,6 +204,9 @@ class DistillerSteps:
         # mode outside the tape, and its variables are not the Distiller's
         # trainable ones.
         self.teacher = teacher
+        # A teacher that ends in softmax gives probabilities: their logarithms
+        # are its logits (up to a constant, which softmax ignores).
+        self.teacher_probabilities = ends_in_softmax(teacher)
         self.distillation_loss = distillation_loss
         self.features = [tuple(f) for f in features or ()]
         self.cache_teacher = cache_teacher
@@ -333,6 +345,8 @@ class DistillerSteps:
         teacher_logits = tf.ensure_shape(
             tf.cast(teacher_out[0], tf.float32), student_logits.shape
         )
+        if self.teacher_probabilities:
+            teacher_logits = tf.math.log(tf.maximum(teacher_logits, 1e-12))
         hard = self.hard_loss(y, student_logits)
         soft = SOFT_LOSSES[self.distillation_loss](teacher_logits, student_logits, t)
         total = alpha * hard + (1.0 - alpha) * t * t * soft
