@@ -8,6 +8,7 @@ import pathlib
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfopt
 from tests.support.kerases import api, build, compiled, each_keras
@@ -161,6 +162,25 @@ def test_int8_export_by_calibration_is_integer_end_to_end(keras, digits, tmp_pat
     assert _float_ops(path) == ()
     accuracy = tfopt.evaluate_tflite(path, digits.test).accuracy
     assert 0.0 <= accuracy <= 1.0
+
+
+@pytest.mark.parametrize("keras", each_keras("export_tflite"))
+def test_int8_export_calibrates_a_model_with_integer_inputs(keras, tmp_path):
+    # Token ids for an Embedding: calibration must not cast them to floats.
+    k = api(keras)
+    inputs = k.Input((6,), dtype="int32")
+    x = k.layers.GlobalAveragePooling1D()(k.layers.Embedding(20, 8)(inputs))
+    model = k.Model(inputs, k.layers.Dense(3)(x))
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 20, (64, 6)).astype("int32")
+    labels = rng.integers(0, 3, 64)
+    data = tf.data.Dataset.from_tensor_slices((tokens, labels)).batch(16)
+    path = str(tmp_path / "tokens.tflite")
+    tfopt.export_tflite(model, path, quantization="int8", representative_data=data)
+    expected = float(np.mean(model.predict(tokens, verbose=0).argmax(-1) == labels))
+    result = tfopt.evaluate_tflite(path, data)
+    assert result.examples == 64
+    assert result.accuracy == pytest.approx(expected, abs=0.1)
 
 
 @pytest.mark.parametrize("keras", each_keras("sparse_export"))

@@ -121,13 +121,22 @@ def write_atomically(path, data, overwrite):
             os.unlink(tmp)
 
 
+def _model_input(batch):
+    """`batch` as the converter and interpreter take it: floats as float32,
+    integers (token ids for an `Embedding`) as they are."""
+    values = np.asarray(batch)
+    return (
+        values if np.issubdtype(values.dtype, np.integer) else values.astype(np.float32)
+    )
+
+
 def _representative(data):
     def samples():
         source = data() if callable(data) else data
         count = 0
         for element in source:
             batch = element[0] if isinstance(element, (tuple, list)) else element
-            for sample in np.asarray(batch, np.float32):
+            for sample in _model_input(batch):
                 yield [sample[None]]
                 count += 1
                 if count >= _CALIBRATION_SAMPLES:
@@ -303,7 +312,7 @@ def evaluate_tflite(model, dataset):
     target = interpreter.get_output_details()[0]
     shape, correct, examples, seconds, batches = None, 0, 0, 0.0, 0
     for x, labels in dataset:
-        x = np.asarray(x, np.float32)
+        x = _model_input(x)
         if x.shape != shape:
             interpreter.resize_tensor_input(source["index"], x.shape)
             interpreter.allocate_tensors()
