@@ -283,3 +283,25 @@ def test_a_subclassed_model_is_refused_with_the_wrap_to_use(teacher):
         r"keras.Model\(inputs, student\(inputs\)\)",
     ):
         tfopt.Distiller(student=Sub(), teacher=teacher)
+
+
+def test_a_new_distiller_saves_its_weights_and_backs_up(digits, tmp_path):
+    # Keras 3 refuses both for an unbuilt model; a Distiller of built models
+    # is built from the start.
+    shape = digits.info.input_shape
+    keras.utils.set_random_seed(0)
+    distiller = tfopt.Distiller(student=cnn(shape, 4, "s"), teacher=cnn(shape, 8, "t"))
+    distiller.compile(optimizer="adam", loss=LOSS)
+    path = str(tmp_path / "distiller.weights.h5")
+    distiller.save_weights(path)
+    other = tfopt.Distiller(student=cnn(shape, 4, "s2"), teacher=cnn(shape, 8, "t2"))
+    other.load_weights(path)
+    for a, b in zip(distiller.get_weights(), other.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    history = distiller.fit(
+        digits.train.take(2),
+        epochs=1,
+        verbose=0,
+        callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))],
+    )
+    assert len(history.history["loss"]) == 1

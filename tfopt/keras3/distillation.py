@@ -78,6 +78,10 @@ class Distiller(distill.DistillerSteps, keras.Model):
             teacher,
             **settings,
         )
+        # Built models make a built Distiller (its own variables and any
+        # projections exist already): `save_weights` and `BackupAndRestore`
+        # need one before the first `fit`.
+        self.built = student.built and teacher.built
         fit.enable_multi_worker(self)
         pruning.guard(self, student)
 
