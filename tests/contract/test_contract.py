@@ -69,6 +69,8 @@ def _x(digits):
 
 def test_every_capability_has_a_contract():
     assert set(COVERED) == set(CAPABILITIES)
+    here = [name for name in COVERED.values() if name.startswith("test_")]
+    assert [name for name in here if name not in globals()] == []
 
 
 @pytest.mark.parametrize("keras", each_keras("prune"))
@@ -233,7 +235,9 @@ BAD_CALLS = {
     "unknown layer": (
         lambda m: tfopt.prune(m, 0.5, layers=["nope"]),
         ValueError,
-        None,
+        "`layers` names 'nope', which matches no layer of the model. Its layers: "
+        "['reshape', 'conv1', 'pool1', 'conv2', 'pool2', 'flatten', 'logits']. "
+        "Received: layers=['nope']",
     ),
     "temperature": (
         lambda m: tfopt.Distiller(student=m, teacher=m, temperature=0),
@@ -249,7 +253,8 @@ BAD_CALLS = {
     "unknown quantization": (
         lambda m: tfopt.export_tflite(m, "/tmp/never.tflite", quantization="int4"),
         ValueError,
-        None,
+        "`quantization` must be one of [None, 'dynamic', 'float16', 'int8']. "
+        "Received: quantization='int4'",
     ),
 }
 
@@ -262,9 +267,7 @@ def test_bad_input_is_refused_alike_by_both_kerases(case, digits):
         with pytest.raises(error) as caught:
             call(build(keras, digits.info))
         messages.append(str(caught.value))
-    if expected is not None:
-        assert messages[0] == expected
-    assert messages[0] == messages[1]
+    assert messages == [expected, expected]
 
 
 def test_the_readme_says_what_keras3_lacks_as_the_table_does():

@@ -41,6 +41,17 @@ def _dataset(x, y, global_batch):
     )
 
 
+def mlp(width, activation):
+    """A one-hidden-layer regression MLP on `tiny_regression`'s 6 features."""
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(width, activation=activation),
+            keras.layers.Dense(1),
+        ]
+    )
+
+
 def train_tiny(strategy, *, global_batch=16, epochs=2, seed=0):
     """Trains a 2-layer MLP with SGD; returns its weights and final loss.
 
@@ -50,13 +61,7 @@ def train_tiny(strategy, *, global_batch=16, epochs=2, seed=0):
     x, y = tiny_regression()
     keras.utils.set_random_seed(seed)
     with strategy.scope():
-        model = keras.Sequential(
-            [
-                keras.Input((6,)),
-                keras.layers.Dense(4, activation="tanh"),
-                keras.layers.Dense(1),
-            ]
-        )
+        model = mlp(4, "tanh")
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     history = model.fit(_dataset(x, y, global_batch), epochs=epochs, verbose=0)
     return model.get_weights(), history.history["loss"][-1]
@@ -79,13 +84,7 @@ def train_pruned(strategy, *, global_batch=16, epochs=2, seed=0):
     x, y = tiny_regression()
     keras.utils.set_random_seed(seed)
     with strategy.scope():
-        base = keras.Sequential(
-            [
-                keras.Input((6,)),
-                keras.layers.Dense(32, activation="tanh"),
-                keras.layers.Dense(1),
-            ]
-        )
+        base = mlp(32, "tanh")
         model = tfopt.prune(base, 0.5, end=1.0)
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     model.fit(
@@ -112,13 +111,7 @@ def train_qat(strategy, *, global_batch=32, steps=8, seed=0):
     y = np.tanh(x @ rng.normal(size=(6, 1))).astype(np.float32)
     keras.utils.set_random_seed(seed)
     with strategy.scope():
-        base = keras.Sequential(
-            [
-                keras.Input((6,)),
-                keras.layers.Dense(16, activation="relu"),
-                keras.layers.Dense(1),
-            ]
-        )
+        base = mlp(16, "relu")
         model = tfopt.quantize(base)
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     model.fit(_dataset(x, y, global_batch), epochs=1, verbose=0)
