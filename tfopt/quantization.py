@@ -2,15 +2,15 @@
 learns int8 ranges while it fine-tunes, for `export_tflite(...,
 quantization="int8")`.
 
-tf_keras only in this release (`tfopt.keras2.quantization`, over TFMOT);
-a Keras 3 model is refused with what to do instead
-(`tfopt.core.kerases.CAPABILITIES`). The tf_keras names this module held
+A tf_keras model goes to `tfopt.keras2.quantization` (over TFMOT), a
+Keras 3 model to `tfopt.keras3.quantization` (tfopt's own, from Keras 3's
+fake-quant op). The tf_keras names this module held
 before (`OutputQuantizeConfig`, ...) are still read from
 `tfopt.keras2.quantization` for one release.
 """
 
 from tfopt import legacy
-from tfopt.core.kerases import require
+from tfopt.core.kerases import Keras, require
 
 __all__ = ["quantize"]
 
@@ -20,14 +20,20 @@ def quantize(
 ):
     """Returns a quantization-aware (QAT) copy of `model` to fine-tune.
 
-    Built on TFMOT's `quantize_annotate_layer` + `quantize_apply` with the
-    default 8-bit scheme. Fine-tune it for an epoch or two, then
+    The copy computes what TFLite's int8 kernels will: int8 weights (per
+    output channel for convolutions), BatchNormalization folded into the
+    convolution before it, learned activation ranges, the fixed ranges of
+    sigmoid/softmax. tf_keras: TFMOT's `quantize_annotate_layer` +
+    `quantize_apply` with the default 8-bit scheme. Keras 3: tfopt's own
+    layers (`tfopt.keras3.quantizers`), whose folded batch norms keep their
+    moving statistics frozen. Fine-tune it for an epoch or two (its ranges
+    are set by the first training batches), then
     `tfopt.export_tflite(..., quantization="int8")`.
 
     Args:
-        model: A built Sequential or functional tf_keras model. Nested
-            functional models are flattened. A model that still has pruning
-            wrappers is stripped first (with a warning).
+        model: A built Sequential or functional model of either Keras. Nested
+            models are flattened. A model that is still pruned is stripped
+            first (with a warning).
         layers: Layers to quantize: names, regular expressions or classes.
             Defaults to `None` (every layer).
         exclude: Layers to keep in float, in the same forms. Defaults to
@@ -35,8 +41,8 @@ def quantize(
         preserve_sparsity: Use TFMOT's prune-preserving scheme (PQAT), so the
             zeros of a pruned and stripped model survive fine-tuning.
             Defaults to `False`.
-        skip_unsupported: Leave layers TFMOT cannot quantize (a Lambda, a
-            BatchNormalization after an Add, ...) in float, listed in a warning
+        skip_unsupported: Leave layers that cannot be quantized (a Lambda, a
+            LayerNormalization, ...) in float, listed in a warning
             and in `model.tfopt_skipped_layers`; with `False` they raise.
             Defaults to `True`.
 
@@ -47,9 +53,8 @@ def quantize(
         names to why.
 
     Raises:
-        TypeError: If `model` is a Keras 3 model (not available yet: the
-            capability table of `tfopt.core.kerases`), not a tf_keras
-            Sequential/functional model, or an argument has the wrong type.
+        TypeError: If `model` is not a Sequential/functional model, or an
+            argument has the wrong type.
         ValueError: If a named layer does not exist, the model is already
             quantized, or (with `skip_unsupported=False`) a layer cannot be
             quantized.
@@ -61,8 +66,10 @@ def quantize(
     >>> qat.tfopt_skipped_layers
     ()
     """
-    require("quantize", model, "tfopt.quantize")
-    from tfopt.keras2 import quantization as implementation
+    if require("quantize", model, "tfopt.quantize") is Keras.KERAS3:
+        from tfopt.keras3 import quantization as implementation
+    else:
+        from tfopt.keras2 import quantization as implementation
 
     return implementation.quantize(
         model, layers, exclude, preserve_sparsity, skip_unsupported

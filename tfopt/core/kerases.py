@@ -63,11 +63,6 @@ class Capability(NamedTuple):
     instead: str = ""  # what a user of another Keras can do meanwhile
 
 
-_INT8_BY_CALIBRATION = (
-    "A Keras 3 model exports to int8 with tfopt.export_tflite(model, path, "
-    "quantization='int8', representative_data=...)."
-)
-
 CAPABILITIES = {
     c.name: c
     for c in (
@@ -98,8 +93,7 @@ CAPABILITIES = {
         Capability(
             "quantize",
             "quantization-aware training (quantize)",
-            TF_KERAS_ONLY,
-            _INT8_BY_CALIBRATION,
+            BOTH,
         ),
         Capability(
             "export_tflite", "TFLite export (float32, dynamic, float16, int8)", BOTH

@@ -15,10 +15,11 @@ import tempfile
 import zipfile
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfopt.core import distill, tflite
-from tfopt.keras3 import fit, pruning
+from tfopt.keras3 import fit, pruning, quantizers
 
 
 def deployable(model):
@@ -55,20 +56,48 @@ def check_model(model):
         raise TypeError(f"`model` must be a Keras 3 Model. Received: model={model!r}")
 
 
+def _check_ranges(model):
+    """Refuses a QAT model whose ranges the converter cannot use: a range
+    that is not finite (the training diverged), or one no training batch
+    has set (the [-6, 6] placeholder)."""
+    for layer in pruning.flat_layers(model):
+        inner = getattr(layer, "output_range", layer)  # a QuantizedLayer's
+        if isinstance(inner, quantizers.QuantizeRange) and not inner.fixed:
+            low, high = float(inner.range_min), float(inner.range_max)
+            if not (np.isfinite(low) and np.isfinite(high)):
+                raise ValueError(
+                    f"The quantization range of {layer.name!r} is [{low}, {high}]: "
+                    "training diverged (a NaN or infinite loss) before it, so no "
+                    "int8 file can represent it. Fix the training (learning rate, "
+                    "input scaling) and quantize again."
+                )
+            if not float(inner.seen):
+                raise ValueError(
+                    f"The quantization range of {layer.name!r} was never learned: "
+                    "a QAT model learns its ranges while it trains. Fine-tune it "
+                    "(model.fit, one epoch is typical) before exporting it."
+                )
+
+
 def export_tflite(
     model, path, *, quantization, representative_data, int8_io, overwrite, sparse
 ):
     """`tfopt.export_tflite` for a Keras 3 model, its arguments checked (by
-    the front, `tfopt.export`). A Keras 3 model has no QAT ranges yet, so
-    `int8` always calibrates on `representative_data`."""
+    the front, `tfopt.export`). A QAT model (`tfopt.quantize`) converts to
+    int8 with the ranges it learned; a float one calibrates on
+    `representative_data`."""
     del sparse  # the front refuses it for Keras 3
-    if quantization == "int8" and representative_data is None:
-        raise ValueError(
-            "`representative_data` is needed for quantization='int8' of a Keras 3 "
-            "model, to calibrate its activation ranges: pass a few batches of "
-            "training data. Received: representative_data=None"
-        )
     model = deployable(model)
+    qat = quantizers.quantization_aware(pruning.flat_layers(model))
+    if quantization == "int8" and not qat and representative_data is None:
+        raise ValueError(
+            "`representative_data` is needed for quantization='int8' of a float "
+            "model, to calibrate its activation ranges: pass a few batches of "
+            "training data, or quantize the model with tfopt.quantize and "
+            "fine-tune it first. Received: representative_data=None"
+        )
+    if qat and quantization == "int8":
+        _check_ranges(model)
     data = _convert(model, quantization, representative_data, int8_io)
     tflite.write_atomically(path, data, overwrite)
     return tflite.Exported(path, len(data))

@@ -1,0 +1,73 @@
+"""The layer graph of a Keras 3 functional model, read from its config
+(the public record of who calls whom): which layer reads which, how many
+read each, and which activation layers TFLite fuses into the op before them.
+"""
+
+
+def activation_name(layer):
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return None
+    name = getattr(activation, "__name__", None)
+    return name if isinstance(name, str) else None
+
+
+def relu_kind(layer):
+    """`relu`/`relu6` if `layer` is an activation layer TFLite fuses into a
+    convolution before it, else None."""
+    kind = type(layer).__name__
+    if kind == "Activation":
+        name = activation_name(layer)
+        return name if name in ("relu", "relu6") else None
+    if kind == "ReLU":
+        config = layer.get_config()
+        if config["negative_slope"] or config["threshold"]:
+            return None
+        return {None: "relu", 6.0: "relu6"}.get(config["max_value"])
+    return None
+
+
+def _history(value):
+    """The layer names a functional config's call arguments read."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            return [value["config"]["keras_history"][0]]
+        return [name for item in value.values() for name in _history(item)]
+    if isinstance(value, (list, tuple)):
+        return [name for item in value for name in _history(item)]
+    return []
+
+
+def output_names(value):
+    """The layer names of a functional config's `output_layers`: one
+    `[name, node, tensor]` or a list of them."""
+    if value and isinstance(value[0], str):
+        return [value[0]]
+    return [name for item in value for name in output_names(item)]
+
+
+class Graph:
+    """Who feeds whom in a functional model, from its config."""
+
+    def __init__(self, model):
+        config = model.get_config()
+        self.inputs, self.consumers, self.shared = {}, {}, set()
+        for entry in config["layers"]:
+            name, nodes = entry["name"], entry.get("inbound_nodes", [])
+            if len(nodes) > 1:
+                self.shared.add(name)
+            sources = _history(nodes)
+            self.inputs[name] = sources
+            for source in sources:
+                self.consumers[source] = self.consumers.get(source, 0) + 1
+        for name in output_names(config["output_layers"]):
+            # A model output is one more reader.
+            self.consumers[name] = self.consumers.get(name, 0) + 1
+
+    def only_reader(self, name, source):
+        """Whether `name` is the only reader of `source`'s single output."""
+        return (
+            self.inputs.get(name) == [source]
+            and self.consumers.get(source) == 1
+            and not {name, source} & self.shared
+        )

@@ -1,0 +1,366 @@
+"""Quantization-aware training of Keras 3 models, side by side with
+`tfopt.keras2.quantization` (tf_keras, over TFMOT): tfopt's own, from
+Keras 3's pieces (`tfopt.keras3.quantizers`).
+
+`quantize` copies a Sequential or functional model through
+`keras.models.clone_model` (nested models flattened), and gives each tensor
+what TFLite's int8 kernels will do to it:
+
+- Conv1D/Conv2D/DepthwiseConv2D/Dense become `QuantizedLayer`s: per-channel
+  int8 kernels, a BatchNormalization that only they feed folded in, a
+  ReLU/ReLU6 that only they feed fused; a BatchNormalization over an image
+  that follows no such layer becomes a 1x1 depthwise convolution (one int8
+  op, as the converter can run it);
+- every other op with an int8 kernel of its own output scale (merges,
+  activations, global average pooling, `Rescaling`, arithmetic of the
+  functional API, ...) gets a learned `QuantizeRange` after it; sigmoid,
+  softmax and tanh the fixed range of TFLite's kernel; swish is split into
+  its sigmoid (fixed range) and product, as the file computes it;
+- ops TFLite runs in the scale of their input (pooling by max or average,
+  padding, reshaping, dropout, concatenation's inputs) get nothing;
+- a model's float inputs get one range each (integer inputs, an
+  `Embedding`'s token ids, stay integers);
+- layers TFLite has no int8 kernel for stay float with a range after them,
+  and are named with the reason in `tfopt_float_reasons`.
+"""
+
+import warnings
+
+import keras
+
+from tfopt.core import checks
+from tfopt.core import selection as _selection
+from tfopt.keras3 import graph, pruning, quantizers
+from tfopt.keras3.quantizers import (
+    FIXED_RANGES,
+    FUSED,
+    KINDS,
+    QuantizedLayer,
+    QuantizeRange,
+)
+
+# Run by TFLite in their input's scale: no range of their own.
+_SAME_SCALE = {
+    "InputLayer", "Identity", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+    "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
+    "ActivityRegularization", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
+    "AveragePooling1D", "AveragePooling2D", "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
+    "Cropping1D", "Cropping2D", "Cropping3D", "Reshape", "Flatten", "Permute",
+    "RepeatVector",
+    # keras.ops of the functional API (x[..., :4], ops.reshape, ...)
+    "GetItem", "ExpandDims", "Squeeze", "Transpose", "Pad",
+}  # fmt: skip
+# An int8 TFLite kernel whose output has a scale of its own.
+_OWN_RANGE = {
+    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
+    "Concatenate", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
+    "Rescaling", "ReLU", "LeakyReLU", "Softmax", "UpSampling1D", "UpSampling2D",
+    # keras.ops of the functional API (x + 3.0, ops.relu6(x), ...)
+    "Divide", "TrueDivide", "Relu", "Relu6", "HardSigmoid", "HardSilu",
+    "Sigmoid", "Mean",
+}  # fmt: skip
+# Activations (by name) with an int8 TFLite kernel.
+_INT8_ACTIVATIONS = {
+    "linear", "relu", "relu6", "sigmoid", "softmax", "tanh", "swish", "silu",
+    "hard_swish", "hard_silu", "hard_sigmoid", "leaky_relu", "elu", "gelu",
+}  # fmt: skip
+
+
+def _plans(model, layers, chosen):
+    """Which layers fold into which: {conv name: (bn, relu)}, and the names
+    of the layers folded away (become identities)."""
+    by_name = {layer.name: layer for layer in model.layers}
+    plans, absorbed = {}, set()
+    for layer in model.layers:
+        if not _wrappable(layer) or layer.name not in chosen:
+            continue
+        name, norm, relu = layer.name, None, graph.activation_name(layer)
+        tail = name
+        if relu == "linear":
+            relu = None
+            readers = [n for n, s in layers.inputs.items() if s == [name]]
+            for reader in readers:
+                candidate = by_name[reader]
+                if (
+                    type(candidate).__name__ == "BatchNormalization"
+                    and reader in chosen
+                    and layers.only_reader(reader, name)
+                    and candidate.axis in (-1, len(candidate.input.shape) - 1)
+                ):
+                    norm, tail = candidate, reader
+            readers = [n for n, s in layers.inputs.items() if s == [tail]]
+            for reader in readers:
+                kind = graph.relu_kind(by_name[reader])
+                if kind and reader in chosen and layers.only_reader(reader, tail):
+                    relu = kind
+                    absorbed.add(reader)
+        if norm is not None:
+            absorbed.add(norm.name)
+        plans[name] = (norm, relu)
+    return plans, absorbed
+
+
+def _wrappable(layer):
+    kind = type(layer).__name__
+    if kind not in KINDS:
+        return False
+    config = layer.get_config()
+    if config.get("groups", 1) != 1 or config.get("padding") == "causal":
+        return False
+    return kind != "Dense" or len(layer.kernel.shape) == 2
+
+
+def _why_float(layer):
+    kind = type(layer).__name__
+    if kind in KINDS:
+        return "a grouped or causal convolution, which TFLite has no int8 kernel for"
+    if kind == "BatchNormalization":
+        return (
+            "a BatchNormalization that follows no convolution or Dense, over a "
+            "tensor that is not an image"
+        )
+    if kind == "LayerNormalization":
+        return "TFLite has no int8 layer-norm kernel"
+    if kind == "Lambda":
+        return "arbitrary code that tfopt cannot quantize"
+    if kind == "Activation":
+        name = graph.activation_name(layer)
+        return f"TFLite has no int8 kernel for the {name!r} activation"
+    if not type(layer).__module__.startswith("keras."):
+        return "a custom layer: tfopt does not know what TFLite will make of it"
+    return f"TFLite has no int8 kernel tfopt knows of for {kind}"
+
+
+class _Builder:
+    """The state of one `quantize`: the plans, the names used, what stays float."""
+
+    def __init__(self, chosen, preserve_sparsity):
+        self.chosen = chosen
+        self.sparse = preserve_sparsity
+        self.names = set()
+        self.after = {}  # id(new layer) -> what follows its call
+        self.copies = []  # (new layer, original layer, folded batch norm)
+        self.floats = {}  # name -> why
+        self.input_ranges = {}
+        self.replacements = set()  # ids of layers that replace another kind
+
+    def unique(self, name):
+        candidate, count = name, 1
+        while candidate in self.names:
+            count += 1
+            candidate = f"{name}_{count}"
+        self.names.add(candidate)
+        return candidate
+
+    def range(self, tensor, name, fixed=None):
+        return QuantizeRange(fixed=fixed, name=self.unique(f"{name}_range"))(tensor)
+
+    def activation(self, tensor, name, activation):
+        """The ops and ranges of `activation` after `tensor`, as TFLite runs it."""
+        if activation in (None, "linear"):
+            return tensor
+        if activation in ("swish", "silu"):
+            gate = keras.layers.Activation(
+                "sigmoid", name=self.unique(f"{name}_sigmoid")
+            )
+            gate = self.range(gate(tensor), f"{name}_sigmoid", FIXED_RANGES["sigmoid"])
+            product = keras.layers.Multiply(name=self.unique(f"{name}_swish"))
+            return self.range(product([tensor, gate]), name)
+        layer = keras.layers.Activation(
+            activation, name=self.unique(f"{name}_{activation}")
+        )
+        return self.range(layer(tensor), name, FIXED_RANGES.get(activation))
+
+    def clone(self, layer, plans, absorbed):
+        if isinstance(layer, keras.Model):
+            return layer  # flattened by `call`
+        if not isinstance(layer, keras.layers.Layer):
+            return layer  # a stateless keras.ops operation of the functional API
+        kind, name = type(layer).__name__, layer.name
+        self.names.add(name)
+        if name in absorbed:
+            return self.replacing(keras.layers.Identity(name=name))
+        if name in plans:
+            norm, relu = plans[name]
+            config = {**layer.get_config(), "activation": "linear"}
+            own = graph.activation_name(layer)
+            new = QuantizedLayer(
+                keras.layers.serialize(layer.__class__.from_config(config)),
+                None if norm is None else keras.layers.serialize(norm),
+                relu or "linear",
+                self.sparse,
+                name=name,
+            )
+            self.copies.append((new, layer, norm))
+            self.replacing(new)
+            self.after[id(new)] = lambda t: self.activation(
+                t, name, None if own in FUSED else own
+            )
+            return new
+        new = layer.__class__.from_config(layer.get_config())
+        self.copies.append((new, layer, None))
+        if name not in self.chosen:
+            return new
+        if kind == "BatchNormalization" and len(layer.input.shape) == 4:
+            return self.norm_as_depthwise(layer)
+        if kind in _SAME_SCALE:
+            return new
+        if kind == "Activation":
+            activation = graph.activation_name(layer)
+            if activation in _INT8_ACTIVATIONS:
+                identity = self.replacing(keras.layers.Identity(name=name))
+                self.after[id(identity)] = lambda t: self.activation(
+                    t, name, activation
+                )
+                return identity
+        elif kind in _OWN_RANGE:
+            fixed = FIXED_RANGES["softmax"] if kind == "Softmax" else None
+            self.after[id(new)] = lambda t: self.range(t, name, fixed)
+            return new
+        self.floats[name] = _why_float(layer)
+        self.after[id(new)] = lambda t: self.range(t, name)
+        return new
+
+    def norm_as_depthwise(self, norm):
+        channels = norm.input.shape[-1]
+        depthwise = keras.layers.DepthwiseConv2D(1, use_bias=False, trainable=False)
+        depthwise.build((None, 1, 1, channels))
+        new = QuantizedLayer(
+            keras.layers.serialize(depthwise),
+            keras.layers.serialize(norm),
+            "linear",
+            False,
+            name=norm.name,
+        )
+        self.copies = [c for c in self.copies if c[1] is not norm]
+        self.copies.append((new, None, norm))
+        return self.replacing(new)
+
+    def replacing(self, layer):
+        self.replacements.add(id(layer))
+        return layer
+
+    def inputs_of(self, args, model_inputs):
+        def ranged(value):
+            if isinstance(value, (list, tuple)):
+                return type(value)(ranged(v) for v in value)
+            key = id(value)
+            if key not in model_inputs or "int" in str(value.dtype):
+                return value
+            if key not in self.input_ranges:
+                self.input_ranges[key] = self.range(value, model_inputs[key])
+            return self.input_ranges[key]
+
+        return tuple(ranged(a) for a in args)
+
+    def rebuild(self, model, inputs):
+        """`model`'s graph (functional) on `inputs`, quantized; its outputs."""
+        if isinstance(model, keras.Sequential):
+            model = keras.Model(model.inputs, model.outputs, name=model.name)
+        layers = graph.Graph(model)
+        plans, absorbed = _plans(model, layers, self.chosen)
+        top = inputs is None
+        if top:
+            names = graph.output_names(model.get_config()["input_layers"])
+            inputs = [
+                keras.Input(batch_shape=t.shape, dtype=t.dtype, name=name)
+                for t, name in zip(model.inputs, names, strict=True)
+            ]
+        entry = {id(t): n for t, n in zip(inputs, names, strict=True)} if top else {}
+
+        def call(layer, *args, **kwargs):
+            args = self.inputs_of(args, entry)
+            if isinstance(layer, keras.Model):
+                # A nested model's layers join this graph (flattened).
+                return self.rebuild(layer, list(args)).outputs_of
+            if id(layer) in self.replacements:
+                # The replaced layer's call arguments (a batch norm's
+                # `mask=None`) mean nothing to its replacement.
+                kwargs = {k: v for k, v in kwargs.items() if v is not None}
+            outputs = layer(*args, **kwargs)
+            after = self.after.get(id(layer))
+            return outputs if after is None else after(outputs)
+
+        copy = keras.models.clone_model(
+            model,
+            input_tensors=inputs if len(inputs) > 1 else inputs[0],
+            clone_function=lambda layer: self.clone(layer, plans, absorbed),
+            call_function=call,
+        )
+        copy.outputs_of = copy.outputs if len(copy.outputs) > 1 else copy.outputs[0]
+        return copy
+
+    def copy_weights(self):
+        for new, old, norm in self.copies:
+            if isinstance(new, QuantizedLayer):
+                if old is not None:
+                    new.layer.set_weights(old.get_weights())
+                else:
+                    new.layer.set_weights([keras.ops.ones(new.layer.kernel.shape)])
+                if norm is not None:
+                    new.batch_norm.set_weights(norm.get_weights())
+                if new.sparse:
+                    new.mask.assign(keras.ops.cast(new.layer.kernel != 0, "float32"))
+            elif old.weights:
+                new.set_weights(old.get_weights())
+
+
+def quantize(model, layers, exclude, preserve_sparsity, skip_unsupported):
+    """`tfopt.quantize` of a Keras 3 model (the front, `tfopt.quantization`,
+    documents the arguments)."""
+    pruning.check_graph_model(model, "quantization")
+    _selection.check_specs(layers, "layers", keras.layers.Layer, "Keras 3")
+    _selection.check_specs(exclude, "exclude", keras.layers.Layer, "Keras 3")
+    checks.check_bool(preserve_sparsity, "preserve_sparsity")
+    checks.check_bool(skip_unsupported, "skip_unsupported")
+    if quantizers.quantization_aware(pruning.flat_layers(model)):
+        raise ValueError(
+            "`model` is already quantization-aware: fine-tune it, or export "
+            f"it with tfopt.export_tflite. Received: model={model.name!r}"
+        )
+    if pruning.masked(model):
+        hint = (
+            ""
+            if preserve_sparsity
+            else " Pass preserve_sparsity=True to keep its zeros through QAT."
+        )
+        warnings.warn(
+            "quantize: `model` is still pruned (PruningMask constraints); "
+            f"stripping them (tfopt.strip) before QAT.{hint}",
+            UserWarning,
+            stacklevel=3,
+        )
+        model = pruning.strip(model)
+    candidates = list(pruning.flat_layers(model))
+    picked = (
+        candidates if layers is None else _selection.pick(candidates, layers, "layers")
+    )
+    dropped = _selection.pick(candidates, exclude, "exclude") if exclude else []
+    chosen = {layer.name for layer in picked if layer not in dropped}
+    builder = _Builder(chosen, preserve_sparsity)
+    qat = builder.rebuild(model, None)
+    builder.copy_weights()
+    reasons = builder.floats
+    skipped = tuple(
+        f"{layer.name} ({type(layer).__name__})"
+        for layer in candidates
+        if layer.name in reasons
+    )
+    if skipped and not skip_unsupported:
+        raise ValueError(
+            f"tfopt cannot quantize these layers: {list(skipped)}. Exclude them, "
+            "or pass skip_unsupported=True to leave them in float. "
+            "Received: skip_unsupported=False"
+        )
+    if skipped:
+        why = "; ".join(f"{name}: {why}" for name, why in reasons.items())
+        warnings.warn(
+            f"quantize: tfopt cannot quantize {list(skipped)}; they stay in float "
+            f"({why}).",
+            UserWarning,
+            stacklevel=3,
+        )
+    qat.tfopt_skipped_layers = skipped
+    qat.tfopt_float_reasons = reasons
+    return qat

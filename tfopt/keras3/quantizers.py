@@ -1,0 +1,262 @@
+"""The layers of a Keras 3 quantization-aware model (`tfopt.quantize`),
+built from Keras 3's own `fake_quant_with_min_max_vars`, which the TFLite
+converter reads as int8 quantization parameters.
+
+`QuantizeRange` learns one activation range as a moving average of batch
+extremes (or holds the fixed range TFLite gives LOGISTIC, SOFTMAX and
+TANH outputs). `QuantizedLayer` is a Conv1D/Conv2D/DepthwiseConv2D/Dense
+computed as TFLite's int8 kernel will: its kernel (with a following
+BatchNormalization folded in, as the converter folds it) fake-quantized
+symmetric per output channel on [-127, 127], ReLU/ReLU6 fused, the output
+fake-quantized by its own `QuantizeRange`.
+
+Both are registered as `tfopt>...` serialisable classes when this module is
+imported (`import tfopt` imports it in a Keras 3 program's first
+`tfopt.load_model`, and `tfopt.keras3` registration on import: see
+`tfopt.keras3.register`).
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+# The ranges' moving-average decay (TFMOT's MovingAverageQuantizer's).
+_DECAY = 0.999
+# A weight channel that is all zeros (a pruned channel) still needs a
+# positive range: 1e-8 quantizes it to zeros.
+_TINY = 1e-8
+
+# The fixed output ranges of TFLite's int8 kernels: LOGISTIC and SOFTMAX
+# output steps of 1/256 from 0, TANH steps of 1/128 around 0.
+FIXED_RANGES = {
+    "sigmoid": (0.0, 255 / 256),
+    "softmax": (0.0, 255 / 256),
+    "tanh": (-1.0, 127 / 128),
+}
+# Activations TFLite fuses into the convolution or fully connected op before it.
+FUSED = {"linear": None, "relu": 0.0, "relu6": 6.0}
+
+
+def _global_extremes(low, high):
+    """The batch's (min, max) over every replica: each replica sees its part
+    of the global batch, and the mean of per-replica extremes (what a
+    mirrored variable's update would give) depends on the replica count."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return low, high
+    both = context.all_gather(ops.reshape(ops.stack([low, high]), (1, 2)), axis=0)
+    return ops.min(both[:, 0]), ops.max(both[:, 1])
+
+
+@keras.saving.register_keras_serializable(package="tfopt")
+class QuantizeRange(keras.layers.Layer):
+    """Fake-quantizes its input to int8 with a learned (or fixed) range.
+
+    Training moves `[min, max]` towards each batch's extremes (the first
+    batch sets them), always including 0 so that zero is exact, as TFLite
+    requires; inference uses the stored range.
+
+    Args:
+        fixed: `(min, max)` to use instead of learning one, or None.
+    """
+
+    def __init__(self, fixed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.fixed = None if fixed is None else tuple(float(v) for v in fixed)
+
+    def build(self, input_shape):
+        if self.fixed is not None:
+            return
+        # [-6, 6] (TFMOT's start) until the first training batch sets it.
+        settings = dict(shape=(), trainable=False, aggregation="mean")
+        self.range_min = self.add_weight(
+            name="range_min", initializer=keras.initializers.Constant(-6.0), **settings
+        )
+        self.range_max = self.add_weight(
+            name="range_max", initializer=keras.initializers.Constant(6.0), **settings
+        )
+        self.seen = self.add_weight(name="seen", initializer="zeros", **settings)
+
+    def call(self, inputs, training=False):
+        if self.fixed is not None:
+            low, high = self.fixed
+        else:
+            low, high = self.range_min, self.range_max
+            if training:
+                values = ops.cast(inputs, "float32")
+                batch_low, batch_high = _global_extremes(
+                    ops.minimum(ops.min(values), 0.0), ops.maximum(ops.max(values), 0.0)
+                )
+                first = ops.equal(self.seen, 0.0)
+                low = ops.where(
+                    first, batch_low, low * _DECAY + batch_low * (1 - _DECAY)
+                )
+                high = ops.where(
+                    first, batch_high, high * _DECAY + batch_high * (1 - _DECAY)
+                )
+                self.range_min.assign(low)
+                self.range_max.assign(high)
+                self.seen.assign(1.0)
+        return keras.quantizers.fake_quant_with_min_max_vars(
+            inputs, low, high, num_bits=8
+        )
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "fixed": self.fixed}
+
+
+def quantized_kernel(kernel, kind):
+    """`kernel` fake-quantized as TFLite stores it: int8 on [-127, 127], one
+    scale per output channel (the last axis; a depthwise kernel's last two)
+    for a convolution, one for all of a Dense kernel (the converter's
+    FULLY_CONNECTED takes its kernel transposed, and a per-channel range
+    then names the wrong axis)."""
+    if kind == "Dense":
+        bound = ops.maximum(ops.max(ops.abs(kernel)), _TINY)
+        return keras.quantizers.fake_quant_with_min_max_vars(
+            kernel, -bound, bound, num_bits=8, narrow_range=True
+        )
+    shape = ops.shape(kernel)
+    depthwise = kind == "DepthwiseConv2D"
+    flat = ops.reshape(kernel, (*shape[:-2], -1)) if depthwise else kernel
+    axes = tuple(range(len(flat.shape) - 1))
+    bound = ops.maximum(ops.max(ops.abs(flat), axis=axes), _TINY)
+    quantized = keras.quantizers.fake_quant_with_min_max_vars(
+        flat, -bound, bound, num_bits=8, narrow_range=True, axis=-1
+    )
+    return ops.reshape(quantized, shape) if depthwise else quantized
+
+
+# The layers QuantizedLayer computes, by class name.
+KINDS = ("Conv1D", "Conv2D", "DepthwiseConv2D", "Dense")
+
+
+@keras.saving.register_keras_serializable(package="tfopt")
+class QuantizedLayer(keras.layers.Layer):
+    """A Conv1D, Conv2D, DepthwiseConv2D or Dense as TFLite's int8 kernel
+    computes it, with a BatchNormalization after it folded in.
+
+    The batch norm's moving statistics are frozen (folded as the file folds
+    them); its scale and offset, like the kernel and bias, keep training.
+
+    Args:
+        layer: The layer's config (`keras.layers.serialize`), its activation
+            linear.
+        batch_norm: The folded BatchNormalization's config, or None.
+        activation: The fused activation, `linear`, `relu` or `relu6`.
+        sparse: Keep the zeros the kernel has when built from weights
+            (`preserve_sparsity`): a fixed mask multiplies it.
+    """
+
+    def __init__(
+        self, layer, batch_norm=None, activation="linear", sparse=False, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.layer = keras.layers.deserialize(layer)
+        self.batch_norm = (
+            None if batch_norm is None else keras.layers.deserialize(batch_norm)
+        )
+        self.activation = activation
+        self.sparse = sparse
+        self.output_range = QuantizeRange(name="output_range")
+
+    @property
+    def depthwise(self):
+        return type(self.layer).__name__ == "DepthwiseConv2D"
+
+    def build(self, input_shape):
+        # Deserialised sublayers come built (their configs carry their shapes).
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        output_shape = self.layer.compute_output_shape(input_shape)
+        if self.batch_norm is not None and not self.batch_norm.built:
+            self.batch_norm.build(output_shape)
+        if self.sparse:
+            self.mask = self.add_weight(
+                name="sparsity_mask",
+                shape=self.layer.kernel.shape,
+                initializer="ones",
+                trainable=False,
+                aggregation="mean",
+            )
+        self.output_range.build(output_shape)
+
+    def folded(self):
+        """(kernel, bias) as the file will hold them before quantization."""
+        kernel = self.layer.kernel
+        if self.sparse:
+            # The mask's zeros get no gradient, so they stay zeros.
+            kernel = kernel * self.mask
+        channels = (
+            kernel.shape[-2] * kernel.shape[-1] if self.depthwise else kernel.shape[-1]
+        )
+        bias = self.layer.bias if self.layer.use_bias else ops.zeros((channels,))
+        norm = self.batch_norm
+        if norm is not None:
+            scale = ops.rsqrt(norm.moving_variance + norm.epsilon)
+            if norm.scale:
+                scale = scale * norm.gamma
+            offset = -norm.moving_mean * scale
+            if norm.center:
+                offset = offset + norm.beta
+            kernel = kernel * (
+                ops.reshape(scale, kernel.shape[-2:]) if self.depthwise else scale
+            )
+            bias = bias * scale + offset
+        return kernel, bias
+
+    def call(self, inputs):
+        layer = self.layer
+        kind = type(layer).__name__
+        kernel, bias = self.folded()
+        kernel = quantized_kernel(kernel, kind)
+        if kind == "Dense":
+            outputs = ops.matmul(inputs, kernel)
+        elif kind == "DepthwiseConv2D":
+            outputs = ops.depthwise_conv(
+                inputs,
+                kernel,
+                strides=layer.strides,
+                padding=layer.padding,
+                data_format=layer.data_format,
+                dilation_rate=layer.dilation_rate,
+            )
+        else:
+            outputs = ops.conv(
+                inputs,
+                kernel,
+                strides=layer.strides,
+                padding=layer.padding,
+                data_format=layer.data_format,
+                dilation_rate=layer.dilation_rate,
+            )
+        if kind != "Dense" and layer.data_format == "channels_first":
+            bias = ops.reshape(bias, (-1,) + (1,) * (len(outputs.shape) - 2))
+        outputs = outputs + bias
+        if self.activation == "relu":
+            outputs = ops.relu(outputs)
+        elif self.activation == "relu6":
+            outputs = ops.relu6(outputs)
+        return self.output_range(outputs)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "layer": keras.layers.serialize(self.layer),
+            "batch_norm": None
+            if self.batch_norm is None
+            else keras.layers.serialize(self.batch_norm),
+            "activation": self.activation,
+            "sparse": self.sparse,
+        }
+
+
+def quantization_aware(layers):
+    """Whether any of `layers` is one of a QAT model's."""
+    return any(isinstance(layer, (QuantizeRange, QuantizedLayer)) for layer in layers)
