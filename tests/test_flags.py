@@ -111,10 +111,9 @@ def test_flags_become_the_config_without_a_mapping():
         ),
         ({"keras": "4"}, "`keras=4` must be one of 2, 3."),
         (
-            {"keras": "3", "qat": True},
-            "`qat=True` is not available for Keras 3 models yet "
-            "(quantization-aware training (quantize) is tf_keras only). "
-            "Int8 TFLite files come from calibration: `export=tflite_int8`.",
+            {"keras": "3", "prune": True, "prune_structure": "channels"},
+            "`prune_structure=channels` is not available for Keras 3 models yet "
+            "(channel pruning (`structure='channels'`) is tf_keras only).",
         ),
     ],
 )

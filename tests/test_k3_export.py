@@ -88,21 +88,19 @@ def test_never_overwrites_and_checks_its_arguments(pruned, tmp_path):
     with pytest.raises(
         ValueError,
         match=r"^`representative_data` is needed for "
-        r"quantization='int8' of a Keras 3 model",
+        r"quantization='int8' of a float model",
     ):
         tfopt.export_tflite(pruned, tmp_path / "q.tflite", quantization="int8")
     with pytest.raises(ValueError, match=r"^`quantization` must be one of"):
         tfopt.export_tflite(pruned, tmp_path / "q.tflite", quantization="int4")
-    with pytest.raises(
-        ValueError, match=r"^`sparse=True` is not available for Keras 3 models yet"
-    ):
-        tfopt.export_tflite(pruned, tmp_path / "q.tflite", sparse=True)
+    with pytest.raises(TypeError, match=r"^`sparse` must be a bool"):
+        tfopt.export_tflite(pruned, tmp_path / "q.tflite", sparse="yes")
     with pytest.raises(
         TypeError,
         match=r"^`model` must be a tf_keras model: "
-        r"tfopt.quantize is not available for Keras 3 models yet",
+        r"tfopt.shrink is not available for Keras 3 models yet",
     ):
-        tfopt.quantize(pruned)
+        tfopt.shrink(pruned)
 
 
 def test_load_model_reads_keras3_files_and_refuses_broken_ones(pruned, tmp_path):

@@ -161,14 +161,9 @@ def test_keras3_models_go_teacher_distill_prune_int8_report(tmp_path, caplog):
 @pytest.mark.parametrize(
     "settings, message",
     [
-        ({"qat": True}, r"^`qat=True` is not available for Keras 3 models yet"),
         (
             {"prune": True, "prune_structure": "channels"},
             r"^`prune_structure=channels` is not available for Keras 3 models yet",
-        ),
-        (
-            {"export": ("saved_model",)},
-            r"^`export=\('saved_model',\)` is not available for Keras 3 models yet",
         ),
     ],
 )

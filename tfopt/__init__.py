@@ -18,6 +18,7 @@ program never loads tf_keras or TFMOT.
 """
 
 import importlib
+import sys
 
 __version__ = "0.1.0"
 
@@ -58,6 +59,14 @@ _NAMES = {
 }
 
 __all__ = ["__version__", *_MODULES, *_NAMES]
+
+
+# A program with Keras loaded reads tfopt's Keras 3 classes from a `.keras`
+# file with plain `keras.saving.load_model` once tfopt is imported. Without
+# Keras loaded, importing tfopt loads no TensorFlow (a script parses its
+# flags first); the classes then register on first use.
+if "keras" in sys.modules:
+    importlib.import_module("tfopt.keras3.saving")
 
 
 def __getattr__(name):

@@ -16,7 +16,7 @@ import zipfile
 
 from tfopt import legacy
 from tfopt.core import tflite, vocab
-from tfopt.core.kerases import Keras, NotAvailable, refusal, require, supports
+from tfopt.core.kerases import Keras, require
 from tfopt.core.tflite import (
     Exported,
     TFLiteEvaluation,
@@ -77,11 +77,11 @@ def export_tflite(
         overwrite: Replace an existing file. Defaults to `False`.
         sparse: Store weights with at least 30% zeros in TFLite's sparse
             format (the converter's `EXPERIMENTAL_SPARSITY`), and report
-            whether XNNPACK can run the file with its sparse kernels
-            (tf_keras). They help float32 models on ARM and WebAssembly only:
-            x86 CPUs with AVX turn them off and int8 never uses them, so there
-            the file runs at dense speed (prune channels and `tfopt.shrink`
-            for a faster model). Defaults to `False`.
+            whether XNNPACK can run the file with its sparse kernels. They
+            help float32 models on ARM and WebAssembly only: x86 CPUs with
+            AVX turn them off and int8 never uses them, so there the file
+            runs at dense speed (prune channels and `tfopt.shrink` for a
+            faster model). Defaults to `False`.
 
     Returns:
         `Exported(path, size_bytes, sparse)`; `sparse` is a
@@ -92,8 +92,7 @@ def export_tflite(
     Raises:
         TypeError: For an argument of the wrong type.
         ValueError: For an unknown `quantization`, `int8` on a float model
-            without `representative_data`, `int8_io` without `int8`, or
-            `sparse=True` for a Keras 3 model.
+            without `representative_data`, or `int8_io` without `int8`.
         FileExistsError: If `path` exists and `overwrite` is False.
 
     Example:
@@ -104,16 +103,9 @@ def export_tflite(
     >>> tfopt.export_tflite(model, path, quantization="dynamic").size_bytes > 0
     True
     """
-    keras = Keras.of(model)
-    if keras is Keras.KERAS3:
-        from tfopt.keras3 import export as implementation
-    else:
-        from tfopt.keras2 import export as implementation
+    implementation = _implementation(model)
     implementation.check_model(model)
     path = tflite.check_export(path, quantization, representative_data, int8_io, sparse)
-    if sparse and not supports(keras, "sparse_export"):
-        subject = refusal("sparse_export", keras, "`sparse=True`")
-        raise NotAvailable(f"{subject} Received: sparse=True")
     tflite.refuse_overwrite(path, overwrite)
     return implementation.export_tflite(
         model,
@@ -126,13 +118,25 @@ def export_tflite(
     )
 
 
+def _implementation(model):
+    if Keras.of(model) is Keras.KERAS3:
+        from tfopt.keras3 import export as implementation
+    else:
+        from tfopt.keras2 import export as implementation
+    return implementation
+
+
 def export_saved_model(model, path, *, overwrite=False):
-    """Saves `model` (pruning wrappers stripped, a Distiller's student) as a
-    TensorFlow SavedModel directory (tf_keras models: the capability table of
-    `tfopt.core.kerases`).
+    """Saves `model` (pruning stripped, a Distiller's student) as a
+    TensorFlow SavedModel directory, for TF Serving, TF.js or the TFLite
+    converter. A tf_keras model is saved whole (`model.save(...,
+    save_format="tf")`); a Keras 3 model as its inference call, the
+    `serve` signature (`keras.export.ExportArchive`, what
+    `model.export(format="tf_saved_model")` writes), reloaded with
+    `tf.saved_model.load`.
 
     Args:
-        model: A tf_keras model.
+        model: A model of either Keras.
         path: The SavedModel directory to create.
         overwrite: Replace an existing directory. Defaults to `False`.
 
@@ -140,7 +144,7 @@ def export_saved_model(model, path, *, overwrite=False):
         `Exported(path, size_bytes)`, the size summed over its files.
 
     Raises:
-        TypeError: For a Keras 3 model, or an argument of the wrong type.
+        TypeError: For an argument of the wrong type.
         FileExistsError: If `path` exists and `overwrite` is False.
 
     Example:
@@ -152,9 +156,7 @@ def export_saved_model(model, path, *, overwrite=False):
     True
     """
     require("export_saved_model", model, "tfopt.export_saved_model")
-    from tfopt.keras2 import export as implementation
-
-    return implementation.export_saved_model(model, path, overwrite=overwrite)
+    return _implementation(model).export_saved_model(model, path, overwrite=overwrite)
 
 
 def _keras_version(path):
@@ -166,12 +168,27 @@ def _keras_version(path):
         return None
 
 
+def _written_by_keras3(path):
+    """A `.keras` file of Keras 3, or a SavedModel directory Keras 3's
+    `ExportArchive` wrote (tf_keras's hold `keras_metadata.pb`)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return False
+    path = os.fspath(path)
+    if path.endswith(".keras"):
+        return Keras.from_version(_keras_version(path)) is Keras.KERAS3
+    return os.path.isfile(os.path.join(path, "saved_model.pb")) and not (
+        os.path.isfile(os.path.join(path, "keras_metadata.pb"))
+    )
+
+
 def load_model(path, *, compile=True, safe_mode=True):
     """Loads a model saved by tfopt, TFMOT or either Keras.
 
     A `.keras` file written by Keras 3 loads as a Keras 3 model (tfopt's
-    pruned ones included, their masks and schedules restored); every other
-    file (`.keras` of tf_keras, `.h5`, SavedModel directories) as a tf_keras
+    pruned and QAT ones included, their masks and schedules restored); a
+    SavedModel directory a Keras 3 model was exported to as a Keras 3 model
+    of its `serve` function, for inference (`keras.layers.TFSMLayer`);
+    every other file (`.keras` of tf_keras, `.h5`, SavedModel directories) as a tf_keras
     model with TFMOT's and tfopt's classes in scope, so a pruned or
     quantization-aware model trains on with `PruningCallback` where it
     stopped.
@@ -200,11 +217,7 @@ def load_model(path, *, compile=True, safe_mode=True):
     >>> type(tfopt.load_model(path)).__name__
     'PrunedModel'
     """
-    if (
-        isinstance(path, (str, os.PathLike))
-        and str(path).endswith(".keras")
-        and Keras.from_version(_keras_version(path)) is Keras.KERAS3
-    ):
+    if _written_by_keras3(path):
         from tfopt.keras3 import export as implementation
     else:
         from tfopt.keras2 import export as implementation
@@ -212,4 +225,4 @@ def load_model(path, *, compile=True, safe_mode=True):
 
 
 # The tf_keras name this module held before it served both Kerases.
-__getattr__ = legacy.moved(__name__, {"SparseEligibility": "tfopt.keras2.xnnpack"})
+__getattr__ = legacy.moved(__name__, {"SparseEligibility": "tfopt.core.xnnpack"})

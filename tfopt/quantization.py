@@ -76,6 +76,17 @@ def quantize(
     )
 
 
+def quantization_aware(model):
+    """Whether `model` (either Keras) is a QAT model `quantize` made."""
+    if Keras.of(model) is Keras.KERAS3:
+        from tfopt.keras3 import pruning, quantizers
+
+        return quantizers.quantization_aware(pruning.flat_layers(model))
+    from tfopt.keras2 import selection
+
+    return selection.is_quantized(model)
+
+
 # The tf_keras names this module held before (the QAT configs).
 __getattr__ = legacy.moved(
     __name__,

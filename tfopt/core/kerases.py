@@ -98,13 +98,11 @@ CAPABILITIES = {
         Capability(
             "export_tflite", "TFLite export (float32, dynamic, float16, int8)", BOTH
         ),
-        Capability(
-            "sparse_export", "sparse TFLite export (`sparse=True`)", TF_KERAS_ONLY
-        ),
+        Capability("sparse_export", "sparse TFLite export (`sparse=True`)", BOTH),
         Capability(
             "export_saved_model",
             "SavedModel export (export_saved_model)",
-            TF_KERAS_ONLY,
+            BOTH,
         ),
         Capability("load_model", "loading saved models (load_model)", BOTH),
         Capability("multi_worker", "training on several workers", BOTH),

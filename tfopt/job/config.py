@@ -337,7 +337,7 @@ class Config:
             raise ConfigError(f"`learning_rate={self.learning_rate}` must be > 0.")
         keras = self.keras_api
         for name, value, capability, instead in (
-            ("qat", self.qat, "quantize", _CALIBRATE),
+            ("qat", self.qat, "quantize", ""),
             (
                 "prune_structure",
                 self.prune_structure != "weights",
@@ -356,8 +356,6 @@ class Config:
             )
         return self
 
-
-_CALIBRATE = "Int8 TFLite files come from calibration: `export=tflite_int8`."
 
 _TYPES = {
     "string": str,

@@ -4,9 +4,8 @@ evaluated on the test split (`scripts/export.py` does the same)."""
 import os
 from typing import NamedTuple
 
-from tfopt import export
+from tfopt import export, quantization
 from tfopt.core import tflite
-from tfopt.core.kerases import Keras, supports
 from tfopt.job import measure
 from tfopt.job.config import EXPORTS
 
@@ -74,8 +73,4 @@ def export_and_verify(
 
 
 def _is_quantized(model):
-    if not supports(Keras.of(model), "quantize"):
-        return False  # this Keras has no QAT models
-    from tfopt.keras2 import selection
-
-    return selection.is_quantized(model)
+    return quantization.quantization_aware(model)

@@ -17,14 +17,13 @@ import h5py
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfopt.core import distill, tflite
+from tfopt.core import distill, tflite, xnnpack
 from tfopt.core.tflite import Exported, disk_sizes, tflite_ops
 from tfopt.keras2 import (
     binding,
     graph,
     pruning,
     selection,
-    xnnpack,
 )
 from tfopt.keras2 import tfmot as _tfmot
 from tfopt.keras2.binding import keras
@@ -67,9 +66,8 @@ def export_tflite(
     )
     eligibility = None
     if sparse:
-        flat = graph.flat(model)
         eligibility = xnnpack.eligibility(
-            flat,
+            graph.flat(model).layers,
             "int8" if qat else quantization,
             tflite_ops(data).counts.get("DENSIFY", 0),
         )

@@ -11,6 +11,8 @@ TFLite converter gives a file that is integer end to end instead.
 """
 
 import functools
+import os
+import shutil
 import tempfile
 import zipfile
 
@@ -18,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfopt.core import distill, tflite
+from tfopt.core import distill, tflite, xnnpack
 from tfopt.keras3 import fit, pruning, quantizers
 
 
@@ -31,10 +33,10 @@ def deployable(model):
     return model
 
 
-def _convert(model, quantization, representative_data, int8_io):
-    # What `TFLiteConverter.from_keras_model` does for a Keras 3 model (an
-    # ExportArchive of the inference call, then the SavedModel converter),
-    # without its printout of every variable.
+def _archive(model):
+    """An ExportArchive of `model`'s inference call, as `model.export` and
+    `TFLiteConverter.from_keras_model` make one, without their printout of
+    every variable."""
     archive = keras.export.ExportArchive()
     archive.track(model)
     specs = [tf.TensorSpec(t.shape, t.dtype, name=t.name) for t in model.inputs]
@@ -43,11 +45,15 @@ def _convert(model, quantization, representative_data, int8_io):
         functools.partial(model.__call__, training=False),
         specs if len(specs) == 1 else [specs],
     )
+    return archive
+
+
+def _convert(model, quantization, representative_data, int8_io, sparse):
     with tempfile.TemporaryDirectory(prefix="tfopt-") as directory:
-        archive.write_out(directory, verbose=False)
+        _archive(model).write_out(directory, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(directory)
         return tflite.convert(
-            converter, quantization, representative_data, int8_io, False
+            converter, quantization, representative_data, int8_io, sparse
         )
 
 
@@ -61,9 +67,8 @@ def _check_ranges(model):
     that is not finite (the training diverged), or one no training batch
     has set (the [-6, 6] placeholder)."""
     for layer in pruning.flat_layers(model):
-        inner = getattr(layer, "output_range", layer)  # a QuantizedLayer's
-        if isinstance(inner, quantizers.QuantizeRange) and not inner.fixed:
-            low, high = float(inner.range_min), float(inner.range_max)
+        if isinstance(layer, quantizers.QuantizeRange) and not layer.fixed:
+            low, high = float(layer.range_min), float(layer.range_max)
             if not (np.isfinite(low) and np.isfinite(high)):
                 raise ValueError(
                     f"The quantization range of {layer.name!r} is [{low}, {high}]: "
@@ -71,7 +76,7 @@ def _check_ranges(model):
                     "int8 file can represent it. Fix the training (learning rate, "
                     "input scaling) and quantize again."
                 )
-            if not float(inner.seen):
+            if not float(layer.seen):
                 raise ValueError(
                     f"The quantization range of {layer.name!r} was never learned: "
                     "a QAT model learns its ranges while it trains. Fine-tune it "
@@ -86,7 +91,6 @@ def export_tflite(
     the front, `tfopt.export`). A QAT model (`tfopt.quantize`) converts to
     int8 with the ranges it learned; a float one calibrates on
     `representative_data`."""
-    del sparse  # the front refuses it for Keras 3
     model = deployable(model)
     qat = quantizers.quantization_aware(pruning.flat_layers(model))
     if quantization == "int8" and not qat and representative_data is None:
@@ -98,15 +102,57 @@ def export_tflite(
         )
     if qat and quantization == "int8":
         _check_ranges(model)
-    data = _convert(model, quantization, representative_data, int8_io)
+    data = _convert(model, quantization, representative_data, int8_io, sparse)
+    eligibility = None
+    if sparse:
+        eligibility = xnnpack.eligibility(
+            list(pruning.flat_layers(model)),
+            "int8" if qat else quantization,
+            tflite.tflite_ops(data).counts.get("DENSIFY", 0),
+        )
     tflite.write_atomically(path, data, overwrite)
-    return tflite.Exported(path, len(data))
+    return tflite.Exported(path, len(data), eligibility)
+
+
+def export_saved_model(model, path, *, overwrite):
+    """`tfopt.export_saved_model` for a Keras 3 model (pruning stripped, a
+    Distiller's student): its inference call as a TensorFlow SavedModel
+    (`serve` signature), written to a staging directory first."""
+    check_model(model)
+    path = tflite.check_path(path)
+    tflite.refuse_overwrite(path, overwrite)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=".tfopt-")
+    try:
+        _archive(deployable(model)).write_out(
+            os.path.join(staging, "model"), verbose=False
+        )
+        if os.path.exists(path):  # overwrite=True: the old one goes with staging
+            os.rename(path, os.path.join(staging, "previous"))
+        os.rename(os.path.join(staging, "model"), path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return tflite.Exported(path, tflite.disk_sizes(path)[0])
+
+
+def _serving_model(path):
+    """The `serve` function of an exported SavedModel as a Keras 3 model of
+    one `TFSMLayer` (inference only: the SavedModel holds no training)."""
+    layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
+    signature = tf.saved_model.load(path).signatures["serve"]
+    specs = tf.nest.flatten(signature.structured_input_signature)
+    inputs = [keras.Input(batch_shape=s.shape, dtype=s.dtype) for s in specs]
+    outputs = layer(inputs[0] if len(inputs) == 1 else inputs)
+    return keras.Model(inputs, outputs, name=os.path.basename(path.rstrip("/")))
 
 
 def load_model(path, *, compile=True, safe_mode=True):
     """Loads a Keras 3 `.keras` file, tfopt's pruned models (their
     `PruningMask` constraints) included; see `tfopt.load_model`."""
     path = tflite.check_load(path, compile, safe_mode, "a .keras file")
+    if os.path.isdir(path):
+        return _serving_model(path)
     try:
         model = keras.saving.load_model(path, compile=compile, safe_mode=safe_mode)
     except (OSError, zipfile.BadZipFile) as err:

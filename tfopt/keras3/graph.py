@@ -71,3 +71,40 @@ class Graph:
             and self.consumers.get(source) == 1
             and not {name, source} & self.shared
         )
+
+
+def shared_ranges(graph, joins, through):
+    """The range owners that must share one range, as {owner: (group,
+    site)}: each layer `joins(name)` is true of (a concatenation) with the
+    owners of its inputs, transitively (a chain of concatenations is one
+    group). An input's owner is the first layer up its chain that
+    `through(name)` is false of (what pooling or padding passes on).
+    `group` is the group's first owner; `site` an owner's index in it."""
+    parent = {}
+
+    def root(name):
+        while parent.get(name, name) != name:
+            name = parent[name]
+        return name
+
+    def owner(name):
+        while through(name) and len(graph.inputs.get(name, ())) == 1:
+            name = graph.inputs[name][0]
+        return name
+
+    for name, sources in graph.inputs.items():
+        if joins(name):
+            for source in sources:
+                parent.setdefault(name, name)
+                top = owner(source)
+                parent.setdefault(top, top)
+                parent[root(top)] = root(name)
+    groups = {}
+    for name in parent:
+        groups.setdefault(root(name), []).append(name)
+    return {
+        name: (members[0], site)
+        for members in groups.values()
+        if len(members) > 1
+        for site, name in enumerate(members)
+    }

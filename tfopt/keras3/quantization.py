@@ -70,7 +70,7 @@ _INT8_ACTIVATIONS = {
 def _plans(model, layers, chosen):
     """Which layers fold into which: {conv name: (bn, relu)}, and the names
     of the layers folded away (become identities)."""
-    by_name = {layer.name: layer for layer in model.layers}
+    by_name = {op.name: op for op in model.operations}
     plans, absorbed = {}, set()
     for layer in model.layers:
         if not _wrappable(layer) or layer.name not in chosen:
@@ -144,6 +144,8 @@ class _Builder:
         self.floats = {}  # name -> why
         self.input_ranges = {}
         self.replacements = set()  # ids of layers that replace another kind
+        self.shared = {}  # range owner name -> (group, site): graph.shared_ranges
+        self.group_ranges = {}  # group -> its QuantizeRange
 
     def unique(self, name):
         candidate, count = name, 1
@@ -154,6 +156,14 @@ class _Builder:
         return candidate
 
     def range(self, tensor, name, fixed=None):
+        if fixed is None and name in self.shared:
+            group, site = self.shared[name]
+            if group not in self.group_ranges:
+                sites = sum(1 for g, _ in self.shared.values() if g == group)
+                self.group_ranges[group] = QuantizeRange(
+                    sites=sites, name=self.unique(f"{group}_shared_range")
+                )
+            return self.group_ranges[group](tensor, site=site)
         return QuantizeRange(fixed=fixed, name=self.unique(f"{name}_range"))(tensor)
 
     def activation(self, tensor, name, activation):
@@ -167,6 +177,12 @@ class _Builder:
             gate = self.range(gate(tensor), f"{name}_sigmoid", FIXED_RANGES["sigmoid"])
             product = keras.layers.Multiply(name=self.unique(f"{name}_swish"))
             return self.range(product([tensor, gate]), name)
+        if activation == "hard_sigmoid":
+            # relu6(x + 3) / 6: TFLite has no kernel for the whole, so the
+            # sum (its ReLU6 fused) gets a range of its own.
+            shifted = keras.layers.ReLU(6.0, name=self.unique(f"{name}_relu6"))
+            shifted = self.range(shifted(tensor + 3.0), f"{name}_relu6")
+            return self.range(shifted * (1 / 6), name)
         layer = keras.layers.Activation(
             activation, name=self.unique(f"{name}_{activation}")
         )
@@ -175,9 +191,11 @@ class _Builder:
     def clone(self, layer, plans, absorbed):
         if isinstance(layer, keras.Model):
             return layer  # flattened by `call`
-        if not isinstance(layer, keras.layers.Layer):
-            return layer  # a stateless keras.ops operation of the functional API
         kind, name = type(layer).__name__, layer.name
+        if not isinstance(layer, keras.layers.Layer):
+            # A stateless keras.ops operation of the functional API (x + 3.0):
+            # the same object serves the copy.
+            return self.classified(layer, layer, kind, name)
         self.names.add(name)
         if name in absorbed:
             return self.replacing(keras.layers.Identity(name=name))
@@ -195,7 +213,7 @@ class _Builder:
             self.copies.append((new, layer, norm))
             self.replacing(new)
             self.after[id(new)] = lambda t: self.activation(
-                t, name, None if own in FUSED else own
+                self.range(t, name), name, None if own in FUSED else own
             )
             return new
         new = layer.__class__.from_config(layer.get_config())
@@ -204,6 +222,10 @@ class _Builder:
             return new
         if kind == "BatchNormalization" and len(layer.input.shape) == 4:
             return self.norm_as_depthwise(layer)
+        return self.classified(layer, new, kind, name)
+
+    def classified(self, layer, new, kind, name):
+        """`new` (the copy of `layer`), with what follows it by its kind."""
         if kind in _SAME_SCALE:
             return new
         if kind == "Activation":
@@ -260,6 +282,17 @@ class _Builder:
             model = keras.Model(model.inputs, model.outputs, name=model.name)
         layers = graph.Graph(model)
         plans, absorbed = _plans(model, layers, self.chosen)
+        kinds = {op.name: type(op).__name__ for op in model.operations}
+        self.shared.update(
+            graph.shared_ranges(
+                layers,
+                joins=lambda name: kinds.get(name) == "Concatenate",
+                through=lambda name: (
+                    name in absorbed
+                    or (kinds.get(name) in _SAME_SCALE and kinds[name] != "InputLayer")
+                ),
+            )
+        )
         top = inputs is None
         if top:
             names = graph.output_names(model.get_config()["input_layers"])

@@ -7,13 +7,12 @@ extremes (or holds the fixed range TFLite gives LOGISTIC, SOFTMAX and
 TANH outputs). `QuantizedLayer` is a Conv1D/Conv2D/DepthwiseConv2D/Dense
 computed as TFLite's int8 kernel will: its kernel (with a following
 BatchNormalization folded in, as the converter folds it) fake-quantized
-symmetric per output channel on [-127, 127], ReLU/ReLU6 fused, the output
-fake-quantized by its own `QuantizeRange`.
+symmetric per output channel on [-127, 127], ReLU/ReLU6 fused; a
+`QuantizeRange` follows it in the graph.
 
 Both are registered as `tfopt>...` serialisable classes when this module is
-imported (`import tfopt` imports it in a Keras 3 program's first
-`tfopt.load_model`, and `tfopt.keras3` registration on import: see
-`tfopt.keras3.register`).
+imported: `import tfopt` does it where Keras is loaded (`tfopt.keras3.saving`),
+so plain `keras.saving.load_model` reads a QAT model's `.keras` file.
 """
 
 import keras
@@ -52,51 +51,84 @@ def _global_extremes(low, high):
 class QuantizeRange(keras.layers.Layer):
     """Fake-quantizes its input to int8 with a learned (or fixed) range.
 
-    Training moves `[min, max]` towards each batch's extremes (the first
-    batch sets them), always including 0 so that zero is exact, as TFLite
-    requires; inference uses the stored range.
+    Training moves the range towards each batch's extremes (the first batch
+    sets it), always including 0 so that zero is exact, as TFLite requires;
+    inference uses the stored range. A range called at several places
+    (`sites`; each call passes its `site`) is the union of what each place
+    learned: the tensors TFLite must give one scale (a concatenation and its
+    inputs) share one.
 
     Args:
         fixed: `(min, max)` to use instead of learning one, or None.
+        sites: How many places call it. Defaults to 1.
     """
 
-    def __init__(self, fixed=None, **kwargs):
+    def __init__(self, fixed=None, sites=1, **kwargs):
         super().__init__(**kwargs)
         self.fixed = None if fixed is None else tuple(float(v) for v in fixed)
+        self.sites = int(sites)
 
     def build(self, input_shape):
         if self.fixed is not None:
             return
-        # [-6, 6] (TFMOT's start) until the first training batch sets it.
-        settings = dict(shape=(), trainable=False, aggregation="mean")
+        settings = dict(trainable=False, aggregation="mean")
+        # The range used: [-6, 6] (TFMOT's start) until a training batch sets it.
         self.range_min = self.add_weight(
-            name="range_min", initializer=keras.initializers.Constant(-6.0), **settings
+            name="range_min",
+            shape=(),
+            initializer=keras.initializers.Constant(-6.0),
+            **settings,
         )
         self.range_max = self.add_weight(
-            name="range_max", initializer=keras.initializers.Constant(6.0), **settings
+            name="range_max",
+            shape=(),
+            initializer=keras.initializers.Constant(6.0),
+            **settings,
         )
-        self.seen = self.add_weight(name="seen", initializer="zeros", **settings)
+        self.seen = self.add_weight(
+            name="seen", shape=(), initializer="zeros", **settings
+        )
+        # What each site learned; 0 is in every range, so an unseen site's
+        # zeros leave the union as it is.
+        shape = (self.sites,)
+        self.site_min = self.add_weight(
+            name="site_min", shape=shape, initializer="zeros", **settings
+        )
+        self.site_max = self.add_weight(
+            name="site_max", shape=shape, initializer="zeros", **settings
+        )
+        self.site_seen = self.add_weight(
+            name="site_seen", shape=shape, initializer="zeros", **settings
+        )
 
-    def call(self, inputs, training=False):
+    def _learn(self, inputs, site):
+        values = ops.cast(inputs, "float32")
+        batch_low, batch_high = _global_extremes(
+            ops.minimum(ops.min(values), 0.0), ops.maximum(ops.max(values), 0.0)
+        )
+        here = ops.one_hot(site, self.sites)
+        first = ops.equal(self.site_seen, 0.0)
+        low = ops.where(
+            first, batch_low, self.site_min * _DECAY + batch_low * (1 - _DECAY)
+        )
+        high = ops.where(
+            first, batch_high, self.site_max * _DECAY + batch_high * (1 - _DECAY)
+        )
+        self.site_min.assign(self.site_min * (1 - here) + low * here)
+        self.site_max.assign(self.site_max * (1 - here) + high * here)
+        self.site_seen.assign(ops.maximum(self.site_seen, here))
+        self.range_min.assign(ops.min(self.site_min))
+        self.range_max.assign(ops.max(self.site_max))
+        self.seen.assign(1.0)
+        return self.range_min, self.range_max
+
+    def call(self, inputs, site=0, training=False):
         if self.fixed is not None:
             low, high = self.fixed
+        elif training:
+            low, high = self._learn(inputs, site)
         else:
             low, high = self.range_min, self.range_max
-            if training:
-                values = ops.cast(inputs, "float32")
-                batch_low, batch_high = _global_extremes(
-                    ops.minimum(ops.min(values), 0.0), ops.maximum(ops.max(values), 0.0)
-                )
-                first = ops.equal(self.seen, 0.0)
-                low = ops.where(
-                    first, batch_low, low * _DECAY + batch_low * (1 - _DECAY)
-                )
-                high = ops.where(
-                    first, batch_high, high * _DECAY + batch_high * (1 - _DECAY)
-                )
-                self.range_min.assign(low)
-                self.range_max.assign(high)
-                self.seen.assign(1.0)
         return keras.quantizers.fake_quant_with_min_max_vars(
             inputs, low, high, num_bits=8
         )
@@ -105,7 +137,7 @@ class QuantizeRange(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "fixed": self.fixed}
+        return {**super().get_config(), "fixed": self.fixed, "sites": self.sites}
 
 
 def quantized_kernel(kernel, kind):
@@ -161,7 +193,6 @@ class QuantizedLayer(keras.layers.Layer):
         )
         self.activation = activation
         self.sparse = sparse
-        self.output_range = QuantizeRange(name="output_range")
 
     @property
     def depthwise(self):
@@ -182,7 +213,6 @@ class QuantizedLayer(keras.layers.Layer):
                 trainable=False,
                 aggregation="mean",
             )
-        self.output_range.build(output_shape)
 
     def folded(self):
         """(kernel, bias) as the file will hold them before quantization."""
@@ -240,7 +270,7 @@ class QuantizedLayer(keras.layers.Layer):
             outputs = ops.relu(outputs)
         elif self.activation == "relu6":
             outputs = ops.relu6(outputs)
-        return self.output_range(outputs)
+        return outputs
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)

@@ -23,19 +23,24 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tfopt.keras2.binding import keras
+# Layers by class name, the same in both Kerases (so this module serves both
+# without importing either). Ignored by the layout check: folded or free in
+# TFLite.
+_NEUTRAL = {
+    "InputLayer",
+    "BatchNormalization",
+    "Dropout",
+    "Identity",
+    "Reshape",
+    "Rescaling",
+}
+_ELEMENTWISE = {"ReLU", "Activation", "Add", "Multiply", "LeakyReLU", "ELU"}
 
-_L = keras.layers
-# Ignored by the layout check: folded or free in TFLite.
-_NEUTRAL = (
-    _L.InputLayer,
-    _L.BatchNormalization,
-    _L.Dropout,
-    _L.Identity,
-    _L.Reshape,
-    _L.Rescaling,
-)
-_ELEMENTWISE = (_L.ReLU, _L.Activation, _L.Add, _L.Multiply, _L.LeakyReLU, _L.ELU)
+
+def _kind(layer):
+    return type(layer).__name__
+
+
 NOTE = (
     "XNNPACK runs sparse kernels for float32 models on ARM and WebAssembly "
     "only: on x86 CPUs with AVX it turns them off, and int8 files never use "
@@ -54,15 +59,15 @@ class SparseEligibility(NamedTuple):
 
 
 def _explicit_padding(layer, previous, pixels):
-    if layer.padding != "valid" or not isinstance(previous, _L.ZeroPadding2D):
+    if layer.padding != "valid" or _kind(previous) != "ZeroPadding2D":
         return False
     return tuple(map(tuple, previous.padding)) == ((pixels, pixels), (pixels, pixels))
 
 
 def _compatible(layer, previous):
-    if isinstance(layer, (_NEUTRAL, _ELEMENTWISE, _L.ZeroPadding2D)):
+    if _kind(layer) in _NEUTRAL | _ELEMENTWISE | {"ZeroPadding2D"}:
         return True
-    if isinstance(layer, _L.DepthwiseConv2D):
+    if _kind(layer) == "DepthwiseConv2D":
         size = layer.kernel_size[0]
         if (
             layer.kernel_size != (size, size)
@@ -73,7 +78,7 @@ def _compatible(layer, previous):
         return layer.strides == (1, 1) or (
             layer.strides == (2, 2) and _explicit_padding(layer, previous, size // 2)
         )
-    if isinstance(layer, _L.Conv2D) and not isinstance(layer, _L.DepthwiseConv2D):
+    if _kind(layer) == "Conv2D":
         return (
             layer.kernel_size == (1, 1)
             and layer.strides == (1, 1)
@@ -82,8 +87,9 @@ def _compatible(layer, previous):
     return False
 
 
-def eligibility(model, quantization, densify_ops):
-    """`SparseEligibility` of the file converted from flat Keras `model`."""
+def eligibility(layers, quantization, densify_ops):
+    """`SparseEligibility` of the file converted from a model of either
+    Keras whose layers, nested models flattened, are `layers` in order."""
     reasons = []
     if quantization in ("int8", "dynamic"):
         reasons.append(
@@ -95,8 +101,12 @@ def eligibility(model, quantization, densify_ops):
             "the converter encoded no weight as sparse (it needs at "
             "least 30% zeros in a weight)."
         )
-    layers = [layer for layer in model.layers if not isinstance(layer, _L.InputLayer)]
-    convs = [i for i, layer in enumerate(layers) if isinstance(layer, _L.Conv2D)]
+    layers = [layer for layer in layers if _kind(layer) != "InputLayer"]
+    convs = [
+        i
+        for i, layer in enumerate(layers)
+        if _kind(layer) in ("Conv2D", "DepthwiseConv2D")
+    ]
     zeros = total = 0
     if not convs:
         reasons.append("the model has no convolution.")
@@ -105,7 +115,7 @@ def eligibility(model, quantization, densify_ops):
         stem = layers[first]
         previous = layers[first - 1] if first else None
         if not (
-            type(stem) is _L.Conv2D
+            _kind(stem) == "Conv2D"
             and stem.kernel_size == (3, 3)
             and stem.strides == (2, 2)
             and stem.kernel.shape[-2] == 3
@@ -120,12 +130,12 @@ def eligibility(model, quantization, densify_ops):
         odd = []
         for i in range(first + 1, len(layers)):
             layer = layers[i]
-            if isinstance(layer, (_L.GlobalAveragePooling2D,)):
+            if _kind(layer) == "GlobalAveragePooling2D":
                 break
             if not _compatible(layer, layers[i - 1]):
                 odd.append(layer.name)
-            elif type(layer) is _L.Conv2D:
-                kernel = layer.kernel.numpy()
+            elif _kind(layer) == "Conv2D":
+                kernel = np.asarray(layer.kernel)
                 zeros += int(np.sum(kernel == 0))
                 total += kernel.size
         if odd:
