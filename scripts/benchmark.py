@@ -72,6 +72,9 @@ TARGETS = {
     # Keras 3 models through tfopt's own path.
     "keras3_prune_vs_float": 1.15,
     "keras3_int8_vs_float_accuracy": 0.005,
+    "keras3_qat_vs_float": 1.3,
+    "keras3_int8_vs_qat_accuracy": 0.005,
+    "keras3_pqat_sparsity_lost": 0.01,
 }
 # (speed model, TFLite kind, target) checked at 1 and 2 threads.
 SPEED_TARGETS = (
@@ -514,11 +517,26 @@ def _checks(results):
             r["prune_vs_float"],
             TARGETS["keras3_prune_vs_float"],
         )
+        add(
+            f"keras3/{model}/qat_vs_float",
+            r["qat_vs_float"],
+            TARGETS["keras3_qat_vs_float"],
+        )
     if "int8" in k3:
         add(
             "keras3/student_cnn/int8_vs_float_accuracy",
             k3["int8"]["int8_vs_float_accuracy"],
             TARGETS["keras3_int8_vs_float_accuracy"],
+        )
+        add(
+            "keras3/student_cnn/qat_int8_vs_qat_accuracy",
+            k3["int8"]["qat_int8_vs_qat_accuracy"],
+            TARGETS["keras3_int8_vs_qat_accuracy"],
+        )
+        add(
+            "keras3/student_cnn/pqat_sparsity_lost",
+            k3["int8"]["pqat_sparsity_lost"],
+            TARGETS["keras3_pqat_sparsity_lost"],
         )
     recovered = results.get("recovery", {})
     for model, row in recovered.get("channels_1.5x_macs", {}).items():

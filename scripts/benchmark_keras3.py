@@ -2,10 +2,12 @@
 
 `keras3`: Keras 3 models (the `keras` package) through tfopt's own path.
 Time per epoch of plain Keras 3 training against tfopt's Keras 3 pruning
-(`PruningMask` constraints + `PruningCallback`) and distillation, on
-mnist5k, interleaved after a warm-up, medians as ratios; and the accuracy of
-a pruned Keras 3 student's int8 TFLite file (calibrated) against its float
-model on the 1,000 test images.
+(`PruningMask` constraints + `PruningCallback`), QAT (`tfopt.quantize`) and
+distillation, on mnist5k, interleaved after a warm-up, medians as ratios;
+the accuracy of a pruned Keras 3 student's int8 TFLite file (calibrated)
+against its float model on the 1,000 test images; and the same student
+through sparsity-preserving QAT: the int8 file against the QAT model, and
+the zeros kept.
 """
 
 import os
@@ -60,6 +62,7 @@ def overhead(tfopt, keras, splits, train, rounds, interleaved, median_ratio):
                 ),
                 [tfopt.PruningCallback()],
             ),
+            "qat": fit(_compiled(keras, tfopt.quantize(build()))),
             "distill_cached": fit(
                 _compiled(
                     keras,
@@ -74,6 +77,7 @@ def overhead(tfopt, keras, splits, train, rounds, interleaved, median_ratio):
             "steps_per_epoch": steps,
             "median_epoch_seconds": {k: statistics.median(v) for k, v in times.items()},
             "prune_vs_float": median_ratio(times["prune"], times["float"]),
+            "qat_vs_float": median_ratio(times["qat"], times["float"]),
             "distill_cached_vs_student": median_ratio(
                 times["distill_cached"], times["float"]
             ),
@@ -105,10 +109,38 @@ def int8_accuracy(tfopt, keras, splits, train, epochs):
         ).path
         int8 = tfopt.evaluate_tflite(path, splits.test).accuracy
     accuracy = _accuracy(stripped, splits.test)
+    sparsity = tfopt.sparsity_report(stripped).sparsity
+    qat = _compiled(keras, tfopt.quantize(stripped, preserve_sparsity=True))
+    qat.compile(
+        optimizer=keras.optimizers.Adam(1e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    qat.fit(train, epochs=1, verbose=0)
+    kept = {
+        layer.name: float((layer.folded()[0].numpy() == 0).mean())
+        for layer in qat.layers
+        if type(layer).__name__ == "QuantizedLayer"
+    }
+    before = {
+        layer.name: float((layer.kernel.numpy() == 0).mean())
+        for layer in stripped.layers
+        if layer.name in kept
+    }
+    with tempfile.TemporaryDirectory() as directory:
+        path = tfopt.export_tflite(
+            qat, os.path.join(directory, "qat.tflite"), quantization="int8"
+        ).path
+        qat_int8 = tfopt.evaluate_tflite(path, splits.test).accuracy
+    qat_accuracy = _accuracy(qat, splits.test)
     return {
         "epochs": epochs,
-        "sparsity": tfopt.sparsity_report(stripped).sparsity,
+        "sparsity": sparsity,
         "float_accuracy": accuracy,
         "int8_accuracy": int8,
         "int8_vs_float_accuracy": abs(int8 - accuracy),
+        "qat_accuracy": qat_accuracy,
+        "qat_int8_accuracy": qat_int8,
+        "qat_int8_vs_qat_accuracy": abs(qat_int8 - qat_accuracy),
+        "pqat_sparsity_lost": max(before[n] - kept[n] for n in before),
     }

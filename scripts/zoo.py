@@ -1,4 +1,4 @@
-"""The model zoo: tf_keras.applications CNNs through prune, QAT and int8.
+"""The model zoo: keras.applications CNNs through prune, QAT and int8.
 
 For each architecture (weights=None, 10 classes, random images): raw TFMOT's
 `prune_low_magnitude` and `quantize_model`, then tfopt's prune (one step of
@@ -8,13 +8,17 @@ TFLite export, and the file's QUANTIZE/DEQUANTIZE and float compute ops.
     python scripts/zoo.py --output=zoo.json                  # every family
     python scripts/zoo.py --models=MobileNetV2,Xception   # some
     python scripts/zoo.py --agreement --output=agreement.json
+    python scripts/zoo.py --keras=3 --output=zoo_keras3.json  # Keras 3's models
     python scripts/zoo.py --timing --output=timing.json
 
 `--agreement` instead trains `AGREEMENT`'s models briefly on mnist5k (as
 RGB at the input size), fine-tunes them with QAT and compares the int8
-file's test accuracy with the QAT Keras model's. `--timing` times
-`tfopt.quantize` against raw `quantize_model` (interleaved, medians) where
-raw TFMOT works, and DenseNet121's whole prune + QAT + int8 pipeline at 64x64.
+file's test accuracy with the QAT Keras model's. `--keras=3` measures
+`keras.applications` (Keras 3, tfopt's own pruning and QAT; no raw TFMOT
+columns, which refuses Keras 3) instead of `tf_keras.applications`.
+`--timing` times `tfopt.quantize` against raw `quantize_model` (interleaved,
+medians) where raw TFMOT works, and DenseNet121's whole prune + QAT + int8
+pipeline at 64x64.
 """
 
 import json
@@ -78,6 +82,9 @@ if "models" not in flags.FLAGS:
         "--agreement: float training epochs (default: each model's in AGREEMENT).",
     )
     flags.DEFINE_bool("timing", False, "Time quantize against raw TFMOT instead.")
+    flags.DEFINE_enum(
+        "keras", "2", ["2", "3"], "The applications of tf_keras (2) or Keras 3."
+    )
 if "output" not in flags.FLAGS:  # benchmark.py's, when both are imported
     flags.DEFINE_string("output", "zoo.json", "Where the JSON goes.")
 FLAGS = flags.FLAGS
@@ -95,11 +102,20 @@ def _outcome(function):
     return result, outcome, time.perf_counter() - start
 
 
-def build(name, size, **kwargs):
-    """`tf_keras.applications.<name>` with random weights and 10 classes."""
-    from tfopt import keras
+def api(version=2):
+    """The Keras module of `version`: tf_keras as tfopt binds it, or Keras 3."""
+    from tfopt import models
+    from tfopt.core.kerases import Keras
 
-    return getattr(keras.applications, name)(
+    return models.keras_module(Keras.from_version(version))
+
+
+def build(name, size, version=2, **kwargs):
+    """`<Keras>.applications.<name>` with random weights and 10 classes."""
+    applications = api(version).applications
+    if not hasattr(applications, name):
+        raise ValueError(f"Keras {version} has no applications.{name}")
+    return getattr(applications, name)(
         weights=None, input_shape=(size, size, 3), classes=10, **kwargs
     )
 
@@ -123,22 +139,22 @@ def mnist_rgb(size, batch_size=64, limit=None):
     return (train.map(rgb).cache().prefetch(2), test.map(rgb).cache().prefetch(2))
 
 
-def agreement(name, size, epochs, *, limit=None, directory=None, **kwargs):
+def agreement(name, size, epochs, *, limit=None, directory=None, version=2, **kwargs):
     """Test accuracy of `name` trained `epochs` on mnist5k, of its QAT copy
     after one epoch, and of the QAT copy's int8 TFLite file."""
     import tfopt
-    from tfopt import keras
 
+    keras = api(version)
     keras.backend.clear_session()
     train, test = mnist_rgb(size, limit=limit)
-    model = build(name, size, **kwargs)
+    model = build(name, size, version, **kwargs)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             # The applications' 0.99-0.999 suit long training from scratch;
             # after a few hundred steps their moving statistics would still
             # be near their initial values and inference near chance.
             layer.momentum = 0.9
-    row = {"model": name, "input": size, **kwargs}
+    row = {"model": name, "input": size, "keras": int(version), **kwargs}
     start = time.perf_counter()
     model.compile(
         keras.optimizers.Adam(1e-3),
@@ -172,30 +188,33 @@ def agreement(name, size, epochs, *, limit=None, directory=None, **kwargs):
     return row
 
 
-def _step(model, x, y, callbacks=()):
-    from tfopt import keras
-
+def _step(model, x, y, callbacks=(), version=2):
+    keras = api(version)
     model.compile(
         keras.optimizers.SGD(1e-3), keras.losses.SparseCategoricalCrossentropy()
     )
     model.fit(x, y, batch_size=_BATCH, epochs=1, verbose=0, callbacks=list(callbacks))
 
 
-def measure(name, size, *, raw=True, directory=None):
-    """One row of the zoo table for `tf_keras.applications.<name>`."""
+def measure(name, size, *, raw=True, directory=None, version=2):
+    """One row of the zoo table for `<Keras>.applications.<name>` (raw
+    TFMOT columns with `raw`, for tf_keras)."""
     import numpy as np
-    import tensorflow_model_optimization as tfmot
 
     import tfopt
-    from tfopt import keras
 
-    keras.backend.clear_session()
-    model = build(name, size)
+    api(version).backend.clear_session()
+    row = {"model": name, "input": size, "keras": int(version)}
+    model, row["build"], _ = _outcome(lambda: build(name, size, version))
+    if model is None:
+        return row
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (2 * _BATCH, size, size, 3)).astype(np.float32)
     y = rng.integers(0, 10, 2 * _BATCH)
-    row = {"model": name, "input": size, "params": int(model.count_params())}
-    if raw:
+    row["params"] = int(model.count_params())
+    if raw and int(version) == 2:
+        import tensorflow_model_optimization as tfmot
+
         _, row["raw_prune"], _ = _outcome(
             lambda: tfmot.sparsity.keras.prune_low_magnitude(model)
         )
@@ -206,7 +225,7 @@ def measure(name, size, *, raw=True, directory=None):
     pruned, row["prune"], _ = _outcome(lambda: tfopt.prune(model, 0.5, end=1.0))
     if pruned is not None:
         _, row["prune"], _ = _outcome(
-            lambda: _step(pruned, x, y, [tfopt.PruningCallback()])
+            lambda: _step(pruned, x, y, [tfopt.PruningCallback()], version)
         )
         stripped, row["strip"], _ = _outcome(lambda: tfopt.strip(pruned))
     source = stripped if pruned is not None and stripped is not None else model
@@ -218,7 +237,7 @@ def measure(name, size, *, raw=True, directory=None):
     if qat is None:
         return row
     row["float_layers"] = list(qat.tfopt_skipped_layers)
-    _, row["qat_fit"], _ = _outcome(lambda: _step(qat, x, y))
+    _, row["qat_fit"], _ = _outcome(lambda: _step(qat, x, y, version=version))
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         path = os.path.join(tmp, f"{name}.tflite")
         _, row["export"], _ = _outcome(
@@ -346,7 +365,13 @@ def main(argv):
             size, kwargs, epochs = AGREEMENT[name]
             logging.info("agreement: %s", name)
             rows.append(
-                agreement(name, size, FLAGS.agreement_epochs or epochs, **kwargs)
+                agreement(
+                    name,
+                    size,
+                    FLAGS.agreement_epochs or epochs,
+                    version=FLAGS.keras,
+                    **kwargs,
+                )
             )
             logging.info("  %s", rows[-1])
             with open(FLAGS.output, "w") as file:
@@ -355,7 +380,7 @@ def main(argv):
     rows = []
     for name in FLAGS.models:
         logging.info("zoo: %s", name)
-        rows.append(measure(name, MODELS[name]))
+        rows.append(measure(name, MODELS[name], version=FLAGS.keras))
         row = rows[-1]
         logging.info(
             "  %s: quantize %.1f s (raw %.1f s), pipeline %.1f s, "

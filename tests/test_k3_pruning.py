@@ -425,3 +425,32 @@ def test_depthwise_convolutions_are_pruned_strip_and_report(digits):
     rows = {row.layer: row for row in tfopt.sparsity_report(tfopt.strip(pruned)).rows}
     for name in depthwise:
         assert rows[name].sparsity == pytest.approx(0.5, abs=0.06), name
+
+
+def test_attention_and_recurrent_layers_are_named_and_counted():
+    # A transformer student once reported "50%" while a quarter of its
+    # weights were zeros: the attention's stayed dense, unnamed and uncounted.
+    inputs = keras.Input((6, 8))
+    x = keras.layers.MultiHeadAttention(2, 4, name="attention")(inputs, inputs)
+    x = keras.layers.LSTM(8, name="lstm")(x)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="logits")(x))
+    with pytest.warns(UserWarning) as caught:
+        pruned = tfopt.prune(model, 0.5, end=1.0)
+    message = str(caught[0].message)
+    assert message.startswith(
+        "prune: these layers' weights stay dense: "
+        "['attention (MultiHeadAttention)', 'lstm (LSTM)']"
+    )
+    pruned.compile(optimizer="sgd", loss="mse")
+    pruned.fit(
+        np.ones((8, 6, 8)),
+        np.ones((8, 4)),
+        epochs=2,
+        verbose=0,
+        callbacks=[tfopt.PruningCallback()],
+    )
+    report = tfopt.sparsity_report(tfopt.strip(pruned))
+    assert {r.layer for r in report.rows} == {"attention", "lstm", "logits"}
+    assert report.layer("logits")[0].sparsity == pytest.approx(0.5)
+    dense = sum(r.params for r in report.rows if r.layer != "logits")
+    assert report.sparsity == pytest.approx(16 / (dense + 32), abs=0.01)

@@ -143,7 +143,19 @@ def _mobilenet_v3_block():
     return keras.Model(inputs, keras.layers.Dense(10)(x), name="mobilenet_v3_block")
 
 
-@pytest.mark.parametrize("build", [_dense_block, _mobilenet_v3_block])
+def _separable_block():
+    # Xception's and NASNet's separable convolutions: TFLite runs a
+    # depthwise and a pointwise convolution, with a range between them.
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.SeparableConv2D(8, 3, padding="same", use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.SeparableConv2D(8, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(x), name="separable_block")
+
+
+@pytest.mark.parametrize("build", [_dense_block, _mobilenet_v3_block, _separable_block])
 def test_blocks_are_integer_end_to_end_and_agree_with_the_file(build, tmp_path):
     keras.utils.set_random_seed(0)
     x, y = _data((16, 16, 3), 96)

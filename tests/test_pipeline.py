@@ -5,6 +5,7 @@ import logging
 
 import pytest
 
+import tfopt
 from tfopt import models
 from tfopt.job import measure, pipeline
 from tfopt.job.config import Config, ConfigError
@@ -156,6 +157,30 @@ def test_keras3_models_go_teacher_distill_prune_int8_report(tmp_path, caplog):
         again = pipeline.run(config)
     assert "finished earlier" in caplog.text
     assert _without_latency(again.rows) == _without_latency(first.rows)
+
+
+@pytest.mark.slow
+def test_keras3_prune_qat_int8_and_saved_model(tmp_path):
+    config = Config(
+        model_dir=str(tmp_path),
+        keras="3",
+        model="student_cnn",
+        prune=True,
+        target_sparsity=0.5,
+        qat=True,
+        qat_epochs=1,
+        export=("tflite_int8", "saved_model"),
+        **QUICK,
+    )
+    result = pipeline.run(config)
+    rows = {row["artifact"]: row for row in result.rows}
+    assert list(rows) == ["baseline", "pruned", "qat", "tflite_int8", "saved_model"]
+    # QAT kept the pruned zeros, and the int8 file computes what QAT did.
+    assert rows["qat"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert abs(rows["tflite_int8"]["accuracy"] - rows["qat"]["accuracy"]) <= 0.02
+    ops = tfopt.export.tflite_ops(str(tmp_path / "export" / "model_int8.tflite"))
+    assert (ops.quantize, ops.dequantize, ops.float_ops) == (1, 1, ())
+    assert (tmp_path / "export" / "saved_model" / "saved_model.pb").exists()
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,34 @@ def test_int8_file_agrees_with_the_qat_model_when_trained(name, tmp_path):
     assert abs(row["difference"]) <= 0.005, row
 
 
+# keras.applications (Keras 3) lacks these tf_keras families.
+KERAS3_MISSING = {"ResNetRS50"}
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("name", sorted(set(zoo.MODELS) - KERAS3_MISSING))
+def test_every_keras3_family(name, tmp_path):
+    _check(zoo.measure(name, zoo.MODELS[name], directory=tmp_path, version=3))
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("name", sorted(zoo.AGREEMENT))
+def test_keras3_int8_file_agrees_with_the_qat_model_when_trained(name, tmp_path):
+    size, kwargs, epochs = zoo.AGREEMENT[name]
+    row = zoo.agreement(name, size, epochs, directory=tmp_path, version=3, **kwargs)
+    assert row["float_ops"] == 0 and row["quantize_ops"] == 1, row
+    assert row["qat_accuracy"] > 0.5, row
+    assert abs(row["difference"]) <= 0.005, row
+
+
+def test_keras3_lacks_only_the_families_named():
+    from tfopt import models
+    from tfopt.core.kerases import Keras
+
+    applications = models.keras_module(Keras.KERAS3).applications
+    assert {n for n in zoo.MODELS if not hasattr(applications, n)} == KERAS3_MISSING
+
+
 def test_table_rows():
     row = {
         "model": "M",

@@ -125,6 +125,14 @@ class PruningMask(keras.constraints.Constraint):
         }
 
 
+def unprunable(layer):
+    """Whether `layer` holds matrices (weights of rank 2 or more: attention,
+    recurrent or custom layers) that tfopt does not prune."""
+    return not prunable(layer) and any(
+        len(w.shape) >= 2 for w in layer.trainable_weights
+    )
+
+
 def flat_layers(model):
     """Every layer of `model`, nested models flattened, inputs left out."""
     return selection.flat_layers(model, keras)
@@ -219,6 +227,16 @@ def prune(
     selected = selection.select(
         all_layers, [x for x in all_layers if prunable(x)], layers, exclude, "tfopt"
     )
+    left = [f"{x.name} ({type(x).__name__})" for x in all_layers if unprunable(x)]
+    if left and layers is None:
+        warnings.warn(
+            f"prune: these layers' weights stay dense: {left} (tfopt prunes the "
+            "kernels of Dense, EinsumDense, convolutions and Embedding; attention, "
+            "recurrent and custom layers are not pruned yet). sparsity_report "
+            "counts their weights, so its overall sparsity is of the whole model.",
+            UserWarning,
+            stacklevel=3,
+        )
     fits = {}
     for layer in selected:
         weight = getattr(layer, prunable(layer)[0])

@@ -27,109 +27,17 @@ what TFLite's int8 kernels will do to it:
 import warnings
 
 import keras
+import numpy as np
 
 from tfopt.core import checks
 from tfopt.core import selection as _selection
-from tfopt.keras3 import graph, pruning, quantizers
+from tfopt.keras3 import graph, int8, pruning, quantizers
 from tfopt.keras3.quantizers import (
     FIXED_RANGES,
     FUSED,
-    KINDS,
     QuantizedLayer,
     QuantizeRange,
 )
-
-# Run by TFLite in their input's scale: no range of their own.
-_SAME_SCALE = {
-    "InputLayer", "Identity", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
-    "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
-    "ActivityRegularization", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
-    "AveragePooling1D", "AveragePooling2D", "GlobalMaxPooling1D",
-    "GlobalMaxPooling2D", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
-    "Cropping1D", "Cropping2D", "Cropping3D", "Reshape", "Flatten", "Permute",
-    "RepeatVector",
-    # keras.ops of the functional API (x[..., :4], ops.reshape, ...)
-    "GetItem", "ExpandDims", "Squeeze", "Transpose", "Pad",
-}  # fmt: skip
-# An int8 TFLite kernel whose output has a scale of its own.
-_OWN_RANGE = {
-    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
-    "Concatenate", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
-    "Rescaling", "ReLU", "LeakyReLU", "Softmax", "UpSampling1D", "UpSampling2D",
-    # keras.ops of the functional API (x + 3.0, ops.relu6(x), ...)
-    "Divide", "TrueDivide", "Relu", "Relu6", "HardSigmoid", "HardSilu",
-    "Sigmoid", "Mean",
-}  # fmt: skip
-# Activations (by name) with an int8 TFLite kernel.
-_INT8_ACTIVATIONS = {
-    "linear", "relu", "relu6", "sigmoid", "softmax", "tanh", "swish", "silu",
-    "hard_swish", "hard_silu", "hard_sigmoid", "leaky_relu", "elu", "gelu",
-}  # fmt: skip
-
-
-def _plans(model, layers, chosen):
-    """Which layers fold into which: {conv name: (bn, relu)}, and the names
-    of the layers folded away (become identities)."""
-    by_name = {op.name: op for op in model.operations}
-    plans, absorbed = {}, set()
-    for layer in model.layers:
-        if not _wrappable(layer) or layer.name not in chosen:
-            continue
-        name, norm, relu = layer.name, None, graph.activation_name(layer)
-        tail = name
-        if relu == "linear":
-            relu = None
-            readers = [n for n, s in layers.inputs.items() if s == [name]]
-            for reader in readers:
-                candidate = by_name[reader]
-                if (
-                    type(candidate).__name__ == "BatchNormalization"
-                    and reader in chosen
-                    and layers.only_reader(reader, name)
-                    and candidate.axis in (-1, len(candidate.input.shape) - 1)
-                ):
-                    norm, tail = candidate, reader
-            readers = [n for n, s in layers.inputs.items() if s == [tail]]
-            for reader in readers:
-                kind = graph.relu_kind(by_name[reader])
-                if kind and reader in chosen and layers.only_reader(reader, tail):
-                    relu = kind
-                    absorbed.add(reader)
-        if norm is not None:
-            absorbed.add(norm.name)
-        plans[name] = (norm, relu)
-    return plans, absorbed
-
-
-def _wrappable(layer):
-    kind = type(layer).__name__
-    if kind not in KINDS:
-        return False
-    config = layer.get_config()
-    if config.get("groups", 1) != 1 or config.get("padding") == "causal":
-        return False
-    return kind != "Dense" or len(layer.kernel.shape) == 2
-
-
-def _why_float(layer):
-    kind = type(layer).__name__
-    if kind in KINDS:
-        return "a grouped or causal convolution, which TFLite has no int8 kernel for"
-    if kind == "BatchNormalization":
-        return (
-            "a BatchNormalization that follows no convolution or Dense, over a "
-            "tensor that is not an image"
-        )
-    if kind == "LayerNormalization":
-        return "TFLite has no int8 layer-norm kernel"
-    if kind == "Lambda":
-        return "arbitrary code that tfopt cannot quantize"
-    if kind == "Activation":
-        name = graph.activation_name(layer)
-        return f"TFLite has no int8 kernel for the {name!r} activation"
-    if not type(layer).__module__.startswith("keras."):
-        return "a custom layer: tfopt does not know what TFLite will make of it"
-    return f"TFLite has no int8 kernel tfopt knows of for {kind}"
 
 
 class _Builder:
@@ -140,6 +48,7 @@ class _Builder:
         self.sparse = preserve_sparsity
         self.names = set()
         self.after = {}  # id(new layer) -> what follows its call
+        self.before = {}  # id(new layer) -> what precedes it (on its first input)
         self.copies = []  # (new layer, original layer, folded batch norm)
         self.floats = {}  # name -> why
         self.input_ranges = {}
@@ -203,14 +112,23 @@ class _Builder:
             norm, relu = plans[name]
             config = {**layer.get_config(), "activation": "linear"}
             own = graph.activation_name(layer)
+            source, depthwise = layer, None
+            if kind == int8.SEPARABLE:
+                config, source, depthwise = self.separable(layer, config)
+            else:
+                config = keras.layers.serialize(layer.__class__.from_config(config))
             new = QuantizedLayer(
-                keras.layers.serialize(layer.__class__.from_config(config)),
+                config,
                 None if norm is None else keras.layers.serialize(norm),
                 relu or "linear",
                 self.sparse,
                 name=name,
             )
-            self.copies.append((new, layer, norm))
+            self.copies.append((new, source, norm))
+            if depthwise is not None:
+                self.before[id(new)] = lambda t: self.range(
+                    depthwise(t), depthwise.name
+                )
             self.replacing(new)
             self.after[id(new)] = lambda t: self.activation(
                 self.range(t, name), name, None if own in FUSED else own
@@ -220,44 +138,112 @@ class _Builder:
         self.copies.append((new, layer, None))
         if name not in self.chosen:
             return new
-        if kind == "BatchNormalization" and len(layer.input.shape) == 4:
-            return self.norm_as_depthwise(layer)
+        affine = ("BatchNormalization", "Rescaling", "Normalization")
+        image = kind in affine and len(layer.input.shape) == 4
+        if kind == "BatchNormalization" and image:
+            return self.as_depthwise(layer, np.float32(1), None, layer)
+        if kind in ("Rescaling", "Normalization") and image:
+            replaced = self.affine(layer, kind)
+            if replaced is not None:
+                self.after[id(replaced)] = lambda t: self.range(t, name)
+                return replaced
         return self.classified(layer, new, kind, name)
 
     def classified(self, layer, new, kind, name):
         """`new` (the copy of `layer`), with what follows it by its kind."""
-        if kind in _SAME_SCALE:
+        if kind in int8.SAME_SCALE:
             return new
         if kind == "Activation":
             activation = graph.activation_name(layer)
-            if activation in _INT8_ACTIVATIONS:
+            if activation in int8.INT8_ACTIVATIONS:
                 identity = self.replacing(keras.layers.Identity(name=name))
                 self.after[id(identity)] = lambda t: self.activation(
                     t, name, activation
                 )
                 return identity
-        elif kind in _OWN_RANGE:
+        elif kind in int8.OWN_RANGE:
             fixed = FIXED_RANGES["softmax"] if kind == "Softmax" else None
             self.after[id(new)] = lambda t: self.range(t, name, fixed)
             return new
-        self.floats[name] = _why_float(layer)
+        self.floats[name] = int8.why_float(layer)
         self.after[id(new)] = lambda t: self.range(t, name)
         return new
 
-    def norm_as_depthwise(self, norm):
-        channels = norm.input.shape[-1]
-        depthwise = keras.layers.DepthwiseConv2D(1, use_bias=False, trainable=False)
+    def separable(self, layer, config):
+        """A SeparableConv2D's pointwise half (its config and weights), and
+        its depthwise half, a QuantizedLayer to call (and range) before it."""
+        name = layer.name
+        depthwise = keras.layers.DepthwiseConv2D(
+            **{
+                key: config[key]
+                for key in (
+                    "kernel_size",
+                    "strides",
+                    "padding",
+                    "depth_multiplier",
+                    "data_format",
+                    "dilation_rate",
+                )
+            },
+            use_bias=False,
+        )
+        depthwise = QuantizedLayer(
+            keras.layers.serialize(depthwise),
+            None,
+            "linear",
+            False,
+            name=self.unique(f"{name}_depthwise"),
+        )
+        self.copies.append((depthwise, [layer.depthwise_kernel.numpy()], None))
+        pointwise = keras.layers.Conv2D(
+            config["filters"],
+            1,
+            data_format=config["data_format"],
+            use_bias=config["use_bias"],
+        )
+        weights = [layer.pointwise_kernel.numpy()]
+        if config["use_bias"]:
+            weights.append(layer.bias.numpy())
+        return keras.layers.serialize(pointwise), weights, depthwise
+
+    def as_depthwise(self, layer, kernel, bias, norm=None):
+        """`layer`, an affine map of an image's channels, as a 1x1 depthwise
+        convolution of fixed `kernel` and `bias` (a BatchNormalization
+        `norm` folded in): one int8 DEPTHWISE_CONV_2D, where TFLite would
+        otherwise run a MUL and an ADD with no range between them."""
+        channels = layer.input.shape[-1]
+        depthwise = keras.layers.DepthwiseConv2D(
+            1, use_bias=bias is not None, trainable=False
+        )
         depthwise.build((None, 1, 1, channels))
         new = QuantizedLayer(
             keras.layers.serialize(depthwise),
-            keras.layers.serialize(norm),
+            None if norm is None else keras.layers.serialize(norm),
             "linear",
             False,
-            name=norm.name,
+            name=layer.name,
         )
-        self.copies = [c for c in self.copies if c[1] is not norm]
-        self.copies.append((new, None, norm))
+        weights = [np.broadcast_to(kernel, (channels,)).reshape(1, 1, channels, 1)]
+        if bias is not None:
+            weights.append(np.broadcast_to(bias, (channels,)))
+        self.copies = [c for c in self.copies if c[1] is not layer]
+        self.copies.append((new, weights, norm))
         return self.replacing(new)
+
+    def affine(self, layer, kind):
+        """A Rescaling or Normalization over an image's channels as a 1x1
+        depthwise convolution, or None where it is not one."""
+        config = layer.get_config()
+        if kind == "Rescaling":
+            return self.as_depthwise(layer, config["scale"], config["offset"])
+        if config.get("invert") or config.get("axis") not in (-1, (-1,), [-1]):
+            return None
+        mean = np.asarray(layer.mean, "float32").reshape(-1)
+        deviation = np.maximum(
+            np.sqrt(np.asarray(layer.variance, "float32").reshape(-1)),
+            keras.backend.epsilon(),
+        )
+        return self.as_depthwise(layer, 1 / deviation, -mean / deviation)
 
     def replacing(self, layer):
         self.replacements.add(id(layer))
@@ -281,7 +267,7 @@ class _Builder:
         if isinstance(model, keras.Sequential):
             model = keras.Model(model.inputs, model.outputs, name=model.name)
         layers = graph.Graph(model)
-        plans, absorbed = _plans(model, layers, self.chosen)
+        plans, absorbed = int8.plans(model, layers, self.chosen)
         kinds = {op.name: type(op).__name__ for op in model.operations}
         self.shared.update(
             graph.shared_ranges(
@@ -289,7 +275,10 @@ class _Builder:
                 joins=lambda name: kinds.get(name) == "Concatenate",
                 through=lambda name: (
                     name in absorbed
-                    or (kinds.get(name) in _SAME_SCALE and kinds[name] != "InputLayer")
+                    or (
+                        kinds.get(name) in int8.SAME_SCALE
+                        and kinds[name] != "InputLayer"
+                    )
                 ),
             )
         )
@@ -311,6 +300,9 @@ class _Builder:
                 # The replaced layer's call arguments (a batch norm's
                 # `mask=None`) mean nothing to its replacement.
                 kwargs = {k: v for k, v in kwargs.items() if v is not None}
+            before = self.before.get(id(layer))
+            if before is not None:
+                args = (before(args[0]), *args[1:])
             outputs = layer(*args, **kwargs)
             after = self.after.get(id(layer))
             return outputs if after is None else after(outputs)
@@ -327,10 +319,10 @@ class _Builder:
     def copy_weights(self):
         for new, old, norm in self.copies:
             if isinstance(new, QuantizedLayer):
-                if old is not None:
-                    new.layer.set_weights(old.get_weights())
-                else:
-                    new.layer.set_weights([keras.ops.ones(new.layer.kernel.shape)])
+                # `old`: the layer replaced, or the fixed weights of `as_depthwise`
+                new.layer.set_weights(
+                    old if isinstance(old, list) else old.get_weights()
+                )
                 if norm is not None:
                     new.batch_norm.set_weights(norm.get_weights())
                 if new.sparse:

@@ -5,12 +5,33 @@ import keras
 import numpy as np
 
 from tfopt.core.sparsity import SparsityReport, check_m_by_n, row
-from tfopt.keras3.pruning import PruningMask, flat_layers, prunable, values_of
+from tfopt.keras3.pruning import (
+    PruningMask,
+    flat_layers,
+    prunable,
+    unprunable,
+    values_of,
+)
+from tfopt.keras3.quantizers import QuantizedLayer
 
 
 def rows(model, m_by_n):
     """`tfopt.core.sparsity.Row`s of the prunable weights of Keras 3 `model`."""
     for layer in flat_layers(model):
+        if isinstance(layer, QuantizedLayer):
+            # A QAT model's kernel as it computes with it: its sparsity mask
+            # applied (a batch norm made a depthwise has no kernel to count).
+            if layer.layer.trainable:
+                kernel = layer.layer.kernel
+                values = kernel.numpy() * (layer.mask.numpy() if layer.sparse else 1)
+                yield row(layer.name, kernel, values, layer.sparse, m_by_n)
+            continue
+        if unprunable(layer):
+            # Counted, so that the overall figure is of the whole model.
+            for weight in layer.trainable_weights:
+                if len(weight.shape) >= 2:
+                    yield row(layer.name, weight, weight.numpy(), False, m_by_n)
+            continue
         names = prunable(layer)
         if not names:
             continue

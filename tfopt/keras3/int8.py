@@ -1,0 +1,104 @@
+"""What TFLite's int8 kernels make of each Keras 3 layer (and functional-API
+op), for `tfopt.keras3.quantization`: which run in their input's scale,
+which have an output scale of their own, which convolutions a batch norm
+and a ReLU fold into, and why the others stay float.
+"""
+
+from tfopt.keras3 import graph
+from tfopt.keras3.quantizers import KINDS
+
+# Split into a depthwise and a pointwise QuantizedLayer (as the converter
+# splits it), the range between them learned.
+SEPARABLE = "SeparableConv2D"
+
+# Run by TFLite in their input's scale: no range of their own.
+SAME_SCALE = {
+    "InputLayer", "Identity", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+    "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
+    "ActivityRegularization", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
+    "AveragePooling1D", "AveragePooling2D", "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
+    "Cropping1D", "Cropping2D", "Cropping3D", "Reshape", "Flatten", "Permute",
+    "RepeatVector",
+    # keras.ops of the functional API (x[..., :4], ops.reshape, ...)
+    "GetItem", "ExpandDims", "Squeeze", "Transpose", "Pad",
+}  # fmt: skip
+# An int8 TFLite kernel whose output has a scale of its own.
+OWN_RANGE = {
+    "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
+    "Concatenate", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
+    "Rescaling", "ReLU", "LeakyReLU", "Softmax", "UpSampling1D", "UpSampling2D",
+    # keras.ops of the functional API (x + 3.0, ops.relu6(x), ...)
+    "Divide", "TrueDivide", "Relu", "Relu6", "HardSigmoid", "HardSilu",
+    "Sigmoid", "Mean",
+}  # fmt: skip
+# Activations (by name) with an int8 TFLite kernel.
+INT8_ACTIVATIONS = {
+    "linear", "relu", "relu6", "sigmoid", "softmax", "tanh", "swish", "silu",
+    "hard_swish", "hard_silu", "hard_sigmoid", "leaky_relu", "elu", "gelu",
+}  # fmt: skip
+
+
+def plans(model, layers, chosen):
+    """Which layers fold into which: {conv name: (bn, relu)}, and the names
+    of the layers folded away (become identities)."""
+    by_name = {op.name: op for op in model.operations}
+    plans, absorbed = {}, set()
+    for layer in model.layers:
+        if not wrappable(layer) or layer.name not in chosen:
+            continue
+        name, norm, relu = layer.name, None, graph.activation_name(layer)
+        tail = name
+        if relu == "linear":
+            relu = None
+            readers = [n for n, s in layers.inputs.items() if s == [name]]
+            for reader in readers:
+                candidate = by_name[reader]
+                if (
+                    type(candidate).__name__ == "BatchNormalization"
+                    and reader in chosen
+                    and layers.only_reader(reader, name)
+                    and candidate.axis in (-1, len(candidate.input.shape) - 1)
+                ):
+                    norm, tail = candidate, reader
+            readers = [n for n, s in layers.inputs.items() if s == [tail]]
+            for reader in readers:
+                kind = graph.relu_kind(by_name[reader])
+                if kind and reader in chosen and layers.only_reader(reader, tail):
+                    relu = kind
+                    absorbed.add(reader)
+        if norm is not None:
+            absorbed.add(norm.name)
+        plans[name] = (norm, relu)
+    return plans, absorbed
+
+
+def wrappable(layer):
+    kind = type(layer).__name__
+    if kind not in (*KINDS, SEPARABLE):
+        return False
+    config = layer.get_config()
+    if config.get("groups", 1) != 1 or config.get("padding") == "causal":
+        return False
+    return kind != "Dense" or len(layer.kernel.shape) == 2
+
+
+def why_float(layer):
+    kind = type(layer).__name__
+    if kind in KINDS:
+        return "a grouped or causal convolution, which TFLite has no int8 kernel for"
+    if kind == "BatchNormalization":
+        return (
+            "a BatchNormalization that follows no convolution or Dense, over a "
+            "tensor that is not an image"
+        )
+    if kind == "LayerNormalization":
+        return "TFLite has no int8 layer-norm kernel"
+    if kind == "Lambda":
+        return "arbitrary code that tfopt cannot quantize"
+    if kind == "Activation":
+        name = graph.activation_name(layer)
+        return f"TFLite has no int8 kernel for the {name!r} activation"
+    if not type(layer).__module__.startswith("keras."):
+        return "a custom layer: tfopt does not know what TFLite will make of it"
+    return f"TFLite has no int8 kernel tfopt knows of for {kind}"
