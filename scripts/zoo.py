@@ -82,6 +82,7 @@ if "models" not in flags.FLAGS:
         "--agreement: float training epochs (default: each model's in AGREEMENT).",
     )
     flags.DEFINE_bool("timing", False, "Time quantize against raw TFMOT instead.")
+if "keras" not in flags.FLAGS:  # train.py's (tfopt.job.flags), when imported
     flags.DEFINE_enum(
         "keras", "2", ["2", "3"], "The applications of tf_keras (2) or Keras 3."
     )

@@ -211,16 +211,14 @@ def test_export_bad_arguments(out, kwargs, error, message):
 
 
 def test_export_and_evaluate_bad_models(keras3, out, digits):
-    with pytest.raises(
-        TypeError,
-        match=(
-            r"^`model` must be a tf_keras model: tfopt.export_saved_model is not "
-            r"available for Keras 3 models yet"
-        ),
-    ):
-        tfopt.export_saved_model(
-            keras3.Sequential([keras3.Input((2,)), keras3.layers.Dense(1)]), out / "k3"
-        )
+    # A Keras 3 model exports its `serve` signature (no refusal any more),
+    # and never over what is there.
+    sequential = keras3.Sequential([keras3.Input((2,)), keras3.layers.Dense(1)])
+    made = tfopt.export_saved_model(sequential, out / "k3")
+    with pytest.raises(FileExistsError, match=r"^`path` already exists"):
+        tfopt.export_saved_model(sequential, made.path)
+    x = np.ones((3, 2), np.float32)
+    np.testing.assert_allclose(tfopt.load_model(made.path)(x), sequential(x), rtol=1e-6)
     with pytest.raises(TypeError, match=r"^`model` must be a tf_keras Model"):
         tfopt.export_saved_model("model", out / "x")
     with pytest.raises(

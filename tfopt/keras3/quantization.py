@@ -309,7 +309,10 @@ class _Builder:
 
         copy = keras.models.clone_model(
             model,
-            input_tensors=inputs if len(inputs) > 1 else inputs[0],
+            # In the structure of `model.input`: one tensor, or a list.
+            input_tensors=inputs
+            if isinstance(model.input, (list, tuple))
+            else inputs[0],
             clone_function=lambda layer: self.clone(layer, plans, absorbed),
             call_function=call,
         )
