@@ -47,3 +47,13 @@ def test_same_distilled_pruned_student_on_two_worker_processes():
             np.testing.assert_allclose(a, b, atol=1e-5)
         for name in ("loss", "student_loss", "distillation_loss"):
             assert logged[name] == pytest.approx(history[name], rel=1e-4), name
+
+
+def test_same_qat_ranges_and_weights_on_two_worker_processes():
+    # The batch extremes are gathered over the workers before the moving
+    # average, and the trainer fix applies to QAT models.
+    results = cluster.run_workers(k3.qat_multi_worker_job)
+    single = k3.train_qat(tfopt.get_strategy("default"))
+    for worker in results:
+        for a, b in zip(single, worker, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

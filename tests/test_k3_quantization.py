@@ -313,3 +313,22 @@ def test_range_layers_round_trip_their_config():
     for layer in (QuantizeRange(), QuantizeRange(fixed=(0.0, 255 / 256))):
         again = QuantizeRange.from_config(layer.get_config())
         assert again.get_config() == layer.get_config()
+
+
+def test_a_nested_sequential_is_quantized_inside(tmp_path):
+    # ConvNeXt's stem is a Sequential inside the functional model.
+    stem = keras.Sequential(
+        [keras.layers.Conv2D(4, 2, strides=2), keras.layers.BatchNormalization()],
+        name="stem",
+    )
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.GlobalAveragePooling2D()(stem(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(10)(x))
+    x, y = _data((8, 8, 3))
+    qat = _fine_tuned(tfopt.quantize(model), x, y)
+    inner = sorted(type(layer).__name__ for layer in qat.get_layer("stem").layers)
+    assert inner == ["Identity", "InputLayer", "QuantizeRange", "QuantizedLayer"]
+    path = str(tmp_path / "nested.tflite")
+    tfopt.export_tflite(qat, path, quantization="int8")
+    ops = tfopt.export.tflite_ops(path)
+    assert (ops.quantize, ops.dequantize, ops.float_ops) == (1, 1, ())

@@ -845,3 +845,24 @@ def test_scalar_op_round_trips_and_checks_its_op():
         r"Received: op='pow'$",
     ):
         rewrite.ScalarOp("pow", 2.0)
+
+
+def test_a_diverged_range_is_refused_before_the_converter(tmp_path):
+    # The converter handed NaN ranges can crash the process; the export
+    # names the range and the layer instead.
+    qat = tfopt.quantize(models.build("tfmot_mnist", (8, 8), 10))
+    layer, weight = next(
+        (layer, w)
+        for layer in qat.layers
+        for w in layer.non_trainable_weights
+        if w.name.split("/")[-1].split(":")[0].endswith("_max")
+    )
+    weight.assign(np.full(weight.shape, np.nan, np.float32))
+    path = tmp_path / "nan.tflite"
+    with pytest.raises(
+        ValueError,
+        match=rf"^The quantization range '\w+_max' of layer '{layer.name}' is .*"
+        "training diverged",
+    ):
+        tfopt.export_tflite(qat, str(path), quantization="int8")
+    assert not path.exists()

@@ -31,9 +31,10 @@ def quantize(
     `tfopt.export_tflite(..., quantization="int8")`.
 
     Args:
-        model: A built Sequential or functional model of either Keras. Nested
-            models are flattened. A model that is still pruned is stripped
-            first (with a warning).
+        model: A built Sequential or functional model of either Keras.
+            Nested models are flattened (tf_keras) or quantized inside
+            (Keras 3). A model that is still pruned is stripped first (with
+            a warning).
         layers: Layers to quantize: names, regular expressions or classes.
             Defaults to `None` (every layer).
         exclude: Layers to keep in float, in the same forms. Defaults to

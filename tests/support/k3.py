@@ -87,6 +87,24 @@ def distilled_multi_worker_job():
     return train_distilled(tfopt.get_strategy("multi_worker"), pruned=True)
 
 
+def train_qat(strategy, *, global_batch=16, seed=0):
+    """Two epochs of a Keras 3 CNN's QAT copy with SGD; returns its weights
+    (kernels, biases and the learned ranges)."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((64, 8, 8, 1)).astype(np.float32)
+    y = rng.integers(0, 10, 64).astype(np.int32)
+    keras.utils.set_random_seed(seed)
+    with strategy.scope():
+        qat = tfopt.quantize(cnn((8, 8, 1)))
+        qat.compile(optimizer=keras.optimizers.SGD(0.05), loss=LOSS)
+    qat.fit(_dataset(x, y, global_batch), epochs=2, verbose=0)
+    return [w.numpy() for w in qat.weights]
+
+
+def qat_multi_worker_job():
+    return train_qat(tfopt.get_strategy("multi_worker"))
+
+
 def plain_fit(strategy, *, fixed):
     """One epoch of a plain Keras 3 MLP; `fixed` applies tfopt's multi-worker
     fix. Returns the weights and History."""

@@ -4,6 +4,9 @@ which have an output scale of their own, which convolutions a batch norm
 and a ReLU fold into, and why the others stay float.
 """
 
+import keras
+import numpy as np
+
 from tfopt.keras3 import graph
 from tfopt.keras3.quantizers import KINDS
 
@@ -102,3 +105,49 @@ def why_float(layer):
     if not type(layer).__module__.startswith("keras."):
         return "a custom layer: tfopt does not know what TFLite will make of it"
     return f"TFLite has no int8 kernel tfopt knows of for {kind}"
+
+
+def separable_halves(layer, config):
+    """A SeparableConv2D as TFLite runs it: (a DepthwiseConv2D, its weights,
+    a 1x1 Conv2D, its weights), `config` the layer's (activation linear)."""
+    depthwise = keras.layers.DepthwiseConv2D(
+        **{
+            key: config[key]
+            for key in (
+                "kernel_size",
+                "strides",
+                "padding",
+                "depth_multiplier",
+                "data_format",
+                "dilation_rate",
+            )
+        },
+        use_bias=False,
+    )
+    pointwise = keras.layers.Conv2D(
+        config["filters"],
+        1,
+        data_format=config["data_format"],
+        use_bias=config["use_bias"],
+    )
+    weights = [layer.pointwise_kernel.numpy()]
+    if config["use_bias"]:
+        weights.append(layer.bias.numpy())
+    return depthwise, [layer.depthwise_kernel.numpy()], pointwise, weights
+
+
+def affine_map(layer, kind):
+    """(per-channel scale, offset) of a Rescaling or a (not inverted,
+    last-axis) Normalization, or None."""
+    config = layer.get_config()
+    if kind == "Rescaling":
+        return config["scale"], config["offset"]
+    axis = np.ravel(config.get("axis")) % len(layer.input.shape)
+    if config.get("invert") or axis.tolist() != [len(layer.input.shape) - 1]:
+        return None
+    mean = np.asarray(layer.mean, "float32").reshape(-1)
+    deviation = np.maximum(
+        np.sqrt(np.asarray(layer.variance, "float32").reshape(-1)),
+        keras.backend.epsilon(),
+    )
+    return 1 / deviation, -mean / deviation

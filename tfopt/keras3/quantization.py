@@ -3,8 +3,8 @@
 Keras 3's pieces (`tfopt.keras3.quantizers`).
 
 `quantize` copies a Sequential or functional model through
-`keras.models.clone_model` (nested models flattened), and gives each tensor
-what TFLite's int8 kernels will do to it:
+`keras.models.clone_model` (nested models quantized inside), and gives each
+tensor what TFLite's int8 kernels will do to it:
 
 - Conv1D/Conv2D/DepthwiseConv2D/Dense become `QuantizedLayer`s: per-channel
   int8 kernels, a BatchNormalization that only they feed folded in, a
@@ -31,7 +31,7 @@ import numpy as np
 
 from tfopt.core import checks
 from tfopt.core import selection as _selection
-from tfopt.keras3 import graph, int8, pruning, quantizers
+from tfopt.keras3 import fit, graph, int8, pruning, quantizers
 from tfopt.keras3.quantizers import (
     FIXED_RANGES,
     FUSED,
@@ -161,6 +161,20 @@ class _Builder:
                     t, name, activation
                 )
                 return identity
+        elif kind == "CustomScaleLayer" and type(layer).__module__.endswith(
+            "applications.inception_resnet_v2"
+        ):
+            # InceptionResNetV2's scaled residual sum, `x + r * scale`: a MUL
+            # and an ADD in the file, each with its range.
+            scale = float(layer.scale)
+            identity = self.replacing(keras.layers.Identity(name=name))
+            self.after[id(identity)] = lambda t: self.range(
+                keras.layers.Add(name=self.unique(f"{name}_add"))(
+                    [t[0], self.range(t[1] * scale, f"{name}_scaled")]
+                ),
+                name,
+            )
+            return identity
         elif kind in int8.OWN_RANGE:
             fixed = FIXED_RANGES["softmax"] if kind == "Softmax" else None
             self.after[id(new)] = lambda t: self.range(t, name, fixed)
@@ -172,38 +186,15 @@ class _Builder:
     def separable(self, layer, config):
         """A SeparableConv2D's pointwise half (its config and weights), and
         its depthwise half, a QuantizedLayer to call (and range) before it."""
-        name = layer.name
-        depthwise = keras.layers.DepthwiseConv2D(
-            **{
-                key: config[key]
-                for key in (
-                    "kernel_size",
-                    "strides",
-                    "padding",
-                    "depth_multiplier",
-                    "data_format",
-                    "dilation_rate",
-                )
-            },
-            use_bias=False,
-        )
+        depthwise, kernel, pointwise, weights = int8.separable_halves(layer, config)
         depthwise = QuantizedLayer(
             keras.layers.serialize(depthwise),
             None,
             "linear",
             False,
-            name=self.unique(f"{name}_depthwise"),
+            name=self.unique(f"{layer.name}_depthwise"),
         )
-        self.copies.append((depthwise, [layer.depthwise_kernel.numpy()], None))
-        pointwise = keras.layers.Conv2D(
-            config["filters"],
-            1,
-            data_format=config["data_format"],
-            use_bias=config["use_bias"],
-        )
-        weights = [layer.pointwise_kernel.numpy()]
-        if config["use_bias"]:
-            weights.append(layer.bias.numpy())
+        self.copies.append((depthwise, kernel, None))
         return keras.layers.serialize(pointwise), weights, depthwise
 
     def as_depthwise(self, layer, kernel, bias, norm=None):
@@ -233,17 +224,8 @@ class _Builder:
     def affine(self, layer, kind):
         """A Rescaling or Normalization over an image's channels as a 1x1
         depthwise convolution, or None where it is not one."""
-        config = layer.get_config()
-        if kind == "Rescaling":
-            return self.as_depthwise(layer, config["scale"], config["offset"])
-        if config.get("invert") or config.get("axis") not in (-1, (-1,), [-1]):
-            return None
-        mean = np.asarray(layer.mean, "float32").reshape(-1)
-        deviation = np.maximum(
-            np.sqrt(np.asarray(layer.variance, "float32").reshape(-1)),
-            keras.backend.epsilon(),
-        )
-        return self.as_depthwise(layer, 1 / deviation, -mean / deviation)
+        found = int8.affine_map(layer, kind)
+        return None if found is None else self.as_depthwise(layer, *found)
 
     def replacing(self, layer):
         self.replacements.add(id(layer))
@@ -262,8 +244,10 @@ class _Builder:
 
         return tuple(ranged(a) for a in args)
 
-    def rebuild(self, model, inputs):
-        """`model`'s graph (functional) on `inputs`, quantized; its outputs."""
+    def rebuild(self, model, top):
+        """A quantized copy of `model` (functional, or Sequential made so);
+        the `top` model ranges its float inputs, a nested one leaves that
+        to the graph it is called in."""
         if isinstance(model, keras.Sequential):
             model = keras.Model(model.inputs, model.outputs, name=model.name)
         layers = graph.Graph(model)
@@ -282,20 +266,20 @@ class _Builder:
                 ),
             )
         )
-        top = inputs is None
-        if top:
-            names = graph.output_names(model.get_config()["input_layers"])
-            inputs = [
-                keras.Input(batch_shape=t.shape, dtype=t.dtype, name=name)
-                for t, name in zip(model.inputs, names, strict=True)
-            ]
+        names = graph.output_names(model.get_config()["input_layers"])
+        inputs = [
+            keras.Input(batch_shape=t.shape, dtype=t.dtype, name=name)
+            for t, name in zip(model.inputs, names, strict=True)
+        ]
         entry = {id(t): n for t, n in zip(inputs, names, strict=True)} if top else {}
 
         def call(layer, *args, **kwargs):
             args = self.inputs_of(args, entry)
             if isinstance(layer, keras.Model):
-                # A nested model's layers join this graph (flattened).
-                return self.rebuild(layer, list(args)).outputs_of
+                # A nested model stays one, quantized inside (Keras 3 builds
+                # no model from a graph's inner tensors, so it cannot be
+                # inlined through clone_model).
+                return self.rebuild(layer, False)(*args, **kwargs)
             if id(layer) in self.replacements:
                 # The replaced layer's call arguments (a batch norm's
                 # `mask=None`) mean nothing to its replacement.
@@ -307,7 +291,7 @@ class _Builder:
             after = self.after.get(id(layer))
             return outputs if after is None else after(outputs)
 
-        copy = keras.models.clone_model(
+        return keras.models.clone_model(
             model,
             # In the structure of `model.input`: one tensor, or a list.
             input_tensors=inputs
@@ -316,8 +300,6 @@ class _Builder:
             clone_function=lambda layer: self.clone(layer, plans, absorbed),
             call_function=call,
         )
-        copy.outputs_of = copy.outputs if len(copy.outputs) > 1 else copy.outputs[0]
-        return copy
 
     def copy_weights(self):
         for new, old, norm in self.copies:
@@ -367,7 +349,7 @@ def quantize(model, layers, exclude, preserve_sparsity, skip_unsupported):
     dropped = _selection.pick(candidates, exclude, "exclude") if exclude else []
     chosen = {layer.name for layer in picked if layer not in dropped}
     builder = _Builder(chosen, preserve_sparsity)
-    qat = builder.rebuild(model, None)
+    qat = builder.rebuild(model, True)
     builder.copy_weights()
     reasons = builder.floats
     skipped = tuple(
@@ -391,4 +373,6 @@ def quantize(model, layers, exclude, preserve_sparsity, skip_unsupported):
         )
     qat.tfopt_skipped_layers = skipped
     qat.tfopt_float_reasons = reasons
-    return qat
+    # Built in a multi-worker strategy's scope, it trains there only with
+    # tfopt's fix of Keras 3.15's trainer (as a pruned model does).
+    return fit.enable_multi_worker(qat)
