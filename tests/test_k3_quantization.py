@@ -151,6 +151,8 @@ def _separable_block():
     x = keras.layers.BatchNormalization()(x)
     x = keras.layers.ReLU()(x)
     x = keras.layers.SeparableConv2D(8, 3, strides=2, activation="relu")(x)
+    # ConvNeXt's depthwise convolution: a Conv2D with a group per channel.
+    x = keras.layers.Conv2D(8, 3, padding="same", groups=8)(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, keras.layers.Dense(10)(x), name="separable_block")
 

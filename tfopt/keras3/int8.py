@@ -81,9 +81,43 @@ def wrappable(layer):
     if kind not in (*KINDS, SEPARABLE):
         return False
     config = layer.get_config()
-    if config.get("groups", 1) != 1 or config.get("padding") == "causal":
+    if config.get("padding") == "causal":
         return False
+    if config.get("groups", 1) != 1:
+        return channelwise(layer)
     return kind != "Dense" or len(layer.kernel.shape) == 2
+
+
+def channelwise(layer):
+    """Whether `layer` is a Conv2D with one group per input channel and one
+    filter per group (ConvNeXt's depthwise convolution): a DepthwiseConv2D."""
+    config = layer.get_config()
+    return (
+        type(layer).__name__ == "Conv2D"
+        and config["groups"] == layer.kernel.shape[-1]
+        and layer.kernel.shape[-2] == 1
+    )
+
+
+def as_depthwise_conv(layer, config):
+    """A channel-wise Conv2D as the DepthwiseConv2D it is (config, weights):
+    its (h, w, 1, C) kernel is a depthwise (h, w, C, 1) one."""
+    depthwise = keras.layers.DepthwiseConv2D(
+        **{
+            key: config[key]
+            for key in (
+                "kernel_size",
+                "strides",
+                "padding",
+                "data_format",
+                "dilation_rate",
+                "use_bias",
+            )
+        }
+    )
+    kernel = np.transpose(layer.kernel.numpy(), (0, 1, 3, 2))
+    weights = [kernel, layer.bias.numpy()] if config["use_bias"] else [kernel]
+    return keras.layers.serialize(depthwise), weights
 
 
 def why_float(layer):
@@ -137,11 +171,16 @@ def separable_halves(layer, config):
 
 
 def affine_map(layer, kind):
-    """(per-channel scale, offset) of a Rescaling or a (not inverted,
-    last-axis) Normalization, or None."""
+    """(per-channel scale, offset or None) of a Rescaling, a (not inverted,
+    last-axis) Normalization or ConvNeXt's LayerScale, or None."""
     config = layer.get_config()
     if kind == "Rescaling":
         return config["scale"], config["offset"]
+    if kind == "LayerScale":
+        # ConvNeXt's x * gamma (its gamma then stays as trained).
+        if not type(layer).__module__.endswith("applications.convnext"):
+            return None
+        return layer.gamma.numpy(), None
     axis = np.ravel(config.get("axis")) % len(layer.input.shape)
     if config.get("invert") or axis.tolist() != [len(layer.input.shape) - 1]:
         return None

@@ -115,6 +115,8 @@ class _Builder:
             source, depthwise = layer, None
             if kind == int8.SEPARABLE:
                 config, source, depthwise = self.separable(layer, config)
+            elif config.get("groups", 1) != 1:
+                config, source = int8.as_depthwise_conv(layer, config)
             else:
                 config = keras.layers.serialize(layer.__class__.from_config(config))
             new = QuantizedLayer(
@@ -138,11 +140,11 @@ class _Builder:
         self.copies.append((new, layer, None))
         if name not in self.chosen:
             return new
-        affine = ("BatchNormalization", "Rescaling", "Normalization")
+        affine = ("BatchNormalization", "Rescaling", "Normalization", "LayerScale")
         image = kind in affine and len(layer.input.shape) == 4
         if kind == "BatchNormalization" and image:
             return self.as_depthwise(layer, np.float32(1), None, layer)
-        if kind in ("Rescaling", "Normalization") and image:
+        if image:
             replaced = self.affine(layer, kind)
             if replaced is not None:
                 self.after[id(replaced)] = lambda t: self.range(t, name)
