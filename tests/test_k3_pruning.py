@@ -454,3 +454,25 @@ def test_attention_and_recurrent_layers_are_named_and_counted():
     assert report.layer("logits")[0].sparsity == pytest.approx(0.5)
     dense = sum(r.params for r in report.rows if r.layer != "logits")
     assert report.sparsity == pytest.approx(16 / (dense + 32), abs=0.01)
+
+
+def test_a_keras_loaded_adam_model_trains_after_the_missing_callback_error(
+    digits, tmp_path
+):
+    # keras.saving.load_model (not tfopt.load_model) leaves the model
+    # unguarded: the error comes while the step is traced, after Keras began
+    # building Adam's slots inside that trace. Every later fit with the
+    # callback once failed ("OptionalFromValue ... length 0") until the
+    # model was recompiled.
+    model = _pruned(digits, end=1.0)
+    model.fit(digits.train.take(2), verbose=0, callbacks=[tfopt.PruningCallback()])
+    path = tmp_path / "pruned.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    with pytest.raises(RuntimeError, match="PruningCallback"):
+        loaded.fit(digits.train.take(2), verbose=0)
+    history = loaded.fit(
+        digits.train.take(4), epochs=2, verbose=0, callbacks=[tfopt.PruningCallback()]
+    )
+    assert np.isfinite(history.history["loss"]).all()
+    assert history.history["sparsity"][-1] > 0
