@@ -217,3 +217,21 @@ def test_a_shrunk_model_saves_quantizes_and_exports(tmp_path):
     ).path
     ops = tfopt.export.tflite_ops(path)
     assert ops.float_ops == () and ops.quantize == 1, ops.counts
+
+
+def test_max_cut_is_the_cut_of_every_group_at_its_minimum():
+    import tfopt
+
+    model = tfopt.models.build("student_cnn", (8, 8), 10)
+    # conv1 (16) and conv2 (32) keep 8 each: a third of the channels.
+    assert tfopt.channels.max_cut(model, measure="channels") == pytest.approx(2 / 3)
+    most = tfopt.channels.max_cut(model, measure="macs")
+    assert 0.8 < most < 0.85
+    # prune reaches it, and refuses just past it with the same figure.
+    tfopt.prune(model, most - 0.01, structure=tfopt.pruning.Channels(measure="macs"))
+    with pytest.raises(ValueError, match=rf"must be at most {int(most * 1000) / 1000}"):
+        tfopt.prune(
+            model, most + 0.01, structure=tfopt.pruning.Channels(measure="macs")
+        )
+    with pytest.raises(ValueError, match=r"^`measure` must be one of"):
+        tfopt.channels.max_cut(model, measure="flops")

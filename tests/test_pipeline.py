@@ -159,6 +159,27 @@ def test_keras3_models_go_teacher_distill_prune_int8_report(tmp_path, caplog):
     assert _without_latency(again.rows) == _without_latency(first.rows)
 
 
+def test_an_unreachable_mac_target_is_refused_before_training(tmp_path):
+    # Once found only after the baseline had trained, as a 30-line traceback.
+    config = Config(
+        model_dir=str(tmp_path / "run"),
+        model="student_cnn",
+        prune=True,
+        prune_structure="channels",
+        prune_measure="macs",
+        target_sparsity=0.9,
+        **QUICK,
+    )
+    with pytest.raises(ConfigError) as caught:
+        pipeline.run(config)
+    assert str(caught.value) == (
+        "`target_sparsity=0.9` must be at most 0.832 with `prune_measure=macs` "
+        "and `prune_round_to=8`: removing every prunable channel of student_cnn "
+        "cuts only that fraction of its macs."
+    )
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_keras3_prune_qat_int8_and_saved_model(tmp_path):
     config = Config(

@@ -35,6 +35,45 @@ class Channels(NamedTuple):
         return self
 
 
+def max_cut(model, *, measure="macs", round_to=8, layers=None, exclude=None):
+    """The largest `target_sparsity` channel pruning can reach on `model`:
+    the fraction of `measure` removed when every prunable channel group
+    keeps only `round_to` channels (all of a smaller group). One cost
+    evaluation, so a job can refuse an unreachable target before training.
+
+    Args:
+        model: A built tf_keras Sequential or functional model.
+        measure: One of `params`, `macs` or `channels` (see `Channels`).
+            Defaults to `"macs"`.
+        round_to: As `Channels.round_to`. Defaults to `8`.
+        layers: The producers that may be pruned, as for `prune`. Defaults
+            to `None` (all).
+        exclude: Producers to leave alone, as for `prune`. Defaults to `None`.
+
+    Returns:
+        A float in [0, 1].
+
+    Raises:
+        TypeError: If `model` is not a tf_keras model (channel pruning is
+            tf_keras only: `tfopt.core.kerases.CAPABILITIES`), or an
+            argument has the wrong type.
+        ValueError: For an unknown `measure`, `round_to` below 1, or no
+            prunable channel group among the chosen layers.
+
+    Example:
+
+    >>> import tfopt
+    >>> model = tfopt.models.build("student_cnn", (8, 8), 10)
+    >>> round(tfopt.channels.max_cut(model, measure="channels", round_to=8), 2)
+    0.67
+    """
+    require("channel_pruning", model, "tfopt.channels.max_cut")
+    Channels(measure=measure, round_to=round_to).check()
+    from tfopt.keras2 import channel_pruning
+
+    return channel_pruning.max_cut(model, measure, round_to, layers, exclude)
+
+
 def shrink(model, *, atol=1e-4):
     """Removes the channels that channel pruning zeroed: a physically
     smaller, faster copy of `model`, checked to compute what it does.

@@ -16,6 +16,7 @@ checkpoints (see `tfopt.job.state`).
 """
 
 import logging
+import math
 import sys
 import time
 from typing import NamedTuple
@@ -23,6 +24,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from tfopt import (
+    channels,
     devices,
     distillation,
     distribute,
@@ -215,7 +217,7 @@ def run(config, *, command=None):
         tf.config.experimental.enable_op_determinism()
     run_ = _Run(config, strategy, sys.argv if command is None else command)
     try:
-        run_.start()
+        run_.start(lambda: _check_reachable(run_))
         rows, speed = _recipe(run_)
         run_.seconds["total"] = time.perf_counter() - start
         failure = text = None
@@ -259,6 +261,28 @@ def run(config, *, command=None):
     finally:
         run_.close()
     return Report(rows, text)
+
+
+def _check_reachable(run_):
+    """Refuses, before any training, a `target_sparsity` that channel
+    pruning by `params`/`macs` cannot reach on this model (found once only
+    after the baseline had trained, as a traceback)."""
+    config = run_.config
+    if not config.prunes_channels or config.prune_measure == "channels":
+        return
+    model = stages.build(config, config.model, run_.info, config.seed + 1)
+    most = channels.max_cut(
+        model, measure=config.prune_measure, round_to=config.prune_round_to
+    )
+    if config.target_sparsity > most:
+        raise ConfigError(
+            f"`target_sparsity={config.target_sparsity}` must be at most "
+            f"{math.floor(most * 1000) / 1000} with "
+            f"`prune_measure={config.prune_measure}` and "
+            f"`prune_round_to={config.prune_round_to}`: removing every prunable "
+            f"channel of {config.model} cuts only that fraction of its "
+            f"{config.prune_measure}."
+        )
 
 
 def _recipe(run_):

@@ -122,8 +122,9 @@ class Run:
         self.splits = self.info = self._x = self._y = self.steps = None
         self._own_dir = False  # this worker's directory exists because of us
 
-    def start(self):
-        """Checks, loads the data, agrees with every worker, then claims the
+    def start(self, check=None):
+        """Checks, loads the data, runs `check()` (the recipe's own checks,
+        which may read the data), agrees with every worker, then claims the
         directories. Nothing is written unless every worker can run."""
         config, refusal = self.config, None
         try:
@@ -136,6 +137,8 @@ class Run:
                 )
             _check_files(config, self.worker)
             self._load()
+            if check is not None:
+                check()
         except ConfigError as err:
             refusal = err
         all_ok, same = lockstep.agree(

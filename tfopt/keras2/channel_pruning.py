@@ -41,15 +41,10 @@ TAYLOR_BATCHES = 4
 _L = keras.layers
 
 
-def prune_channels(model, structure, settings, *, layers, exclude):
-    """`tfopt.prune` of tf_keras `model` with `structure=Channels(...)` (or
-    "channels"), its arguments checked: a `ChannelPrunedModel` whose config
-    says which groups lose how many channels on the schedule of `settings`
-    (`core.schedule.ScheduleSteps`'s arguments)."""
-    target = settings["target_sparsity"]
-    measure, importance, round_to = structure
-    copy = selection.copy_model(model)
-    flat = graph.flat(copy)
+def _prunable_groups(model, layers, exclude):
+    """(a flat copy of `model`, its channel groups, the indices of those
+    the chosen layers produce)."""
+    flat = graph.flat(selection.copy_model(model))
     chosen = {layer.name for layer in selection.chosen_layers(flat, layers, exclude)}
     groups = channels.channel_groups(flat)
     prunable = [
@@ -63,6 +58,23 @@ def prune_channels(model, structure, settings, *, layers, exclude):
             f"followed) among the chosen layers. Received: layers={layers!r}, "
             f"exclude={exclude!r}"
         )
+    return flat, groups, prunable
+
+
+def max_cut(model, measure, round_to, layers, exclude):
+    """`tfopt.channels.max_cut` of a tf_keras model, its arguments checked."""
+    flat, groups, prunable = _prunable_groups(model, layers, exclude)
+    return cost.most_cut(flat, groups, prunable, measure, round_to)
+
+
+def prune_channels(model, structure, settings, *, layers, exclude):
+    """`tfopt.prune` of tf_keras `model` with `structure=Channels(...)` (or
+    "channels"), its arguments checked: a `ChannelPrunedModel` whose config
+    says which groups lose how many channels on the schedule of `settings`
+    (`core.schedule.ScheduleSteps`'s arguments)."""
+    target = settings["target_sparsity"]
+    measure, importance, round_to = structure
+    flat, groups, prunable = _prunable_groups(model, layers, exclude)
     counts = cost.final_counts(flat, groups, prunable, measure, target, round_to)
     reached = cost.removed_share(
         flat, groups, prunable, measure, {i: range(n) for i, n in counts.items()}

@@ -104,6 +104,13 @@ def removed_share(model, groups, prunable, measure, keep, terms=None):
     return 1.0 - (cost(model, kept, terms)[index] / cost(model, terms=terms)[index])
 
 
+def most_cut(model, groups, prunable, measure, round_to, terms=None):
+    """The fraction of `measure` removed when every prunable group keeps
+    only its minimum (`round_to`, or all of a smaller group)."""
+    keep = {i: range(kept_count(groups[i].size, 1.0, round_to)) for i in prunable}
+    return removed_share(model, groups, prunable, measure, keep, terms)
+
+
 def final_counts(model, groups, prunable, measure, target, round_to):
     """{group index: channels it keeps} once `target` of `measure` is cut.
 
@@ -131,7 +138,7 @@ def final_counts(model, groups, prunable, measure, target, round_to):
     def at(fraction):
         return {i: kept_count(groups[i].size, fraction, round_to) for i in prunable}
 
-    most = cut(at(1.0))
+    most = most_cut(model, groups, prunable, measure, round_to, terms)
     if most < target:
         raise ValueError(
             f"`target_sparsity` must be at most {math.floor(most * 1000) / 1000} "

@@ -46,6 +46,9 @@ def _fresh_optimizer(model):
     model.optimizer = optimizer
     for _, _, constraint in masked(model):
         constraint.failed = False
+    # The step function whose first trace failed would count the next call
+    # as a later one, which may not create variables: trace a new one.
+    model.make_train_function(force=True)
 
 
 class PruningCallback(keras.callbacks.Callback):

@@ -99,7 +99,7 @@ class _Builder:
 
     def clone(self, layer, plans, absorbed):
         if isinstance(layer, keras.Model):
-            return layer  # flattened by `call`
+            return layer  # quantized inside by `call`
         kind, name = type(layer).__name__, layer.name
         if not isinstance(layer, keras.layers.Layer):
             # A stateless keras.ops operation of the functional API (x + 3.0):
