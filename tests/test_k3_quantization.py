@@ -69,7 +69,6 @@ def test_folded_per_channel_fake_quant_matches_the_file_layer_by_layer(tmp_path)
     assert {type(qat.get_layer(n)).__name__ for n in ("bn", "relu6", "relu")} == {
         "Identity"
     }
-    assert qat.get_layer("bn").name == "bn"
     for name in ("conv", "depthwise", "pointwise", "logits"):
         layer = qat.get_layer(name)
         assert isinstance(layer, QuantizedLayer)

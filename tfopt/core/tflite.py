@@ -1,14 +1,14 @@
 """TFLite files, whichever Keras made the model: the converter settings of
-each quantization (built-in ops only), the atomic write that never replaces
-a file unless asked, the LiteRT interpreter, `evaluate_tflite` and
-`tflite_ops`. Nothing here imports a Keras: `tfopt.keras2.export` (tf_keras) and
-`tfopt.keras3.export` (Keras 3) hand it a converter.
+each quantization (built-in ops only), the refusal to replace a file
+unless asked (the writing itself: `tfopt.core.files`), the LiteRT
+interpreter, `evaluate_tflite` and `tflite_ops`. Nothing here imports a
+Keras: `tfopt.keras2.export` (tf_keras) and `tfopt.keras3.export` (Keras 3)
+hand it a converter.
 """
 
 import gzip
 import os
 import re
-import tempfile
 import time
 import warnings
 from typing import NamedTuple
@@ -19,6 +19,13 @@ import tensorflow as tf
 from tfopt.core import checks, vocab
 
 QUANTIZATIONS = vocab.QUANTIZATIONS
+# Why a QAT range that is NaN or infinite is refused (both Kerases): the
+# converter, handed one, can crash the process.
+DIVERGED = (
+    "training diverged (a NaN or infinite loss) before it, so no int8 file "
+    "can represent it. Fix the training (learning rate, input scaling) and "
+    "quantize again."
+)
 # Calibration samples taken from `representative_data` for a float model.
 _CALIBRATION_SAMPLES = 200
 
@@ -92,33 +99,6 @@ def refuse_overwrite(path, overwrite):
             f"`path` already exists and tfopt never replaces a file unless "
             f"overwrite=True. Received: path={path!r}"
         )
-
-
-def _umask():
-    # Python has no getter: set and restore at once (no file is created
-    # meanwhile by this thread).
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_atomically(path, data, overwrite):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=directory, prefix=".tfopt-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        # mkstemp makes the file 0600; give it the mode open() would have.
-        os.chmod(tmp, 0o666 & ~_umask())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            # link() fails if `path` appeared meanwhile: never clobber.
-            os.link(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _model_input(batch):

@@ -9,8 +9,6 @@ replaced unless `overwrite=True`.
 """
 
 import os
-import shutil
-import tempfile
 import zipfile
 
 import h5py
@@ -18,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from tfopt.core import distill, tflite, xnnpack
+from tfopt.core import distill, files, tflite, xnnpack
 from tfopt.core.tflite import Exported, disk_sizes, tflite_ops
 from tfopt.keras2 import (
     binding,
@@ -74,7 +72,7 @@ def export_tflite(
             "int8" if qat else quantization,
             tflite_ops(data).counts.get("DENSIFY", 0),
         )
-    tflite.write_atomically(path, data, overwrite)
+    files.write_atomically(path, data, overwrite)
     return Exported(path, len(data), eligibility)
 
 
@@ -90,9 +88,7 @@ def _check_ranges(model):
             ):
                 raise ValueError(
                     f"The quantization range {name!r} of layer {layer.name!r} is "
-                    f"{weight.numpy()!r}: training diverged (a NaN or infinite "
-                    "loss) before it, so no int8 file can represent it. Fix the "
-                    "training (learning rate, input scaling) and quantize again."
+                    f"{weight.numpy()!r}: {tflite.DIVERGED}"
                 )
 
 
@@ -102,16 +98,10 @@ def export_saved_model(model, path, *, overwrite=False):
     binding.check_model(model)
     path = tflite.check_path(path)
     tflite.refuse_overwrite(path, overwrite)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent, prefix=".tfopt-")
-    try:
-        _deployable(model).save(os.path.join(staging, "model"), save_format="tf")
-        if os.path.exists(path):  # overwrite=True: the old one goes with staging
-            os.rename(path, os.path.join(staging, "previous"))
-        os.rename(os.path.join(staging, "model"), path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    deployed = _deployable(model)
+    files.write_directory_atomically(
+        path, lambda directory: deployed.save(directory, save_format="tf")
+    )
     return Exported(path, disk_sizes(path)[0])
 
 

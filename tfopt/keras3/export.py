@@ -12,7 +12,6 @@ TFLite converter gives a file that is integer end to end instead.
 
 import functools
 import os
-import shutil
 import tempfile
 import zipfile
 
@@ -20,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfopt.core import distill, tflite, xnnpack
+from tfopt.core import distill, files, tflite, xnnpack
 from tfopt.keras3 import fit, pruning, quantizers
 
 
@@ -72,9 +71,7 @@ def _check_ranges(model):
             if not (np.isfinite(low) and np.isfinite(high)):
                 raise ValueError(
                     f"The quantization range of {layer.name!r} is [{low}, {high}]: "
-                    "training diverged (a NaN or infinite loss) before it, so no "
-                    "int8 file can represent it. Fix the training (learning rate, "
-                    "input scaling) and quantize again."
+                    f"{tflite.DIVERGED}"
                 )
             if not float(layer.seen):
                 raise ValueError(
@@ -110,7 +107,7 @@ def export_tflite(
             "int8" if qat else quantization,
             tflite.tflite_ops(data).counts.get("DENSIFY", 0),
         )
-    tflite.write_atomically(path, data, overwrite)
+    files.write_atomically(path, data, overwrite)
     return tflite.Exported(path, len(data), eligibility)
 
 
@@ -121,18 +118,10 @@ def export_saved_model(model, path, *, overwrite):
     check_model(model)
     path = tflite.check_path(path)
     tflite.refuse_overwrite(path, overwrite)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent, prefix=".tfopt-")
-    try:
-        _archive(deployable(model)).write_out(
-            os.path.join(staging, "model"), verbose=False
-        )
-        if os.path.exists(path):  # overwrite=True: the old one goes with staging
-            os.rename(path, os.path.join(staging, "previous"))
-        os.rename(os.path.join(staging, "model"), path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    archive = _archive(deployable(model))
+    files.write_directory_atomically(
+        path, lambda directory: archive.write_out(directory, verbose=False)
+    )
     return tflite.Exported(path, tflite.disk_sizes(path)[0])
 
 

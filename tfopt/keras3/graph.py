@@ -51,7 +51,7 @@ class Graph:
 
     def __init__(self, model):
         config = model.get_config()
-        self.inputs, self.consumers, self.shared = {}, {}, set()
+        self.inputs, self.readers, self.shared = {}, {}, set()
         for entry in config["layers"]:
             name, nodes = entry["name"], entry.get("inbound_nodes", [])
             if len(nodes) > 1:
@@ -59,18 +59,21 @@ class Graph:
             sources = _history(nodes)
             self.inputs[name] = sources
             for source in sources:
-                self.consumers[source] = self.consumers.get(source, 0) + 1
+                self.readers.setdefault(source, []).append(name)
         for name in output_names(config["output_layers"]):
             # A model output is one more reader.
-            self.consumers[name] = self.consumers.get(name, 0) + 1
+            self.readers.setdefault(name, []).append(None)
 
-    def only_reader(self, name, source):
-        """Whether `name` is the only reader of `source`'s single output."""
-        return (
-            self.inputs.get(name) == [source]
-            and self.consumers.get(source) == 1
-            and not {name, source} & self.shared
-        )
+    def sole_reader(self, source):
+        """The layer that alone reads `source`'s single output, and only it;
+        None if there is no such layer."""
+        readers = self.readers.get(source, [])
+        if len(readers) != 1 or readers[0] is None:
+            return None
+        (reader,) = readers
+        if self.inputs[reader] != [source] or {reader, source} & self.shared:
+            return None
+        return reader
 
 
 def shared_ranges(graph, joins, through):

@@ -54,22 +54,19 @@ def plans(model, layers, chosen):
         tail = name
         if relu == "linear":
             relu = None
-            readers = [n for n, s in layers.inputs.items() if s == [name]]
-            for reader in readers:
-                candidate = by_name[reader]
-                if (
-                    type(candidate).__name__ == "BatchNormalization"
-                    and reader in chosen
-                    and layers.only_reader(reader, name)
-                    and candidate.axis in (-1, len(candidate.input.shape) - 1)
-                ):
-                    norm, tail = candidate, reader
-            readers = [n for n, s in layers.inputs.items() if s == [tail]]
-            for reader in readers:
-                kind = graph.relu_kind(by_name[reader])
-                if kind and reader in chosen and layers.only_reader(reader, tail):
-                    relu = kind
-                    absorbed.add(reader)
+            reader = layers.sole_reader(name)
+            candidate = by_name.get(reader)
+            if (
+                type(candidate).__name__ == "BatchNormalization"
+                and reader in chosen
+                and candidate.axis in (-1, len(candidate.input.shape) - 1)
+            ):
+                norm, tail = candidate, reader
+            reader = layers.sole_reader(tail)
+            kind = graph.relu_kind(by_name[reader]) if reader else None
+            if kind and reader in chosen:
+                relu = kind
+                absorbed.add(reader)
         if norm is not None:
             absorbed.add(norm.name)
         plans[name] = (norm, relu)
@@ -99,22 +96,17 @@ def channelwise(layer):
     )
 
 
+def _depthwise(config, **settings):
+    """A DepthwiseConv2D with the window of the convolution whose config is
+    `config`."""
+    window = ("kernel_size", "strides", "padding", "data_format", "dilation_rate")
+    return keras.layers.DepthwiseConv2D(**{k: config[k] for k in window}, **settings)
+
+
 def as_depthwise_conv(layer, config):
     """A channel-wise Conv2D as the DepthwiseConv2D it is (config, weights):
     its (h, w, 1, C) kernel is a depthwise (h, w, C, 1) one."""
-    depthwise = keras.layers.DepthwiseConv2D(
-        **{
-            key: config[key]
-            for key in (
-                "kernel_size",
-                "strides",
-                "padding",
-                "data_format",
-                "dilation_rate",
-                "use_bias",
-            )
-        }
-    )
+    depthwise = _depthwise(config, use_bias=config["use_bias"])
     kernel = np.transpose(layer.kernel.numpy(), (0, 1, 3, 2))
     weights = [kernel, layer.bias.numpy()] if config["use_bias"] else [kernel]
     return keras.layers.serialize(depthwise), weights
@@ -144,19 +136,8 @@ def why_float(layer):
 def separable_halves(layer, config):
     """A SeparableConv2D as TFLite runs it: (a DepthwiseConv2D, its weights,
     a 1x1 Conv2D, its weights), `config` the layer's (activation linear)."""
-    depthwise = keras.layers.DepthwiseConv2D(
-        **{
-            key: config[key]
-            for key in (
-                "kernel_size",
-                "strides",
-                "padding",
-                "depth_multiplier",
-                "data_format",
-                "dilation_rate",
-            )
-        },
-        use_bias=False,
+    depthwise = _depthwise(
+        config, depth_multiplier=config["depth_multiplier"], use_bias=False
     )
     pointwise = keras.layers.Conv2D(
         config["filters"],

@@ -245,17 +245,9 @@ class QuantizedLayer(keras.layers.Layer):
         kernel = quantized_kernel(kernel, kind)
         if kind == "Dense":
             outputs = ops.matmul(inputs, kernel)
-        elif kind == "DepthwiseConv2D":
-            outputs = ops.depthwise_conv(
-                inputs,
-                kernel,
-                strides=layer.strides,
-                padding=layer.padding,
-                data_format=layer.data_format,
-                dilation_rate=layer.dilation_rate,
-            )
         else:
-            outputs = ops.conv(
+            convolution = ops.depthwise_conv if self.depthwise else ops.conv
+            outputs = convolution(
                 inputs,
                 kernel,
                 strides=layer.strides,
