@@ -393,24 +393,65 @@ def test_shrink_removes_zeroed_channels_and_checks_the_result(tmp_path):
     assert tfopt.shrink(_conv_block()).count_params() == model.count_params()
 
 
-def test_shrink_refuses_a_copy_that_would_compute_something_else():
+def test_shrink_keeps_channels_a_sigmoid_makes_non_zero_and_names_why():
     keras.utils.set_random_seed(0)
     model = _conv_block("sigmoid")  # sigmoid(0) = 0.5 still reaches `b`
     _zeroed(model, ["a", "a_bn"], [0, 1])
-    with pytest.raises(
-        RuntimeError, match=(r"^the shrunk model's outputs differ from the model's by")
-    ):
-        tfopt.shrink(model)
+    with pytest.warns(UserWarning) as caught:
+        small = tfopt.shrink(model)
+    assert re.fullmatch(
+        r"shrink: zeroed channels of \['a'\] stay: their channels reach a model "
+        r"input or output or pass through layers that keep them, so removing them "
+        r"would change what the model computes: activation\w* \(Activation"
+        r"\('sigmoid'\): a pruned channel would not be zero where b reads it\)",
+        str(caught[0].message),
+    )
+    assert small.get_layer("a").filters == 8
+    x = np.random.default_rng(1).uniform(0, 1, (2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(small(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_shrink_removes_channels_of_a_batchnorm_without_scale():
+    # InceptionV3's BatchNormalization(scale=False): a pruned channel is
+    # -mean/std unless its mean is zeroed with its offset.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="a")(inputs)
+    x = keras.layers.BatchNormalization(scale=False, name="a_bn")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(4, 3, name="b")(x)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    model.get_layer("a_bn").set_weights(
+        [np.full(8, 0.3), np.full(8, 0.5), np.full(8, 2.0)]
+    )
+    pruned = tfopt.prune(model, 0.5, structure="channels", round_to=1)
+    pruned.compile("sgd", "mse")
+    data = np.random.default_rng(0).uniform(0, 1, (16, 8, 8, 3)).astype("float32")
+    pruned.fit(
+        data,
+        np.zeros((16, 4)),
+        epochs=1,
+        batch_size=8,
+        verbose=0,
+        callbacks=[tfopt.PruningCallback()],
+    )
+    small = tfopt.shrink(pruned)
+    assert small.get_layer("a").filters == 4
+    np.testing.assert_allclose(small(data), pruned(data), rtol=1e-5, atol=1e-5)
 
 
 def test_shrink_refuses_what_is_not_a_graph_model(keras3):
+    class Subclassed(keras3.Model):
+        def call(self, x):
+            return x
+
     with pytest.raises(
         TypeError,
         match=(
-            r"^`model` must be a tf_keras model: tfopt.shrink is not available "
-            r"for Keras 3 models yet"
+            r"^`model` must be a Sequential or functional Keras 3 model for "
+            r"shrinking: a subclassed model \(Subclassed\) hides its layer graph"
         ),
     ):
-        tfopt.shrink(keras3.Sequential([keras3.Input((2,)), keras3.layers.Dense(1)]))
+        tfopt.shrink(Subclassed())
     with pytest.raises(TypeError, match=r"^`model` must be a tf_keras Model"):
         tfopt.shrink("model.keras")

@@ -57,3 +57,14 @@ def test_same_qat_ranges_and_weights_on_two_worker_processes():
     for worker in results:
         for a, b in zip(single, worker, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_same_channel_masks_on_two_worker_processes():
+    results = cluster.run_workers(k3.channel_pruned_multi_worker_job)
+    single = k3.train_channel_pruned(tfopt.get_strategy("default"))
+    for worker in results:
+        for a, b in zip(single[0], worker[0], strict=True):
+            np.testing.assert_array_equal(a, b)
+        for part in (1, 2):
+            for a, b in zip(single[part], worker[part], strict=True):
+                np.testing.assert_allclose(a, b, atol=1e-5)

@@ -95,12 +95,6 @@ def test_never_overwrites_and_checks_its_arguments(pruned, tmp_path):
         tfopt.export_tflite(pruned, tmp_path / "q.tflite", quantization="int4")
     with pytest.raises(TypeError, match=r"^`sparse` must be a bool"):
         tfopt.export_tflite(pruned, tmp_path / "q.tflite", sparse="yes")
-    with pytest.raises(
-        TypeError,
-        match=r"^`model` must be a tf_keras model: "
-        r"tfopt.shrink is not available for Keras 3 models yet",
-    ):
-        tfopt.shrink(pruned)
 
 
 def test_load_model_reads_keras3_files_and_refuses_broken_ones(pruned, tmp_path):

@@ -212,9 +212,9 @@ def test_same_masks_and_weights_on_default_and_mirrored(mirrored):
         ({"target_sparsity": "x"}, TypeError, r"^`target_sparsity` must be"),
         ({"begin": 0, "end": 0.5}, ValueError, r"^`begin` and `end` must both be"),
         (
-            {"structure": "channels"},
+            {"structure": tfopt.pruning.Channels(importance="taylor")},
             ValueError,
-            r"^`structure` is not available for Keras 3 models yet",
+            r"^`importance` is not available for Keras 3 models yet",
         ),
         (
             {"block_size": (1, 4)},
@@ -261,7 +261,7 @@ def test_bad_models_are_refused():
     with pytest.raises(
         ValueError,
         match=r"^`data` is not available for Keras 3 models yet "
-        r"\(channel pruning",
+        r"\(Taylor channel importance",
     ):
         callback.set_model(pruned)
 

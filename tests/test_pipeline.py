@@ -79,11 +79,13 @@ def test_a_bad_config_is_refused_before_any_file(tmp_path):
 
 
 @pytest.mark.slow  # trains two stages
+@pytest.mark.parametrize("keras", ["2", "3"])
 def test_channel_pruning_runs_prune_shrink_qat_export_and_times_the_result(
-    tmp_path, caplog
+    tmp_path, caplog, keras
 ):
     config = Config(
         model_dir=str(tmp_path),
+        keras=keras,
         prune=True,
         prune_structure="channels",
         prune_measure="macs",
@@ -208,8 +210,14 @@ def test_keras3_prune_qat_int8_and_saved_model(tmp_path):
     "settings, message",
     [
         (
-            {"prune": True, "prune_structure": "channels"},
-            r"^`prune_structure=channels` is not available for Keras 3 models yet",
+            {
+                "prune": True,
+                "prune_structure": "channels",
+                "prune_importance": "taylor",
+            },
+            r"^`prune_importance=taylor` is not available for Keras 3 models yet "
+            r"\(Taylor channel importance .* is tf_keras only\)\. Use "
+            r"--prune_importance=l2 or bn_gamma\.$",
         ),
     ],
 )

@@ -1,9 +1,11 @@
-"""Channel pruning, for tf_keras models: `Channels`, the `structure` of
-`tfopt.prune` that zeroes whole channel groups, and `shrink`, which removes
-them (a smaller, faster model). Both are public in `tfopt.pruning` too.
-Keras 3 models are refused with the wording of `tfopt.core.kerases`.
+"""Channel pruning, for tf_keras and Keras 3 models: `Channels`, the
+`structure` of `tfopt.prune` that zeroes whole channel groups, `shrink`,
+which removes them (a smaller, faster model), and `max_cut`. `Channels` and
+`shrink` are public in `tfopt.pruning` too. Each Keras's package does the
+work (`channel_pruning`, `shrink`) on the groups of `tfopt.core.channel_groups`.
 """
 
+import importlib
 from typing import NamedTuple
 
 from tfopt.core import checks, vocab
@@ -42,7 +44,7 @@ def max_cut(model, *, measure="macs", round_to=8, layers=None, exclude=None):
     evaluation, so a job can refuse an unreachable target before training.
 
     Args:
-        model: A built tf_keras Sequential or functional model.
+        model: A built Sequential or functional model of either Keras.
         measure: One of `params`, `macs` or `channels` (see `Channels`).
             Defaults to `"macs"`.
         round_to: As `Channels.round_to`. Defaults to `8`.
@@ -54,9 +56,8 @@ def max_cut(model, *, measure="macs", round_to=8, layers=None, exclude=None):
         A float in [0, 1].
 
     Raises:
-        TypeError: If `model` is not a tf_keras model (channel pruning is
-            tf_keras only: `tfopt.core.kerases.CAPABILITIES`), or an
-            argument has the wrong type.
+        TypeError: If `model` is not a Keras model, or an argument has the
+            wrong type.
         ValueError: For an unknown `measure`, `round_to` below 1, or no
             prunable channel group among the chosen layers.
 
@@ -67,11 +68,37 @@ def max_cut(model, *, measure="macs", round_to=8, layers=None, exclude=None):
     >>> round(tfopt.channels.max_cut(model, measure="channels", round_to=8), 2)
     0.67
     """
-    require("channel_pruning", model, "tfopt.channels.max_cut")
+    keras = require("channel_pruning", model, "tfopt.channels.max_cut")
     Channels(measure=measure, round_to=round_to).check()
-    from tfopt.keras2 import channel_pruning
-
+    channel_pruning = importlib.import_module(f"{keras.package}.channel_pruning")
     return channel_pruning.max_cut(model, measure, round_to, layers, exclude)
+
+
+def blocking(model):
+    """The layers that keep channels of `model` from being pruned, and why:
+    channels that pass through a layer whose channels cannot be followed (a
+    Lambda, a custom layer, a nested model, a grouped convolution), or that
+    would not be zero where a convolution reads them (after a sigmoid, or
+    `x + 3`). `prune` names them in a warning; this says it up front.
+
+    Args:
+        model: A built Sequential or functional model of either Keras.
+
+    Returns:
+        A dict {layer name: reason}, empty when nothing holds channels back.
+
+    Raises:
+        TypeError: If `model` is not a Keras model.
+
+    Example:
+
+    >>> import tfopt
+    >>> tfopt.channels.blocking(tfopt.models.build("student_cnn", (8, 8), 10))
+    {}
+    """
+    keras = require("channel_pruning", model, "tfopt.channels.blocking")
+    channel_pruning = importlib.import_module(f"{keras.package}.channel_pruning")
+    return channel_pruning.blocking(model)
 
 
 def shrink(model, *, atol=1e-4):
@@ -79,19 +106,18 @@ def shrink(model, *, atol=1e-4):
     smaller, faster copy of `model`, checked to compute what it does.
 
     Args:
-        model: A tf_keras model pruned with `structure="channels"` (or any
-            tf_keras model whose producers hold zeroed channels).
+        model: A model of either Keras pruned with `structure="channels"`
+            (or any Sequential/functional model whose producers hold zeroed
+            channels).
         atol: The largest difference allowed between the outputs of the
             copy and of `model` on a random batch. Defaults to `1e-4`.
 
     Returns:
-        A plain functional tf_keras model.
+        A plain functional model of `model`'s Keras.
 
     Raises:
-        TypeError: If `model` is not a tf_keras model (`shrink` is tf_keras
-            only: `tfopt.core.kerases.CAPABILITIES`).
+        TypeError: If `model` is not a Sequential/functional Keras model.
+        RuntimeError: If the copy's outputs differ by more than `atol`.
     """
-    require("shrink", model, "tfopt.shrink")
-    from tfopt.keras2 import shrink as _shrink
-
-    return _shrink.shrink(model, atol=atol)
+    keras = require("shrink", model, "tfopt.shrink")
+    return importlib.import_module(f"{keras.package}.shrink").shrink(model, atol=atol)

@@ -12,6 +12,8 @@ tf_keras ones: `wrappers`, `PrunedModel`, `PruneLowMagnitude`,
 from `tfopt.keras2.pruning` for one release; import them from there.
 """
 
+import importlib
+
 from tfopt import legacy, models
 from tfopt.callbacks import ByModel
 from tfopt.channels import Channels, shrink
@@ -212,8 +214,9 @@ def prune(
         power=power,
     )
     if channels is not None:
-        from tfopt.keras2 import channel_pruning
-
+        if channels.importance == "taylor" and not supports(keras, "taylor"):
+            refuse("taylor", keras, "importance", channels.importance)
+        channel_pruning = importlib.import_module(f"{keras.package}.channel_pruning")
         return channel_pruning.prune_channels(
             model, channels, settings, layers=layers, exclude=exclude
         )

@@ -25,6 +25,7 @@ COVERED = {
     "block_pruning": "test_block_pruning",
     "channel_pruning": "test_channel_pruning_then_shrink",
     "shrink": "test_channel_pruning_then_shrink",
+    "taylor": "test_taylor_channel_importance",
     "distill": "test_distiller_trains_the_student_and_logs_the_same_keys",
     "quantize": "test_quantize_then_int8_is_integer_end_to_end",
     "export_tflite": "test_int8_export_by_calibration_is_integer_end_to_end",
@@ -107,6 +108,17 @@ def test_channel_pruning_then_shrink(keras, digits):
     np.testing.assert_allclose(
         small(x, training=False), model(x, training=False), atol=1e-4
     )
+
+
+@pytest.mark.parametrize("keras", each_keras("taylor"))
+def test_taylor_channel_importance(keras, digits):
+    structure = tfopt.pruning.Channels(importance="taylor", round_to=1)
+    model = tfopt.prune(build(keras, digits.info), 0.5, end=1.0, structure=structure)
+    compiled(model, keras)
+    callback = tfopt.PruningCallback(data=digits.train.take(2))
+    _fit(model, digits, callbacks=[callback])
+    small = tfopt.shrink(tfopt.strip(model))
+    assert small.count_params() < model.count_params()
 
 
 @pytest.mark.parametrize("keras", each_keras("distill"))

@@ -124,3 +124,52 @@ def plain_multi_worker_job(fixed):
         return plain_fit(tfopt.get_strategy("multi_worker"), fixed=fixed)
     except Exception as err:  # the upstream failure, reported as text
         return f"{type(err).__name__}: {err}"
+
+
+def channel_cnn(input_shape=(8, 8, 1)):
+    """A small Keras 3 CNN with a residual Add, a depthwise convolution and a
+    hard-swish written as functional-API ops, no BatchNorm (its statistics
+    are per replica)."""
+    inputs = keras.Input(input_shape)
+    stem = keras.layers.Conv2D(16, 3, padding="same", name="stem")(inputs)
+    x = keras.layers.ReLU(name="stem_relu")(stem)
+    wide = keras.layers.Conv2D(24, 1, name="expand")(x)
+    wide = wide * keras.layers.ReLU(6.0)(wide + 3.0) * (1.0 / 6.0)  # hard-swish
+    wide = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(wide)
+    x = keras.layers.Add(name="residual")(
+        [x, keras.layers.Conv2D(16, 1, name="project")(wide)]
+    )
+    x = keras.layers.Conv2D(12, 3, activation="relu", name="head")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
+
+
+def train_channel_pruned(strategy, *, global_batch=16, seed=0):
+    """Two epochs of channel pruning of `channel_cnn` to half its MACs with
+    SGD; returns the masks, the weights and the shrunk model's weights."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((64, 8, 8, 1)).astype(np.float32)
+    y = rng.integers(0, 10, 64).astype(np.int32)
+    keras.utils.set_random_seed(seed)
+    with strategy.scope():
+        model = tfopt.prune(
+            channel_cnn(),
+            0.5,
+            structure="channels",
+            measure="macs",
+            round_to=2,
+            end=1.0,
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss=LOSS)
+    model.fit(
+        _dataset(x, y, global_batch),
+        epochs=2,
+        verbose=0,
+        callbacks=[tfopt.PruningCallback()],
+    )
+    masks = [c.mask.numpy() for _, _, c in pruning.masked(model)]
+    return masks, model.get_weights(), tfopt.shrink(model).get_weights()
+
+
+def channel_pruned_multi_worker_job():
+    return train_channel_pruned(tfopt.get_strategy("multi_worker"))

@@ -78,13 +78,15 @@ CAPABILITIES = {
             TF_KERAS_ONLY,
             "Prune weights, or m:n with `m_by_n`.",
         ),
+        Capability("channel_pruning", "channel pruning (`structure='channels'`)", BOTH),
         Capability(
-            "channel_pruning",
-            "channel pruning (`structure='channels'`)",
+            "taylor",
+            "Taylor channel importance (`importance='taylor'`, "
+            "`PruningCallback(data=...)`)",
             TF_KERAS_ONLY,
-            "Prune weights, or m:n with `m_by_n`.",
+            "Rank channels with importance='l2' or 'bn_gamma'.",
         ),
-        Capability("shrink", "removing pruned channels (shrink)", TF_KERAS_ONLY),
+        Capability("shrink", "removing pruned channels (shrink)", BOTH),
         Capability(
             "distill",
             "teacher-student distillation (Distiller, DistillationSchedule)",

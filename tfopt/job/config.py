@@ -338,13 +338,14 @@ class Config:
         keras = self.keras_api
         for name, value, capability, instead in (
             ("qat", self.qat, "quantize", ""),
-            (
-                "prune_structure",
-                self.prune_structure != "weights",
-                "channel_pruning",
-                "",
-            ),
+            ("prune_structure", self.prunes_channels, "channel_pruning", ""),
             ("export", "saved_model" in self.export, "export_saved_model", ""),
+            (
+                "prune_importance",
+                self.prunes_channels and self.prune_importance == "taylor",
+                "taylor",
+                "Use --prune_importance=l2 or bn_gamma.",
+            ),
         ):
             if value and not supports(keras, capability):
                 subject = f"`{name}={getattr(self, name)}`"

@@ -33,6 +33,7 @@ from tfopt import (
     pruning,
     quantization,
 )
+from tfopt.core.channel_groups import describe
 from tfopt.job import lockstep, measure, report, stages
 from tfopt.job.config import ClusterError, Config, ConfigError
 from tfopt.job.exports import Verified, export_and_verify
@@ -275,13 +276,15 @@ def _check_reachable(run_):
         model, measure=config.prune_measure, round_to=config.prune_round_to
     )
     if config.target_sparsity > most:
+        held = channels.blocking(model)
+        why = f" Held back by: {describe(held)}." if held else ""
         raise ConfigError(
             f"`target_sparsity={config.target_sparsity}` must be at most "
             f"{math.floor(most * 1000) / 1000} with "
             f"`prune_measure={config.prune_measure}` and "
             f"`prune_round_to={config.prune_round_to}`: removing every prunable "
             f"channel of {config.model} cuts only that fraction of its "
-            f"{config.prune_measure}."
+            f"{config.prune_measure}.{why}"
         )
 
 

@@ -20,13 +20,11 @@ the step from the optimizer, so a resumed `fit` (or a reloaded model) goes
 on where it was: the channels already zeroed rank last.
 """
 
-import math
 import warnings
 
-import numpy as np
 import tensorflow as tf
 
-from tfopt.core import vocab
+from tfopt.core import channel_choice, channel_cost, channel_groups, vocab
 from tfopt.keras2 import binding, channels, cost, graph, pruning, selection
 from tfopt.keras2.binding import keras
 from tfopt.keras2.schedule import PruningSchedule
@@ -43,27 +41,26 @@ _L = keras.layers
 
 def _prunable_groups(model, layers, exclude):
     """(a flat copy of `model`, its channel groups, the indices of those
-    the chosen layers produce)."""
+    the chosen layers produce, what holds the other channels back)."""
     flat = graph.flat(selection.copy_model(model))
     chosen = {layer.name for layer in selection.chosen_layers(flat, layers, exclude)}
-    groups = channels.channel_groups(flat)
+    groups, blocked = channels.analyse(flat)
     prunable = [
         i for i, g in enumerate(groups) if all(name in chosen for name in g.producers)
     ]
     if not prunable:
-        raise ValueError(
-            "`model` has no channel group that can be pruned (each group's "
-            "channels must run from Conv/Dense producers to consumers, not to "
-            "the model's outputs or through layers whose channels cannot be "
-            f"followed) among the chosen layers. Received: layers={layers!r}, "
-            f"exclude={exclude!r}"
-        )
-    return flat, groups, prunable
+        raise ValueError(channel_groups.no_group_message(blocked, layers, exclude))
+    return flat, groups, prunable, blocked
+
+
+def blocking(model):
+    """`tfopt.channels.blocking` of a tf_keras model."""
+    return channels.analyse(graph.flat(model))[1]
 
 
 def max_cut(model, measure, round_to, layers, exclude):
     """`tfopt.channels.max_cut` of a tf_keras model, its arguments checked."""
-    flat, groups, prunable = _prunable_groups(model, layers, exclude)
+    flat, groups, prunable, _ = _prunable_groups(model, layers, exclude)
     return cost.most_cut(flat, groups, prunable, measure, round_to)
 
 
@@ -74,21 +71,21 @@ def prune_channels(model, structure, settings, *, layers, exclude):
     (`core.schedule.ScheduleSteps`'s arguments)."""
     target = settings["target_sparsity"]
     measure, importance, round_to = structure
-    flat, groups, prunable = _prunable_groups(model, layers, exclude)
-    counts = cost.final_counts(flat, groups, prunable, measure, target, round_to)
+    flat, groups, prunable, blocked = _prunable_groups(model, layers, exclude)
+    held_back = channel_groups.describe(blocked)
+    counts = cost.final_counts(
+        flat, groups, prunable, measure, target, round_to, held_back
+    )
     reached = cost.removed_share(
         flat, groups, prunable, measure, {i: range(n) for i, n in counts.items()}
     )
-    if abs(reached - target) > 0.05:
-        sizes = sorted({groups[i].size for i in prunable})
-        warnings.warn(
-            f"prune: with round_to={round_to}, the nearest cut these channel "
-            f"groups allow removes {reached:.0%} of the {measure} (target "
-            f"{target:.0%}): groups of {sizes} channels keep multiples of "
-            f"{round_to}. A smaller round_to comes closer.",
-            UserWarning,
-            stacklevel=3,
-        )
+    sizes = sorted({groups[i].size for i in prunable})
+    for message in (
+        channel_cost.rounding_message(reached, target, measure, round_to, sizes),
+        channel_groups.blocked_message(blocked) if blocked else None,
+    ):
+        if message:
+            warnings.warn(message, UserWarning, stacklevel=3)
     pruned = pruning.ChannelPrunedModel(flat.inputs, flat.outputs, name=model.name)
     pruned.tfopt_channel_pruning = {
         "target": float(target),
@@ -139,6 +136,7 @@ class ChannelPruning:
         self.keep = {i: list(range(g.size)) for i, g in enumerate(self.groups)}
         self._updated_at = None  # the schedule step of the masks in place
         self._terms = cost.cost_terms(model)
+        self._nodes = {node.name: node for node in self._terms.nodes}
         # One mask variable per masked weight, and one traced function that
         # applies them all: called after every batch, it must cost far less
         # than the batch, and never retrace when the masks change.
@@ -149,8 +147,7 @@ class ChannelPruning:
                     for variable, axis in channels.output_variables(
                         model.get_layer(name)
                     ):
-                        shape = [1] * len(variable.shape)
-                        shape[axis] = variable.shape[axis]
+                        shape = channel_choice.mask(variable, axis, []).shape
                         self._masks[id(variable)] = (
                             variable,
                             tf.Variable(
@@ -169,31 +166,6 @@ class ChannelPruning:
 
         self._apply = apply
         self._gradient = None  # traced on the first Taylor update
-
-    def _scores(self, group, gradients):
-        layers = [self.model.get_layer(n) for n in group.channels]
-        if self.importance == "bn_gamma":
-            norms = [
-                layer
-                for layer in layers
-                if isinstance(layer, _L.BatchNormalization) and layer.scale
-            ]
-            if norms:  # else (no BatchNorm in the group) the L2 norm
-                return sum(
-                    np.abs(n.gamma.numpy()[list(group.channels[n.name])]) for n in norms
-                )
-        total = np.zeros(group.size)
-        names = group.producers if gradients is None else group.channels
-        for name in names:
-            layer = self.model.get_layer(name)
-            index = list(group.channels[name])
-            for variable, axis in channels.output_variables(layer):
-                values = variable.numpy()
-                if gradients is not None:  # first-order Taylor: (w * dL/dw)^2
-                    values = values * gradients[id(variable)]
-                values = np.moveaxis(values, axis, -1)[..., index]
-                total += np.square(values).reshape(-1, group.size).sum(0)
-        return total
 
     def _gradients(self, trained, data):
         """Gradients of the training loss on the first batches of `data`."""
@@ -246,33 +218,24 @@ class ChannelPruning:
         gradients = None
         if self.importance == "taylor" and progress > 0:
             gradients = self._gradients(trained, data)
-        removed = {key: [] for key in self._masks}
         for i in self.prunable:
-            group = self.groups[i]
-            # One channel at a time on the way: only the final count (what
-            # shrink keeps) must be a multiple of round_to. Rounding every
-            # step would hold a group whole until the last update, then cut it
-            # at once, with little training left to recover.
-            count = group.size - math.floor(
-                min(progress, 1.0) * (group.size - self.final[i]) + 1e-9
+            group_scores = channel_choice.scores(
+                self.groups[i],
+                self._nodes,
+                self.importance,
+                lambda variable: variable.numpy(),
+                gradients,
             )
-            order = np.argsort(-self._scores(group, gradients), kind="stable")
-            self.keep[i] = sorted(int(k) for k in order[:count])
-            drop = sorted(set(range(group.size)) - set(self.keep[i]))
-            if not drop:
-                continue
-            for name, positions in group.channels.items():
-                for variable, _ in channels.output_variables(
-                    self.model.get_layer(name)
-                ):
-                    removed[id(variable)] += channels.flat_indices(
-                        positions[k] for k in drop
-                    )
+            self.keep[i] = channel_choice.keep_at(
+                self.groups[i], self.final[i], progress, group_scores
+            )
+        removed = channel_choice.removed(
+            self.groups, self.prunable, self.keep, self._nodes
+        )
         with self.model.distribute_strategy.scope():
             for key, (variable, mask, axis) in self._masks.items():
-                values = np.ones(variable.shape[axis], np.float32)
-                values[removed[key]] = 0.0
-                mask.assign(tf.reshape(tf.constant(values, mask.dtype), mask.shape))
+                values = channel_choice.mask(variable, axis, removed[key][2])
+                mask.assign(tf.constant(values, mask.dtype))
         self.apply()
 
     def apply(self):

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from tfopt.core import checks, kerases, summary
 from tfopt.core import schedule as _steps
-from tfopt.keras3 import pruning
+from tfopt.keras3 import channel_pruning, pruning
 from tfopt.keras3.pruning import MISSING_CALLBACK, masked
 
 
@@ -57,10 +57,11 @@ class PruningCallback(keras.callbacks.Callback):
     def __init__(self, log_dir, update_freq, data):
         super().__init__()  # the arguments are checked by the front
         if data is not None:  # it ranks channels for channel pruning
-            kerases.refuse("channel_pruning", kerases.Keras.KERAS3, "data", data)
+            kerases.refuse("taylor", kerases.Keras.KERAS3, "data", data)
         self.log_dir = log_dir
         self.update_freq = 1 if update_freq == "batch" else update_freq
         self._found = []
+        self._channels = None  # a ChannelMasks, for a channel-pruned model
         self._applied = None
         self._start = self._iterations0 = self._epoch_start = 0
         self._writer = None
@@ -100,10 +101,14 @@ class PruningCallback(keras.callbacks.Callback):
                         raise ValueError(_steps.UNKNOWN_LENGTH)
                     schedule.resolve(total)
                 if constraint.mask is None:
-                    # A resumed model's masks are its zeros; a fresh one has none.
+                    # A resumed model's masks are its zeros; a fresh one has
+                    # none. Channel masks start whole: the update below
+                    # chooses them for the model (a fresh BatchNorm's offsets
+                    # are zeros that must train).
                     values = variable.numpy()
+                    keep = values != 0 if not constraint.channels else values == values
                     constraint.mask = tf.Variable(
-                        (values != 0).astype(values.dtype),
+                        keep.astype(values.dtype),
                         trainable=False,
                         name=variable.name.replace("/", "_") + "_mask",
                     )
@@ -117,6 +122,10 @@ class PruningCallback(keras.callbacks.Callback):
                 warnings.warn(message, UserWarning, stacklevel=2)
         # Step `_start` ran with its update in place: the masks hold it.
         self._applied = schedule.last_update_at_or_before(self._start)
+        if any(c.channels for _, _, c in self._found):
+            self._channels = channel_pruning.ChannelMasks(self.model, self._found)
+            if self._applied is not None:  # the channels a resumed fit had
+                self._channels.update(schedule.sparsity_at(self._applied))
         if self.log_dir is not None and self._writer is None:
             self._writer = tf.summary.create_file_writer(str(self.log_dir))
 
@@ -133,6 +142,9 @@ class PruningCallback(keras.callbacks.Callback):
         update = self._found[0][2].schedule.last_update_at_or_before(step)
         if update is not None and update != self._applied:
             pruning.update_masks(self.model, self._found, update)
+            if self._channels is not None:
+                schedule = self._found[0][2].schedule
+                self._channels.update(schedule.sparsity_at(update))
             self._applied = update
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -152,9 +164,14 @@ class PruningCallback(keras.callbacks.Callback):
         ):
             self._write(step - 1)  # after every `update_freq` finished batches
 
+    def _sparsity(self):
+        if self._channels is not None:  # of the model's measure
+            return self._channels.sparsity()
+        return pruning.mask_sparsity(self._found)
+
     def _write(self, step):
         values = {
-            "pruning/sparsity": pruning.mask_sparsity(self._found),
+            "pruning/sparsity": self._sparsity(),
             "pruning/target_sparsity": self._found[0][2].schedule.sparsity_at(step),
         }
         for _, variable, constraint in self._found:
@@ -169,7 +186,7 @@ class PruningCallback(keras.callbacks.Callback):
         step = self._finished()
         self._advance(step)
         if logs is not None:
-            logs["sparsity"] = pruning.mask_sparsity(self._found)
+            logs["sparsity"] = self._sparsity()
         if self._writer is not None and self.update_freq == "epoch":
             self._write(step)
 

@@ -89,7 +89,9 @@ class PruningMask(keras.constraints.Constraint):
     zeros when `fit` starts, in the model's strategy scope.
     """
 
-    def __init__(self, *schedule, m_by_n=None, inner=None, step=0, **settings):
+    def __init__(
+        self, *schedule, m_by_n=None, inner=None, step=0, channels=None, **settings
+    ):
         # `schedule` and `settings`: the arguments of `ScheduleSteps`.
         self.schedule = _steps.ScheduleSteps(*schedule, **settings)
         # Training steps this weight has been pruned for. The optimizer counts
@@ -97,6 +99,9 @@ class PruningMask(keras.constraints.Constraint):
         # starts again at 0: the schedule must not.
         self.step = int(step)
         self.m_by_n = tuple(m_by_n) if m_by_n else None
+        # Channel pruning's settings (`tfopt.keras3.channel_pruning`): its
+        # masks zero whole channels and are chosen for the whole model.
+        self.channels = channels
         self.inner = keras.constraints.get(inner)
         self.mask = None
         self.ready = False
@@ -122,6 +127,7 @@ class PruningMask(keras.constraints.Constraint):
             "m_by_n": list(self.m_by_n) if self.m_by_n else None,
             "inner": keras.constraints.serialize(self.inner),
             "step": self.step,
+            "channels": self.channels,
         }
 
 
@@ -140,14 +146,22 @@ def flat_layers(model):
 
 def masked(model):
     """(layer, variable, PruningMask) of every pruned weight of `model`."""
-    found = []
-    for layer in flat_layers(model):
-        names = prunable(layer)
-        if names:
-            variable = getattr(layer, names[0], None)
-            if isinstance(getattr(variable, "constraint", None), PruningMask):
-                found.append((layer, variable, variable.constraint))
-    return found
+    return [
+        (layer, variable, variable.constraint)
+        for layer in flat_layers(model)
+        for variable in layer.weights
+        if isinstance(getattr(variable, "constraint", None), PruningMask)
+    ]
+
+
+def unmasked_config(config):
+    """A layer's `config` with each `PruningMask` constraint replaced by the
+    constraint it wraps."""
+    for key, value in config.items():
+        if key.endswith("_constraint") and isinstance(value, dict):
+            if value.get("class_name") == "PruningMask":
+                config[key] = value["config"]["inner"]
+    return config
 
 
 def guard(trainer, model=None):
@@ -277,14 +291,7 @@ def strip(model):
     check_graph_model(model, "stripping")
     apply_masks(model)
 
-    def unmask(layer, config):
-        names = prunable(layer)
-        if names and isinstance(getattr(layer, names[0]).constraint, PruningMask):
-            inner = getattr(layer, names[0]).constraint.inner
-            config[names[1]] = keras.constraints.serialize(inner)
-        return config
-
-    return rebuild(model, unmask)
+    return rebuild(model, lambda layer, config: unmasked_config(config))
 
 
 def values_of(variable, constraint):
@@ -332,6 +339,8 @@ def update_masks(model, found, step_update):
     at `step_update` (or m:n), ranking the weights by magnitude."""
     with model.distribute_strategy.scope():
         for _, variable, constraint in found:
+            if constraint.channels:  # chosen per group, not per weight
+                continue
             values = values_of(variable, constraint)
             if constraint.m_by_n:
                 mask = _m_by_n_mask(values, constraint.m_by_n)
