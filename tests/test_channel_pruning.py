@@ -11,7 +11,9 @@ import tensorflow as tf
 
 import tfopt
 from tests.support.helpers import LOSS, compiled
+from tests.support.kerases import api
 from tfopt import keras
+from tfopt.core.kerases import Keras
 from tfopt.keras2 import channel_pruning, cost, pruning
 
 
@@ -411,16 +413,20 @@ def test_shrink_keeps_channels_a_sigmoid_makes_non_zero_and_names_why():
     np.testing.assert_allclose(small(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-def test_shrink_removes_channels_of_a_batchnorm_without_scale():
+@pytest.mark.parametrize(
+    "which", [Keras.TF_KERAS, Keras.KERAS3], ids=["tf_keras", "keras3"]
+)
+def test_shrink_removes_channels_of_a_batchnorm_without_scale(which):
     # InceptionV3's BatchNormalization(scale=False): a pruned channel is
     # -mean/std unless its mean is zeroed with its offset.
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((8, 8, 3))
-    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="a")(inputs)
-    x = keras.layers.BatchNormalization(scale=False, name="a_bn")(x)
-    x = keras.layers.ReLU()(x)
-    x = keras.layers.Conv2D(4, 3, name="b")(x)
-    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    k = api(which)
+    k.utils.set_random_seed(0)
+    inputs = k.Input((8, 8, 3))
+    x = k.layers.Conv2D(8, 3, padding="same", use_bias=False, name="a")(inputs)
+    x = k.layers.BatchNormalization(scale=False, name="a_bn")(x)
+    x = k.layers.ReLU()(x)
+    x = k.layers.Conv2D(4, 3, name="b")(x)
+    model = k.Model(inputs, k.layers.GlobalAveragePooling2D()(x))
     model.get_layer("a_bn").set_weights(
         [np.full(8, 0.3), np.full(8, 0.5), np.full(8, 2.0)]
     )

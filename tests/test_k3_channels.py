@@ -88,30 +88,6 @@ def test_prune_reaches_the_mac_target_and_shrink_computes_the_same():
     small.fit(x, y, epochs=1, verbose=0)  # it trains with no callback
 
 
-def test_a_batchnorm_without_scale_shrinks_exactly():
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((8, 8, 1))
-    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="a")(inputs)
-    x = keras.layers.BatchNormalization(scale=False, name="a_bn")(x)
-    x = keras.layers.Conv2D(4, 3, name="b")(keras.layers.ReLU()(x))
-    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
-    model.get_layer("a_bn").set_weights([np.full(8, 0.5), np.full(8, 0.3), np.ones(8)])
-    pruned = _pruned(model, 0.5, measure="channels", round_to=1)
-    pruned.compile(optimizer="sgd", loss="mse")
-    x, _ = _data()
-    pruned.fit(
-        x,
-        np.zeros((64, 4)),
-        epochs=1,
-        batch_size=16,
-        verbose=0,
-        callbacks=[tfopt.PruningCallback()],
-    )
-    small = tfopt.shrink(pruned)
-    assert small.get_layer("a").filters == 4
-    np.testing.assert_allclose(small(x[:8]), pruned(x[:8]), rtol=1e-5, atol=1e-5)
-
-
 def test_save_reload_and_resume_keeps_the_channels(tmp_path):
     keras.utils.set_random_seed(0)
     x, y = _data()
@@ -150,6 +126,24 @@ def test_same_masks_and_weights_on_default_and_mirrored(mirrored):
     for part in (1, 2):
         for a, b in zip(single[part], double[part], strict=True):
             np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_a_model_with_nothing_to_prune_is_refused_naming_why():
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, name="a")(inputs)
+    x = keras.layers.Lambda(lambda t: t * 2.0, name="double")(x)
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 3, name="b")(x))
+    with pytest.raises(ValueError) as caught:
+        tfopt.prune(model, 0.5, structure="channels")
+    assert str(caught.value) == (
+        "`model` has no channel group that can be pruned (each group's channels "
+        "must run from Conv/Dense producers to consumers, not to the model's "
+        "outputs or through layers whose channels cannot be followed) among the "
+        "chosen layers. Held back by: double (Lambda: its channels cannot be "
+        "followed). Received: layers=None, exclude=None"
+    )
+    with pytest.raises(TypeError, match=r"^`model` must be a tf_keras Model"):
+        tfopt.channels.blocking("model.keras")
 
 
 def test_max_cut_and_an_unreachable_target():

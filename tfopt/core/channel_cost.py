@@ -6,11 +6,19 @@ channels, parameters or MACs into a channel count per group.
 """
 
 import math
+import warnings
 
 import numpy as np
 
 from tfopt.core import vocab
-from tfopt.core.channel_groups import DEPTHWISE, TRANSPOSED, kept_channels, width
+from tfopt.core.channel_groups import (
+    DEPTHWISE,
+    TRANSPOSED,
+    blocked_message,
+    describe,
+    kept_channels,
+    width,
+)
 from tfopt.core.sparsity import NOT_PARAMETERS
 
 
@@ -145,16 +153,29 @@ class _Cuts:
         return 1.0 - self.total(vector) / self.full
 
 
-def rounding_message(reached, target, measure, round_to, sizes):
-    """The warning when `round_to` puts the cut more than 5 points off."""
-    if abs(reached - target) <= 0.05:
-        return None
-    return (
-        f"prune: with round_to={round_to}, the nearest cut these channel "
-        f"groups allow removes {reached:.0%} of the {measure} (target "
-        f"{target:.0%}): groups of {sizes} channels keep multiples of "
-        f"{round_to}. A smaller round_to comes closer."
-    )
+def counts_for(nodes, terms, groups, prunable, blocked, structure, target):
+    """`final_counts` for `prune(..., structure=Channels(...))`, with the
+    warnings a user reads at their `prune` call: when `round_to` puts the
+    nearest cut more than 5 points past the target, and which layers
+    (`blocked`, from `channel_groups.analyse`) hold channels back."""
+    measure, _, round_to = structure
+    args = (nodes, terms, groups, prunable, measure)
+    counts = final_counts(*args, target, round_to, describe(blocked))
+    reached = removed_share(*args, {i: range(n) for i, n in counts.items()})
+    messages = [blocked_message(blocked)] if blocked else []
+    if abs(reached - target) > 0.05:
+        sizes = sorted({groups[i].size for i in prunable})
+        messages.insert(
+            0,
+            f"prune: with round_to={round_to}, the nearest cut these channel "
+            f"groups allow removes {reached:.0%} of the {measure} (target "
+            f"{target:.0%}): groups of {sizes} channels keep multiples of "
+            f"{round_to}. A smaller round_to comes closer.",
+        )
+    for message in messages:
+        # The user's `tfopt.prune` call: front, Keras package, here.
+        warnings.warn(message, UserWarning, stacklevel=4)
+    return counts
 
 
 def final_counts(

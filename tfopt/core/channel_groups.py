@@ -316,14 +316,23 @@ def describe(blocked):
     return "; ".join(f"{name} ({why})" for name, why in blocked.items())
 
 
-def no_group_message(blocked, layers, exclude):
-    return (
-        "`model` has no channel group that can be pruned (each group's "
-        "channels must run from Conv/Dense producers to consumers, not to the "
-        "model's outputs or through layers whose channels cannot be followed) "
-        f"among the chosen layers. Held back by: {describe(blocked) or 'nothing'}. "
-        f"Received: layers={layers!r}, exclude={exclude!r}"
-    )
+def prunable(groups, blocked, chosen, layers, exclude):
+    """The indices of `groups` whose producers are all `chosen` (layer
+    names); raises, naming what holds channels back, if there is none.
+    `layers`/`exclude` are the user's arguments that chose them."""
+    found = [
+        i for i, g in enumerate(groups) if all(name in chosen for name in g.producers)
+    ]
+    if not found:
+        raise ValueError(
+            "`model` has no channel group that can be pruned (each group's "
+            "channels must run from Conv/Dense producers to consumers, not to "
+            "the model's outputs or through layers whose channels cannot be "
+            "followed) among the chosen layers. Held back by: "
+            f"{describe(blocked) or 'nothing'}. Received: layers={layers!r}, "
+            f"exclude={exclude!r}"
+        )
+    return found
 
 
 def blocked_message(blocked):

@@ -3,6 +3,8 @@
 layer without its removed channels (what the smaller model gets), and the
 check that the smaller model computes what the model does."""
 
+import warnings
+
 import numpy as np
 
 from tfopt.core.channel_choice import output_variables
@@ -11,6 +13,7 @@ from tfopt.core.channel_groups import (
     PRODUCERS,
     SEPARABLE,
     TRANSPOSED,
+    analyse,
     describe,
     width,
 )
@@ -99,6 +102,23 @@ def stranded(nodes, groups, blocked):
         "model input or output or pass through layers that keep them, so "
         f"removing them would change what the model computes: {describe(blocked)}"
     )
+
+
+def plan(nodes, ends):
+    """(the channel groups, {group index: positions kept}) of `shrink` on
+    the graph of `nodes`; warns, at the user's `tfopt.shrink` call, naming
+    zeroed channels it must keep (`stranded`)."""
+    groups, blocked = analyse(nodes, ends)
+    message = stranded(nodes, groups, blocked)
+    if message:  # the user's call: front, Keras package, here
+        warnings.warn(message, UserWarning, stacklevel=4)
+    return groups, zeroed(nodes, groups)
+
+
+def random_batch(input_shape):
+    """The two random examples `shrink` checks its copy on."""
+    shape = [d or 1 for d in input_shape[1:]]
+    return np.random.default_rng(0).uniform(0, 1, (2, *shape)).astype("float32")
 
 
 def check_same(expected, got, atol):

@@ -20,8 +20,6 @@ the step from the optimizer, so a resumed `fit` (or a reloaded model) goes
 on where it was: the channels already zeroed rank last.
 """
 
-import warnings
-
 import tensorflow as tf
 
 from tfopt.core import channel_choice, channel_cost, channel_groups, vocab
@@ -40,28 +38,30 @@ _L = keras.layers
 
 
 def _prunable_groups(model, layers, exclude):
-    """(a flat copy of `model`, its channel groups, the indices of those
-    the chosen layers produce, what holds the other channels back)."""
+    """(a flat copy of `model`, its cost terms (`cost.Terms`), its channel
+    groups, the indices of those the chosen layers produce, what holds the
+    other channels back)."""
     flat = graph.flat(selection.copy_model(model))
     chosen = {layer.name for layer in selection.chosen_layers(flat, layers, exclude)}
-    groups, blocked = channels.analyse(flat)
-    prunable = [
-        i for i, g in enumerate(groups) if all(name in chosen for name in g.producers)
-    ]
-    if not prunable:
-        raise ValueError(channel_groups.no_group_message(blocked, layers, exclude))
-    return flat, groups, prunable, blocked
+    terms = cost.Terms(flat)
+    groups, blocked = channel_groups.analyse(terms.nodes, channels.ends(flat))
+    found = channel_groups.prunable(groups, blocked, chosen, layers, exclude)
+    return flat, terms, groups, found, blocked
 
 
 def blocking(model):
     """`tfopt.channels.blocking` of a tf_keras model."""
+    binding.check_model(model)
+    selection.check_graph_model(model, "channel pruning")
     return channels.analyse(graph.flat(model))[1]
 
 
 def max_cut(model, measure, round_to, layers, exclude):
     """`tfopt.channels.max_cut` of a tf_keras model, its arguments checked."""
-    flat, groups, prunable, _ = _prunable_groups(model, layers, exclude)
-    return cost.most_cut(flat, groups, prunable, measure, round_to)
+    _, terms, groups, prunable, _ = _prunable_groups(model, layers, exclude)
+    return channel_cost.most_cut(
+        terms.nodes, terms.terms, groups, prunable, measure, round_to
+    )
 
 
 def prune_channels(model, structure, settings, *, layers, exclude):
@@ -71,21 +71,10 @@ def prune_channels(model, structure, settings, *, layers, exclude):
     (`core.schedule.ScheduleSteps`'s arguments)."""
     target = settings["target_sparsity"]
     measure, importance, round_to = structure
-    flat, groups, prunable, blocked = _prunable_groups(model, layers, exclude)
-    held_back = channel_groups.describe(blocked)
-    counts = cost.final_counts(
-        flat, groups, prunable, measure, target, round_to, held_back
+    flat, terms, groups, prunable, blocked = _prunable_groups(model, layers, exclude)
+    counts = channel_cost.counts_for(
+        terms.nodes, terms.terms, groups, prunable, blocked, structure, target
     )
-    reached = cost.removed_share(
-        flat, groups, prunable, measure, {i: range(n) for i, n in counts.items()}
-    )
-    sizes = sorted({groups[i].size for i in prunable})
-    for message in (
-        channel_cost.rounding_message(reached, target, measure, round_to, sizes),
-        channel_groups.blocked_message(blocked) if blocked else None,
-    ):
-        if message:
-            warnings.warn(message, UserWarning, stacklevel=3)
     pruned = pruning.ChannelPrunedModel(flat.inputs, flat.outputs, name=model.name)
     pruned.tfopt_channel_pruning = {
         "target": float(target),
@@ -127,7 +116,9 @@ class ChannelPruning:
     def __init__(self, model):
         settings = model.tfopt_channel_pruning
         self.model = model
-        self.groups = channels.channel_groups(model)
+        self._terms = cost.cost_terms(model)
+        self._nodes = {node.name: node for node in self._terms.nodes}
+        self.groups, _ = channel_groups.analyse(self._terms.nodes, channels.ends(model))
         final = {tuple(g["producers"]): g["kept"] for g in settings["groups"]}
         self.prunable = [i for i, g in enumerate(self.groups) if g.producers in final]
         self.final = {i: final[self.groups[i].producers] for i in self.prunable}
@@ -135,8 +126,6 @@ class ChannelPruning:
         self.importance, self.measure = settings["importance"], settings["measure"]
         self.keep = {i: list(range(g.size)) for i, g in enumerate(self.groups)}
         self._updated_at = None  # the schedule step of the masks in place
-        self._terms = cost.cost_terms(model)
-        self._nodes = {node.name: node for node in self._terms.nodes}
         # One mask variable per masked weight, and one traced function that
         # applies them all: called after every batch, it must cost far less
         # than the batch, and never retrace when the masks change.

@@ -44,17 +44,3 @@ def removed_share(model, groups, prunable, measure, keep, terms=None):
     return channel_cost.removed_share(
         terms.nodes, terms.terms, groups, prunable, measure, keep
     )
-
-
-def most_cut(model, groups, prunable, measure, round_to, terms=None):
-    terms = terms or Terms(model)
-    return channel_cost.most_cut(
-        terms.nodes, terms.terms, groups, prunable, measure, round_to
-    )
-
-
-def final_counts(model, groups, prunable, measure, target, round_to, held_back=""):
-    terms = Terms(model)
-    return channel_cost.final_counts(
-        terms.nodes, terms.terms, groups, prunable, measure, target, round_to, held_back
-    )

@@ -4,12 +4,7 @@ functional model that a choice of kept channels describes, and `shrink`
 copy computes what the model does.
 """
 
-import warnings
-
-import numpy as np
-
-from tfopt.core.channel_groups import analyse
-from tfopt.core.channel_shrink import RESIZED, check_same, sliced, stranded, zeroed
+from tfopt.core.channel_shrink import RESIZED, check_same, plan, random_batch, sliced
 from tfopt.keras2 import channels, graph
 from tfopt.keras2.binding import keras
 
@@ -78,14 +73,9 @@ def shrink(model, *, atol=1e-4):
     binding.check_model(model)
     selection.check_graph_model(model, "shrinking")
     flat = graph.flat(model)
-    nodes = channels.nodes(flat)
-    groups, blocked = analyse(nodes, channels.ends(flat))
-    message = stranded(nodes, groups, blocked)
-    if message:
-        warnings.warn(message, UserWarning, stacklevel=3)
-    small = remove_channels(flat, groups, zeroed(nodes, groups))
-    shape = [d or 1 for d in flat.input_shape[1:]]
-    x = np.random.default_rng(0).uniform(0, 1, (2, *shape)).astype("float32")
+    groups, keep = plan(channels.nodes(flat), channels.ends(flat))
+    small = remove_channels(flat, groups, keep)
+    x = random_batch(flat.input_shape)
     expected = flat(x, training=False).numpy()
     check_same(expected, small(x, training=False).numpy(), atol)
     return small

@@ -14,6 +14,7 @@ the schedule back.
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfopt.core import checks, kerases, summary
@@ -106,7 +107,7 @@ class PruningCallback(keras.callbacks.Callback):
                     # chooses them for the model (a fresh BatchNorm's offsets
                     # are zeros that must train).
                     values = variable.numpy()
-                    keep = values != 0 if not constraint.channels else values == values
+                    keep = np.ones_like(values) if constraint.channels else values != 0
                     constraint.mask = tf.Variable(
                         keep.astype(values.dtype),
                         trainable=False,

@@ -15,21 +15,11 @@ pruned channel is zeroed with it (it has no constraint; with its input zero
 it stays zero), so a `scale=False` BatchNorm's pruned channel is zero too.
 """
 
-import warnings
-
 import keras
 import numpy as np
 
-from tfopt.core import channel_choice, channel_cost, selection
-from tfopt.core.channel_groups import (
-    DEPTHWISE,
-    PRODUCERS,
-    SEPARABLE,
-    analyse,
-    blocked_message,
-    describe,
-    no_group_message,
-)
+from tfopt.core import channel_choice, channel_cost, channel_groups, selection
+from tfopt.core.channel_groups import DEPTHWISE, PRODUCERS, SEPARABLE, analyse
 from tfopt.keras3 import channels, fit, pruning
 
 
@@ -64,12 +54,8 @@ def _prunable_groups(model, layers, exclude):
         layer.name
         for layer in selection.select(every, producers, layers, exclude, "tfopt")
     }
-    prunable = [
-        i for i, g in enumerate(groups) if all(name in chosen for name in g.producers)
-    ]
-    if not prunable:
-        raise ValueError(no_group_message(blocked, layers, exclude))
-    return flat, terms, groups, prunable, blocked
+    found = channel_groups.prunable(groups, blocked, chosen, layers, exclude)
+    return flat, terms, groups, found, blocked
 
 
 def blocking(model):
@@ -93,20 +79,10 @@ def prune_channels(model, structure, settings, *, layers, exclude):
     target = settings["target_sparsity"]
     measure, importance, round_to = structure
     flat, terms, groups, prunable, blocked = _prunable_groups(model, layers, exclude)
-    args = (terms.nodes, terms.terms, groups, prunable, measure)
-    counts = channel_cost.final_counts(
-        *args, target, round_to, held_back=describe(blocked)
+    counts = channel_cost.counts_for(
+        terms.nodes, terms.terms, groups, prunable, blocked, structure, target
     )
-    reached = channel_cost.removed_share(
-        *args, {i: range(n) for i, n in counts.items()}
-    )
-    sizes = sorted({groups[i].size for i in prunable})
-    for message in (
-        channel_cost.rounding_message(reached, target, measure, round_to, sizes),
-        blocked_message(blocked) if blocked else None,
-    ):
-        if message:
-            warnings.warn(message, UserWarning, stacklevel=3)
+    by_name = {node.name: node for node in terms.nodes}
     common = {
         "target": float(target),
         "measure": measure,
@@ -116,8 +92,7 @@ def prune_channels(model, structure, settings, *, layers, exclude):
     masks = {}  # layer name -> {constraint argument: channel settings}
     for i in prunable:
         for name in groups[i].channels:
-            node = next(n for n in terms.nodes if n.name == name)
-            for attr, key in _constraints(node):
+            for attr, key in _constraints(by_name[name]):
                 final = name in groups[i].producers and "kernel" in attr
                 masks.setdefault(name, {})[key] = (
                     {**common, "kept": counts[i]} if final else common

@@ -4,10 +4,7 @@ pruning zeroed, built with `keras.models.clone_model` (narrower producers,
 checked to compute what the model does (`tfopt.core.channel_shrink`).
 """
 
-import warnings
-
 import keras
-import numpy as np
 
 from tfopt.core import channel_groups, channel_shrink
 from tfopt.keras3 import channels
@@ -48,13 +45,9 @@ def shrink(model, *, atol=1e-4):
     check_graph_model(model, "shrinking")
     flat = channels.functional(model)
     nodes = channels.nodes(flat)
-    groups, blocked = channel_groups.analyse(nodes, channels.ends(flat))
-    message = channel_shrink.stranded(nodes, groups, blocked)
-    if message:
-        warnings.warn(message, UserWarning, stacklevel=3)
-    small = remove_channels(flat, nodes, groups, channel_shrink.zeroed(nodes, groups))
-    shape = [d or 1 for d in flat.inputs[0].shape[1:]]
-    x = np.random.default_rng(0).uniform(0, 1, (2, *shape)).astype("float32")
+    groups, keep = channel_shrink.plan(nodes, channels.ends(flat))
+    small = remove_channels(flat, nodes, groups, keep)
+    x = channel_shrink.random_batch(flat.inputs[0].shape)
     expected = keras.ops.convert_to_numpy(flat(x, training=False))
     got = keras.ops.convert_to_numpy(small(x, training=False))
     channel_shrink.check_same(expected, got, atol)
