@@ -29,9 +29,10 @@ test: lint
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow"
 
-# Every tf_keras.applications family through prune, QAT and int8 export.
+# Every applications family through prune, QAT and int8 export, and the
+# Keras 3 applications through channel pruning and shrink.
 test-models: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -m models tests/test_zoo.py
+	$(BIN)/python -m pytest -m models
 
 demo: $(VENV)/.installed-data
 	$(BIN)/python scripts/train.py --flagfile=scripts/demo.flags

@@ -191,7 +191,7 @@ def test_bn_gamma_importance_ranks_by_the_batchnorm_scales():
     assert list(kept) == [1, 3]
 
 
-@pytest.mark.slow  # builds four keras.applications models
+@pytest.mark.models  # builds four keras.applications models: make test-models
 @pytest.mark.parametrize(
     "name, shape",
     [

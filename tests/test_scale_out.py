@@ -383,3 +383,52 @@ def test_a_lost_task_is_named_with_its_address_or_as_a_peer():
     assert lockstep.lost_task(silent, me).startswith(
         "lost a peer of this 2-worker cluster (CancelledError); this is worker 1."
     )
+
+
+@pytest.mark.slow
+def test_keras3_channel_pruning_qat_job_on_two_workers_matches_one_process(tmp_path):
+    args = [
+        "--keras=3",
+        "--dataset=digits",
+        "--model=resnet_tiny",
+        "--prune",
+        "--prune_structure=channels",
+        "--prune_measure=macs",
+        "--target_sparsity=0.3",
+        "--qat",
+        "--qat_epochs=1",
+        "--epochs=1",
+        "--batch_size=32",
+        "--export=tflite_int8",
+    ]
+    plain = {"TF_USE_LEGACY_KERAS": "0"}
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs = cluster.start_script(
+        "train",
+        [f"--model_dir={tmp_path / 'two'}", *args],
+        [{**env, **plain} for env in cluster.cluster_envs({"worker": 2})],
+        logs,
+    )
+    codes, outputs = cluster.wait_all(procs, logs, TIMEOUT)
+    assert codes == [0, 0], outputs
+    [proc] = cluster.start_script(
+        "train",
+        [f"--model_dir={tmp_path / 'one'}", "--strategy=default", *args],
+        [plain],
+        tmp_path,
+    )
+    codes, single = cluster.wait_all([proc], tmp_path, TIMEOUT)
+    assert codes == [0], single
+    assert _digests(outputs[0]) == _digests(outputs[1])
+    _, rows = _rows(tmp_path / "two")
+    assert list(rows) == ["baseline", "pruned", "shrunk", "qat", "tflite_int8"]
+    _, one = _rows(tmp_path / "one")
+    # The same channels removed on two workers as on one process.
+    assert rows["shrunk"]["macs"] == one["shrunk"]["macs"]
+    assert rows["shrunk"]["params"] == one["shrunk"]["params"]
+    assert rows["shrunk"]["macs"] <= 0.7 * rows["baseline"]["macs"]
+    ops = tfopt.export.tflite_ops(
+        str(tmp_path / "two" / "export" / "model_int8.tflite")
+    )
+    assert (ops.quantize, ops.dequantize, ops.float_ops) == (1, 1, ())

@@ -65,15 +65,17 @@ def _check_ranges(model):
     """Refuses a QAT model whose ranges the converter cannot use: a range
     that is not finite (the training diverged), or one no training batch
     has set (the [-6, 6] placeholder)."""
+    # `.numpy()`, not float(): under MultiWorkerMirroredStrategy a Keras
+    # variable holds a MirroredVariable, which float() refuses.
     for layer in pruning.flat_layers(model):
         if isinstance(layer, quantizers.QuantizeRange) and not layer.fixed:
-            low, high = float(layer.range_min), float(layer.range_max)
+            low, high = layer.range_min.numpy().item(), layer.range_max.numpy().item()
             if not (np.isfinite(low) and np.isfinite(high)):
                 raise ValueError(
                     f"The quantization range of {layer.name!r} is [{low}, {high}]: "
                     f"{tflite.DIVERGED}"
                 )
-            if not float(layer.seen):
+            if not layer.seen.numpy().item():
                 raise ValueError(
                     f"The quantization range of {layer.name!r} was never learned: "
                     "a QAT model learns its ranges while it trains. Fine-tune it "
