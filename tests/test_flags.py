@@ -110,18 +110,6 @@ def test_flags_become_the_config_without_a_mapping():
             "`prune_importance=random` must be one of l2, bn_gamma, taylor.",
         ),
         ({"keras": "4"}, "`keras=4` must be one of 2, 3."),
-        (
-            {
-                "keras": "3",
-                "prune": True,
-                "prune_structure": "channels",
-                "prune_importance": "taylor",
-            },
-            "`prune_importance=taylor` is not available for Keras 3 models yet "
-            "(Taylor channel importance (`importance='taylor'`, "
-            "`PruningCallback(data=...)`) is tf_keras only). Use "
-            "--prune_importance=l2 or bn_gamma.",
-        ),
     ],
 )
 def test_config_errors_name_the_fields(fields, message):

@@ -7,11 +7,11 @@ import re
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfopt
 from tests.support import k3
 from tests.support.k3 import LOSS
-from tfopt.core.kerases import NotAvailable
 from tfopt.keras3 import channels, pruning, sparsity
 
 
@@ -154,18 +154,43 @@ def test_max_cut_and_an_unreachable_target():
         tfopt.prune(model, 0.95, structure="channels", measure="macs", round_to=8)
 
 
-def test_taylor_importance_is_refused_for_keras3_with_the_fix():
-    message = (
-        "`importance` is not available for Keras 3 models yet (Taylor channel "
-        "importance (`importance='taylor'`, `PruningCallback(data=...)`) is "
-        "tf_keras only). Rank channels with importance='l2' or 'bn_gamma'. "
-        "Received: importance='taylor'"
+def test_taylor_importance_chooses_the_same_channels_on_one_and_two_replicas(
+    mirrored,
+):
+    single = k3.train_channel_pruned(tfopt.get_strategy("default"), importance="taylor")
+    double = k3.train_channel_pruned(mirrored, importance="taylor")
+    for a, b in zip(single[0], double[0], strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(single[1], double[1], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # The gradients matter: L2 norms alone choose other channels.
+    by_norm = k3.train_channel_pruned(tfopt.get_strategy("default"))
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(single[0], by_norm[0], strict=True)
     )
-    with pytest.raises(NotAvailable) as caught:
-        tfopt.prune(
-            k3.channel_cnn(), 0.5, structure=tfopt.pruning.Channels(importance="taylor")
-        )
-    assert str(caught.value) == message
+
+
+def test_taylor_importance_needs_data_and_scores_a_distillers_student():
+    keras.utils.set_random_seed(0)
+    x, y = _data()
+    pruned = _pruned(k3.channel_cnn(), importance="taylor")
+    with pytest.raises(ValueError) as caught:
+        _fit(pruned, x, y)
+    assert str(caught.value) == (
+        "`data` must be batches of (x, y) for importance='taylor', which scores "
+        "channels on training data: pass PruningCallback(data=...). "
+        "Received: data=None"
+    )
+    teacher = k3.channel_cnn()
+    distiller = tfopt.Distiller(student=pruned, teacher=teacher, temperature=2.0)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.05), loss=LOSS)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    history = distiller.fit(
+        data, epochs=2, verbose=0, callbacks=[tfopt.PruningCallback(data=data)]
+    )
+    assert 0.5 <= history.history["sparsity"][-1] < 0.6
+    small = tfopt.shrink(distiller.student)
+    np.testing.assert_allclose(small(x[:4]), pruned(x[:4]), rtol=1e-5, atol=1e-5)
 
 
 def test_bn_gamma_importance_ranks_by_the_batchnorm_scales():

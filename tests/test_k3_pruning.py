@@ -152,6 +152,65 @@ def test_two_by_four_is_exact_where_it_fits_and_named_where_not(digits):
     assert rows["conv"].sparsity == pytest.approx(0.5, abs=0.01)
 
 
+def _mlp(k, seed=0):
+    k.utils.set_random_seed(seed)
+    inputs = k.Input((12,))
+    x = k.layers.Dense(8, name="hidden")(inputs)
+    return k.Model(inputs, k.layers.Dense(3, name="logits")(x))
+
+
+def test_block_pruning_zeroes_the_blocks_tfmot_zeroes():
+    # The same kernels pruned by TFMOT (tf_keras) and by tfopt's Keras 3
+    # path, at a learning rate of 0: the same whole blocks go. (TFMOT fails
+    # on a kernel one block wide; both Kerases prune such a kernel weight by
+    # weight. Where blocks do not divide a kernel, TFMOT scores windows
+    # shifted by its SAME padding; tfopt scores the blocks it zeroes.)
+    from tfopt.keras2.binding import keras as tf_keras
+
+    x = np.random.default_rng(0).random((16, 12)).astype(np.float32)
+    y = np.zeros((16, 3), np.float32)
+    zeros = []
+    for k in (tf_keras, keras):
+        model = _mlp(k)
+        model.set_weights(_mlp(keras).get_weights())
+        # One block wide (3 columns): pruned weight by weight, on both.
+        with pytest.warns(UserWarning, match=r"does not fit layers \['logits'\]"):
+            pruned = tfopt.prune(model, 0.5, end=1.0, block_size=(2, 4))
+        pruned.compile(optimizer=k.optimizers.SGD(0.0), loss="mse")
+        pruned.fit(
+            x, y, epochs=2, batch_size=8, verbose=0, callbacks=[tfopt.PruningCallback()]
+        )
+        stripped = tfopt.strip(pruned)
+        zeros.append(
+            [stripped.get_layer(n).get_weights()[0] == 0 for n in ("hidden", "logits")]
+        )
+    for tfmot_zeros, own in zip(*zeros, strict=True):
+        np.testing.assert_array_equal(own, tfmot_zeros)
+    hidden = zeros[1][0]
+    assert hidden.mean() == pytest.approx(0.5, abs=0.1)
+    blocks = hidden.reshape(6, 2, 2, 4)
+    assert np.all(blocks.all(axis=(1, 3)) | ~blocks.any(axis=(1, 3)))
+
+
+def test_block_size_prunes_2d_kernels_in_blocks_and_names_the_others(digits):
+    keras.utils.set_random_seed(0)
+    with pytest.warns(
+        UserWarning, match=r"^block_size=\(1, 4\) does not fit layers \['conv'\]"
+    ):
+        model = tfopt.prune(cnn(digits.info.input_shape), 0.5, block_size=(1, 4))
+    model.compile(optimizer="adam", loss=LOSS)
+    _fit(model, digits)
+    stripped = tfopt.strip(model)
+    rows = {r.layer: r for r in tfopt.sparsity_report(model).rows if r.pruned}
+    for name in ("hidden", "logits", "conv"):
+        assert rows[name].sparsity == pytest.approx(0.5, abs=0.02), name
+    kernel = stripped.get_layer("hidden").get_weights()[0]
+    rows_of_four = kernel[:, : kernel.shape[1] // 4 * 4].reshape(kernel.shape[0], -1, 4)
+    assert np.all((rows_of_four == 0).all(-1) | (rows_of_four != 0).all(-1))
+    again = pruning.PruningMask(**pruning.masked(model)[1][2].get_config())
+    assert again.block_size == (1, 4)
+
+
 def test_save_reload_and_resume(trained, digits, tmp_path):
     pruned = trained[2]
     path = tmp_path / "pruned.keras"
@@ -212,14 +271,10 @@ def test_same_masks_and_weights_on_default_and_mirrored(mirrored):
         ({"target_sparsity": "x"}, TypeError, r"^`target_sparsity` must be"),
         ({"begin": 0, "end": 0.5}, ValueError, r"^`begin` and `end` must both be"),
         (
-            {"structure": tfopt.pruning.Channels(importance="taylor")},
+            {"block_size": (2, 1), "target_sparsity": 0.8},
             ValueError,
-            r"^`importance` is not available for Keras 3 models yet",
-        ),
-        (
-            {"block_size": (1, 4)},
-            ValueError,
-            r"^`block_size` is not available for Keras 3 models yet",
+            r"must leave at least one weight in every pruned tensor: logits/kernel "
+            r"has 4 blocks, so it can be at most 0\.7500 sparse",
         ),
         ({"m_by_n": (4, 2)}, ValueError, r"^`m_by_n` must be two ints"),
         (
@@ -255,15 +310,6 @@ def test_bad_models_are_refused():
     )
     with pytest.raises(ValueError, match=r"^`model` is already pruned"):
         tfopt.prune(pruned, 0.5)
-    import tensorflow as tf
-
-    callback = tfopt.PruningCallback(data=tf.data.Dataset.range(2))
-    with pytest.raises(
-        ValueError,
-        match=r"^`data` is not available for Keras 3 models yet "
-        r"\(Taylor channel importance",
-    ):
-        callback.set_model(pruned)
 
 
 def test_pruning_mask_round_trips_its_config():

@@ -79,15 +79,16 @@ def test_a_bad_config_is_refused_before_any_file(tmp_path):
 
 
 @pytest.mark.slow  # trains two stages
-@pytest.mark.parametrize("keras", ["2", "3"])
+@pytest.mark.parametrize("keras, importance", [("2", "l2"), ("3", "taylor")])
 def test_channel_pruning_runs_prune_shrink_qat_export_and_times_the_result(
-    tmp_path, caplog, keras
+    tmp_path, caplog, keras, importance
 ):
     config = Config(
         model_dir=str(tmp_path),
         keras=keras,
         prune=True,
         prune_structure="channels",
+        prune_importance=importance,
         prune_measure="macs",
         target_sparsity=0.5,
         prune_round_to=4,
@@ -204,26 +205,3 @@ def test_keras3_prune_qat_int8_and_saved_model(tmp_path):
     ops = tfopt.export.tflite_ops(str(tmp_path / "export" / "model_int8.tflite"))
     assert (ops.quantize, ops.dequantize, ops.float_ops) == (1, 1, ())
     assert (tmp_path / "export" / "saved_model" / "saved_model.pb").exists()
-
-
-@pytest.mark.parametrize(
-    "settings, message",
-    [
-        (
-            {
-                "prune": True,
-                "prune_structure": "channels",
-                "prune_importance": "taylor",
-            },
-            r"^`prune_importance=taylor` is not available for Keras 3 models yet "
-            r"\(Taylor channel importance .* is tf_keras only\)\. Use "
-            r"--prune_importance=l2 or bn_gamma\.$",
-        ),
-    ],
-)
-def test_what_keras3_cannot_do_yet_is_refused_up_front(tmp_path, settings, message):
-    with pytest.raises(ConfigError, match=message):
-        pipeline.run(
-            Config(model_dir=str(tmp_path / "run"), keras="3", **{**QUICK, **settings})
-        )
-    assert not (tmp_path / "run").exists()

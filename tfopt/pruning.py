@@ -141,16 +141,17 @@ def prune(
             channels are a multiple of n; the others are pruned without
             structure to `target_sparsity`, and a warning names them.
             Defaults to `None`.
-        block_size: `(height, width)` blocks pruned together, on layers with
-            2-D kernels (Dense); others as above (tf_keras). Defaults to
-            `None`.
+        block_size: `(height, width)` blocks pruned together, ranked by
+            their mean magnitude, on layers with 2-D kernels (Dense,
+            Embedding) of more than one block along each axis; others as
+            above. Defaults to `None`.
         structure: `weights` (magnitude pruning: smaller files after
             compression, not faster ones), or `channels` / a `Channels(...)`
             (whole channel groups zeroed: a producer's output channels with
             its BatchNorm, the matching depthwise channels and consumer
             inputs, tied across an `Add`'s inputs and through
             concatenations; `shrink` then removes them, and the model runs
-            faster; tf_keras). Defaults to `weights`.
+            faster). Defaults to `weights`.
         measure: Shorthand for `Channels(measure=...)` with
             `structure="channels"`: `channels`, `params` or `macs` (every
             group loses the largest common fraction short of the target, then

@@ -144,9 +144,10 @@ def channel_cnn(input_shape=(8, 8, 1)):
     return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
 
 
-def train_channel_pruned(strategy, *, global_batch=16, seed=0):
+def train_channel_pruned(strategy, *, global_batch=16, seed=0, importance="l2"):
     """Two epochs of channel pruning of `channel_cnn` to half its MACs with
-    SGD; returns the masks, the weights and the shrunk model's weights."""
+    SGD, channels ranked by `importance` (Taylor on the first batches);
+    returns the masks, the weights and the shrunk model's weights."""
     rng = np.random.default_rng(seed)
     x = rng.random((64, 8, 8, 1)).astype(np.float32)
     y = rng.integers(0, 10, 64).astype(np.int32)
@@ -159,17 +160,15 @@ def train_channel_pruned(strategy, *, global_batch=16, seed=0):
             measure="macs",
             round_to=2,
             end=1.0,
+            importance=importance,
         )
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss=LOSS)
-    model.fit(
-        _dataset(x, y, global_batch),
-        epochs=2,
-        verbose=0,
-        callbacks=[tfopt.PruningCallback()],
-    )
+    data = _dataset(x, y, global_batch)
+    taylor = data if importance == "taylor" else None
+    model.fit(data, epochs=2, verbose=0, callbacks=[tfopt.PruningCallback(data=taylor)])
     masks = [c.mask.numpy() for _, _, c in pruning.masked(model)]
     return masks, model.get_weights(), tfopt.shrink(model).get_weights()
 
 
 def channel_pruned_multi_worker_job():
-    return train_channel_pruned(tfopt.get_strategy("multi_worker"))
+    return train_channel_pruned(tfopt.get_strategy("multi_worker"), importance="taylor")

@@ -75,16 +75,14 @@ CAPABILITIES = {
         Capability(
             "block_pruning",
             "block pruning (`block_size`)",
-            TF_KERAS_ONLY,
-            "Prune weights, or m:n with `m_by_n`.",
+            BOTH,
         ),
         Capability("channel_pruning", "channel pruning (`structure='channels'`)", BOTH),
         Capability(
             "taylor",
             "Taylor channel importance (`importance='taylor'`, "
             "`PruningCallback(data=...)`)",
-            TF_KERAS_ONLY,
-            "Rank channels with importance='l2' or 'bn_gamma'.",
+            BOTH,
         ),
         Capability("shrink", "removing pruned channels (shrink)", BOTH),
         Capability(

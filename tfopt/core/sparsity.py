@@ -157,12 +157,22 @@ def check_m_by_n(value, arg, *, optional=False):
         )
 
 
+def block_fits(shape, block_size):
+    """Whether a kernel of `shape` takes blocks of `block_size`: 2-D, with
+    more than one block along each axis (TFMOT squeezes a single block row
+    or column away, then fails on the rank)."""
+    return len(shape) == 2 and all(
+        -(-n // b) > 1 for n, b in zip(shape, block_size, strict=True)
+    )
+
+
 def unfit_message(what, unfit, target_sparsity):
     """The warning for layers that a structure (`what`, e.g. "m_by_n=(2, 4)")
     does not fit, which are then pruned without it."""
     return (
         f"{what} does not fit layers {unfit} (input channels must be a "
-        "multiple of n for m_by_n, kernels 2-D for block_size); they are "
+        "multiple of n for m_by_n, kernels 2-D and more than one block along "
+        "each axis for block_size); they are "
         f"pruned without structure to {target_sparsity}."
     )
 

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import re
 
-from tfopt.core.kerases import Keras, missing, refusal, supports
+from tfopt.core.kerases import Keras, refusal, supports
 from tfopt.core.vocab import (  # noqa: F401 (the job reads them here)
     ALL_REDUCE,
     DISTILLATION_LOSSES,
@@ -93,10 +93,8 @@ class Config:
     )
     keras: str = _field(
         "2",
-        "The Keras the models are built with: 2 (tf_keras, through TFMOT: "
-        "every feature) or 3 (the keras package; not yet: "
-        + ", ".join(c.name for c in missing(Keras.KERAS3))
-        + ").",
+        "The Keras the models are built with: 2 (tf_keras, through TFMOT) "
+        "or 3 (the keras package, TensorFlow's tf.keras).",
         "enum",
         choices=KERAS_VERSIONS,
     )

@@ -32,8 +32,6 @@ MEASURES = vocab.PRUNE_MEASURES  # ("channels", "params", "macs")
 IMPORTANCES = vocab.PRUNE_IMPORTANCES
 # Read here too: the class of what `prune_channels` returns.
 ChannelPrunedModel = pruning.ChannelPrunedModel
-# Batches of `PruningCallback(data=...)` each Taylor score is summed over.
-TAYLOR_BATCHES = 4
 _L = keras.layers
 
 
@@ -190,7 +188,7 @@ class ChannelPruning:
 
             self._gradient = gradient
         sums = [0.0] * len(variables)
-        for x, y in data.take(TAYLOR_BATCHES):
+        for x, y in data.take(channel_choice.TAYLOR_BATCHES):
             sums = [
                 total + g.numpy()
                 for total, g in zip(sums, self._gradient(x, y), strict=True)
@@ -236,11 +234,7 @@ class ChannelPruning:
         """At the start of `fit`: resolves the schedule, restores the masks
         of the step the optimizer is at (a resumed or continued fit)."""
         if self.importance == "taylor" and data is None:
-            raise ValueError(
-                "`data` must be batches of (x, y) for importance='taylor', which "
-                "scores channels on training data: pass "
-                "PruningCallback(data=...). Received: data=None"
-            )
+            raise ValueError(channel_choice.TAYLOR_NEEDS_DATA)
         if self.schedule.fractional:
             if not (epochs and steps):
                 raise ValueError(

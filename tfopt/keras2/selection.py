@@ -37,7 +37,7 @@ def fits_structure(layer, m_by_n, block_size):
             w.shape.rank in (2, 4) and w.shape[-2] % m_by_n[1] == 0 for w in weights
         )
     if block_size:
-        return all(w.shape.rank == 2 for w in weights)
+        return all(sparsity.block_fits(w.shape, block_size) for w in weights)
     return True
 
 

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfopt.core import checks, kerases, summary
+from tfopt.core import checks, summary
 from tfopt.core import schedule as _steps
 from tfopt.keras3 import channel_pruning, pruning
 from tfopt.keras3.pruning import MISSING_CALLBACK, masked
@@ -57,8 +57,7 @@ class PruningCallback(keras.callbacks.Callback):
 
     def __init__(self, log_dir, update_freq, data):
         super().__init__()  # the arguments are checked by the front
-        if data is not None:  # it ranks channels for channel pruning
-            kerases.refuse("taylor", kerases.Keras.KERAS3, "data", data)
+        self.data = data  # Taylor importance scores channels on it
         self.log_dir = log_dir
         self.update_freq = 1 if update_freq == "batch" else update_freq
         self._found = []
@@ -124,7 +123,9 @@ class PruningCallback(keras.callbacks.Callback):
         # Step `_start` ran with its update in place: the masks hold it.
         self._applied = schedule.last_update_at_or_before(self._start)
         if any(c.channels for _, _, c in self._found):
-            self._channels = channel_pruning.ChannelMasks(self.model, self._found)
+            self._channels = channel_pruning.ChannelMasks(
+                self.model, self._found, self.data
+            )
             if self._applied is not None:  # the channels a resumed fit had
                 self._channels.update(schedule.sparsity_at(self._applied))
         if self.log_dir is not None and self._writer is None:

@@ -17,10 +17,11 @@ it stays zero), so a `scale=False` BatchNorm's pruned channel is zero too.
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tfopt.core import channel_choice, channel_cost, channel_groups, selection
 from tfopt.core.channel_groups import DEPTHWISE, PRODUCERS, SEPARABLE, analyse
-from tfopt.keras3 import channels, fit, pruning
+from tfopt.keras3 import channels, distillation, fit, pruning
 
 
 def _constraints(node):
@@ -132,10 +133,14 @@ class ChannelMasks:
     """Chooses the channel masks of a Keras 3 channel-pruned model (its
     `PruningMask`s with `channels` settings) as the schedule goes."""
 
-    def __init__(self, trainer, found):
-        # `trainer` is the pruned model, or a Distiller training it.
-        flat = channels.functional(_pruned_model(trainer, found[0][0]))
+    def __init__(self, trainer, found, data=None):
+        # `trainer` is the pruned model, or a Distiller training it; `data`
+        # the batches Taylor importance scores channels on.
+        self.pruned = _pruned_model(trainer, found[0][0])
+        flat = channels.functional(self.pruned)
         self.model = trainer
+        self.data = data
+        self._gradient = None  # traced on the first Taylor update
         self.terms = channels.Terms(flat)
         self.nodes = {node.name: node for node in self.terms.nodes}
         self.groups, _ = analyse(self.terms.nodes, channels.ends(flat))
@@ -154,6 +159,54 @@ class ChannelMasks:
         ]
         self.final = {i: final[self.groups[i].producers[0]] for i in self.prunable}
         self.keep = {i: list(range(g.size)) for i, g in enumerate(self.groups)}
+        if self.importance == "taylor" and data is None:
+            raise ValueError(channel_choice.TAYLOR_NEEDS_DATA)
+
+    def _gradients(self):
+        """{id(variable): dL/dw} of every per-channel variable of the
+        prunable groups, the hard-label loss summed over the first batches
+        of `data`."""
+        removed = channel_choice.removed(
+            self.groups, self.prunable, self.keep, self.nodes
+        )
+        variables = [variable for variable, _, _ in removed.values()]
+        if self._gradient is None:
+            # A Distiller's hard loss, or the compiled one, per example (not
+            # `compute_loss`, which would also move the loss metric).
+            loss_fn = getattr(self.model, "hard_loss", None) or (
+                distillation.per_example(self.model.loss)
+            )
+            strategy = self.model.distribute_strategy
+            # The tf.Variables: BatchNorm's moving mean is not trainable, so
+            # the tape watches it only when told.
+            values = [variable.value for variable in variables]
+
+            def replica(x, y):
+                with tf.GradientTape() as tape:
+                    tape.watch(values)
+                    loss = tf.reduce_mean(loss_fn(y, self.pruned(x, training=False)))
+                return [
+                    tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                    for v, g in zip(values, tape.gradient(loss, values), strict=True)
+                ]
+
+            @tf.function
+            def gradient(x, y):
+                # Every replica (and worker) scores the same batch; the mean
+                # over them all makes the scores, and so the masks, agree.
+                return [
+                    strategy.reduce("MEAN", g, axis=None)
+                    for g in strategy.run(replica, args=(x, y))
+                ]
+
+            self._gradient = gradient
+        sums = [0.0] * len(variables)
+        for x, y in self.data.take(channel_choice.TAYLOR_BATCHES):
+            sums = [
+                total + g.numpy()
+                for total, g in zip(sums, self._gradient(x, y), strict=True)
+            ]
+        return {id(v): total for v, total in zip(variables, sums, strict=True)}
 
     def _values(self, variable):
         constraint = self.constraints.get(id(variable))
@@ -164,10 +217,13 @@ class ChannelMasks:
     def update(self, progress):
         """Keeps each group's best channels, `progress` (0 to 1) of the way
         to its final count; zeroes the others (on every replica)."""
+        gradients = None
+        if self.importance == "taylor" and progress > 0:
+            gradients = self._gradients()
         for i in self.prunable:
             group = self.groups[i]
             group_scores = channel_choice.scores(
-                group, self.nodes, self.importance, self._values
+                group, self.nodes, self.importance, self._values, gradients
             )
             self.keep[i] = channel_choice.keep_at(
                 group, self.final[i], progress, group_scores

@@ -13,11 +13,13 @@ stopped: its masks are its zeros.
 
 m:n structure is applied at each schedule update from `begin` and
 recomputed from the magnitudes then (TFMOT fixes it at its first update).
+Block pruning (`block_size`) zeroes whole blocks of a 2-D kernel, ranked by
+their mean magnitude, as TFMOT's average-pooled block masks do.
 
 The layer graph is left as it was (no wrapper layers), so the pruned model
-saves, reloads and exports as the plain model does. QAT (not yet for Keras 3) is meant
-to slot in the same way: `rebuild` swaps layer configs of a Sequential or
-functional model, nested ones included.
+saves, reloads and exports as the plain model does. QAT slots in the same
+way: `rebuild` swaps layer configs of a Sequential or functional model,
+nested ones included.
 """
 
 import warnings
@@ -26,8 +28,8 @@ import weakref
 import keras
 import numpy as np
 
+from tfopt.core import masks, selection, sparsity
 from tfopt.core import schedule as _steps
-from tfopt.core import selection, sparsity
 from tfopt.core.sparsity import m_by_n_compliant
 from tfopt.keras3 import fit
 
@@ -90,7 +92,14 @@ class PruningMask(keras.constraints.Constraint):
     """
 
     def __init__(
-        self, *schedule, m_by_n=None, inner=None, step=0, channels=None, **settings
+        self,
+        *schedule,
+        m_by_n=None,
+        block_size=None,
+        inner=None,
+        step=0,
+        channels=None,
+        **settings,
     ):
         # `schedule` and `settings`: the arguments of `ScheduleSteps`.
         self.schedule = _steps.ScheduleSteps(*schedule, **settings)
@@ -99,6 +108,7 @@ class PruningMask(keras.constraints.Constraint):
         # starts again at 0: the schedule must not.
         self.step = int(step)
         self.m_by_n = tuple(m_by_n) if m_by_n else None
+        self.block_size = tuple(block_size) if block_size else None
         # Channel pruning's settings (`tfopt.keras3.channel_pruning`): its
         # masks zero whole channels and are chosen for the whole model.
         self.channels = channels
@@ -125,6 +135,7 @@ class PruningMask(keras.constraints.Constraint):
         return {
             **self.schedule.settings(),
             "m_by_n": list(self.m_by_n) if self.m_by_n else None,
+            "block_size": list(self.block_size) if self.block_size else None,
             "inner": keras.constraints.serialize(self.inner),
             "step": self.step,
             "channels": self.channels,
@@ -251,23 +262,29 @@ def prune(
             UserWarning,
             stacklevel=3,
         )
-    fits = {}
+    fits = {id(layer): _fits(layer, m_by_n, block_size) for layer in selected}
     for layer in selected:
-        weight = getattr(layer, prunable(layer)[0])
-        fits[id(layer)] = (
-            bool(m_by_n)
-            and m_by_n_compliant(np.zeros(weight.shape), m_by_n) is not None
+        if m_by_n and fits[id(layer)]:
+            continue  # m:n's share is fixed
+        shape = getattr(layer, prunable(layer)[0]).shape
+        # TFMOT keeps at least one weight (or block) of every pruned tensor.
+        blocks = fits[id(layer)] and block_size and tuple(block_size) != (1, 1)
+        count = int(np.prod(shape))
+        if blocks:  # a 2-D kernel
+            count = -(-shape[0] // block_size[0]) * -(-shape[1] // block_size[1])
+        sparsity.check_ceiling(
+            f"{layer.name}/{prunable(layer)[0]}",
+            count,
+            target_sparsity,
+            "blocks" if blocks else "weights",
         )
-        if not fits[id(layer)]:
-            sparsity.check_ceiling(
-                f"{layer.name}/{prunable(layer)[0]}",
-                int(np.prod(weight.shape)),
-                target_sparsity,
-            )
-    unfit = [layer.name for layer in selected if m_by_n and not fits[id(layer)]]
+    unfit = [layer.name for layer in selected if not fits[id(layer)]]
     if unfit:
+        what = (
+            f"m_by_n={tuple(m_by_n)}" if m_by_n else f"block_size={tuple(block_size)}"
+        )
         warnings.warn(
-            sparsity.unfit_message(f"m_by_n={tuple(m_by_n)}", unfit, target_sparsity),
+            sparsity.unfit_message(what, unfit, target_sparsity),
             UserWarning,
             stacklevel=3,
         )
@@ -275,14 +292,28 @@ def prune(
     def add_mask(layer, config):
         if id(layer) in fits:
             key = prunable(layer)[1]
+            fit_ = fits[id(layer)]
             config[key] = PruningMask(
                 **settings,
-                m_by_n=m_by_n if fits[id(layer)] else None,
+                m_by_n=m_by_n if fit_ else None,
+                block_size=block_size if fit_ else None,
                 inner=config.get(key),
             )
         return config
 
     return fit.enable_multi_worker(guard(rebuild(model, add_mask)))
+
+
+def _fits(layer, m_by_n, block_size):
+    """Whether `layer`'s pruned weight takes the structure asked for (True
+    where none is): m:n needs input channels a multiple of n, blocks a 2-D
+    kernel of more than one block each way (as on tf_keras)."""
+    shape = getattr(layer, prunable(layer)[0]).shape
+    if m_by_n:
+        return m_by_n_compliant(np.zeros(shape), m_by_n) is not None
+    if block_size:
+        return sparsity.block_fits(shape, block_size)
+    return True
 
 
 def strip(model):
@@ -300,29 +331,6 @@ def values_of(variable, constraint):
     if constraint.mask is not None:
         values = values * constraint.mask.numpy()
     return values
-
-
-def _magnitude_mask(values, sparsity):
-    # A partial sort (linear time: it runs at every mask update, in the
-    # training loop). Deterministic: equal inputs give equal masks on every
-    # worker and replica.
-    zeros = min(int(round(sparsity * values.size)), values.size - 1)
-    mask = np.ones(values.size, values.dtype)
-    if zeros:
-        mask[np.argpartition(np.abs(values).ravel(), zeros - 1)[:zeros]] = 0
-    return mask.reshape(values.shape)
-
-
-def _m_by_n_mask(values, m_by_n):
-    # Groups of n run along the input channels (axis -2 of a Keras kernel),
-    # as in TFMOT and TFLite: move that axis last, group, move it back.
-    zeros, n = m_by_n
-    moved = np.moveaxis(values, -2, -1)
-    groups = np.abs(moved).reshape(-1, n)
-    mask = np.ones_like(groups)
-    order = np.argsort(groups, axis=1, kind="stable")[:, :zeros]
-    np.put_along_axis(mask, order, 0, axis=1)
-    return np.moveaxis(mask.reshape(moved.shape), -1, -2)
 
 
 def apply_masks(model):
@@ -343,9 +351,15 @@ def update_masks(model, found, step_update):
                 continue
             values = values_of(variable, constraint)
             if constraint.m_by_n:
-                mask = _m_by_n_mask(values, constraint.m_by_n)
+                mask = masks.m_by_n(values, constraint.m_by_n)
+            elif constraint.block_size:
+                mask = masks.blocks(
+                    values,
+                    constraint.schedule.sparsity_at(step_update),
+                    constraint.block_size,
+                )
             else:
-                mask = _magnitude_mask(
+                mask = masks.magnitude(
                     values, constraint.schedule.sparsity_at(step_update)
                 )
             constraint.mask.assign(mask)
