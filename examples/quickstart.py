@@ -2,8 +2,9 @@
 5,000-image MNIST subset and report its test accuracy. Runs offline on a CPU
 in well under a minute."""
 
+import keras  # Keras 3, TensorFlow's tf.keras: what models.build builds
+
 import tfopt
-from tfopt import keras
 
 keras.utils.set_random_seed(0)
 train, val, test, info = tfopt.data.load("mnist5k", batch_size=64)

@@ -145,7 +145,9 @@ def overhead(quick):
 
         def build(model=name):
             keras.utils.set_random_seed(0)
-            return tfopt.models.build(model, splits.info.input_shape, 10)
+            return tfopt.models.build(
+                model, splits.info.input_shape, 10, keras_version=2
+            )
 
         def fit(model, callbacks=()):
             return lambda: model.fit(
@@ -158,7 +160,9 @@ def overhead(quick):
                 0.0, 0.8, 0, end, frequency=frequency
             ),
         )
-        teacher = tfopt.models.build("teacher_cnn", splits.info.input_shape, 10)
+        teacher = tfopt.models.build(
+            "teacher_cnn", splits.info.input_shape, 10, keras_version=2
+        )
         variants = {
             "float": fit(_compiled(keras, build())),
             "tfopt_prune": fit(
@@ -251,7 +255,9 @@ def compression(quick):
     epochs, tune = (1, 1) if quick else (4, 2)
     work = tempfile.mkdtemp()
     keras.utils.set_random_seed(0)
-    baseline = _compiled(keras, tfopt.models.build("tfmot_mnist", (28, 28, 1), 10))
+    baseline = _compiled(
+        keras, tfopt.models.build("tfmot_mnist", (28, 28, 1), 10, keras_version=2)
+    )
     baseline.fit(train, epochs=epochs, verbose=0)
     base = {
         "accuracy": _accuracy(baseline, splits.test),
@@ -317,12 +323,14 @@ def distillation(quick):
         .apply(tf.data.experimental.assert_cardinality(12))
     )
     keras.utils.set_random_seed(0)
-    teacher = _compiled(keras, tfopt.models.build("teacher_cnn", (28, 28, 1), 10))
+    teacher = _compiled(
+        keras, tfopt.models.build("teacher_cnn", (28, 28, 1), 10, keras_version=2)
+    )
     teacher.fit(train, epochs=teacher_epochs, verbose=0)
 
     def student(seed=1):
         keras.utils.set_random_seed(seed)
-        return tfopt.models.build("student_cnn", (28, 28, 1), 10)
+        return tfopt.models.build("student_cnn", (28, 28, 1), 10, keras_version=2)
 
     scratch = _compiled(keras, student(), 3e-3)
     scratch.fit(few, epochs=epochs, verbose=0)
@@ -369,7 +377,7 @@ def _parity_run(kind, strategy, steps):
     y = rng.integers(0, 10, 32 * steps)
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model = tfopt.models.build("student_cnn", (8, 8, 1), 10)
+        model = tfopt.models.build("student_cnn", (8, 8, 1), 10, keras_version=2)
         callbacks = []
         if kind == "prune":
             model = tfopt.prune(model, 0.5, end=1.0)
@@ -377,7 +385,7 @@ def _parity_run(kind, strategy, steps):
         elif kind == "qat":
             model = tfopt.quantize(model)
         elif kind == "distill":
-            teacher = tfopt.models.build("tfmot_mnist", (8, 8, 1), 10)
+            teacher = tfopt.models.build("tfmot_mnist", (8, 8, 1), 10, keras_version=2)
             model = tfopt.Distiller(student=model, teacher=teacher)
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss=_loss(keras))
     options = tf.data.Options()
@@ -425,7 +433,9 @@ def inference(quick):
         Interpreter = tf.lite.Interpreter
     splits, _ = _data(tfopt, quick)
     keras.utils.set_random_seed(0)
-    model = _compiled(keras, tfopt.models.build("tfmot_mnist", (28, 28, 1), 10))
+    model = _compiled(
+        keras, tfopt.models.build("tfmot_mnist", (28, 28, 1), 10, keras_version=2)
+    )
     model.fit(splits.train.take(10), verbose=0)
     qat = _compiled(keras, tfopt.quantize(model), 1e-4)
     qat.fit(splits.train.take(10), verbose=0)

@@ -41,7 +41,9 @@ SPEED_MODELS = {
     ),
     **{
         name: (
-            lambda tfopt, keras, name=name: tfopt.models.build(name, (28, 28, 1), 10),
+            lambda tfopt, keras, name=name: tfopt.models.build(
+                name, (28, 28, 1), 10, keras_version=2
+            ),
             1.5,
             (8,),
         )

@@ -19,7 +19,7 @@ from tfopt.keras2 import channel_pruning, cost, pruning
 
 def _model(name="resnet_tiny"):
     keras.utils.set_random_seed(0)
-    return tfopt.models.build(name, (8, 8, 1), 10)
+    return tfopt.models.build(name, (8, 8, 1), 10, keras_version=2)
 
 
 def _pruned(target=0.5, name="resnet_tiny", **kwargs):

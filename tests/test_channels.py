@@ -222,7 +222,7 @@ def test_a_shrunk_model_saves_quantizes_and_exports(tmp_path):
 def test_max_cut_is_the_cut_of_every_group_at_its_minimum():
     import tfopt
 
-    model = tfopt.models.build("student_cnn", (8, 8), 10)
+    model = tfopt.models.build("student_cnn", (8, 8), 10, keras_version=2)
     # conv1 (16) and conv2 (32) keep 8 each: a third of the channels.
     assert tfopt.channels.max_cut(model, measure="channels") == pytest.approx(2 / 3)
     most = tfopt.channels.max_cut(model, measure="macs")

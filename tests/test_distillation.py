@@ -21,7 +21,7 @@ def _distiller(student, teacher, learning_rate=3e-3, **kwargs):
 @pytest.fixture(scope="module")
 def digits_teacher(digits):
     keras.utils.set_random_seed(0)
-    teacher = models.build("teacher_cnn", digits.info.input_shape, 10)
+    teacher = models.build("teacher_cnn", digits.info.input_shape, 10, keras_version=2)
     teacher.compile(optimizer="adam", loss=LOSS, metrics=["accuracy"])
     teacher.fit(digits.train, epochs=4, verbose=0)
     return teacher
@@ -29,13 +29,13 @@ def digits_teacher(digits):
 
 def _student(info, seed=1):
     keras.utils.set_random_seed(seed)
-    return models.build("student_cnn", info.input_shape, 10)
+    return models.build("student_cnn", info.input_shape, 10, keras_version=2)
 
 
 @pytest.mark.slow
 def test_distilled_student_beats_scratch_on_a_tenth_of_the_data(mnist5k):
     keras.utils.set_random_seed(0)
-    teacher = models.build("teacher_cnn", mnist5k.info.input_shape, 10)
+    teacher = models.build("teacher_cnn", mnist5k.info.input_shape, 10, keras_version=2)
     teacher.compile(optimizer="adam", loss=LOSS, metrics=["accuracy"])
     teacher.fit(mnist5k.train, epochs=2, verbose=0)
     few = mnist5k.train.unbatch().take(360).batch(32).cache()  # 10%
@@ -125,7 +125,7 @@ def test_a_pruned_copy_distils_from_its_own_dense_model(digits):
 
 
 def _compiled_dense(digits):
-    model = models.build("student_cnn", digits.info.input_shape, 10)
+    model = models.build("student_cnn", digits.info.input_shape, 10, keras_version=2)
     model.compile(
         optimizer=keras.optimizers.Adam(3e-3), loss=LOSS, metrics=["accuracy"]
     )
@@ -461,7 +461,8 @@ def test_bad_models_are_refused(digits, digits_teacher, keras3):
         ),
     ):
         tfopt.Distiller(
-            student=models.build("student_cnn", (8, 8, 1), 3), teacher=digits_teacher
+            student=models.build("student_cnn", (8, 8, 1), 3, keras_version=2),
+            teacher=digits_teacher,
         )
     unbuilt = keras.Sequential([keras.layers.Dense(10)])
     with pytest.raises(ValueError, match=r"^`teacher` must be built \(give its first "):

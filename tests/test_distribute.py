@@ -598,7 +598,7 @@ def test_keras3_multi_worker_fix_takes_keras3_models_only(keras3):
         r"Received: model=<tf_keras",
     ):
         tfopt.distribute.keras3_multi_worker(
-            tfopt.models.build("tfmot_mnist", (8, 8), 10)
+            tfopt.models.build("tfmot_mnist", (8, 8), 10, keras_version=2)
         )
     model = keras3.Sequential([keras3.Input((2,)), keras3.layers.Dense(1)])
     # Outside a multi-worker strategy it changes nothing (two-worker runs:

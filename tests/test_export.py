@@ -12,7 +12,7 @@ from tfopt.core import tflite
 
 def _float_and_qat(name, data, epochs):
     keras.utils.set_random_seed(0)
-    model = compiled(models.build(name, data.info.input_shape, 10))
+    model = compiled(models.build(name, data.info.input_shape, 10, keras_version=2))
     model.fit(data.train, epochs=epochs, verbose=0)
     qat = compiled(tfopt.quantize(model), 1e-4)
     qat.fit(data.train, epochs=1, verbose=0)
@@ -107,7 +107,9 @@ def test_dynamic_and_float16_shrink_the_file(mnist_pair, out):
 
 
 def test_pruned_models_export_stripped(digits, out):
-    pruned = tfopt.prune(models.build("tfmot_mnist", (8, 8, 1), 10), 0.5)
+    pruned = tfopt.prune(
+        models.build("tfmot_mnist", (8, 8, 1), 10, keras_version=2), 0.5
+    )
     path = tfopt.export_tflite(pruned, out / "pruned.tflite").path
     assert tfopt.evaluate_tflite(path, digits.test).examples == 359
     saved = tfopt.export_saved_model(pruned, out / "pruned_saved")
@@ -206,7 +208,9 @@ def test_export_bad_arguments(out, kwargs, error, message):
     args = {"path": out / "bad.tflite", **kwargs}
     with pytest.raises(error, match=message):
         tfopt.export_tflite(
-            models.build("tfmot_mnist", (8, 8), 10), args.pop("path"), **args
+            models.build("tfmot_mnist", (8, 8), 10, keras_version=2),
+            args.pop("path"),
+            **args,
         )
 
 
@@ -275,7 +279,9 @@ def test_load_model_reads_tfmot_class_names_as_tfopt_subclasses(tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        qat = tfopt.quantize(models.build("tfmot_mnist", (8, 8, 1), 10))
+        qat = tfopt.quantize(
+            models.build("tfmot_mnist", (8, 8, 1), 10, keras_version=2)
+        )
     qat(np.ones((2, 8, 8, 1), np.float32), training=True)  # moves the ranges
     path = tmp_path / "earlier.keras"
     qat.save(path)

@@ -217,7 +217,7 @@ def test_bad_models_are_refused(teacher, digits):
     with pytest.raises(TypeError, match=r"^`teacher` must be a Keras 3 Model"):
         tfopt.Distiller(
             student=cnn(digits.info.input_shape, 4),
-            teacher=tfopt.models.build("tfmot_mnist", (8, 8, 1), 10),
+            teacher=tfopt.models.build("tfmot_mnist", (8, 8, 1), 10, keras_version=2),
         )
     with pytest.raises(TypeError, match=r"^Distiller takes its models as keywords"):
         k3_distillation.Distiller(teacher, teacher)

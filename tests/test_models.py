@@ -9,7 +9,9 @@ from tfopt.job import measure
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(models.BUILDERS))
 def test_every_model_builds_functional_with_logits_and_trains_a_step(name, digits):
-    model = models.build(name, digits.info.input_shape, digits.info.num_classes)
+    model = models.build(
+        name, digits.info.input_shape, digits.info.num_classes, keras_version=2
+    )
     assert model.name == name
     assert isinstance(model, keras.Model)
     assert not isinstance(model, keras.Sequential)
@@ -31,7 +33,7 @@ def test_every_model_builds_functional_with_logits_and_trains_a_step(name, digit
 
 
 def test_tfmot_mnist_is_the_tfmot_example_architecture():
-    model = models.build("tfmot_mnist", (28, 28), 10)
+    model = models.build("tfmot_mnist", (28, 28), 10, keras_version=2)
     assert abs(model.count_params() - 20_400) <= 0.01 * 20_400
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds == [
@@ -49,13 +51,13 @@ def test_tfmot_mnist_is_the_tfmot_example_architecture():
         "relu",
     )
     # (28, 28) and (28, 28, 1) inputs build the same network.
-    same = models.build("tfmot_mnist", (28, 28, 1), 10)
+    same = models.build("tfmot_mnist", (28, 28, 1), 10, keras_version=2)
     assert same.count_params() == model.count_params()
 
 
 def test_student_is_about_ten_times_smaller_than_teacher():
-    teacher = models.build("teacher_cnn", (28, 28, 1), 10)
-    student = models.build("student_cnn", (28, 28, 1), 10)
+    teacher = models.build("teacher_cnn", (28, 28, 1), 10, keras_version=2)
+    student = models.build("student_cnn", (28, 28, 1), 10, keras_version=2)
     assert 8 <= teacher.count_params() / student.count_params() <= 16
     assert any(
         isinstance(layer, keras.layers.BatchNormalization) for layer in teacher.layers
@@ -63,14 +65,14 @@ def test_student_is_about_ten_times_smaller_than_teacher():
 
 
 def test_resnet_tiny_has_the_hard_cases():
-    model = models.build("resnet_tiny", (28, 28, 1), 10)
+    model = models.build("resnet_tiny", (28, 28, 1), 10, keras_version=2)
     kinds = {type(layer).__name__ for layer in model.layers}
     assert {"Add", "BatchNormalization", "DepthwiseConv2D"} <= kinds
 
 
 @pytest.mark.slow
 def test_mobilenet_v2_is_the_application_resized_to_its_smallest_input():
-    model = models.build("mobilenet_v2", (28, 28, 1), 10)
+    model = models.build("mobilenet_v2", (28, 28, 1), 10, keras_version=2)
     assert model.get_layer("resize").output_shape == (None, 32, 32, 1)
     assert model.output_shape == (None, 10)
     assert 400_000 <= model.count_params() <= 450_000
@@ -81,13 +83,13 @@ def test_mobilenet_v2_is_the_application_resized_to_its_smallest_input():
         for layer in model.layers
         if isinstance(layer, keras.layers.BatchNormalization)
     } == {0.9}
-    assert models.build("mobilenet_v2", (40, 40, 3), 5).get_layer(
+    assert models.build("mobilenet_v2", (40, 40, 3), 5, keras_version=2).get_layer(
         "Conv1"
     ).input_shape == (None, 40, 40, 3)
 
 
 def test_rgb_input_is_accepted():
-    model = models.build("student_cnn", (32, 32, 3), 10)
+    model = models.build("student_cnn", (32, 32, 3), 10, keras_version=2)
     assert model.input_shape == (None, 32, 32, 3)
 
 
@@ -133,7 +135,7 @@ def test_rgb_input_is_accepted():
 )
 def test_bad_arguments_name_the_value(args, error, message):
     with pytest.raises(error, match=message):
-        models.build(*args)
+        models.build(*args, keras_version=2)
 
 
 def test_build_is_reachable_from_the_package():
@@ -147,7 +149,7 @@ def test_every_model_builds_in_keras3_with_the_same_parameters(name):
     shape = (28, 28, 1)
     k3 = models.build(name, shape, 10, keras_version=3)
     assert isinstance(k3, keras3.Model) and k3.name == name
-    k2 = models.build(name, shape, 10)
+    k2 = models.build(name, shape, 10, keras_version=2)
     assert k3.count_params() == k2.count_params()
     # The report counts MACs of both Kerases alike.
     assert measure.macs(k3) == measure.macs(k2) > 0
@@ -163,3 +165,15 @@ def test_every_model_builds_in_keras3_with_the_same_parameters(name):
 def test_an_unknown_keras_version_is_refused():
     with pytest.raises(ValueError, match=r"^`keras_version` must be one of \[2, 3\]"):
         models.build("tfmot_mnist", (28, 28, 1), 10, keras_version=1)
+
+
+def test_keras3_is_the_default_and_tf_keras_one_argument_away():
+    import keras as keras3
+
+    from tfopt.job.config import Config
+
+    assert isinstance(models.build("student_cnn", (8, 8), 10), keras3.Model)
+    tf_keras_model = models.build("student_cnn", (8, 8), 10, keras_version=2)
+    assert isinstance(tf_keras_model, keras.Model)
+    assert not isinstance(tf_keras_model, keras3.Model)
+    assert Config().keras == "3"

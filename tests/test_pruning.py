@@ -24,7 +24,7 @@ def _fit(model, data, epochs=1, **kwargs):
 
 def _base(info, name="tfmot_mnist"):
     keras.utils.set_random_seed(0)
-    return models.build(name, info.input_shape, info.num_classes)
+    return models.build(name, info.input_shape, info.num_classes, keras_version=2)
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +167,7 @@ def test_excluded_layers_stay_dense_after_training(digits):
 
 def test_two_by_four_is_exact_where_it_fits_and_named_where_not(digits):
     keras.utils.set_random_seed(0)
-    base = models.build("student_cnn", digits.info.input_shape, 10)
+    base = models.build("student_cnn", digits.info.input_shape, 10, keras_version=2)
     with pytest.warns(
         UserWarning,
         match=(
@@ -255,7 +255,7 @@ def test_save_load_and_continue_training(trained, digits, tmp_path, suffix):
 
 def test_m_by_n_survives_save_and_load(digits, tmp_path):
     keras.utils.set_random_seed(0)
-    base = models.build("student_cnn", digits.info.input_shape, 10)
+    base = models.build("student_cnn", digits.info.input_shape, 10, keras_version=2)
     model = tfopt.prune(base, 0.5, m_by_n=(2, 4), layers=["logits"])
     model.save(tmp_path / "m.keras")
     [wrapper] = pruning.wrappers(tfopt.load_model(tmp_path / "m.keras"))

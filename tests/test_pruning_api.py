@@ -16,7 +16,7 @@ from tfopt.keras2 import pruning
 @pytest.fixture(scope="module")
 def base():
     keras.utils.set_random_seed(0)
-    return models.build("tfmot_mnist", (8, 8, 1), 10)
+    return models.build("tfmot_mnist", (8, 8, 1), 10, keras_version=2)
 
 
 class _Subclassed(keras.Model):

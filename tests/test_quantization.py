@@ -14,7 +14,7 @@ L = keras.layers
 
 def _trained(name, data, epochs=2):
     keras.utils.set_random_seed(0)
-    model = compiled(models.build(name, data.info.input_shape, 10))
+    model = compiled(models.build(name, data.info.input_shape, 10, keras_version=2))
     model.fit(data.train, epochs=epochs, verbose=0)
     return model
 
@@ -87,7 +87,7 @@ def test_skip_unsupported_false_names_each_layer():
 
 
 def test_excluded_and_selected_layers(digits):
-    base = models.build("tfmot_mnist", digits.info.input_shape, 10)
+    base = models.build("tfmot_mnist", digits.info.input_shape, 10, keras_version=2)
     qat = _quantize_quietly(base, exclude=["dense"])
     kinds = {layer.name: type(layer).__name__ for layer in qat.layers}
     assert kinds["dense"] == "Dense" and kinds["quant_conv2d"] == "QuantizeWrapperV2"
@@ -98,7 +98,7 @@ def test_excluded_and_selected_layers(digits):
 
 
 def test_nested_models_are_flattened(digits):
-    inner = models.build("tfmot_mnist", digits.info.input_shape, 10)
+    inner = models.build("tfmot_mnist", digits.info.input_shape, 10, keras_version=2)
     inputs = keras.Input(digits.info.input_shape)
     outer = keras.Model(inputs, L.Dense(4, name="head")(inner(inputs)))
     qat = tfopt.quantize(outer)
@@ -115,7 +115,9 @@ def test_nested_models_are_flattened(digits):
 
 
 def test_pruned_model_is_stripped_first_with_a_warning(digits):
-    pruned = tfopt.prune(models.build("tfmot_mnist", (8, 8, 1), 10), 0.5)
+    pruned = tfopt.prune(
+        models.build("tfmot_mnist", (8, 8, 1), 10, keras_version=2), 0.5
+    )
     with pytest.warns(
         UserWarning,
         match=(
@@ -132,7 +134,9 @@ def test_pruned_model_is_stripped_first_with_a_warning(digits):
 def pruned_and_stripped(digits):
     keras.utils.set_random_seed(0)
     model = compiled(
-        tfopt.prune(models.build("tfmot_mnist", (8, 8, 1), 10), 0.6, end=1.0)
+        tfopt.prune(
+            models.build("tfmot_mnist", (8, 8, 1), 10, keras_version=2), 0.6, end=1.0
+        )
     )
     model.fit(digits.train, epochs=2, verbose=0, callbacks=[tfopt.PruningCallback()])
     return tfopt.strip(model)
@@ -156,7 +160,9 @@ def test_preserve_sparsity_keeps_the_zeros_through_fine_tuning(
 def test_mixed_precision_builds_a_float32_qat_model_that_trains(digits, policy):
     try:
         keras.mixed_precision.set_global_policy(policy)
-        model = models.build("tfmot_mnist", digits.info.input_shape, 10)
+        model = models.build(
+            "tfmot_mnist", digits.info.input_shape, 10, keras_version=2
+        )
         assert model.layers[2].compute_dtype != "float32"
         qat = compiled(tfopt.quantize(model))
         assert keras.mixed_precision.global_policy().name == policy
@@ -213,7 +219,9 @@ class _Subclassed(keras.Model):
 )
 def test_bad_arguments_name_the_value(kwargs, error, message):
     with pytest.raises(error, match=message):
-        tfopt.quantize(models.build("tfmot_mnist", (8, 8), 10), **kwargs)
+        tfopt.quantize(
+            models.build("tfmot_mnist", (8, 8), 10, keras_version=2), **kwargs
+        )
 
 
 def test_bad_models_are_refused(keras3):
@@ -230,7 +238,7 @@ def test_bad_models_are_refused(keras3):
         ),
     ):
         tfopt.quantize(model)
-    qat = tfopt.quantize(models.build("tfmot_mnist", (8, 8), 10))
+    qat = tfopt.quantize(models.build("tfmot_mnist", (8, 8), 10, keras_version=2))
     with pytest.raises(ValueError, match=r"^`model` is already quantization-aware"):
         tfopt.quantize(qat)
 
@@ -287,7 +295,7 @@ def _raw_tfmot_untouched_job(directory):
     import tfopt
 
     # Everything tfopt's QAT does, in this process.
-    tfopt.quantize(tfopt.models.build("tfmot_mnist", (8, 8, 1), 10))
+    tfopt.quantize(tfopt.models.build("tfmot_mnist", (8, 8, 1), 10, keras_version=2))
     changed = [name for name, value in snapshot().items() if value is not before[name]]
 
     def raw_qat():
@@ -333,7 +341,7 @@ def test_importing_tfopt_leaves_raw_tfmot_untouched(tmp_path):
 def test_tfopt_qat_layers_are_its_subclasses_with_global_ranges():
     from tfopt.keras2 import tfmot as _tfmot
 
-    qat = _quantize_quietly(models.build("tfmot_mnist", (8, 8, 1), 10))
+    qat = _quantize_quietly(models.build("tfmot_mnist", (8, 8, 1), 10, keras_version=2))
     kinds = {type(layer) for layer in qat.layers if "quant" in layer.name}
     assert kinds == {_tfmot.QuantizeLayer, _tfmot.QuantizeWrapperV2}
     quantizers = (
@@ -850,7 +858,7 @@ def test_scalar_op_round_trips_and_checks_its_op():
 def test_a_diverged_range_is_refused_before_the_converter(tmp_path):
     # The converter handed NaN ranges can crash the process; the export
     # names the range and the layer instead.
-    qat = tfopt.quantize(models.build("tfmot_mnist", (8, 8), 10))
+    qat = tfopt.quantize(models.build("tfmot_mnist", (8, 8), 10, keras_version=2))
     layer, weight = next(
         (layer, w)
         for layer in qat.layers

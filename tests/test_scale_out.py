@@ -18,7 +18,9 @@ from tests.support import cluster, helpers, parity
 
 # The teacher is tfmot_mnist, which has no BatchNorm or Dropout: those run
 # per replica, so with them no two replica counts train the same model.
+# tf_keras here (Keras 3, the default, below: K3_ARGS).
 ARGS = [
+    "--keras=2",
     "--dataset=digits",
     "--teacher=train",
     "--teacher_model=tfmot_mnist",

@@ -426,7 +426,7 @@ def saved_model_file(tmp_path_factory, digits):
 
     keras = tfopt.keras
     keras.utils.set_random_seed(0)
-    model = tfopt.models.build("tfmot_mnist", (8, 8, 1), 10)
+    model = tfopt.models.build("tfmot_mnist", (8, 8, 1), 10, keras_version=2)
     model.compile(
         optimizer="adam",
         metrics=["accuracy"],

@@ -53,11 +53,11 @@ def test_subclassed_models_get_tfopt_errors_in_strip_and_distiller():
 
 
 def test_keras3_optimizers_losses_and_metrics_are_named_in_compile(keras3):
-    model = models.build("tfmot_mnist", (8, 8), 10)
+    model = models.build("tfmot_mnist", (8, 8), 10, keras_version=2)
     distiller = tfopt.Distiller(
-        student=models.build("tfmot_mnist", (8, 8), 10), teacher=model
+        student=models.build("tfmot_mnist", (8, 8), 10, keras_version=2), teacher=model
     )
-    pruned = tfopt.prune(models.build("tfmot_mnist", (8, 8), 10), 0.5)
+    pruned = tfopt.prune(models.build("tfmot_mnist", (8, 8), 10, keras_version=2), 0.5)
     for owner in (distiller, pruned):
         # Once: "Could not interpret optimizer identifier".
         with pytest.raises(
@@ -85,7 +85,7 @@ def test_keras3_optimizers_losses_and_metrics_are_named_in_compile(keras3):
 
 def test_a_truncated_keras_file_is_named(tmp_path):
     path = str(tmp_path / "model.keras")
-    models.build("tfmot_mnist", (8, 8), 10).save(path)
+    models.build("tfmot_mnist", (8, 8), 10, keras_version=2).save(path)
     with open(path, "rb") as file:
         data = file.read()
     cut = str(tmp_path / "cut.keras")
@@ -130,7 +130,7 @@ def test_a_corrupt_tflite_file_is_named(tmp_path, digits):
 
 
 def test_exported_files_get_the_mode_the_umask_gives(tmp_path):
-    model = models.build("tfmot_mnist", (8, 8), 10)
+    model = models.build("tfmot_mnist", (8, 8), 10, keras_version=2)
     previous = os.umask(0o027)
     try:
         path = tfopt.export_tflite(model, str(tmp_path / "m.tflite")).path

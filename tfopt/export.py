@@ -214,8 +214,9 @@ def load_model(path, *, compile=True, safe_mode=True):
     >>> model = tfopt.prune(tfopt.models.build("tfmot_mnist", (8, 8), 10), 0.5)
     >>> path = os.path.join(tempfile.mkdtemp(), "pruned.keras")
     >>> model.save(path)
-    >>> type(tfopt.load_model(path)).__name__
-    'PrunedModel'
+    >>> loaded = tfopt.load_model(path)  # with its masks and schedule
+    >>> sum(row.pruned for row in tfopt.sparsity_report(loaded).rows)
+    2
     """
     if _written_by_keras3(path):
         from tfopt.keras3 import export as implementation

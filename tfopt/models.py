@@ -1,12 +1,13 @@
 """Small reference models: functional classifiers with logits out, built
-with tf_keras (`keras_version=2`, the default) or Keras 3 (`keras_version=3`).
+with Keras 3 (`keras_version=3`, the default: TensorFlow's `tf.keras`) or
+tf_keras (`keras_version=2`, the Keras TFMOT takes).
 
 `tfmot_mnist` is the model of TFMOT's "pruning in Keras" example, so results
 can be compared with the published ones. `teacher_cnn` and `student_cnn` are
 a distillation pair (267k and 20k parameters on 28x28 inputs), and
 `resnet_tiny` gathers the layers that are hard for pruning and QAT: residual
 adds, BatchNormalization and DepthwiseConv2D. `mobilenet_v2` is
-`tf_keras.applications.MobileNetV2` at width 0.35 (400k parameters),
+`keras.applications.MobileNetV2` at width 0.35 (400k parameters),
 resized to at least 32x32: the architecture people deploy, small enough to
 train on the bundled data sets.
 """
@@ -168,7 +169,7 @@ BUILDERS = {
 }
 
 
-def build(name, input_shape, num_classes, *, keras_version=2):
+def build(name, input_shape, num_classes, *, keras_version=3):
     """Builds a reference model, freshly initialized.
 
     Args:
@@ -177,8 +178,9 @@ def build(name, input_shape, num_classes, *, keras_version=2):
         input_shape: `(height, width)` or `(height, width, channels)`, e.g.
             `DatasetInfo.input_shape`.
         num_classes: Number of output logits, at least 2.
-        keras_version: `2` (tf_keras, the Keras TFMOT takes) or `3` (Keras
-            3, the `keras` package). Defaults to `2`.
+        keras_version: `3` (Keras 3, the `keras` package, which is
+            TensorFlow's `tf.keras`) or `2` (tf_keras, the Keras TFMOT
+            takes). Defaults to `3`.
 
     Returns:
         A functional Model of that Keras that outputs logits (no softmax).

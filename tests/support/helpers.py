@@ -130,8 +130,8 @@ def train_distilled(strategy, *, global_batch=32, steps=4, seed=0):
     y = rng.integers(0, 10, global_batch * steps).astype(np.int32)
     keras.utils.set_random_seed(seed)
     with strategy.scope():
-        teacher = tfopt.models.build("tfmot_mnist", (8, 8, 1), 10)
-        student = tfopt.models.build("student_cnn", (8, 8, 1), 10)
+        teacher = tfopt.models.build("tfmot_mnist", (8, 8, 1), 10, keras_version=2)
+        student = tfopt.models.build("student_cnn", (8, 8, 1), 10, keras_version=2)
         student.add_loss(
             lambda: 1e-3 * tf.reduce_sum(tf.square(student.get_layer("logits").kernel))
         )

@@ -92,7 +92,7 @@ class Config:
         choices=MODELS,
     )
     keras: str = _field(
-        "2",
+        "3",
         "The Keras the models are built with: 2 (tf_keras, through TFMOT) "
         "or 3 (the keras package, TensorFlow's tf.keras).",
         "enum",
@@ -113,6 +113,9 @@ class Config:
         choices=MODELS,
     )
     teacher_epochs: int = _field(3, "Epochs to train the teacher.", "integer", low=1)
+    teacher_learning_rate: float | None = _field(
+        None, "Adam learning rate of the teacher; unset: --learning_rate.", "float"
+    )
     temperature: float = _field(4.0, "Distillation temperature.", "float", low=0.0)
     alpha: float = _field(
         0.1, "Weight of the hard-label loss.", "float", low=0.0, high=1.0
@@ -331,8 +334,9 @@ class Config:
             )
         if self.temperature <= 0:
             raise ConfigError(f"`temperature={self.temperature}` must be > 0.")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"`learning_rate={self.learning_rate}` must be > 0.")
+        for name in ("learning_rate", "teacher_learning_rate"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"`{name}={getattr(self, name)}` must be > 0.")
         keras = self.keras_api
         for name, value, capability, instead in (
             ("qat", self.qat, "quantize", ""),

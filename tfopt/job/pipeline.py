@@ -71,7 +71,7 @@ def _teacher(run):
             return stages.compiled(
                 config,
                 stages.build(config, config.teacher_model, run.info, config.seed),
-                config.learning_rate,
+                config.teacher_learning_rate or config.learning_rate,
             )
 
         return stages.stage(run, "teacher", build, config.teacher_epochs)

@@ -190,6 +190,9 @@ def train(run, name, build, epochs, callbacks, latest):
         initial_epoch=first,
         steps_per_epoch=run.steps,
         validation_data=run.splits.validation,
+        # The data sets shuffle themselves; Keras 3 warns at every fit that
+        # `shuffle=True` (its default) is ignored for a tf.data input.
+        shuffle=False,
         verbose=1 if bar else 0,
         callbacks=[
             *callbacks,

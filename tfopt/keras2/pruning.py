@@ -226,7 +226,7 @@ def strip(model):
     Example:
 
     >>> import tfopt
-    >>> model = tfopt.models.build("tfmot_mnist", (28, 28, 1), 10)
+    >>> model = tfopt.models.build("tfmot_mnist", (28, 28, 1), 10, keras_version=2)
     >>> type(tfopt.strip(tfopt.prune(model, 0.5))).__name__
     'Functional'
     """

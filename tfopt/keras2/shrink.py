@@ -64,7 +64,7 @@ def shrink(model, *, atol=1e-4):
     Example:
 
     >>> import tfopt
-    >>> model = tfopt.models.build("student_cnn", (8, 8, 1), 10)
+    >>> model = tfopt.models.build("student_cnn", (8, 8, 1), 10, keras_version=2)
     >>> tfopt.shrink(model).count_params() == model.count_params()  # no zeros
     True
     """
