@@ -79,6 +79,14 @@ def test_flags_become_the_config_without_a_mapping():
         ({"temperature": 0.0}, "`temperature=0.0` must be > 0."),
         ({"learning_rate": 0.0}, "`learning_rate=0.0` must be > 0."),
         (
+            {"teacher_learning_rate": -1e-3},
+            "`teacher_learning_rate=-0.001` must be > 0.",
+        ),
+        (
+            {"teacher_learning_rate": "fast"},
+            "`teacher_learning_rate='fast'` must be a number.",
+        ),
+        (
             {"strategy": "tpu"},
             "`strategy=tpu` needs `tpu`: 'local' on a Cloud TPU "
             "VM, the TPU's name, or grpc://host:port.",

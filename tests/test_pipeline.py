@@ -4,6 +4,7 @@ import json
 import logging
 
 import pytest
+import tensorflow as tf
 
 import tfopt
 from tfopt import models
@@ -135,6 +136,7 @@ def test_keras3_models_go_teacher_distill_prune_int8_report(tmp_path, caplog):
         model_dir=str(tmp_path),
         keras="3",
         teacher="train",
+        teacher_learning_rate=2e-3,
         prune=True,
         sparsity_m_by_n="2:4",
         export=("tflite", "tflite_int8"),
@@ -159,6 +161,11 @@ def test_keras3_models_go_teacher_distill_prune_int8_report(tmp_path, caplog):
         "keras"
         in json.loads((tmp_path / "report.json").read_text())["environment"]["versions"]
     )
+    # The teacher trained at its own rate, the student at --learning_rate.
+    for stage, rate in (("teacher", 2e-3), ("distilled", QUICK["learning_rate"])):
+        saved = tf.train.load_checkpoint(str(tmp_path / "checkpoints" / stage))
+        key = "optimizer/_learning_rate/.ATTRIBUTES/VARIABLE_VALUE"
+        assert saved.get_tensor(key) == pytest.approx(rate)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="tfopt"):
         again = pipeline.run(config)
