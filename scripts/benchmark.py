@@ -214,7 +214,8 @@ def overhead(quick):
 
 
 def keras3(quick):
-    """Keras 3 pruning's step-time overhead, and int8 against float."""
+    """Keras 3 pruning's and QAT's step-time overhead, int8 against float,
+    and channel pruning's speed-up of Keras 3 models (MobileNetV2)."""
     import keras
 
     tfopt, _ = _lib()
@@ -225,6 +226,9 @@ def keras3(quick):
         ),
         "int8": benchmark_keras3.int8_accuracy(
             tfopt, keras, splits, train, 1 if quick else 5
+        ),
+        "speed": benchmark_pruning.speed(
+            quick, keras_version=3, names=None if quick else ("mobilenet_v2_96",)
         ),
     }
 
@@ -508,19 +512,22 @@ def _checks(results):
         )
     for kind, value in results.get("parity", {}).items():
         add(f"parity/{kind}_max_abs_diff", value, TARGETS["parity_max_abs_diff"])
-    speed = results.get("speed", {})
-    for model, kind, target in SPEED_TARGETS:
-        for variant, row in speed.get(model, {}).items():
-            if not variant.startswith("channels"):
-                continue
-            for threads, value in row["speedup"][kind].items():
-                add(
-                    f"speed/{model}/{variant}_{kind}_{threads}_thread_speedup",
-                    value,
-                    TARGETS[target],
-                    True,
-                )
     k3 = results.get("keras3", {})
+    for prefix, speed in (
+        ("", results.get("speed", {})),
+        ("keras3/", k3.get("speed", {})),
+    ):
+        for model, kind, target in SPEED_TARGETS:
+            for variant, row in speed.get(model, {}).items():
+                if not variant.startswith("channels"):
+                    continue
+                for threads, value in row["speedup"][kind].items():
+                    add(
+                        f"{prefix}speed/{model}/{variant}_{kind}_{threads}_thread_speedup",
+                        value,
+                        TARGETS[target],
+                        True,
+                    )
     for model, r in k3.get("overhead", {}).items():
         add(
             f"keras3/{model}/prune_vs_float",

@@ -6,6 +6,8 @@ the default, and for the applications also of 32), and with 80% of its
 weights pruned by magnitude (TFMOT's wrapper, through `tfopt.prune`):
 float32 and int8, 1 and 2 threads, all files interleaved in one run,
 medians. Weights are random: latency depends on the shapes, not the values.
+It measures tf_keras models (the `speed` suite) or Keras 3 ones (in the
+`keras3` suite), through the same public calls.
 
 `recovery`: accuracy on mnist5k through the main job (`pipeline.run`, 10
 epochs of baseline, 10 of pruning), with and without fine-tuning the pruned
@@ -42,7 +44,7 @@ SPEED_MODELS = {
     **{
         name: (
             lambda tfopt, keras, name=name: tfopt.models.build(
-                name, (28, 28, 1), 10, keras_version=2
+                name, (28, 28, 1), 10, keras_version=_version(keras)
             ),
             1.5,
             (8,),
@@ -51,6 +53,11 @@ SPEED_MODELS = {
     },
 }
 QUICK_SPEED_MODELS = ("student_cnn", "resnet_tiny")
+
+
+def _version(keras):
+    """2 for tf_keras, 3 for Keras 3: `models.build`'s `keras_version`."""
+    return 3 if keras.__version__.startswith("3.") else 2
 
 
 def variant_name(round_to):
@@ -68,50 +75,51 @@ def _random_batches(model, count=4):
     return batches
 
 
-def _magnitude(tfopt, keras, model):
-    """`model` with 80% of its weights zeroed by TFMOT's wrapper."""
-    pruned = tfopt.prune(model, 0.8, schedule="constant", begin=0, end=1)
-    pruned.compile("sgd", "mse")
-    x = next(_random_batches(model, 1)())
+def _at_the_end(tfopt, keras, model, target, **settings):
+    """`model` pruned to `target` as `settings` say, its masks at the end of
+    the schedule: one step at a learning rate of 0 (the weights stay)."""
+    pruned = tfopt.prune(model, target, schedule="constant", begin=0, end=1, **settings)
+    pruned.compile(keras.optimizers.SGD(0.0), "mse")
     pruned.fit(
-        x,
+        next(_random_batches(model, 1)()),
         np.zeros((1, *model.output_shape[1:]), "float32"),
         verbose=0,
         callbacks=[tfopt.PruningCallback()],
     )
-    return tfopt.strip(pruned)
+    return pruned
 
 
 def _variants(tfopt, keras, name):
-    from tfopt.keras2 import channel_pruning
-
     build, cut, round_tos = SPEED_MODELS[name]
     keras.utils.set_random_seed(0)
     dense = build(tfopt, keras)
     models = {"dense": dense}
     for round_to in round_tos:
-        channels = tfopt.prune(
+        channels = _at_the_end(
+            tfopt,
+            keras,
             dense,
             1.0 - 1.0 / cut,
             structure="channels",
             measure="macs",
             round_to=round_to,
         )
-        channel_pruning.controller(channels).update(1.0)  # the schedule's end
         models[variant_name(round_to)] = tfopt.shrink(channels)
-    models["magnitude_80"] = _magnitude(tfopt, keras, dense)
+    # 80% of the weights zeroed by magnitude (TFMOT's wrapper on tf_keras).
+    models["magnitude_80"] = tfopt.strip(_at_the_end(tfopt, keras, dense, 0.8))
     return cut, models
 
 
-def speed(quick):
-    """Speed-ups of channel pruning and of magnitude pruning over dense."""
+def speed(quick, keras_version=2, names=None):
+    """Speed-ups of channel pruning and of magnitude pruning over dense, for
+    the models `names` (default: all, or the quick ones) of that Keras."""
     import tfopt
     from tfopt.job import measure
 
-    keras = tfopt.keras
+    keras = tfopt.models.keras_module(keras_version)
     work = tempfile.mkdtemp()
     out = {}
-    for name in QUICK_SPEED_MODELS if quick else SPEED_MODELS:
+    for name in names or (QUICK_SPEED_MODELS if quick else SPEED_MODELS):
         cut, models = _variants(tfopt, keras, name)
         rows = measure.speed(
             models,

@@ -50,10 +50,13 @@ def test_quick_run_has_every_section_with_finite_numbers(tmp_path):
     saved = json.loads(output.read_text())
     for suite in QUICK_SUITES:
         assert saved[suite], suite
-    speed = saved["speed"]["student_cnn"]
-    assert set(speed) == {"mac_cut_target", "dense", "channels", "magnitude_80"}
-    assert speed["channels"]["mac_cut"] >= 1.5
-    assert speed["magnitude_80"]["macs"] == speed["dense"]["macs"]
+    for speed in (
+        saved["speed"]["student_cnn"],
+        saved["keras3"]["speed"]["student_cnn"],
+    ):
+        assert set(speed) == {"mac_cut_target", "dense", "channels", "magnitude_80"}
+        assert speed["channels"]["mac_cut"] >= 1.5
+        assert speed["magnitude_80"]["macs"] == speed["dense"]["macs"]
     assert _finite(saved)
     assert set(saved["compression"]) == {
         "baseline",
@@ -78,15 +81,17 @@ def test_speed_and_recovery_targets_are_checked():
         return {"float32_ms": {"1": ms, "2": ms}, "int8_ms": {"1": ms, "2": ms}}
 
     speedup = {"float32": {"1": 1.6, "2": 1.4}, "int8": {"1": 1.35, "2": 1.2}}
+    speed = {
+        "mobilenet_v2_96": {
+            "mac_cut_target": 1.75,
+            "dense": timed(1.0),
+            "channels": {**timed(0.6), "speedup": speedup},
+            "magnitude_80": {**timed(1.0), "speedup": speedup},
+        }
+    }
     results = {
-        "speed": {
-            "mobilenet_v2_96": {
-                "mac_cut_target": 1.75,
-                "dense": timed(1.0),
-                "channels": {**timed(0.6), "speedup": speedup},
-                "magnitude_80": {**timed(1.0), "speedup": speedup},
-            }
-        },
+        "speed": speed,
+        "keras3": {"speed": speed},
         "recovery": {
             "channels_1.5x_macs": {
                 "student_cnn": {
@@ -103,6 +108,15 @@ def test_speed_and_recovery_targets_are_checked():
         "speed/mobilenet_v2_96/channels_float32_2_thread_speedup": (1.4, 1.5, False),
         "speed/mobilenet_v2_96/channels_int8_1_thread_speedup": (1.35, 1.3, True),
         "speed/mobilenet_v2_96/channels_int8_2_thread_speedup": (1.2, 1.3, False),
+        **{
+            f"keras3/speed/mobilenet_v2_96/channels_{kind}_{t}_thread_speedup": value
+            for kind, t, value in (
+                ("float32", 1, (1.6, 1.5, True)),
+                ("float32", 2, (1.4, 1.5, False)),
+                ("int8", 1, (1.35, 1.3, True)),
+                ("int8", 2, (1.2, 1.3, False)),
+            )
+        },
         "recovery/student_cnn/channels_1.5x_macs_drop": (0.004, 0.01, True),
         "recovery/student_cnn/unstructured_80_int8_mean_drop": (0.02, 0.01, False),
     }
