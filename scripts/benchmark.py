@@ -227,8 +227,11 @@ def keras3(quick):
         "int8": benchmark_keras3.int8_accuracy(
             tfopt, keras, splits, train, 1 if quick else 5
         ),
+        # Quick: one small model (the tf_keras `speed` suite times two).
         "speed": benchmark_pruning.speed(
-            quick, keras_version=3, names=None if quick else ("mobilenet_v2_96",)
+            quick,
+            keras_version=3,
+            names=("student_cnn",) if quick else ("mobilenet_v2_96",),
         ),
     }
 
