@@ -259,8 +259,9 @@ K3_ARGS = [
 ]
 
 
-@pytest.mark.slow
-def test_keras3_train_py_on_two_workers_matches_one_process(tmp_path):
+def _keras3_two_workers_and_one(tmp_path, args):
+    """scripts/train.py with `args` as two workers (into tmp_path/two) and
+    as one process (tmp_path/one), both succeeding; the workers' outputs."""
     logs = tmp_path / "logs"
     logs.mkdir()
     # As on a user's machine: this test process set TF_USE_LEGACY_KERAS=1
@@ -268,7 +269,7 @@ def test_keras3_train_py_on_two_workers_matches_one_process(tmp_path):
     plain = {"TF_USE_LEGACY_KERAS": "0"}
     procs = cluster.start_script(
         "train",
-        [f"--model_dir={tmp_path / 'two'}", *K3_ARGS],
+        [f"--model_dir={tmp_path / 'two'}", *args],
         [{**env, **plain} for env in cluster.cluster_envs({"worker": 2})],
         logs,
     )
@@ -276,12 +277,18 @@ def test_keras3_train_py_on_two_workers_matches_one_process(tmp_path):
     assert codes == [0, 0], outputs
     [proc] = cluster.start_script(
         "train",
-        [f"--model_dir={tmp_path / 'one'}", "--strategy=default", *K3_ARGS],
+        [f"--model_dir={tmp_path / 'one'}", "--strategy=default", *args],
         [plain],
         tmp_path,
     )
     codes, single = cluster.wait_all([proc], tmp_path, TIMEOUT)
     assert codes == [0], single
+    return outputs
+
+
+@pytest.mark.slow
+def test_keras3_train_py_on_two_workers_matches_one_process(tmp_path):
+    outputs = _keras3_two_workers_and_one(tmp_path, K3_ARGS)
     digests = [_digests(out) for out in outputs]
     assert set(digests[0]) == {"teacher", "distilled"}
     assert digests[0] == digests[1]
@@ -403,25 +410,7 @@ def test_keras3_channel_pruning_qat_job_on_two_workers_matches_one_process(tmp_p
         "--batch_size=32",
         "--export=tflite_int8",
     ]
-    plain = {"TF_USE_LEGACY_KERAS": "0"}
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    procs = cluster.start_script(
-        "train",
-        [f"--model_dir={tmp_path / 'two'}", *args],
-        [{**env, **plain} for env in cluster.cluster_envs({"worker": 2})],
-        logs,
-    )
-    codes, outputs = cluster.wait_all(procs, logs, TIMEOUT)
-    assert codes == [0, 0], outputs
-    [proc] = cluster.start_script(
-        "train",
-        [f"--model_dir={tmp_path / 'one'}", "--strategy=default", *args],
-        [plain],
-        tmp_path,
-    )
-    codes, single = cluster.wait_all([proc], tmp_path, TIMEOUT)
-    assert codes == [0], single
+    outputs = _keras3_two_workers_and_one(tmp_path, args)
     assert _digests(outputs[0]) == _digests(outputs[1])
     _, rows = _rows(tmp_path / "two")
     assert list(rows) == ["baseline", "pruned", "shrunk", "qat", "tflite_int8"]

@@ -15,14 +15,6 @@ from tfopt.core.channel_groups import (
     flat_indices,
 )
 
-# Batches of `PruningCallback(data=...)` each Taylor score is summed over.
-TAYLOR_BATCHES = 4
-TAYLOR_NEEDS_DATA = (
-    "`data` must be batches of (x, y) for importance='taylor', which "
-    "scores channels on training data: pass "
-    "PruningCallback(data=...). Received: data=None"
-)
-
 
 def scores(group, by_name, importance, values_of, gradients=None):
     """Importance of each of `group`'s channels: the L2 norm of its

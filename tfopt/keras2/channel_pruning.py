@@ -22,7 +22,7 @@ on where it was: the channels already zeroed rank last.
 
 import tensorflow as tf
 
-from tfopt.core import channel_choice, channel_cost, channel_groups, vocab
+from tfopt.core import channel_choice, channel_cost, channel_groups, taylor, vocab
 from tfopt.keras2 import binding, channels, cost, graph, pruning, selection
 from tfopt.keras2.binding import keras
 from tfopt.keras2.schedule import PruningSchedule
@@ -155,7 +155,8 @@ class ChannelPruning:
         self._gradient = None  # traced on the first Taylor update
 
     def _gradients(self, trained, data):
-        """Gradients of the training loss on the first batches of `data`."""
+        """{id(variable): dL/dw} of the masked variables on the first
+        batches of `data`."""
         variables = [v for v, _, _ in self._masks.values()]
         if self._gradient is None:
             # The hard-label loss: a Distiller's, or the compiled one (not
@@ -163,36 +164,13 @@ class ChannelPruning:
             loss_fn = getattr(trained, "hard_loss", None) or (
                 binding.per_example(trained.loss)
             )
-
-            strategy = self.model.distribute_strategy
-
-            def replica(x, y):
-                with tf.GradientTape() as tape:
-                    loss = tf.reduce_mean(loss_fn(y, self.model(x, training=False)))
-                return [
-                    tf.zeros_like(v) if g is None else g
-                    for v, g in zip(
-                        variables, tape.gradient(loss, variables), strict=True
-                    )
-                ]
-
-            @tf.function
-            def gradient(x, y):
-                # Every replica (and worker) scores the same batch; the mean
-                # over them all makes the scores, and so the masks, agree
-                # even where workers were given different batches.
-                return [
-                    strategy.reduce("MEAN", g, axis=None)
-                    for g in strategy.run(replica, args=(x, y))
-                ]
-
-            self._gradient = gradient
-        sums = [0.0] * len(variables)
-        for x, y in data.take(channel_choice.TAYLOR_BATCHES):
-            sums = [
-                total + g.numpy()
-                for total, g in zip(sums, self._gradient(x, y), strict=True)
-            ]
+            self._gradient = taylor.gradient_sums(
+                self.model.distribute_strategy,
+                lambda x: self.model(x, training=False),
+                loss_fn,
+                variables,
+            )
+        sums = self._gradient(data)
         return {id(v): total for v, total in zip(variables, sums, strict=True)}
 
     def update(self, progress, trained=None, data=None):
@@ -234,7 +212,7 @@ class ChannelPruning:
         """At the start of `fit`: resolves the schedule, restores the masks
         of the step the optimizer is at (a resumed or continued fit)."""
         if self.importance == "taylor" and data is None:
-            raise ValueError(channel_choice.TAYLOR_NEEDS_DATA)
+            raise ValueError(taylor.TAYLOR_NEEDS_DATA)
         if self.schedule.fractional:
             if not (epochs and steps):
                 raise ValueError(

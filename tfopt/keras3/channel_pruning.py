@@ -17,9 +17,8 @@ it stays zero), so a `scale=False` BatchNorm's pruned channel is zero too.
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from tfopt.core import channel_choice, channel_cost, channel_groups, selection
+from tfopt.core import channel_choice, channel_cost, channel_groups, selection, taylor
 from tfopt.core.channel_groups import DEPTHWISE, PRODUCERS, SEPARABLE, analyse
 from tfopt.keras3 import channels, distillation, fit, pruning
 
@@ -140,7 +139,7 @@ class ChannelMasks:
         flat = channels.functional(self.pruned)
         self.model = trainer
         self.data = data
-        self._gradient = None  # traced on the first Taylor update
+        self._gradient = self._variables = None  # made on the first Taylor update
         self.terms = channels.Terms(flat)
         self.nodes = {node.name: node for node in self.terms.nodes}
         self.groups, _ = analyse(self.terms.nodes, channels.ends(flat))
@@ -160,53 +159,33 @@ class ChannelMasks:
         self.final = {i: final[self.groups[i].producers[0]] for i in self.prunable}
         self.keep = {i: list(range(g.size)) for i, g in enumerate(self.groups)}
         if self.importance == "taylor" and data is None:
-            raise ValueError(channel_choice.TAYLOR_NEEDS_DATA)
+            raise ValueError(taylor.TAYLOR_NEEDS_DATA)
 
     def _gradients(self):
         """{id(variable): dL/dw} of every per-channel variable of the
-        prunable groups, the hard-label loss summed over the first batches
-        of `data`."""
-        removed = channel_choice.removed(
-            self.groups, self.prunable, self.keep, self.nodes
-        )
-        variables = [variable for variable, _, _ in removed.values()]
+        prunable groups on the first batches of `data`."""
         if self._gradient is None:
+            # Every per-channel variable of the prunable groups, in a fixed
+            # order (the traced step returns its gradients in this order).
+            self._variables = [
+                variable
+                for variable, _, _ in channel_choice.removed(
+                    self.groups, self.prunable, self.keep, self.nodes
+                ).values()
+            ]
             # A Distiller's hard loss, or the compiled one, per example (not
             # `compute_loss`, which would also move the loss metric).
             loss_fn = getattr(self.model, "hard_loss", None) or (
                 distillation.per_example(self.model.loss)
             )
-            strategy = self.model.distribute_strategy
-            # The tf.Variables: BatchNorm's moving mean is not trainable, so
-            # the tape watches it only when told.
-            values = [variable.value for variable in variables]
-
-            def replica(x, y):
-                with tf.GradientTape() as tape:
-                    tape.watch(values)
-                    loss = tf.reduce_mean(loss_fn(y, self.pruned(x, training=False)))
-                return [
-                    tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
-                    for v, g in zip(values, tape.gradient(loss, values), strict=True)
-                ]
-
-            @tf.function
-            def gradient(x, y):
-                # Every replica (and worker) scores the same batch; the mean
-                # over them all makes the scores, and so the masks, agree.
-                return [
-                    strategy.reduce("MEAN", g, axis=None)
-                    for g in strategy.run(replica, args=(x, y))
-                ]
-
-            self._gradient = gradient
-        sums = [0.0] * len(variables)
-        for x, y in self.data.take(channel_choice.TAYLOR_BATCHES):
-            sums = [
-                total + g.numpy()
-                for total, g in zip(sums, self._gradient(x, y), strict=True)
-            ]
-        return {id(v): total for v, total in zip(variables, sums, strict=True)}
+            self._gradient = taylor.gradient_sums(
+                self.model.distribute_strategy,
+                lambda x: self.pruned(x, training=False),
+                loss_fn,
+                [variable.value for variable in self._variables],  # tf.Variables
+            )
+        sums = self._gradient(self.data)
+        return {id(v): total for v, total in zip(self._variables, sums, strict=True)}
 
     def _values(self, variable):
         constraint = self.constraints.get(id(variable))
