@@ -62,8 +62,10 @@ def test_flags_become_the_config_without_a_mapping():
         ({"batch_size": "64"}, "`batch_size='64'` must be an int."),
         (
             {"model": "vgg"},
-            "`model=vgg` must be one of tfmot_mnist, teacher_cnn, "
-            "student_cnn, resnet_tiny, mobilenet_v2.",
+            "`model=vgg` does not exist; it must be one of tfmot_mnist, "
+            "teacher_cnn, student_cnn, resnet_tiny, mobilenet_v2, "
+            "applications:NAME, module.path:function, or a saved model "
+            "(.keras, .h5 or a SavedModel directory).",
         ),
         (
             {"export": ("onnx",)},

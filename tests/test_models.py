@@ -170,10 +170,13 @@ def test_an_unknown_keras_version_is_refused():
 def test_keras3_is_the_default_and_tf_keras_one_argument_away():
     import keras as keras3
 
+    from tfopt.core.kerases import Keras
     from tfopt.job.config import Config
 
     assert isinstance(models.build("student_cnn", (8, 8), 10), keras3.Model)
     tf_keras_model = models.build("student_cnn", (8, 8), 10, keras_version=2)
     assert isinstance(tf_keras_model, keras.Model)
     assert not isinstance(tf_keras_model, keras3.Model)
-    assert Config().keras == "3"
+    # Unset: a saved model's own Keras, else Keras 3.
+    assert Config().keras is None
+    assert Config().keras_api is Keras.KERAS3

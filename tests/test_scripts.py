@@ -501,7 +501,7 @@ def test_export_script_needs_an_existing_input(tmp_path):
             {"dataset": "imagenet"},
             r"^error: --dataset=imagenet must be one of "
             r"digits, mnist5k, mnist, fashion_mnist, cifar10, "
-            r"or tfds:NAME.$",
+            r"tfds:NAME, images:DIR, tfrecord:GLOB or module.path:function.$",
         ),
         (
             {"sparsity_m_by_n": "4:2", "prune": True},

@@ -147,12 +147,12 @@ def _from_arrays(images, labels):
     )
 
 
-def _load_arrays(name, batch_size, validation_fraction, seed, drop_remainder):
+def _load_arrays(name, batch_size, validation_fraction, seed, drop_remainder, test):
     x_train, y_train, x_test, y_test = _LOADERS[name]()
     y_train = np.asarray(y_train).reshape(-1)
     rng = np.random.default_rng(seed)
     if x_test is None:
-        train_idx, test_idx = _stratified_split(y_train, TEST_FRACTION, rng)
+        train_idx, test_idx = _stratified_split(y_train, test[0], rng)
         x_train, y_train, x_test, y_test = (
             x_train[train_idx],
             y_train[train_idx],
@@ -202,7 +202,7 @@ def _import_tfds(name):
     return tfds
 
 
-def _load_tfds(name, batch_size, validation_fraction, seed, drop_remainder):
+def _load_tfds(name, batch_size, validation_fraction, seed, drop_remainder, test):
     tfds = _import_tfds(name)
     dataset_name = name[len(_TFDS_PREFIX) :]
     try:
@@ -230,12 +230,24 @@ def _load_tfds(name, batch_size, validation_fraction, seed, drop_remainder):
             f"{sorted(meta.splits)}, supervised_keys={meta.supervised_keys})"
         )
     image_key, label_key = meta.supervised_keys
-    total = meta.splits["train"].num_examples
+    fraction, train_split = test
+    try:
+        base = meta.splits[train_split]
+    except (KeyError, ValueError) as err:
+        raise ValueError(
+            f"`train_split` must be a split expression of {name!r} (splits "
+            f"{sorted(meta.splits)}), e.g. 'train[:90%]'. Received: "
+            f"train_split={train_split!r}"
+        ) from err
+    total = base.num_examples
+    # A slice of one split keeps its place: validation is held out of it.
+    start = _split_start(train_split, meta.splits)
+    name_of = train_split.split("[")[0]
     if "test" in meta.splits:
         test_split, test_size = "test", meta.splits["test"].num_examples
     else:
-        test_size = int(round(total * TEST_FRACTION))
-        test_split = f"train[{total - test_size}:]"
+        test_size = int(round(total * fraction))
+        test_split = f"{name_of}[{start + total - test_size}:{start + total}]"
         total -= test_size
     val_size = int(round(total * validation_fraction))
     sizes = (total - val_size, val_size, test_size)
@@ -269,14 +281,41 @@ def _load_tfds(name, batch_size, validation_fraction, seed, drop_remainder):
         *sizes,
     )
     return Splits(
-        pipe(f"train[:{sizes[0]}]", sizes[0], seed),
-        pipe(f"train[{sizes[0]}:{total}]", val_size, None) if val_size else None,
+        pipe(f"{name_of}[{start}:{start + sizes[0]}]", sizes[0], seed),
+        pipe(f"{name_of}[{start + sizes[0]}:{start + total}]", val_size, None)
+        if val_size
+        else None,
         pipe(test_split, test_size, None),
         info,
     )
 
 
-def load(name, *, batch_size, validation_fraction=0.1, seed=0, drop_remainder=False):
+def _split_start(expression, splits):
+    """Where a one-split slice such as 'train[10%:]' starts, in examples."""
+    name, _, rest = expression.partition("[")
+    if not rest:
+        return 0
+    begin = rest.rstrip("]").split(":")[0].strip()
+    if not begin:
+        return 0
+    whole = splits[name].num_examples
+    return (
+        int(round(whole * float(begin[:-1]) / 100))
+        if begin.endswith("%")
+        else int(begin) % whole
+    )
+
+
+def load(
+    name,
+    *,
+    batch_size,
+    validation_fraction=0.1,
+    seed=0,
+    drop_remainder=False,
+    test_fraction=TEST_FRACTION,
+    train_split="train",
+):
     """Loads a named data set as batched train/validation/test pipelines.
 
     Images are float32 in [0, 1] with a channel axis; labels are int32 class
@@ -296,6 +335,11 @@ def load(name, *, batch_size, validation_fraction=0.1, seed=0, drop_remainder=Fa
         seed: Seed of the splits and of the training shuffle. Defaults to `0`.
         drop_remainder: Drop the last partial batch of every split, as static
             shapes (TPUs) need. Defaults to `False`.
+        test_fraction: Fraction of each class held out as the test split of
+            a data set without one, in [0, 1). Defaults to `TEST_FRACTION`.
+        train_split: With `tfds:NAME`, the split expression the training
+            (and held-out) data come from, e.g. `'train[:90%]'`. Defaults
+            to `'train'`.
 
     Returns:
         A `Splits` tuple `(train, validation, test, info)`; `validation` is
@@ -332,5 +376,22 @@ def load(name, *, batch_size, validation_fraction=0.1, seed=0, drop_remainder=Fa
         )
     checks.check_int(seed, "seed", minimum=0)
     checks.check_bool(drop_remainder, "drop_remainder")
+    checks.check_real(test_fraction, "test_fraction")
+    if not 0 <= test_fraction < 1:
+        raise ValueError(
+            "`test_fraction` must be in [0, 1). "
+            f"Received: test_fraction={test_fraction!r}"
+        )
+    if not isinstance(train_split, str):
+        raise TypeError(
+            f"`train_split` must be a str. Received: train_split={train_split!r}"
+        )
     loader = _load_arrays if name in _LOADERS else _load_tfds
-    return loader(name, batch_size, validation_fraction, seed, drop_remainder)
+    return loader(
+        name,
+        batch_size,
+        validation_fraction,
+        seed,
+        drop_remainder,
+        (test_fraction, train_split),
+    )

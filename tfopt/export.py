@@ -176,6 +176,14 @@ def _written_by_keras3(path):
     path = os.fspath(path)
     if path.endswith(".keras"):
         return Keras.from_version(_keras_version(path)) is Keras.KERAS3
+    import h5py  # TensorFlow's dependency; only for HDF5 files
+
+    if os.path.isfile(path) and h5py.is_hdf5(path):
+        # A legacy HDF5 file names the Keras that wrote it in an attribute.
+        with h5py.File(path, "r") as file:
+            version = file.attrs.get("keras_version")
+        version = version.decode() if isinstance(version, bytes) else version
+        return Keras.from_version(version) is Keras.KERAS3
     return os.path.isfile(os.path.join(path, "saved_model.pb")) and not (
         os.path.isfile(os.path.join(path, "keras_metadata.pb"))
     )

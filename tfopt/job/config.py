@@ -10,7 +10,6 @@ name fields as `field`; a script shows them as `--field` (`for_flags`).
 
 import dataclasses
 import json
-import re
 
 from tfopt.core.kerases import Keras, refusal, supports
 from tfopt.core.vocab import (  # noqa: F401 (the job reads them here)
@@ -24,53 +23,19 @@ from tfopt.core.vocab import (  # noqa: F401 (the job reads them here)
     STRATEGIES,
     ExportFormat,
 )
+from tfopt.job import specs
 from tfopt.job.errors import ClusterError  # noqa: F401 (its old home)
+from tfopt.job.fields import NAMES, ConfigError, parse_m_by_n
+from tfopt.job.fields import check as _check_field
+from tfopt.job.fields import field as _field
+from tfopt.job.specs import DATASETS, MODELS  # noqa: F401 (read here)
 
 __all__ = ["ClusterError", "Config", "ConfigError", "ExportFormat", "EXPORTS"]
 
-DATASETS = ("digits", "mnist5k", "mnist", "fashion_mnist", "cifar10")
-TFDS_PREFIX = "tfds:"
-MODELS = ("tfmot_mnist", "teacher_cnn", "student_cnn", "resnet_tiny", "mobilenet_v2")
 KERAS_VERSIONS = tuple(str(keras.value) for keras in Keras)
-
-
-class ConfigError(ValueError):
-    """A setting that cannot work, found before any training. The message
-    names fields as `field` (or `field=value`)."""
-
-    def for_flags(self):
-        """The message with each `field` of `Config` written as the flag
-        --field (other quoted names, e.g. a library function's arguments,
-        stay as they are)."""
-        fields = {field.name for field in dataclasses.fields(Config)}
-        return re.sub(
-            r"`([a-z_0-9]+)(=[^`]*)?`",
-            lambda m: f"--{m[1]}{m[2] or ''}" if m[1] in fields else m[0],
-            str(self),
-        )
-
-
-def _field(default, help, kind, *, choices=None, low=None, high=None, alias=None):
-    return dataclasses.field(
-        default=default,
-        metadata={
-            "help": help,
-            "kind": kind,
-            "choices": choices,
-            "low": low,
-            "high": high,
-            "alias": alias,
-        },
-    )
-
-
-def parse_m_by_n(text):
-    """(m, n) from '2:4' (0 < m < n), else None."""
-    parts = text.split(":") if isinstance(text, str) else ()
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        return None
-    m, n = map(int, parts)
-    return (m, n) if 0 < m < n else None
+PREPROCESSING = ("rescale", "none", "applications")
+# Epochs of the main stage when `epochs` is unset.
+DEFAULT_EPOCHS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,37 +45,89 @@ class Config:
     model_dir: str | None = _field(
         None, "Where checkpoints, logs, exports and the report go (required).", "string"
     )
-    dataset: str = _field(
-        "mnist5k", f"Data set: one of {', '.join(DATASETS)}, or tfds:NAME.", "string"
+    dataset: str = _field("mnist5k", f"Data set: {specs.DATA_FORMS}.", "string")
+    validation_split: float = _field(
+        0.1,
+        "Fraction of the training data held out for validation (data "
+        "without a validation split).",
+        "float",
+        low=0.0,
+        high=0.5,
+    )
+    test_split: float = _field(
+        0.2,
+        "Fraction held out for the test split (data without one: the "
+        "bundled sets, images:DIR, tfrecord:GLOB).",
+        "float",
+        low=0.0,
+        high=0.5,
+    )
+    train_split: str | None = _field(
+        None,
+        "With tfds:NAME, the split expression to train on, e.g. train[:90%] "
+        "(validation is then held out of it).",
+        "string",
+    )
+    preprocess: str = _field(
+        "rescale",
+        "How pixel values reach the model: rescale ([0, 1]), none (0-255) or "
+        "applications (keras.applications' preprocess_input of an "
+        "applications:NAME model).",
+        "enum",
+        choices=PREPROCESSING,
+    )
+    augment: bool = _field(
+        False,
+        "Random flips, shifts and zooms of the training images (turns off "
+        "teacher-logit caching).",
+        "bool",
     )
     batch_size: int = _field(64, "Global batch size (all replicas).", "integer", low=1)
     seed: int = _field(0, "Seed of the splits, shuffles and weights.", "integer", low=0)
     model: str = _field(
         "student_cnn",
-        "The model to compress (the student when distilling).",
-        "enum",
-        choices=MODELS,
+        f"The model to compress (the student when distilling): {specs.MODEL_FORMS}. "
+        "A saved model starts trained: no baseline training.",
+        "string",
     )
-    keras: str = _field(
-        "3",
-        "The Keras the models are built with: 2 (tf_keras, through TFMOT) "
-        "or 3 (the keras package, TensorFlow's tf.keras).",
+    input_shape: str | None = _field(
+        None, "Input H,W,C of a model built here; unset: the data's.", "string"
+    )
+    weights: str | None = _field(
+        None,
+        "Weights file for an applications:NAME or module:function model.",
+        "string",
+    )
+    custom_objects: str | None = _field(
+        None,
+        "A module to import before loading saved models: the one that "
+        "registers their custom layers.",
+        "string",
+    )
+    keras: str | None = _field(
+        None,
+        "The Keras of the models: 2 (tf_keras, through TFMOT) or 3 (the keras "
+        "package, TensorFlow's tf.keras); unset: a saved model's own, else 3.",
         "enum",
         choices=KERAS_VERSIONS,
     )
-    epochs: int = _field(3, "Epochs of the main training stage.", "integer", low=1)
+    epochs: int | None = _field(
+        None,
+        "Epochs of the main training stage (default 3); with a saved --model "
+        "and no --prune or --teacher, epochs of fine-tuning (default none).",
+        "integer",
+        low=1,
+    )
     learning_rate: float = _field(3e-3, "Adam learning rate.", "float", low=0.0)
     teacher: str | None = _field(
         None,
-        "A saved teacher model, or 'train' to train --teacher_model first; "
-        "unset: no distillation.",
+        "The teacher: a saved model (used as it is), 'train' (train "
+        "--teacher_model first) or a model to train (as --model); unset: no "
+        "distillation.",
         "string",
     )
     teacher_model: str = _field(
-        "teacher_cnn",
-        "The teacher to train with --teacher=train.",
-        "enum",
-        choices=MODELS,
+        "teacher_cnn", "The teacher to train with --teacher=train.", "string"
     )
     teacher_epochs: int = _field(3, "Epochs to train the teacher.", "integer", low=1)
     teacher_learning_rate: float | None = _field(
@@ -246,8 +263,33 @@ class Config:
 
     @property
     def keras_api(self):
-        """The `Keras` that `keras` names."""
-        return Keras.from_version(self.keras)
+        """The `Keras` that `keras` names (Keras 3 when unset: a run resolves
+        it from a saved model first, `tfopt.job.sources.resolve`)."""
+        return Keras.from_version(self.keras or "3")
+
+    @property
+    def stage_epochs(self):
+        """Epochs of the main training stage."""
+        return DEFAULT_EPOCHS if self.epochs is None else self.epochs
+
+    @property
+    def model_spec(self):
+        """`model` parsed (`tfopt.job.specs.Spec`)."""
+        return specs.model(self.model)
+
+    @property
+    def teacher_spec(self):
+        """`teacher` parsed, or None for none or 'train'."""
+        return (
+            None
+            if self.teacher in (None, "train")
+            else specs.model(self.teacher, "teacher")
+        )
+
+    @property
+    def given(self):
+        """Whether `model` is a saved, trained model (no baseline training)."""
+        return self.model_spec.is_file
 
     @property
     def prunes_channels(self):
@@ -272,14 +314,7 @@ class Config:
             raise ConfigError(
                 "`model_dir` is required: where checkpoints and the report go."
             )
-        if not (
-            self.dataset in DATASETS
-            or (self.dataset.startswith(TFDS_PREFIX) and len(self.dataset) > 5)
-        ):
-            raise ConfigError(
-                f"`dataset={self.dataset}` must be one of "
-                f"{', '.join(DATASETS)}, or tfds:NAME."
-            )
+        specs.check(self)
         if self.pruning_begin >= self.pruning_end:
             raise ConfigError(
                 f"`pruning_begin={self.pruning_begin}` must be below "
@@ -360,41 +395,4 @@ class Config:
         return self
 
 
-_TYPES = {
-    "string": str,
-    "enum": str,
-    "integer": int,
-    "float": (int, float),
-    "bool": bool,
-    "list": (tuple, list),
-}
-_KINDS = {
-    "string": "a string",
-    "enum": "a string",
-    "integer": "an int",
-    "float": "a number",
-    "bool": "a bool",
-    "list": "a tuple of names",
-}
-
-
-def _check_field(field, value):
-    meta = field.metadata
-    if value is None and field.default is None:
-        return
-    kind, name = meta["kind"], field.name
-    if not isinstance(value, _TYPES[kind]) or (
-        kind in ("integer", "float") and isinstance(value, bool)
-    ):
-        raise ConfigError(f"`{name}={value!r}` must be {_KINDS[kind]}.")
-    items = value if kind == "list" else [value]
-    if meta["choices"] is not None:
-        for item in items:
-            if item not in meta["choices"]:
-                raise ConfigError(
-                    f"`{name}={item}` must be one of {', '.join(meta['choices'])}."
-                )
-    if meta["low"] is not None and value < meta["low"]:
-        raise ConfigError(f"`{name}={value}` must be at least {meta['low']}.")
-    if meta["high"] is not None and value > meta["high"]:
-        raise ConfigError(f"`{name}={value}` must be at most {meta['high']}.")
+NAMES.update(f.name for f in dataclasses.fields(Config))

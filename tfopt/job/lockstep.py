@@ -92,3 +92,29 @@ def lost_task(err, worker):
         f"({type(err).__name__}); this is {me[0]} {me[1]}. Re-run the same "
         "command on every worker to resume from the last finished epoch."
     )
+
+
+def gather(strategy, worker, values):
+    """Each worker's `values` (a list of numbers, the same length on every
+    worker), as one list per worker in task order; `[values]` on one."""
+    if worker.num_workers < 2:
+        return [list(values)]
+    slots = [0.0] * (worker.num_workers * len(values))
+    # Each local replica adds its share: summed, the worker's slot holds
+    # its values exactly (integers below 2**52).
+    local = strategy.num_replicas_in_sync // worker.num_workers
+    start = index(worker) * len(values)
+    slots[start : start + len(values)] = [v / local for v in values]
+    total = _all_sum(strategy, slots)
+    return [
+        [float(v) for v in total[i * len(values) : (i + 1) * len(values)]]
+        for i in range(worker.num_workers)
+    ]
+
+
+def index(worker):
+    """This worker's place among all of them (its input pipeline's id):
+    the chief first where the cluster has one."""
+    if "chief" in worker.cluster:
+        return 0 if worker.task_type == "chief" else worker.task_id + 1
+    return worker.task_id

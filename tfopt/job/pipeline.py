@@ -16,7 +16,6 @@ checkpoints (see `tfopt.job.state`).
 """
 
 import logging
-import math
 import sys
 import time
 from typing import NamedTuple
@@ -24,17 +23,13 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from tfopt import (
-    channels,
     devices,
     distillation,
     distribute,
-    export,
-    models,
     pruning,
     quantization,
 )
-from tfopt.core.channel_groups import describe
-from tfopt.job import lockstep, measure, report, stages
+from tfopt.job import lockstep, measure, prepare, report, sources, stages
 from tfopt.job.config import ClusterError, Config, ConfigError
 from tfopt.job.exports import Verified, export_and_verify
 from tfopt.job.state import Run as _Run
@@ -65,18 +60,28 @@ class Report(NamedTuple):
 
 def _teacher(run):
     config = run.config
-    if config.teacher == "train":
+    spec = config.teacher_spec
+    if spec is None or not spec.is_file:
+        name = config.teacher_model if spec is None else config.teacher
 
         def build():
             return stages.compiled(
                 config,
-                stages.build(config, config.teacher_model, run.info, config.seed),
+                sources.build(config, name, "teacher", run.info, config.seed),
                 config.teacher_learning_rate or config.learning_rate,
             )
 
         return stages.stage(run, "teacher", build, config.teacher_epochs)
     with run.strategy.scope():
-        return export.load_model(config.teacher)
+        return sources.load(
+            config, config.teacher, "teacher", run.scratch, serving=True
+        )
+
+
+def _given(run):
+    """The saved `model`, loaded in the run's strategy."""
+    with run.strategy.scope():
+        return sources.load(run.config, run.config.model, "model", run.scratch)
 
 
 def _prune(config, model):
@@ -116,7 +121,9 @@ def _student(run, teacher):
     )
 
     def fresh():
-        return stages.build(config, config.model, run.info, config.seed + 1)
+        if config.given:
+            return sources.load(config, config.model, "model", run.scratch)
+        return sources.build(config, config.model, "model", run.info, config.seed + 1)
 
     def distiller(student, teacher, alpha=config.alpha):
         return stages.compiled(
@@ -127,7 +134,8 @@ def _student(run, teacher):
                 temperature=config.temperature,
                 alpha=alpha,
                 distillation_loss=config.distillation_loss,
-                cache_teacher=config.cache_teacher,
+                # Augmented images differ each epoch: so do their logits.
+                cache_teacher=config.cache_teacher and not config.augment,
             ),
             config.learning_rate,
         )
@@ -139,13 +147,25 @@ def _student(run, teacher):
                 _prune(config, fresh()) if config.prune else fresh(), teacher
             )
 
-        return None, stages.stage(run, "distilled", distill, config.epochs, callbacks)
-    baseline = stages.stage(
-        run,
-        "baseline",
-        lambda: stages.compiled(config, fresh(), config.learning_rate),
-        config.epochs,
-    )
+        return None, stages.stage(
+            run, "distilled", distill, config.stage_epochs, callbacks
+        )
+    if config.given:
+        baseline = _given(run)
+        if not config.prune and config.epochs:
+            return baseline, stages.stage(
+                run,
+                "finetuned",
+                lambda: stages.compiled(config, fresh(), config.learning_rate),
+                config.epochs,
+            )
+    else:
+        baseline = stages.stage(
+            run,
+            "baseline",
+            lambda: stages.compiled(config, fresh(), config.learning_rate),
+            config.stage_epochs,
+        )
     if not config.prune:
         return baseline, baseline
 
@@ -156,7 +176,7 @@ def _student(run, teacher):
             return distiller(_prune(config, baseline), baseline, config.recover_alpha)
         return stages.compiled(config, _prune(config, baseline), config.learning_rate)
 
-    return baseline, stages.stage(run, "pruned", pruned, config.epochs, callbacks)
+    return baseline, stages.stage(run, "pruned", pruned, config.stage_epochs, callbacks)
 
 
 def _qat(run, model):
@@ -218,8 +238,10 @@ def run(config, *, command=None):
         tf.config.experimental.enable_op_determinism()
     run_ = _Run(config, strategy, sys.argv if command is None else command)
     try:
-        run_.start(lambda: _check_reachable(run_))
+        run_.start(lambda: prepare.prepare(run_))
+        config = run_.config  # with the Keras of a saved model
         rows, speed = _recipe(run_)
+        run_.publish()
         run_.seconds["total"] = time.perf_counter() - start
         failure = text = None
         if run_.worker.is_chief:
@@ -264,30 +286,6 @@ def run(config, *, command=None):
     return Report(rows, text)
 
 
-def _check_reachable(run_):
-    """Refuses, before any training, a `target_sparsity` that channel
-    pruning by `params`/`macs` cannot reach on this model (found once only
-    after the baseline had trained, as a traceback)."""
-    config = run_.config
-    if not config.prunes_channels or config.prune_measure == "channels":
-        return
-    model = stages.build(config, config.model, run_.info, config.seed + 1)
-    most = channels.max_cut(
-        model, measure=config.prune_measure, round_to=config.prune_round_to
-    )
-    if config.target_sparsity > most:
-        held = channels.blocking(model)
-        why = f" Held back by: {describe(held)}." if held else ""
-        raise ConfigError(
-            f"`target_sparsity={config.target_sparsity}` must be at most "
-            f"{math.floor(most * 1000) / 1000} with "
-            f"`prune_measure={config.prune_measure}` and "
-            f"`prune_round_to={config.prune_round_to}`: removing every prunable "
-            f"channel of {config.model} cuts only that fraction of its "
-            f"{config.prune_measure}.{why}"
-        )
-
-
 def _recipe(run_):
     config = run_.config
     rows, speed = [], None
@@ -296,14 +294,15 @@ def _recipe(run_):
     shrunk = None
     reference = teacher if teacher is not None else baseline
     with run_.timed("evaluate"):
+        first = "teacher" if teacher is not None else "baseline"
+        given_first = config.given and teacher is None
         rows.append(
-            _row(
-                run_,
-                "teacher" if teacher is not None else "baseline",
-                reference,
-                reference=None,
-            )
+            _row(run_, "given" if given_first else first, reference, reference=None)
         )
+        if config.given and teacher is not None:
+            rows.append(_row(run_, "given", _given(run_), rows[0]))
+        if given_first and not config.prune and config.epochs:
+            rows.append(_row(run_, "finetuned", pruning.strip(student), rows[0]))
         final = pruning.strip(student)
         if teacher is not None:
             rows.append(
@@ -327,7 +326,7 @@ def _recipe(run_):
         for verified in export_and_verify(
             final,
             config.export,
-            run_.path("export"),
+            run_.work("export"),
             run_.splits,
             batch_size=config.batch_size,
             overwrite=True,
@@ -339,16 +338,13 @@ def _recipe(run_):
             dense = (
                 baseline
                 if baseline is not None
-                else models.build(
-                    config.model,
-                    run_.info.input_shape,
-                    run_.info.num_classes,
-                    keras_version=config.keras_api.value,
-                )
+                else sources.build(config, config.model, "model", run_.info, 0)
+                if not config.given
+                else _given(run_)
             )
             speed = measure.speed(
                 {"dense": dense, "shrunk": shrunk},
-                run_.path("export", "speed"),
+                run_.work("export", "speed"),
                 run_.splits.train,
             )
     return rows, speed
@@ -356,7 +352,7 @@ def _recipe(run_):
 
 def _row(run_, name, model, reference):
     return measure.keras_row(
-        run_.path("export", name.replace("+", "_")),
+        run_.work("export", name.replace("+", "_")),
         name,
         model,
         run_.splits.test,

@@ -6,6 +6,7 @@ int8, 1 and 2 threads), as `report.json`, `report.md` and `report.png`.
 
 Rendering only: the rows are measured by `tfopt.job.measure`."""
 
+import io
 import json
 import os
 
@@ -109,7 +110,7 @@ def _where(env):
     )
 
 
-def _plot(rows, path):
+def _plot(rows, path):  # a path or a binary file
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and in CI
@@ -132,29 +133,32 @@ def _plot(rows, path):
     axes.set_title("Accuracy against size")
     axes.grid(True, alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, format="png")
     pyplot.close(figure)
 
 
 def write(directory, *, title, rows, env, settings, dataset, speed=None):
     """Writes report.json (rows, settings, data set, environment, speed),
     report.md and report.png under `directory`; returns report.md's text."""
-    with open(os.path.join(directory, "report.json"), "w") as file:
-        json.dump(
-            {
-                "settings": settings,
-                "dataset": dataset,
-                "environment": env,
-                "rows": rows,
-                "speed": speed,
-            },
-            file,
-            indent=2,
-        )
+    import tensorflow as tf  # here: rendering needs no TensorFlow
+
+    # Through tf.io.gfile: `directory` may be on gs://.
+    content = {
+        "settings": settings,
+        "dataset": dataset,
+        "environment": env,
+        "rows": rows,
+        "speed": speed,
+    }
+    with tf.io.gfile.GFile(os.path.join(directory, "report.json"), "w") as file:
+        file.write(json.dumps(content, indent=2))
     text = render(title, rows, env, speed)
-    with open(os.path.join(directory, "report.md"), "w") as file:
+    with tf.io.gfile.GFile(os.path.join(directory, "report.md"), "w") as file:
         file.write(text)
-    _plot(rows, os.path.join(directory, "report.png"))
+    image = io.BytesIO()
+    _plot(rows, image)
+    with tf.io.gfile.GFile(os.path.join(directory, "report.png"), "wb") as file:
+        file.write(image.getvalue())
     return text
 
 

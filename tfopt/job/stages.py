@@ -10,7 +10,7 @@ import time
 
 import tensorflow as tf
 
-from tfopt import callbacks, distillation, distribute, export, models
+from tfopt import callbacks, distillation, distribute, models
 from tfopt.core import summary
 from tfopt.core.kerases import Keras
 from tfopt.job import lockstep
@@ -78,26 +78,31 @@ class _ScalarLogger(callbacks.Callback):
 def plan(config):
     """Stage name -> what its banner says, in order."""
     stages = {}
-    if config.teacher == "train":
+    teacher_spec, epochs = config.teacher_spec, config.stage_epochs
+    model = _short(config.model)
+    if config.teacher and (teacher_spec is None or not teacher_spec.is_file):
+        name = config.teacher_model if teacher_spec is None else config.teacher
         stages["teacher"] = (
-            f"train teacher {config.teacher_model}, {config.teacher_epochs} epochs"
+            f"train teacher {_short(name)}, {config.teacher_epochs} epochs"
         )
     if config.teacher:
         teacher = (
-            config.teacher_model
+            _short(config.teacher_model)
             if config.teacher == "train"
-            else os.path.basename(config.teacher)
+            else _short(config.teacher)
         )
         stages["distilled"] = (
-            f"distill{' + prune' * config.prune} "
-            f"{config.model} ← {teacher}, {config.epochs} epochs"
+            f"distill{' + prune' * config.prune} {model} ← {teacher}, {epochs} epochs"
         )
     else:
-        stages["baseline"] = f"train {config.model}, {config.epochs} epochs"
+        if not config.given:
+            stages["baseline"] = f"train {model}, {epochs} epochs"
+        elif config.epochs and not config.prune:
+            stages["finetuned"] = f"fine-tune {model}, {config.epochs} epochs"
         if config.prune:
             stages["pruned"] = (
-                f"prune {_what_is_pruned(config)} of {config.model}, "
-                f"{config.epochs} epochs"
+                f"prune {_what_is_pruned(config)} of {model}, "
+                f"{epochs} epochs"
                 + (", distilled from the unpruned model" if config.recover else "")
             )
     if config.prunes_channels:
@@ -106,6 +111,11 @@ def plan(config):
         stages["qat"] = f"quantization-aware training, {config.qat_epochs} epochs"
     stages["export"] = f"evaluate and export {', '.join(config.export)}"
     return stages
+
+
+def _short(text):
+    """A model as a banner names it: a saved one by its file name."""
+    return os.path.basename(text.rstrip("/")) if "/" in text else text
 
 
 def _what_is_pruned(config):
@@ -132,7 +142,7 @@ def stage(run, name, build, epochs, callbacks=()):
     whether trained now or earlier, so a resumed run measures and exports
     exactly what an uninterrupted one does."""
     done = run.chief_path("checkpoints", f"{name}.keras")
-    finished = os.path.exists(done)
+    finished = tf.io.gfile.exists(done)
     latest = tf.train.latest_checkpoint(run.chief_path("checkpoints", name))
     # Every worker decides from the chief's files on its own: they must see
     # the same ones, or they would run different stages and hang.
@@ -148,13 +158,13 @@ def stage(run, name, build, epochs, callbacks=()):
     if finished:
         banner(run, name, f": finished earlier, loading {done}")
         with run.timed(f"{name} (loaded)"), run.strategy.scope():
-            return export.load_model(done)
+            return run.load(done)
     replicas = run.strategy.num_replicas_in_sync
     banner(run, name, f" on {replicas} replicas" if replicas > 1 else "")
     with run.timed(name):
         saved = train(run, name, build, epochs, callbacks, latest)
         with run.strategy.scope():
-            result = export.load_model(saved)
+            result = run.load(saved)
     # The digest lets the workers of a cluster be compared from their logs.
     _log.info(
         "      stage %s: %d epochs in %.1f s (weights %s)",
@@ -185,7 +195,7 @@ def train(run, name, build, epochs, callbacks, latest):
     # Keras's progress bar on a terminal; else one line per epoch.
     bar = sys.stdout.isatty()
     model.fit(
-        run.stream(first, epochs),
+        run.stream(first, epochs, augment=run.config.augment),
         epochs=epochs,
         initial_epoch=first,
         steps_per_epoch=run.steps,
@@ -203,8 +213,9 @@ def train(run, name, build, epochs, callbacks, latest):
     )
     result = model.student if isinstance(model, distillation.Distiller) else model
     mine = run.path("checkpoints", f"{name}.keras")
+    # Keras saves through tf.io.gfile: `model_dir` may be on gs://.
     result.save(mine + ".tmp.keras")
-    os.replace(mine + ".tmp.keras", mine)
+    tf.io.gfile.rename(mine + ".tmp.keras", mine, overwrite=True)
     return mine
 
 
@@ -218,10 +229,3 @@ def compiled(config, model, learning_rate):
         metrics=["accuracy"],
     )
     return model
-
-
-def build(config, name, info, seed):
-    keras_of(config).utils.set_random_seed(seed)
-    return models.build(
-        name, info.input_shape, info.num_classes, keras_version=config.keras_api.value
-    )

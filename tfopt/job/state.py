@@ -12,13 +12,14 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 import time
 
 import tensorflow as tf
 
 from tfopt import data, distribute
 from tfopt.core import cluster as _cluster
-from tfopt.job import lockstep
+from tfopt.job import feed, inputs, lockstep, sources
 from tfopt.job.config import ClusterError, ConfigError  # noqa: F401 (re-exported)
 
 
@@ -57,33 +58,36 @@ def check(config):
 
 def _check_files(config, worker):
     """This worker's checks of the paths it was given; the chief's also of
-    what `model_dir` holds. Changes nothing."""
-    if os.path.isfile(config.model_dir):
+    what `model_dir` holds. Changes nothing. Paths may be on any TensorFlow
+    file system (`gs://`), so every check goes through `tf.io.gfile`."""
+    gfile = tf.io.gfile
+    if gfile.exists(config.model_dir) and not gfile.isdir(config.model_dir):
         raise ConfigError(
             f"`model_dir={config.model_dir}` is a file; it must be a "
             "directory (new or from this same command)."
         )
     teacher = config.teacher
-    if teacher not in (None, "", "train") and not os.path.exists(teacher):
-        raise ConfigError(
-            f"`teacher={teacher}` does not exist; give a saved model "
-            "(.keras, .h5 or SavedModel) or 'train'."
-        )
+    if teacher not in (None, "", "train") and config.teacher_spec.is_file:
+        if not gfile.exists(teacher):
+            raise ConfigError(
+                f"`teacher={teacher}` does not exist; give a saved model "
+                "(.keras, .h5 or SavedModel), a model to train or 'train'."
+            )
     if not worker.is_chief:
         return
     previous = os.path.join(config.model_dir, "config.json")
     if (
-        os.path.isdir(config.model_dir)
-        and os.listdir(config.model_dir)
-        and (not os.path.exists(previous))
+        gfile.isdir(config.model_dir)
+        and gfile.listdir(config.model_dir)
+        and (not gfile.exists(previous))
     ):
         # Not a tfopt run: never write into (or, with --overwrite, delete) it.
         raise ConfigError(
             f"`model_dir={config.model_dir}` holds files but no tfopt "
             "run (no config.json); give a new or empty directory."
         )
-    if os.path.exists(previous) and not config.overwrite:
-        with open(previous) as file:
+    if gfile.exists(previous) and not config.overwrite:
+        with gfile.GFile(previous) as file:
             if json.load(file) != config.settings():
                 raise ConfigError(
                     f"`model_dir={config.model_dir}` holds a run with other flags; "
@@ -93,12 +97,13 @@ def _check_files(config, worker):
 
 def _claim(config):
     """The chief makes `model_dir` this run's, once every worker agreed."""
-    if config.overwrite and os.path.isdir(config.model_dir):
-        shutil.rmtree(config.model_dir)
+    gfile = tf.io.gfile
+    if config.overwrite and gfile.isdir(config.model_dir):
+        gfile.rmtree(config.model_dir)
     for sub in ("checkpoints", "logs", "export"):
-        os.makedirs(os.path.join(config.model_dir, sub), exist_ok=True)
-    with open(os.path.join(config.model_dir, "config.json"), "w") as file:
-        json.dump(config.settings(), file, indent=2)
+        gfile.makedirs(os.path.join(config.model_dir, sub))
+    with gfile.GFile(os.path.join(config.model_dir, "config.json"), "w") as file:
+        file.write(json.dumps(config.settings(), indent=2))
 
 
 class Run:
@@ -120,72 +125,152 @@ class Run:
             else os.path.join(self.shared, f"workertemp_{self.worker.task_id}")
         )
         self.splits = self.info = self._x = self._y = self.steps = None
+        self.source = self._conform = self._counts = None
         self._own_dir = False  # this worker's directory exists because of us
+        # Local copies of saved models read from other file systems.
+        self.scratch = tempfile.mkdtemp(prefix="tfopt-run-")
 
     def start(self, check=None):
         """Checks, loads the data, runs `check()` (the recipe's own checks,
-        which may read the data), agrees with every worker, then claims the
-        directories. Nothing is written unless every worker can run."""
-        config, refusal = self.config, None
+        which may read the data and shape it for the model: `shape_data`),
+        agrees with every worker, then claims the directories. Nothing is
+        written unless every worker can run."""
+        refusal = None
         try:
             replicas = self.strategy.num_replicas_in_sync
-            if config.batch_size % replicas:
+            if self.config.batch_size % replicas:
                 raise ConfigError(
-                    f"`batch_size={config.batch_size}` must divide "
+                    f"`batch_size={self.config.batch_size}` must divide "
                     f"evenly over the {replicas} replicas of "
                     "`strategy`."
                 )
-            _check_files(config, self.worker)
+            self.config = sources.resolve(self.config, self.scratch)
+            _check_files(self.config, self.worker)
             self._load()
+        except ConfigError as err:
+            refusal = err
+        all_ok, same = lockstep.agree(
+            self.strategy, self.worker, refusal is None, self.config.settings()
+        )
+        _refuse(refusal, all_ok, same)
+        # Every worker is here: the counts of streamed data are summed over
+        # them (a collective), then the model is checked against the data.
+        try:
+            if self.source is not None:
+                self._count()
             if check is not None:
                 check()
         except ConfigError as err:
             refusal = err
-        all_ok, same = lockstep.agree(
-            self.strategy, self.worker, refusal is None, config.settings()
-        )
-        if refusal is not None:
-            raise refusal
-        if not all_ok:
-            raise ConfigError(
-                "a worker refused the run (its log says why, usually "
-                "the chief's about `model_dir`); fix that and start "
-                "every worker again."
-            )
-        if not same:
-            raise ConfigError(
-                "the workers were started with different flags; "
-                "start every worker with the same command."
-            )
+        all_ok, _ = lockstep.agree(self.strategy, self.worker, refusal is None)
+        _refuse(refusal, all_ok, True)
         if self.worker.is_chief:
-            _claim(config)
+            _claim(self.config)
         # Nobody reads the chief's directory before it has claimed (or, with
         # --overwrite, emptied) it.
         lockstep.barrier(self.strategy, self.worker)
         if not self.worker.is_chief:
             # Inside a claimed run directory: what a killed run left.
             self._own_dir = True
-            shutil.rmtree(self.dir, ignore_errors=True)
+            if tf.io.gfile.exists(self.dir):
+                tf.io.gfile.rmtree(self.dir)
             for sub in ("checkpoints", "logs", "export"):
-                os.makedirs(self.path(sub))
+                tf.io.gfile.makedirs(self.path(sub))
 
     def _load(self):
         config = self.config
-        self.splits = data.load(
-            config.dataset, batch_size=config.batch_size, seed=config.seed
-        )
-        self.info = self.splits.info
-        self.steps = self.info.train_size // config.batch_size
-        if not self.steps:
-            raise ConfigError(
-                f"`batch_size={config.batch_size}` must be at most the "
-                f"{self.info.train_size} training examples of "
-                f"`dataset={config.dataset}`."
+        self.source = inputs.open_source(config)
+        if self.source is not None:
+            self.source.check_pipelines(self.worker.num_workers)
+            return
+        try:
+            self.splits = data.load(
+                config.dataset,
+                batch_size=config.batch_size,
+                seed=config.seed,
+                validation_fraction=config.validation_split,
+                test_fraction=config.test_split,
+                train_split=config.train_split or "train",
             )
+        except ValueError as err:
+            raise ConfigError(f"`dataset={config.dataset}`: {err}") from err
+        self.info = self.splits.info
+        self._steps(self.info.train_size, 1)
         # The training split in memory; epoch e is a stateless shuffle of it
         # seeded by (seed, e), so a restarted run replays the same batches.
         self._x, self._y = next(
             iter(self.splits.train.unbatch().batch(self.info.train_size))
+        )
+
+    def _steps(self, smallest, pipelines):
+        self.steps = smallest // (self.config.batch_size // pipelines)
+        if not self.steps:
+            raise ConfigError(
+                f"`batch_size={self.config.batch_size}` must be at most the "
+                f"{smallest * pipelines} training examples of "
+                f"`dataset={self.config.dataset}`"
+                + (f" ({smallest} per worker)." if pipelines > 1 else ".")
+            )
+
+    def _count(self):
+        """Sizes and classes of streamed data: each worker counts its own
+        share of the training split; the sums and the fewest per worker
+        (which sets the steps of every worker's epoch) are agreed."""
+        source, workers = self.source, self.worker.num_workers
+        mine = source.count(lockstep.index(self.worker), workers)
+        per_worker = lockstep.gather(self.strategy, self.worker, mine)
+        self._counts = [int(count) for count, _ in per_worker]
+        largest = max(int(label) for _, label in per_worker)
+        sizes = [0, 0]
+        for i, split in enumerate((source.validation, source.test)):
+            if split is not None:
+                sizes[i], top = inputs.count_examples(split)
+                largest = max(largest, top)
+        self.info = data.DatasetInfo(
+            source.name, source.shape, largest + 1, sum(self._counts), *sizes
+        )
+        if self.info.num_classes < 2:
+            raise ConfigError(
+                f"`dataset={self.config.dataset}` has {self.info.num_classes} "
+                "class; a classifier needs at least 2."
+            )
+        self._steps(min(self._counts), workers)
+
+    def shape_data(self, target, scale, name, keras):
+        """Makes `splits` (and the training stream) give images of `target`
+        shape, scaled by `scale`: resized and converted, batched, cached."""
+        info, batch = self.info, self.config.batch_size
+        conform = feed.conformer(info.input_shape, target, scale, name)
+        example_bytes = 4 * int(tf.reduce_prod(target))
+        self._conform, self._example_bytes = conform, example_bytes
+        if self.source is None:
+            if tuple(info.input_shape) != tuple(target) or scale is not None:
+                self._x = conform(self._x)
+                self.splits = self.splits._replace(
+                    **{
+                        split: getattr(self.splits, split).map(
+                            lambda x, y: (conform(x), y), num_parallel_calls=-1
+                        )
+                        for split in ("train", "validation", "test")
+                        if getattr(self.splits, split) is not None
+                    }
+                )
+            return
+        source = self.source
+
+        def shaped(dataset, count):
+            dataset = dataset.map(
+                lambda x, y: (conform(x), y), num_parallel_calls=feed.AUTOTUNE
+            )
+            return feed.batched(dataset, batch, count, example_bytes)
+
+        self.splits = data.Splits(
+            shaped(source.train(0, 1).take(max(self._counts)), self._counts[0]),
+            shaped(source.validation, info.validation_size)
+            if source.validation is not None
+            else None,
+            shaped(source.test, info.test_size),
+            info,
         )
 
     @contextlib.contextmanager
@@ -200,8 +285,41 @@ class Run:
             )
 
     def path(self, *parts):
-        """Where this worker writes."""
+        """Where this worker writes (through `tf.io.gfile`, or a library
+        call that does: checkpoints, summaries, Keras's own saving)."""
         return os.path.join(self.dir, *parts)
+
+    def work(self, *parts):
+        """Where calls that write local files only (TFLite and HDF5 writers)
+        write: `path` itself, or for a `model_dir` on another file system
+        (`gs://`) a local mirror that `publish` copies there."""
+        if "://" not in self.dir:
+            return self.path(*parts)
+        local = os.path.join(self.scratch, "out", *parts)
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        return local
+
+    def publish(self):
+        """Copies what `work` holds to `path` (nothing for a local run)."""
+        mirror = os.path.join(self.scratch, "out")
+        if "://" not in self.dir or not os.path.isdir(mirror):
+            return
+        for directory, _, names in os.walk(mirror):
+            relative = os.path.relpath(directory, mirror)
+            target = self.path(*([] if relative == "." else relative.split(os.sep)))
+            tf.io.gfile.makedirs(target)
+            for name in names:
+                tf.io.gfile.copy(
+                    os.path.join(directory, name),
+                    f"{target.rstrip('/')}/{name}",
+                    overwrite=True,
+                )
+
+    def load(self, path):
+        """A stage's saved model, read through `tf.io.gfile`."""
+        from tfopt import export
+
+        return export.load_model(sources.local_copy(path, self.scratch))
 
     def chief_path(self, *parts):
         """Where every worker reads what earlier runs finished."""
@@ -209,10 +327,30 @@ class Run:
 
     def close(self):
         # Never a directory of a refused run: it may be the user's.
-        if self._own_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
+        if self._own_dir and tf.io.gfile.exists(self.dir):
+            tf.io.gfile.rmtree(self.dir)
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
-    def stream(self, first_epoch, epochs):
+    def stream(self, first_epoch, epochs, augment=False):
+        """Epochs `first_epoch`..`epochs` of training batches, `steps` each:
+        the same batches whenever the run is resumed."""
+        if self.source is not None:
+            return self.strategy.distribute_datasets_from_function(
+                feed.streamed(
+                    self.source,
+                    self._conform,
+                    seed=self.config.seed,
+                    batch_size=self.config.batch_size,
+                    steps=self.steps,
+                    first=first_epoch,
+                    epochs=epochs,
+                    extra=(
+                        feed.augment if augment else None,
+                        self._example_bytes,
+                        self._counts,
+                    ),
+                )
+            )
         seed, batch = self.config.seed, self.config.batch_size
         size, x, y = self.info.train_size, self._x, self._y
 
@@ -224,15 +362,38 @@ class Run:
             # over the replicas, whose mean-of-means loss then depends on
             # the replica count (and TPUs need static shapes). The shuffle
             # drops different examples each epoch.
-            return (
-                tf.data.Dataset.from_tensor_slices(order)
-                .batch(batch, drop_remainder=True)
-                .map(lambda rows: (tf.gather(x, rows), tf.gather(y, rows)))
+            batches = tf.data.Dataset.from_tensor_slices(order).batch(
+                batch, drop_remainder=True
+            )
+            if not augment:
+                return batches.map(
+                    lambda rows: (tf.gather(x, rows), tf.gather(y, rows))
+                )
+            key = tf.constant(seed, tf.int64) * 1_000_003 + index
+            return batches.enumerate().map(
+                lambda i, rows: (
+                    feed.augment(tf.gather(x, rows), tf.stack([key, i])),
+                    tf.gather(y, rows),
+                )
             )
 
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.DATA
-        )
         stream = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch)
-        return stream.with_options(options).prefetch(2)
+        return feed.with_policy(
+            stream.prefetch(2), tf.data.experimental.AutoShardPolicy.DATA
+        )
+
+
+def _refuse(refusal, all_ok, same):
+    if refusal is not None:
+        raise refusal
+    if not all_ok:
+        raise ConfigError(
+            "a worker refused the run (its log says why, usually "
+            "the chief's about `model_dir`); fix that and start "
+            "every worker again."
+        )
+    if not same:
+        raise ConfigError(
+            "the workers were started with different flags; "
+            "start every worker with the same command."
+        )
