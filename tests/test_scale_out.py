@@ -423,3 +423,44 @@ def test_keras3_channel_pruning_qat_job_on_two_workers_matches_one_process(tmp_p
         str(tmp_path / "two" / "export" / "model_int8.tflite")
     )
     assert (ops.quantize, ops.dequantize, ops.float_ops) == (1, 1, ())
+
+
+@pytest.mark.slow
+def test_two_workers_each_read_their_own_tfrecord_files(tmp_path):
+    from tests.support import userdata
+
+    records = userdata.tfrecords(tmp_path / "records", *userdata.digits())
+    args = [
+        f"--dataset=tfrecord:{records}",
+        "--prune",
+        "--epochs=2",
+        "--batch_size=32",
+        "--export=tflite_int8",
+    ]
+    outputs = _keras3_two_workers_and_one(tmp_path, args)
+    # File sharding: worker i reads every 2nd file from i, so the two read
+    # every record once between them, and neither reads the other's.
+    assert (
+        "worker 0 of 2 reads 2 of 4 training files: train-0-of-4.tfrecord, "
+        "train-2-of-4.tfrecord" in outputs[0]
+    )
+    assert (
+        "worker 1 of 2 reads 2 of 4 training files: train-1-of-4.tfrecord, "
+        "train-3-of-4.tfrecord" in outputs[1]
+    )
+    digests = [_digests(out) for out in outputs]
+    assert set(digests[0]) == {"baseline", "pruned"}
+    assert digests[0] == digests[1]  # the workers trained in step
+    report, rows = _rows(tmp_path / "two")
+    one_report, one = _rows(tmp_path / "one")
+    # The same examples, split the same way, and counted once each.
+    assert report["dataset"] == one_report["dataset"]
+    assert list(rows) == ["baseline", "pruned", "tflite_int8"]
+    # Not the same weights: a global batch holds other examples when two
+    # workers each draw half of it from their own files (tf.distribute's
+    # file sharding); the same training budget, so close accuracy.
+    for name, row in rows.items():
+        assert abs(row["accuracy"] - one[name]["accuracy"]) < 0.05, name
+        assert row["nonzero_params"] == pytest.approx(
+            one[name]["nonzero_params"], rel=0.01
+        )

@@ -14,7 +14,7 @@ def build(input_shape, num_classes):
         [
             keras.Input(input_shape),
             keras.layers.Conv2D(8, 3, activation="relu"),
-            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Flatten(),
             keras.layers.Dense(num_classes),
         ]
     )

@@ -67,11 +67,8 @@ def conformer(source_shape, target, scale, name):
     images of `target`, scaled by `scale` (None: as they are)."""
     source_channels = source_shape[-1]
     channels = target[2] if len(target) == 3 else 1
-    if source_channels != channels and (source_channels, channels) not in (
-        (1, 3),
-        (3, 1),
-        (4, 3),
-        (4, 1),
+    if source_channels != channels and (
+        source_channels not in (1, 2, 3, 4) or channels not in (1, 3)
     ):
         raise ConfigError(
             f"`model={name}` takes {channels}-channel images; the data's have "
@@ -80,8 +77,8 @@ def conformer(source_shape, target, scale, name):
     size = tuple(target[:2])
 
     def conform(images):
-        if source_channels == 4:  # PNG with alpha: the colour
-            images = images[..., :3]
+        if source_channels in (2, 4):  # PNG with alpha: the colour
+            images = images[..., : source_channels - 1]
         have = images.shape[-1]
         if have == 1 and channels == 3:
             images = tf.image.grayscale_to_rgb(images)
@@ -174,3 +171,34 @@ def streamed(source, conform, *, seed, batch_size, steps, first, epochs, extra):
 
 def keras_for(config):
     return models.keras_module(config.keras_api)
+
+
+def in_memory(x, y, *, seed, batch_size, first, epochs, augmented):
+    """The training stream of data held in memory: epoch e is a stateless
+    shuffle of (x, y) seeded by (seed, e), in global batches that
+    tf.distribute splits over replicas and workers."""
+    size = int(x.shape[0])
+
+    def epoch(index):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(size), seed=tf.stack([tf.constant(seed, tf.int64), index])
+        )
+        # Full global batches only: a partial one would be split unevenly
+        # over the replicas, whose mean-of-means loss then depends on the
+        # replica count (and TPUs need static shapes). The shuffle drops
+        # different examples each epoch.
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(
+            batch_size, drop_remainder=True
+        )
+        if not augmented:
+            return batches.map(lambda rows: (tf.gather(x, rows), tf.gather(y, rows)))
+        key = tf.constant(seed, tf.int64) * 1_000_003 + index
+        return batches.enumerate().map(
+            lambda i, rows: (
+                augment(tf.gather(x, rows), tf.stack([key, i])),
+                tf.gather(y, rows),
+            )
+        )
+
+    stream = tf.data.Dataset.range(first, epochs).flat_map(epoch)
+    return with_policy(stream.prefetch(2), tf.data.experimental.AutoShardPolicy.DATA)

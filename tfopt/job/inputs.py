@@ -15,6 +15,8 @@ pipeline over its own share (`Source.count`) and summed over the workers by
 the caller, so no worker reads another's files.
 """
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -50,6 +52,10 @@ class Source:
 
     def check_pipelines(self, pipelines):
         """Raises `ConfigError` if `pipelines` workers cannot share the data."""
+
+    def share(self, pipeline, pipelines):
+        """What `pipeline` reads, in words."""
+        return f"every {pipelines}th example from {pipeline}"
 
 
 def count_examples(dataset):
@@ -122,6 +128,10 @@ class _Images(Source):
     def _shard(self, pipeline, pipelines):
         paths, labels = self._splits["train"]
         return self._read(paths[pipeline::pipelines], labels[pipeline::pipelines])
+
+    def share(self, pipeline, pipelines):
+        paths = self._splits["train"][0]
+        return f"{len(paths[pipeline::pipelines])} of {len(paths)} training images"
 
     def count(self, pipeline, pipelines):
         labels = self._splits["train"][1][pipeline::pipelines]
@@ -212,6 +222,10 @@ class _Records(Source):
     def _mine(self, pipeline, pipelines):
         # Global file ids: the held-out share does not depend on the sharding.
         return [(i, f) for i, f in enumerate(self._files)][pipeline::pipelines]
+
+    def share(self, pipeline, pipelines):
+        mine = [os.path.basename(f) for _, f in self._mine(pipeline, pipelines)]
+        return f"{len(mine)} of {len(self._files)} training files: {', '.join(mine)}"
 
     def _own(self, pipeline, pipelines):
         mine = self._mine(pipeline, pipelines)

@@ -103,8 +103,13 @@ def keras_row(stem, name, model, test, reference):
     # it sizes the weights file of an uncompiled copy.
     if Keras.of(model) is Keras.KERAS3:
         path = stem + ".weights.h5"
-        copy = type(model).from_config(model.get_config())  # never compiled
-        copy.set_weights(model.get_weights())
+        try:
+            copy = type(model).from_config(model.get_config())  # never compiled
+            copy.set_weights(model.get_weights())
+        except ValueError:
+            # A SavedModel teacher (`TFSMLayer`) is rebuilt only with unsafe
+            # deserialization on; it serves, so it has no optimizer to leave.
+            copy = model
         copy.save_weights(path)
     else:
         path = stem + ".h5"

@@ -27,7 +27,7 @@ def prepare(run_):
     spec = config.teacher_spec
     if spec is not None and spec.is_file:
         teacher = sources.load(
-            config, config.teacher, "teacher", run_.scratch, serving=True
+            config, config.teacher, "teacher", run_.scratch, serving=True, note=True
         )
         sources.check_fits(teacher, config.teacher, "teacher", run_.info)
         if feed.target_shape(teacher) != target:

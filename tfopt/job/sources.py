@@ -17,6 +17,7 @@ import os
 import re
 import sys
 
+import numpy as np
 import tensorflow as tf
 
 from tfopt import export, models
@@ -174,7 +175,7 @@ def to_logits(model, text, note=False):
     if last is None or not (
         activation == "softmax" or type(last).__name__ == "Softmax"
     ):
-        return model
+        return _serving_logits(model, text, note)
     if activation == "softmax" and type(last).__name__ != "Activation":
         # The layer computes logits, then the softmax: keep the first part.
         last.activation = models.keras_module(Keras.of(model)).activations.linear
@@ -189,6 +190,25 @@ def to_logits(model, text, note=False):
             "      %s ends in a softmax: tfopt trains and exports its logits", text
         )
     return model
+
+
+def _serving_logits(model, text, note):
+    """A SavedModel that serves probabilities (its softmax inside the
+    graph) as a model of their logarithms: logits up to a constant, which
+    distillation's softmax cancels."""
+    if type(model.layers[-1]).__name__ != "TFSMLayer":
+        return model
+    import keras
+
+    shape = [1 if d is None else d for d in model.inputs[0].shape]
+    out = np.asarray(model(np.zeros(shape, np.float32)))
+    if out.min() < 0 or abs(out.sum(-1) - 1).max() > 1e-3:
+        return model
+    if note:
+        _log.info("      %s serves probabilities: tfopt uses their logarithms", text)
+    logits = keras.ops.log(keras.ops.maximum(model.outputs[0], 1e-12))
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, logits, name=model.name)
 
 
 def build(config, text, name, info, seed):

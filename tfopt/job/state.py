@@ -10,6 +10,7 @@ claim `--model_dir`; the others write beside it, in `workertemp_<task>`.
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -21,6 +22,8 @@ from tfopt import data, distribute
 from tfopt.core import cluster as _cluster
 from tfopt.job import feed, inputs, lockstep, sources
 from tfopt.job.config import ClusterError, ConfigError  # noqa: F401 (re-exported)
+
+_log = logging.getLogger("tfopt.job.pipeline")
 
 
 def check(config):
@@ -217,7 +220,15 @@ class Run:
         share of the training split; the sums and the fewest per worker
         (which sets the steps of every worker's epoch) are agreed."""
         source, workers = self.source, self.worker.num_workers
-        mine = source.count(lockstep.index(self.worker), workers)
+        index = lockstep.index(self.worker)
+        mine = source.count(index, workers)
+        if workers > 1:
+            _log.info(
+                "      worker %d of %d reads %s",
+                index,
+                workers,
+                source.share(index, workers),
+            )
         per_worker = lockstep.gather(self.strategy, self.worker, mine)
         self._counts = [int(count) for count, _ in per_worker]
         largest = max(int(label) for _, label in per_worker)
@@ -351,35 +362,14 @@ class Run:
                     ),
                 )
             )
-        seed, batch = self.config.seed, self.config.batch_size
-        size, x, y = self.info.train_size, self._x, self._y
-
-        def epoch(index):
-            order = tf.random.experimental.stateless_shuffle(
-                tf.range(size), seed=tf.stack([tf.constant(seed, tf.int64), index])
-            )
-            # Full global batches only: a partial one would be split unevenly
-            # over the replicas, whose mean-of-means loss then depends on
-            # the replica count (and TPUs need static shapes). The shuffle
-            # drops different examples each epoch.
-            batches = tf.data.Dataset.from_tensor_slices(order).batch(
-                batch, drop_remainder=True
-            )
-            if not augment:
-                return batches.map(
-                    lambda rows: (tf.gather(x, rows), tf.gather(y, rows))
-                )
-            key = tf.constant(seed, tf.int64) * 1_000_003 + index
-            return batches.enumerate().map(
-                lambda i, rows: (
-                    feed.augment(tf.gather(x, rows), tf.stack([key, i])),
-                    tf.gather(y, rows),
-                )
-            )
-
-        stream = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch)
-        return feed.with_policy(
-            stream.prefetch(2), tf.data.experimental.AutoShardPolicy.DATA
+        return feed.in_memory(
+            self._x,
+            self._y,
+            seed=self.config.seed,
+            batch_size=self.config.batch_size,
+            first=first_epoch,
+            epochs=epochs,
+            augmented=augment,
         )
 
 

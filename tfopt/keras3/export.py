@@ -135,6 +135,7 @@ def _serving_model(path):
     specs = tf.nest.flatten(signature.structured_input_signature)
     inputs = [keras.Input(batch_shape=s.shape, dtype=s.dtype) for s in specs]
     outputs = layer(inputs[0] if len(inputs) == 1 else inputs)
+    inputs = inputs[0] if len(inputs) == 1 else inputs  # as it is called
     return keras.Model(inputs, outputs, name=os.path.basename(path.rstrip("/")))
 
 
