@@ -121,3 +121,33 @@ def test_unsupervised_tfds_sets_are_refused(tfds_splits):
         ),
     ):
         data.load("tfds:tfopt_test_unsupervised", batch_size=8)
+
+
+def test_a_split_expression_chooses_the_training_data(tfds_splits):
+    train, val, test, info = data.load(
+        "tfds:tfopt_test_digits",
+        batch_size=100,
+        validation_fraction=0.2,
+        train_split="train[:50%]",
+    )
+    # Half of the 1,500 training examples; validation held out of them.
+    assert (info.train_size, info.validation_size, info.test_size) == (600, 150, 297)
+    assert sum(len(y) for _, y in train) == 600
+    assert sum(len(y) for _, y in val) == 150
+    # The other half is what train[50%:] trains on.
+    *_, rest = data.load(
+        "tfds:tfopt_test_digits", batch_size=100, train_split="train[50%:]"
+    )
+    assert rest.train_size + rest.validation_size == 750
+
+
+def test_a_bad_split_expression_names_it(tfds_splits):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"^`train_split` must be a split expression of 'tfds:tfopt_test_digits' "
+            r"\(splits \['test', 'train'\]\), e.g. 'train\[:90%\]'. "
+            r"Received: train_split='validation'$"
+        ),
+    ):
+        data.load("tfds:tfopt_test_digits", batch_size=100, train_split="validation")
