@@ -17,8 +17,9 @@ import time
 from absl import app, flags, logging
 
 try:  # imported as a package: scripts, or tfopt_scripts once installed
-    from . import benchmark_keras3, benchmark_pruning
+    from . import benchmark_inputs, benchmark_keras3, benchmark_pruning
 except ImportError:  # run as a file: its directory is on sys.path
+    import benchmark_inputs
     import benchmark_keras3
     import benchmark_pruning
 
@@ -32,6 +33,7 @@ SUITES = (
     "inference",
     "speed",
     "keras3",
+    "inputs",
     "recovery",
 )
 if "suite" not in flags.FLAGS:
@@ -55,6 +57,8 @@ ANCHORS = {
     "hinton_small_net_errors": {"scratch": 146, "distilled": 74},
 }
 TARGETS = {
+    # Training steps per second fed from files over in-memory tensors.
+    "input_pipeline_vs_memory": 0.9,
     "tfopt_prune_vs_tfmot": 1.05,
     "prune_vs_float": 1.15,
     "tfopt_qat_vs_tfmot": 1.05,
@@ -558,6 +562,14 @@ def _checks(results):
             k3["int8"]["pqat_sparsity_lost"],
             TARGETS["keras3_pqat_sparsity_lost"],
         )
+    for key in ("images_vs_memory", "tfrecord_vs_memory"):
+        if key in results.get("inputs", {}):
+            add(
+                f"inputs/{key}",
+                results["inputs"][key],
+                TARGETS["input_pipeline_vs_memory"],
+                True,
+            )
     recovered = results.get("recovery", {})
     for model, row in recovered.get("channels_1.5x_macs", {}).items():
         add(
@@ -597,6 +609,7 @@ def collect(suites, quick, output):
         "inference": inference,
         "speed": benchmark_pruning.speed,
         "keras3": keras3,
+        "inputs": benchmark_inputs.inputs,
         "recovery": benchmark_pruning.recovery,
     }
     for name in suites:

@@ -72,6 +72,10 @@ def test_quick_run_has_every_section_with_finite_numbers(tmp_path):
     assert "keras3/tfmot_mnist/prune_vs_float" in metrics
     assert "keras3/student_cnn/int8_vs_float_accuracy" in metrics
     assert saved["keras3"]["int8"]["sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert {"inputs/images_vs_memory", "inputs/tfrecord_vs_memory"} <= set(metrics)
+    # Every variant trained the same model on the same number of examples.
+    steps = saved["inputs"]["steps_per_epoch"]
+    assert max(steps.values()) - min(steps.values()) <= 2
     table = benchmark.markdown(results)
     assert table.startswith("| metric | measured | target | met |")
 

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfopt import data
+from tfopt.job import files
 
 
 def digits(count=None):
@@ -36,28 +37,20 @@ def image_folder(root, images, labels):
     return str(root)
 
 
-def example(encoded, label, image_key="image/encoded"):
-    feature = {
-        image_key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
-        "image/class/label": tf.train.Feature(
-            int64_list=tf.train.Int64List(value=[int(label)])
-        ),
-    }
-    return tf.train.Example(
-        features=tf.train.Features(feature=feature)
-    ).SerializeToString()
-
-
-def tfrecords(root, images, labels, shards=4, prefix="train", **kwargs):
-    """`shards` TFRecord files `{prefix}-i-of-n.tfrecord`; returns their
-    glob."""
+def tfrecords(root, images, labels, shards=4, image_key=files.IMAGE_KEY):
+    """`shards` TFRecord files `train-i-of-n.tfrecord` of PNG and JPEG
+    records (`image_key`: another name, for a file the job must refuse);
+    returns their glob."""
     os.makedirs(root, exist_ok=True)
     for shard in range(shards):
-        path = os.path.join(root, f"{prefix}-{shard}-of-{shards}.tfrecord")
+        path = os.path.join(root, f"train-{shard}-of-{shards}.tfrecord")
         with tf.io.TFRecordWriter(path) as writer:
             for index in range(shard, len(labels), shards):
-                encoded, _ = _encode(images[index], index)
-                writer.write(example(encoded, labels[index], **kwargs))
+                record = files.example(_encode(images[index], index)[0], labels[index])
+                if image_key != files.IMAGE_KEY:
+                    features = record.features.feature
+                    features[image_key].CopyFrom(features.pop(files.IMAGE_KEY))
+                writer.write(record.SerializeToString())
     return os.path.join(str(root), "*.tfrecord")
 
 

@@ -164,3 +164,39 @@ def decode(encoded, channels=0):
     channels = 0 if channels == 2 else channels
     image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
     return tf.cast(image, tf.float32) / 255.0
+
+
+def write_image_folder(directory, images, labels, *, classes=None):
+    """Writes uint8 `images` (n, height, width, channels) as PNG files in
+    one folder per class under `directory` (named `classes[label]`, else
+    the label): what `images:DIR` reads. Returns `directory`."""
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        name = str(classes[label] if classes is not None else label)
+        folder = _join(directory, name)
+        tf.io.gfile.makedirs(folder)
+        with tf.io.gfile.GFile(_join(folder, f"{index:06d}.png"), "wb") as file:
+            file.write(tf.io.encode_png(image).numpy())
+    return directory
+
+
+def example(encoded, label):
+    """One record of the layout `tfrecord:GLOB` reads."""
+    feature = {
+        IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+        LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def write_tfrecords(directory, images, labels, *, shards=4, prefix="train"):
+    """Writes uint8 `images` and int `labels` as `shards` TFRecord files
+    `{prefix}-i-of-n.tfrecord` (PNG bytes, every `shards`th example in
+    each) under `directory`; returns their glob."""
+    tf.io.gfile.makedirs(directory)
+    for shard in range(shards):
+        path = _join(directory, f"{prefix}-{shard}-of-{shards}.tfrecord")
+        with tf.io.TFRecordWriter(path) as writer:
+            for index in range(shard, len(labels), shards):
+                encoded = tf.io.encode_png(images[index]).numpy()
+                writer.write(example(encoded, labels[index]).SerializeToString())
+    return _join(directory, "*.tfrecord")
