@@ -142,17 +142,16 @@ def test_every_path_may_be_on_another_file_system(tmp_path, folder):
     model.save(tmp_path / "user.keras")
     tf.io.gfile.copy(str(tmp_path / "user.keras"), "ram://models/user.keras", True)
     _copy_tree(folder, "ram://data/images")
-    report = pipeline.run(
-        Config(
-            model_dir="ram://runs/one",
-            model="ram://models/user.keras",
-            teacher="ram://models/user.keras",
-            dataset="images:ram://data/images",
-            prune=True,
-            qat=True,
-            **QUICK,
-        )
+    config = Config(
+        model_dir="ram://runs/one",
+        model="ram://models/user.keras",
+        teacher="ram://models/user.keras",
+        dataset="images:ram://data/images",
+        prune=True,
+        qat=True,
+        **QUICK,
     )
+    report = pipeline.run(config)
     assert [row["artifact"] for row in report.rows] == [
         "teacher",
         "given",
@@ -170,17 +169,7 @@ def test_every_path_may_be_on_another_file_system(tmp_path, folder):
     with tf.io.gfile.GFile("ram://runs/one/report.md") as file:
         assert file.read() == report.markdown
     # The same command again resumes from the ram:// stages.
-    again = pipeline.run(
-        Config(
-            model_dir="ram://runs/one",
-            model="ram://models/user.keras",
-            teacher="ram://models/user.keras",
-            dataset="images:ram://data/images",
-            prune=True,
-            qat=True,
-            **QUICK,
-        )
-    )
+    again = pipeline.run(config)
     assert [r["accuracy"] for r in again.rows] == [r["accuracy"] for r in report.rows]
 
 

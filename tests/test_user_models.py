@@ -216,3 +216,24 @@ def test_custom_layers_load_once_their_module_is_named(tmp_path):
         )
     )
     assert [row["artifact"] for row in report.rows] == ["given", "tflite_int8"]
+
+
+def test_weights_load_into_a_built_model(tmp_path):
+    from tests.support import user_code
+    from tfopt.job import sources
+
+    keras.utils.set_random_seed(7)
+    trained = user_code.build((8, 8, 1), 10)
+    trained.save_weights(tmp_path / "w.weights.h5")
+    config = Config(
+        model_dir="run",
+        model="tests.support.user_code:build",
+        weights=str(tmp_path / "w.weights.h5"),
+    ).check()
+    info = data.DatasetInfo("digits", (8, 8, 1), 10, 1, 1, 1)
+    built = sources.build(config, config.model, "model", info, 0, str(tmp_path))
+    for mine, theirs in zip(built.get_weights(), trained.get_weights(), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    # The teacher is built fresh: --weights is the model's.
+    fresh = sources.build(config, config.model, "teacher", info, 0, str(tmp_path))
+    assert not np.array_equal(fresh.get_weights()[0], trained.get_weights()[0])

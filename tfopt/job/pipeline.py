@@ -67,7 +67,9 @@ def _teacher(run):
         def build():
             return stages.compiled(
                 config,
-                sources.build(config, name, "teacher", run.info, config.seed),
+                sources.build(
+                    config, name, "teacher", run.info, config.seed, run.scratch
+                ),
                 config.teacher_learning_rate or config.learning_rate,
             )
 
@@ -123,7 +125,9 @@ def _student(run, teacher):
     def fresh():
         if config.given:
             return sources.load(config, config.model, "model", run.scratch)
-        return sources.build(config, config.model, "model", run.info, config.seed + 1)
+        return sources.build(
+            config, config.model, "model", run.info, config.seed + 1, run.scratch
+        )
 
     def distiller(student, teacher, alpha=config.alpha):
         return stages.compiled(
@@ -338,7 +342,9 @@ def _recipe(run_):
             dense = (
                 baseline
                 if baseline is not None
-                else sources.build(config, config.model, "model", run_.info, 0)
+                else sources.build(
+                    config, config.model, "model", run_.info, 0, run_.scratch
+                )
                 if not config.given
                 else _given(run_)
             )

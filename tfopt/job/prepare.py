@@ -21,7 +21,9 @@ def prepare(run_):
     if config.given:
         model = sources.load(config, config.model, "model", run_.scratch, note=True)
     else:
-        model = sources.build(config, config.model, "model", run_.info, config.seed)
+        model = sources.build(
+            config, config.model, "model", run_.info, config.seed, run_.scratch
+        )
     sources.check_fits(model, config.model, "model", run_.info)
     target = feed.target_shape(model)
     spec = config.teacher_spec
@@ -38,7 +40,8 @@ def prepare(run_):
             )
     keras = stages.keras_of(config)
     run_.shape_data(target, feed.preprocess_fn(config, keras), config.model, keras)
-    if config.augment and config.teacher and config.cache_teacher:
+    distills = config.teacher or (config.prune and config.recover)
+    if config.augment and distills and config.cache_teacher:
         _log.info("      --augment: teacher logits are computed every step (no cache)")
     check_reachable(run_, model)
 

@@ -211,7 +211,7 @@ def _serving_logits(model, text, note):
     return keras.Model(inputs, logits, name=model.name)
 
 
-def build(config, text, name, info, seed):
+def build(config, text, name, info, seed, scratch):
     """A freshly initialized model of `text` (a reference name,
     applications:NAME or module:function) for `info`'s classes, with input
     `input_shape` (else the data's)."""
@@ -256,19 +256,13 @@ def build(config, text, name, info, seed):
             f"`keras={Keras.of(model).value}` (or build a "
             f"{config.keras_api.label} one)."
         )
-    if config.weights and spec.value == specs.model(config.model).value:
-        model.load_weights(local_copy(config.weights, _scratch_for(config)))
+    if config.weights and name == "model":
+        model.load_weights(local_copy(config.weights, scratch))
     return to_logits(model, text)
 
 
 def _with_channels(shape):
     return tuple(shape) if len(shape) == 3 else (*shape, 1)
-
-
-def _scratch_for(config):
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="tfopt-weights-")
 
 
 def check_fits(model, text, name, info):
