@@ -169,19 +169,13 @@ def test_applications_models_are_built_for_the_data_and_train(tmp_path, version)
             input_shape="32,32,3",
             preprocess="applications",
             epochs=1,
-            prune=True,
-            prune_structure="channels",
-            target_sparsity=0.3,
             **QUICK,
         )
     )
-    assert [row["artifact"] for row in report.rows] == [
-        "baseline",
-        "pruned",
-        "shrunk",
-        "tflite_int8",
-    ]
-    assert report.rows[2]["params"] < report.rows[0]["params"]
+    assert [row["artifact"] for row in report.rows] == ["baseline", "tflite_int8"]
+    # keras.applications.MobileNetV2 (alpha 1) for 10 classes.
+    assert report.rows[0]["params"] == 2_236_682
+    assert report.rows[1]["accuracy"] > 0.1
 
 
 def test_custom_layers_load_once_their_module_is_named(tmp_path):
