@@ -79,9 +79,18 @@ def test_train_validation_and_test_folders_are_used_as_they_are(tmp_path, digits
     )
 
 
-def test_tfrecords_hold_out_validation_and_test_by_record(tmp_path, records, digits):
+@pytest.mark.parametrize("keras_version", ["2", "3"])
+def test_tfrecords_hold_out_validation_and_test_by_record(
+    tmp_path, records, digits, keras_version
+):
+    # Streamed through distribute_datasets_from_function into either Keras.
     report = pipeline.run(
-        Config(model_dir=str(tmp_path / "run"), dataset=f"tfrecord:{records}", **QUICK)
+        Config(
+            model_dir=str(tmp_path / "run"),
+            dataset=f"tfrecord:{records}",
+            keras=keras_version,
+            **QUICK,
+        )
     )
     info = _sizes(tmp_path / "run")
     total = len(digits[1])
