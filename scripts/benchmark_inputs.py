@@ -67,13 +67,35 @@ def _epoch_seconds(run, model, epochs):
     return seconds
 
 
+def _time(runs, info, rounds, epochs):
+    """Per-step seconds of each run's stream: ({run: steady}, {run: first})."""
+    import keras
+
+    from tfopt import models
+
+    keras.utils.set_random_seed(0)
+    model = models.build("student_cnn", info.input_shape, info.num_classes)
+    model.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    _epoch_seconds(runs["memory"], model, 1)  # warm-up: tracing
+    steady = {key: [] for key in runs}
+    first = {key: [] for key in runs}
+    for _ in range(rounds):
+        for key, run in runs.items():
+            seconds = _epoch_seconds(run, model, epochs)
+            first[key].append(seconds[0] / run.steps)
+            steady[key] += [s / run.steps for s in seconds[1:]]
+    return steady, first
+
+
 def inputs(quick):
     """Steps per second of `images:DIR` and `tfrecord:GLOB` training streams
     over in-memory tensors, student_cnn (Keras 3), batch 64."""
-    import keras
     import numpy as np
 
-    from tfopt import data, models
+    from tfopt import data
 
     name = "digits" if quick else "mnist5k"
     train, validation, test, info = data.load(name, batch_size=512)
@@ -89,26 +111,14 @@ def inputs(quick):
             "images": f"images:{folder}",
             "tfrecord": f"tfrecord:{glob}",
         }
-        runs = {
-            key: _run(dataset, os.path.join(root, f"run_{key}"))
-            for key, dataset in variants.items()
-        }
-        keras.utils.set_random_seed(0)
-        model = models.build("student_cnn", info.input_shape, info.num_classes)
-        model.compile(
-            optimizer="adam",
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
-        _epoch_seconds(runs["memory"], model, 1)  # warm-up: tracing
-        steady = {key: [] for key in runs}
-        first = {key: [] for key in runs}
-        for _ in range(rounds):
-            for key, run in runs.items():
-                seconds = _epoch_seconds(run, model, epochs)
-                first[key].append(seconds[0] / run.steps)
-                steady[key] += [s / run.steps for s in seconds[1:]]
-        for run in runs.values():
-            run.close()
+        runs = {}
+        try:
+            for key, dataset in variants.items():
+                runs[key] = _run(dataset, os.path.join(root, f"run_{key}"))
+            steady, first = _time(runs, info, rounds, epochs)
+        finally:
+            for run in runs.values():
+                run.close()
     per_step = {key: statistics.median(v) for key, v in steady.items()}
     return {
         "data": name,

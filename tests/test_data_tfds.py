@@ -151,3 +151,14 @@ def test_a_bad_split_expression_names_it(tfds_splits):
         ),
     ):
         data.load("tfds:tfopt_test_digits", batch_size=100, train_split="validation")
+
+
+def test_a_sum_of_splits_is_refused_as_train_split(tfds_splits):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"^`train_split` must be one split or a slice of one, e.g. "
+            r"'train\[:90%\]'. Received: train_split='train\+test'$"
+        ),
+    ):
+        data.load("tfds:tfopt_test_digits", batch_size=100, train_split="train+test")

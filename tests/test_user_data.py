@@ -374,10 +374,92 @@ def test_gray_alpha_and_rgba_pngs_lose_their_alpha(tmp_path, digits):
                 tmp_path / f"{label}_{i}.png", tmp_path / f"c{label}" / f"{i}.png"
             )
     source = inputs.open_source(Config(dataset=f"images:{tmp_path}"))
-    assert source.shape == (8, 8, 2)
-    image, _ = next(iter(source.test))
-    for channels in (1, 3):
-        conform = feed.conformer(source.shape, (8, 8, channels), None, "m")
-        shaped = conform(image)
-        assert shaped.shape == (8, 8, channels)
-        assert np.allclose(shaped[..., 0], image[..., 0])
+    assert source.shape == (8, 8, 1)  # gray: the alpha is dropped
+    image, label = next(iter(source.test))
+    rgb = feed.conformer(source.shape, (8, 8, 3), None, "m")(image)
+    assert rgb.shape == (8, 8, 3)
+    assert np.allclose(rgb[..., 1], image[..., 0])
+
+
+def test_tfrecord_files_named_test_are_the_test_split_whole(tmp_path, digits):
+    from tfopt.job import inputs
+
+    images, labels = digits
+    userdata.tfrecords(tmp_path, images[:1500], labels[:1500], shards=3)
+    only_test = userdata.tfrecords(
+        tmp_path / "t", images[1500:], labels[1500:], shards=1
+    )
+    os.replace(only_test.replace("*", "train-0-of-1"), tmp_path / "test-0.tfrecord")
+    source = inputs.open_source(
+        Config(dataset=f"tfrecord:{tmp_path}/*.tfrecord", validation_split=0.2)
+    )
+    # Every record of the test file; validation is held out of train only.
+    assert inputs.count_examples(source.test)[0] == len(labels) - 1500
+    train = source.count(0, 1)[0]
+    validation = inputs.count_examples(source.validation)[0]
+    assert train + validation == 1500
+    assert abs(validation / 1500 - 0.2) < 0.04
+
+
+def test_a_data_set_that_repeats_forever_is_refused(tmp_path):
+    with pytest.raises(ConfigError) as raised:
+        pipeline.run(
+            Config(
+                model_dir=str(tmp_path / "run"),
+                dataset="tests.support.user_code:forever",
+                **QUICK,
+            )
+        )
+    assert str(raised.value) == (
+        "`dataset=tests.support.user_code:forever`: its train set repeats "
+        "forever; return it without .repeat() (the job runs the epochs)."
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_overwrite_never_deletes_the_users_inputs(tmp_path):
+    model = userdata.trained(keras, epochs=1)
+    (tmp_path / "run").mkdir()
+    model.save(tmp_path / "run" / "mine.keras")
+    with pytest.raises(ConfigError) as raised:
+        pipeline.run(
+            Config(
+                model_dir=str(tmp_path / "run"),
+                model=str(tmp_path / "run" / "mine.keras"),
+                overwrite=True,
+                dataset="digits",
+                **QUICK,
+            )
+        )
+    assert str(raised.value) == (
+        f"`model={tmp_path / 'run' / 'mine.keras'}` is inside `model_dir="
+        f"{tmp_path / 'run'}`, which `overwrite` empties: move it out."
+    )
+    assert (tmp_path / "run" / "mine.keras").exists()
+
+
+def test_a_resumed_stream_replays_the_same_batches(tmp_path, records):
+    import tfopt
+    from tfopt.job import prepare, state
+
+    config = Config(
+        model_dir=str(tmp_path / "run"), dataset=f"tfrecord:{records}", **QUICK
+    ).check()
+    run = state.Run(config, tfopt.get_strategy("default"), ["test"])
+    try:
+        run.start(lambda: prepare.prepare(run))
+
+        def labels(first, epochs, global_seed):
+            keras.utils.set_random_seed(global_seed)  # as built stages leave it
+            stream = iter(run.stream(first, epochs))
+            return [next(stream)[1].numpy().tolist() for _ in range(run.steps)]
+
+        whole = labels(0, 2, 1)  # epoch 0
+        resumed = labels(1, 2, 2)  # epoch 1 alone, another global seed
+        uninterrupted = iter(run.stream(0, 2))
+        for _ in range(run.steps):
+            next(uninterrupted)
+        second = [next(uninterrupted)[1].numpy().tolist() for _ in range(run.steps)]
+        assert resumed == second != whole
+    finally:
+        run.close()

@@ -231,3 +231,79 @@ def test_weights_load_into_a_built_model(tmp_path):
     # The teacher is built fresh: --weights is the model's.
     fresh = sources.build(config, config.model, "teacher", info, 0, str(tmp_path))
     assert not np.array_equal(fresh.get_weights()[0], trained.get_weights()[0])
+
+
+def test_a_trailing_softmax_layer_and_open_image_sizes(tmp_path):
+    # Sequential, Activation("softmax") last (the mixed-precision guide's
+    # form), input of any height and width: logits, at the data's size.
+    model = keras.Sequential(
+        [
+            keras.Input((None, None, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10),
+            keras.layers.Activation("softmax", dtype="float32"),
+        ]
+    )
+    model.save(tmp_path / "open.keras")
+    report = pipeline.run(
+        Config(
+            model_dir=str(tmp_path / "run"),
+            model=str(tmp_path / "open.keras"),
+            epochs=1,
+            **QUICK,
+        )
+    )
+    assert [row["artifact"] for row in report.rows] == [
+        "given",
+        "finetuned",
+        "tflite_int8",
+    ]
+    tuned = keras.saving.load_model(
+        tmp_path / "run" / "checkpoints" / "finetuned.keras"
+    )
+    assert tuned.layers[-1].__class__.__name__ == "Dense"
+
+
+def test_a_teacher_is_built_for_the_given_models_input(tmp_path):
+    # The saved student takes 12x12 RGB; the teacher trained here must too.
+    student = keras.Sequential(
+        [keras.Input((12, 12, 3)), keras.layers.Flatten(), keras.layers.Dense(10)]
+    )
+    student.save(tmp_path / "student.keras")
+    report = pipeline.run(
+        Config(
+            model_dir=str(tmp_path / "run"),
+            model=str(tmp_path / "student.keras"),
+            teacher="train",
+            teacher_model="tests.support.user_code:build",
+            teacher_epochs=1,
+            epochs=1,
+            **QUICK,
+        )
+    )
+    assert [row["artifact"] for row in report.rows] == [
+        "teacher",
+        "given",
+        "distilled",
+        "tflite_int8",
+    ]
+
+
+def test_a_teacher_of_the_other_keras_is_refused_before_training(tmp_path):
+    _, student = _saved(tmp_path, "3", ".keras")
+    _, teacher = _saved(tmp_path, "2", ".keras")
+    with pytest.raises(pipeline.ConfigError) as raised:
+        pipeline.run(
+            Config(
+                model_dir=str(tmp_path / "run"),
+                model=student,
+                teacher=teacher,
+                **QUICK,
+            )
+        )
+    assert str(raised.value) == (
+        f"`teacher={teacher}` is a tf_keras model and `model={student}` a "
+        "Keras 3 one: distillation needs both in one Keras."
+    )
+    assert not (tmp_path / "run").exists()

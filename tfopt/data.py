@@ -231,6 +231,12 @@ def _load_tfds(name, batch_size, validation_fraction, seed, drop_remainder, test
         )
     image_key, label_key = meta.supervised_keys
     fraction, train_split = test
+    if "+" in train_split:
+        # Re-sliced below for validation: a sum of splits would overlap.
+        raise ValueError(
+            "`train_split` must be one split or a slice of one, e.g. "
+            f"'train[:90%]'. Received: train_split={train_split!r}"
+        )
     try:
         base = meta.splits[train_split]
     except (KeyError, ValueError) as err:
@@ -293,17 +299,8 @@ def _load_tfds(name, batch_size, validation_fraction, seed, drop_remainder, test
 def _split_start(expression, splits):
     """Where a one-split slice such as 'train[10%:]' starts, in examples."""
     name, _, rest = expression.partition("[")
-    if not rest:
-        return 0
-    begin = rest.rstrip("]").split(":")[0].strip()
-    if not begin:
-        return 0
-    whole = splits[name].num_examples
-    return (
-        int(round(whole * float(begin[:-1]) / 100))
-        if begin.endswith("%")
-        else int(begin) % whole
-    )
+    begin = rest.split(":")[0].strip()
+    return splits[f"{name}[:{begin}]"].num_examples if begin else 0
 
 
 def load(

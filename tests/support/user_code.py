@@ -33,6 +33,12 @@ def splits():
     )
 
 
+def forever():
+    """A loader that repeats its training set: the job must refuse it."""
+    train, validation, test = splits()
+    return train.repeat(), validation, test
+
+
 def not_splits():
     return "a string"
 

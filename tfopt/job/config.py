@@ -78,7 +78,7 @@ class Config:
     )
     augment: bool = _field(
         False,
-        "Random flips, shifts and zooms of the training images (turns off "
+        "Random flips and shifts of the training images (turns off "
         "teacher-logit caching).",
         "bool",
     )
@@ -305,7 +305,8 @@ class Config:
 
     def check(self):
         """Raises `ConfigError` for a value that cannot work; needs no
-        TensorFlow and touches no file. (What a cluster, a TPU or
+        TensorFlow and reads no file (it only asks whether a local model
+        path exists). (What a cluster, a TPU or
         `model_dir`'s contents allow is checked when the run starts, still
         before anything is written.)"""
         for field in dataclasses.fields(self):

@@ -16,7 +16,6 @@ import logging
 
 import tensorflow as tf
 
-from tfopt import models
 from tfopt.job.fields import ConfigError
 
 _log = logging.getLogger("tfopt.job.pipeline")
@@ -34,9 +33,14 @@ def with_policy(dataset, policy):
     return dataset.with_options(options)
 
 
-def target_shape(model):
-    """The (height, width[, channels]) one example of `model` takes."""
-    return tuple(int(d) for d in model.inputs[0].shape[1:])
+def target_shape(model, data_shape):
+    """The (height, width[, channels]) one example of `model` takes; a
+    dimension the model leaves open (`Input((None, None, 3))`) is the
+    data's."""
+    dims = tuple(model.inputs[0].shape[1:])
+    return tuple(
+        int(data_shape[i]) if d is None else int(d) for i, d in enumerate(dims)
+    )
 
 
 def preprocess_fn(config, keras):
@@ -47,11 +51,7 @@ def preprocess_fn(config, keras):
         return lambda images: images * 255.0
     from tfopt.job import specs
 
-    name = next(
-        spec.value
-        for spec in (specs.model(config.model), specs.model(config.teacher_model))
-        if spec.kind == "applications"
-    )
+    name = specs.applications_family(config)
     family = getattr(keras.applications, name).__module__.rsplit(".", 1)[-1]
     module = getattr(keras.applications, family, None)
     if module is None or not hasattr(module, "preprocess_input"):
@@ -110,9 +110,9 @@ def augment(images, seed):
 
 
 def batched(dataset, batch_size, count, example_bytes):
-    """An evaluation split: batched, cached when it fits, prefetched, and
-    split by example across workers."""
-    if count * example_bytes <= CACHE_BYTES:
+    """An evaluation split: batched, cached when it fits (`count` None: never),
+    prefetched, and split by example across workers."""
+    if count is not None and count * example_bytes <= CACHE_BYTES:
         dataset = dataset.cache()
     dataset = dataset.batch(batch_size).prefetch(AUTOTUNE)
     return with_policy(dataset, tf.data.experimental.AutoShardPolicy.DATA)
@@ -126,6 +126,14 @@ def streamed(source, conform, *, seed, batch_size, steps, first, epochs, extra):
 
     def pipeline(context):
         index, count = context.input_pipeline_id, context.num_input_pipelines
+        if count != len(counts):
+            # A multi-host TPU slice has a pipeline per host, not per worker.
+            raise ValueError(
+                f"streamed data was counted for {len(counts)} input pipelines "
+                f"but the strategy runs {count}: use data held in memory "
+                "(a bundled, keras.datasets or tfds data set) on a multi-host "
+                "TPU slice."
+            )
         local = counts[index]
         base = source.train(index, count).map(
             lambda image, label: (conform(image), label),
@@ -169,15 +177,16 @@ def streamed(source, conform, *, seed, batch_size, steps, first, epochs, extra):
     return pipeline
 
 
-def keras_for(config):
-    return models.keras_module(config.keras_api)
-
-
-def in_memory(x, y, *, seed, batch_size, first, epochs, augmented):
+def in_memory(x, y, conform, *, seed, batch_size, first, epochs, augmented):
     """The training stream of data held in memory: epoch e is a stateless
     shuffle of (x, y) seeded by (seed, e), in global batches that
-    tf.distribute splits over replicas and workers."""
+    tf.distribute splits over replicas and workers, each shaped by
+    `conform` (None: as they are)."""
     size = int(x.shape[0])
+
+    def gather(rows):
+        images = tf.gather(x, rows)
+        return images if conform is None else conform(images)
 
     def epoch(index):
         order = tf.random.experimental.stateless_shuffle(
@@ -191,11 +200,11 @@ def in_memory(x, y, *, seed, batch_size, first, epochs, augmented):
             batch_size, drop_remainder=True
         )
         if not augmented:
-            return batches.map(lambda rows: (tf.gather(x, rows), tf.gather(y, rows)))
+            return batches.map(lambda rows: (gather(rows), tf.gather(y, rows)))
         key = tf.constant(seed, tf.int64) * 1_000_003 + index
         return batches.enumerate().map(
             lambda i, rows: (
-                augment(tf.gather(x, rows), tf.stack([key, i])),
+                augment(gather(rows), tf.stack([key, i])),
                 tf.gather(y, rows),
             )
         )

@@ -160,8 +160,6 @@ def parse_record(raw):
 
 def decode(encoded, channels=0):
     """A [0, 1] float32 image of JPEG/PNG/BMP/GIF bytes (GIF: first frame)."""
-    # decode_image takes 0, 1, 3 or 4 channels: gray+alpha PNGs come as 2.
-    channels = 0 if channels == 2 else channels
     image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
     return tf.cast(image, tf.float32) / 255.0
 

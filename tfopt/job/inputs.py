@@ -99,20 +99,21 @@ class _Images(Source):
                     splits[split] = (paths[held[split]], labels[held[split]])
         for split in ("validation", "test"):
             splits.setdefault(split, found[split])
+        # One seeded order: a train folder lists class by class, and
+        # calibration and Taylor scores read the first batches.
+        order = np.random.default_rng(config.seed).permutation(len(splits["train"][1]))
+        splits["train"] = tuple(part[order] for part in splits["train"])
         if not len(splits["test"][0]):
             raise ConfigError(
                 f"`dataset={config.dataset}` has no test images: give it a test "
                 "folder or a `test_split` above 0."
             )
         self.classes, self._splits = len(classes), splits
-        image = tf.io.decode_image(
-            tf.io.read_file(splits["train"][0][0]), expand_animations=False
-        )
+        self.shape = _image_shape(found["train"][0], found["train"][1])
         val = splits["validation"]
-        self.shape = tuple(image.shape)  # before the readers that use it
         super().__init__(
             config.dataset,
-            image.shape,
+            self.shape,
             self._shard,
             self._read(*val) if len(val[0]) else None,
             self._read(*splits["test"]),
@@ -138,6 +139,19 @@ class _Images(Source):
         return len(labels), int(labels.max()) if len(labels) else -1
 
 
+def _image_shape(paths, labels):
+    """(height, width, channels) the images of a folder are read as: the
+    first one's size, and 3 channels if the first image of any class has
+    colour, else 1 (alpha is dropped: the model sees the colour)."""
+    firsts = [paths[np.flatnonzero(labels == c)[0]] for c in np.unique(labels)]
+    shapes = [
+        tf.io.decode_image(tf.io.read_file(p), expand_animations=False).shape
+        for p in firsts
+    ]
+    colour = any(shape[-1] >= 3 for shape in shapes)
+    return (*shapes[0][:2], 3 if colour else 1)
+
+
 class _Records(Source):
     def __init__(self, config, spec):
         found = files.record_files(spec.value, config.dataset)
@@ -148,8 +162,8 @@ class _Records(Source):
         )
         splits = {}
         for split in ("validation", "test"):
-            if found[split] is not None:
-                splits[split] = self._parsed(found[split], 1 << 20, "train")
+            if found[split] is not None:  # every record of the user's files
+                splits[split] = self._parsed(found[split], 1 << 20, "all")
             elif self._bounds[split][1] > self._bounds[split][0]:
                 splits[split] = self._parsed(self._files, 0, split)
         if "test" not in splits:
@@ -163,7 +177,9 @@ class _Records(Source):
                 f"`dataset={config.dataset}`: {self._files[0]} holds no "
                 "training records."
             )
-        shape = self.shape = tuple(files.decode(first[0]).shape)
+        shape = tuple(files.decode(first[0]).shape)
+        # Alpha dropped, as for image folders.
+        shape = self.shape = (*shape[:2], 3 if shape[-1] >= 3 else 1)
         super().__init__(
             config.dataset,
             shape,
@@ -171,7 +187,6 @@ class _Records(Source):
             self._decoded(splits.get("validation")),
             self._decoded(splits["test"]),
         )
-        self._name = config.dataset
 
     def _parsed(self, paths, first_id, split):
         """Records of `paths` as (encoded, label), keeping `split`'s share:
@@ -214,7 +229,7 @@ class _Records(Source):
     def check_pipelines(self, pipelines):
         if len(self._files) < pipelines:
             raise ConfigError(
-                f"`dataset={self._name}` has {len(self._files)} training "
+                f"`dataset={self.name}` has {len(self._files)} training "
                 f"file(s) for {pipelines} workers: each worker reads its own "
                 "files, so give at least one per worker."
             )
@@ -248,6 +263,7 @@ def _bounds(validation, test):
         "test": (0.0, test),
         "validation": (test, test + validation),
         "train": (test + validation, 1.0),
+        "all": (0.0, 1.0),
     }
 
 
@@ -267,6 +283,15 @@ class _Function(Source):
                 f"`dataset={config.dataset}` must return a train and a test "
                 "dataset (validation may be None)."
             )
+        for part, split in zip(made, _SPLITS, strict=True):
+            if part is not None and (
+                part.cardinality() == tf.data.INFINITE_CARDINALITY
+            ):
+                raise ConfigError(
+                    f"`dataset={config.dataset}`: its {split} set repeats "
+                    "forever; return it without .repeat() (the job runs the "
+                    "epochs)."
+                )
         self._all = parts[0]
         shape = parts[0].element_spec[0].shape
         if shape.rank != 3 or not shape.is_fully_defined():
@@ -293,7 +318,7 @@ def _examples(dataset, text, split):
             f"`dataset={text}`: its {split} set must be a tf.data.Dataset of "
             f"(image, label) pairs; it is {type(dataset).__name__}."
         )
-    if spec[1].shape.rank == 1:  # batched class indices
+    if spec[0].shape.rank == 4:  # batches of images
         dataset = dataset.unbatch()
         spec = dataset.element_spec
     if spec[1].shape.rank != 0 or not spec[1].dtype.is_integer:

@@ -68,7 +68,13 @@ def _teacher(run):
             return stages.compiled(
                 config,
                 sources.build(
-                    config, name, "teacher", run.info, config.seed, run.scratch
+                    config,
+                    name,
+                    "teacher",
+                    run.info,
+                    config.seed,
+                    run.scratch,
+                    shape=run.target,
                 ),
                 config.teacher_learning_rate or config.learning_rate,
             )

@@ -8,6 +8,7 @@ import math
 
 from tfopt import channels
 from tfopt.core.channel_groups import describe
+from tfopt.core.kerases import Keras
 from tfopt.job import feed, sources, stages
 from tfopt.job.fields import ConfigError
 
@@ -25,25 +26,44 @@ def prepare(run_):
             config, config.model, "model", run_.info, config.seed, run_.scratch
         )
     sources.check_fits(model, config.model, "model", run_.info)
-    target = feed.target_shape(model)
+    target = feed.target_shape(model, run_.info.input_shape)
     spec = config.teacher_spec
-    if spec is not None and spec.is_file:
-        teacher = sources.load(
-            config, config.teacher, "teacher", run_.scratch, serving=True, note=True
-        )
-        sources.check_fits(teacher, config.teacher, "teacher", run_.info)
-        if feed.target_shape(teacher) != target:
-            raise ConfigError(
-                f"`teacher={config.teacher}` takes inputs of shape "
-                f"{feed.target_shape(teacher)}, `model={config.model}` of "
-                f"{target}: distillation feeds both the same images."
+    if config.teacher:
+        if spec is not None and spec.is_file:
+            teacher = sources.load(
+                config, config.teacher, "teacher", run_.scratch, serving=True, note=True
             )
+            text = config.teacher
+        else:  # built here, for the student's input
+            text = config.teacher_model if spec is None else config.teacher
+            teacher = sources.build(
+                config, text, "teacher", run_.info, 0, run_.scratch, shape=target
+            )
+        _check_teacher(config, teacher, text, target, run_.info)
     keras = stages.keras_of(config)
-    run_.shape_data(target, feed.preprocess_fn(config, keras), config.model, keras)
+    run_.shape_data(target, feed.preprocess_fn(config, keras), config.model)
     distills = config.teacher or (config.prune and config.recover)
     if config.augment and distills and config.cache_teacher:
         _log.info("      --augment: teacher logits are computed every step (no cache)")
     check_reachable(run_, model)
+
+
+def _check_teacher(config, teacher, text, target, info):
+    name = "teacher" if config.teacher != "train" else "teacher_model"
+    sources.check_fits(teacher, text, name, info)
+    if Keras.of(teacher) is not config.keras_api:
+        raise ConfigError(
+            f"`{name}={text}` is a {Keras.of(teacher).label} model and "
+            f"`model={config.model}` a {config.keras_api.label} one: "
+            "distillation needs both in one Keras."
+        )
+    shape = feed.target_shape(teacher, target)
+    if shape != target:
+        raise ConfigError(
+            f"`{name}={text}` takes inputs of shape {shape}, "
+            f"`model={config.model}` of {target}: distillation feeds both the "
+            "same images."
+        )
 
 
 def check_reachable(run_, model):

@@ -11,12 +11,15 @@ that cannot be imported, shapes that disagree with the data) is a
 """
 
 import dataclasses
+import hashlib
 import importlib
 import logging
 import os
 import re
 import sys
+import zipfile
 
+import h5py
 import numpy as np
 import tensorflow as tf
 
@@ -42,23 +45,35 @@ def import_object(text, name):
 
 
 def import_module(module_name, name, text):
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.append(os.getcwd())
+    """Imports the user's module, the current directory first (as `python -m`
+    does) for the import only: the module stays in `sys.modules`."""
+    added = os.getcwd() not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
     try:
         return importlib.import_module(module_name)
     except Exception as err:  # noqa: BLE001 - any failure of the user's import
         raise ConfigError(
             f"`{name}={text}` cannot be imported: {type(err).__name__}: {err}."
         ) from err
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
 
 
 def local_copy(path, scratch):
     """`path` itself if local, else a copy of the file or directory tree in
-    `scratch`, read through `tf.io.gfile`."""
+    `scratch` (one per path, made once), read through `tf.io.gfile`."""
     if "://" not in path:
         return path
     gfile = tf.io.gfile
-    target = os.path.join(scratch, os.path.basename(path.rstrip("/")) or "model")
+    key = hashlib.sha1(path.encode()).hexdigest()[:16]
+    target = os.path.join(
+        scratch, "inputs", key, os.path.basename(path.rstrip("/")) or "model"
+    )
+    if os.path.exists(target):
+        return target
+    os.makedirs(os.path.dirname(target), exist_ok=True)
     if not gfile.isdir(path):
         gfile.copy(path, target, overwrite=True)
         return target
@@ -74,11 +89,15 @@ def local_copy(path, scratch):
     return target
 
 
-def _exists(path):
+def _exists(path, name):
     try:
         return tf.io.gfile.exists(path)
-    except tf.errors.OpError:
+    except tf.errors.NotFoundError:
         return False
+    except tf.errors.OpError as err:  # credentials, permissions, a bad scheme
+        raise ConfigError(
+            f"`{name}={path}` cannot be read: {type(err).__name__}: {err.message}"
+        ) from None
 
 
 def resolve(config, scratch):
@@ -100,7 +119,7 @@ def resolve(config, scratch):
 
 
 def saved_path(path, name):
-    if not _exists(path):
+    if not _exists(path, name):
         raise ConfigError(
             f"`{name}={path}` must be {specs.MODEL_FORMS}; nothing is at {path}."
         )
@@ -123,6 +142,11 @@ def _file_keras(local, text, name):
                 "model with model.save('model.keras') instead."
             )
         return "2"
+    if not (zipfile.is_zipfile(local) or h5py.is_hdf5(local)):
+        raise ConfigError(
+            f"`{name}={text}` is not a Keras model file (.keras, .h5 or a "
+            "SavedModel directory)."
+        )
     return "3" if export._written_by_keras3(local) else "2"
 
 
@@ -176,15 +200,13 @@ def to_logits(model, text, note=False):
         activation == "softmax" or type(last).__name__ == "Softmax"
     ):
         return _serving_logits(model, text, note)
+    keras = models.keras_module(Keras.of(model))
     if activation == "softmax" and type(last).__name__ != "Activation":
         # The layer computes logits, then the softmax: keep the first part.
-        last.activation = models.keras_module(Keras.of(model)).activations.linear
-    elif isinstance(model.inputs, list) and getattr(last, "input", None) is not None:
-        model = (
-            type(model)(model.inputs, last.input, name=model.name)
-            if not (type(model).__name__ == "Sequential")
-            else type(model)(model.layers[:-1], name=model.name)
-        )
+        last.activation = keras.activations.linear
+    else:  # a Softmax or Activation layer: the model up to its input
+        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+        model = keras.Model(inputs, last.input, name=model.name)
     if note:
         _log.info(
             "      %s ends in a softmax: tfopt trains and exports its logits", text
@@ -211,14 +233,17 @@ def _serving_logits(model, text, note):
     return keras.Model(inputs, logits, name=model.name)
 
 
-def build(config, text, name, info, seed, scratch):
+def build(config, text, name, info, seed, scratch, *, shape=None):
     """A freshly initialized model of `text` (a reference name,
     applications:NAME or module:function) for `info`'s classes, with input
-    `input_shape` (else the data's)."""
+    `shape`, else `input_shape`, else the data's."""
     spec = specs.model(text, name)
     keras = models.keras_module(config.keras_api)
     keras.utils.set_random_seed(seed)
-    shape = specs.shape(config.input_shape) if config.input_shape else info.input_shape
+    if shape is None:
+        shape = (
+            specs.shape(config.input_shape) if config.input_shape else info.input_shape
+        )
     if spec.kind == "reference":
         return models.build(
             spec.value, shape, info.num_classes, keras_version=config.keras_api.value

@@ -123,8 +123,6 @@ def check(config):
         text = getattr(config, name)
         if text not in (None, "train") and model(text, name).is_file:
             _check_local(text, name)
-    if config.teacher not in (None, "train"):
-        model(config.teacher, "teacher")
     teacher_model = model(config.teacher_model, "teacher_model")
     if teacher_model.is_file:
         raise ConfigError(
@@ -154,11 +152,24 @@ def check(config):
         raise ConfigError(
             f"`train_split={config.train_split}` applies to `dataset=tfds:NAME`."
         )
-    if config.preprocess == "applications" and "applications" not in (
-        model_.kind,
-        model(config.teacher_model, "teacher_model").kind,
-    ):
+    if config.preprocess == "applications" and not applications_family(config):
         raise ConfigError(
             "`preprocess=applications` needs `model=applications:NAME` (the "
             "family whose preprocess_input to use)."
         )
+
+
+def applications_family(config):
+    """The `keras.applications` model whose `preprocess_input` the data
+    goes through with `preprocess=applications`: the model's, else the
+    teacher's (None if neither is one)."""
+    candidates = [config.model]
+    if config.teacher == "train":
+        candidates.append(config.teacher_model)
+    elif config.teacher is not None:
+        candidates.append(config.teacher)
+    for text in candidates:
+        spec = model(text)
+        if spec.kind == "applications":
+            return spec.value
+    return None

@@ -9,18 +9,18 @@ claim `--model_dir`; the others write beside it, in `workertemp_<task>`.
 """
 
 import contextlib
-import json
 import logging
 import os
 import shutil
 import tempfile
 import time
 
+import numpy as np
 import tensorflow as tf
 
 from tfopt import data, distribute
 from tfopt.core import cluster as _cluster
-from tfopt.job import feed, inputs, lockstep, sources
+from tfopt.job import feed, inputs, lockstep, rundir, sources
 from tfopt.job.config import ClusterError, ConfigError  # noqa: F401 (re-exported)
 
 _log = logging.getLogger("tfopt.job.pipeline")
@@ -59,56 +59,6 @@ def check(config):
         )
 
 
-def _check_files(config, worker):
-    """This worker's checks of the paths it was given; the chief's also of
-    what `model_dir` holds. Changes nothing. Paths may be on any TensorFlow
-    file system (`gs://`), so every check goes through `tf.io.gfile`."""
-    gfile = tf.io.gfile
-    if gfile.exists(config.model_dir) and not gfile.isdir(config.model_dir):
-        raise ConfigError(
-            f"`model_dir={config.model_dir}` is a file; it must be a "
-            "directory (new or from this same command)."
-        )
-    teacher = config.teacher
-    if teacher not in (None, "", "train") and config.teacher_spec.is_file:
-        if not gfile.exists(teacher):
-            raise ConfigError(
-                f"`teacher={teacher}` does not exist; give a saved model "
-                "(.keras, .h5 or SavedModel), a model to train or 'train'."
-            )
-    if not worker.is_chief:
-        return
-    previous = os.path.join(config.model_dir, "config.json")
-    if (
-        gfile.isdir(config.model_dir)
-        and gfile.listdir(config.model_dir)
-        and (not gfile.exists(previous))
-    ):
-        # Not a tfopt run: never write into (or, with --overwrite, delete) it.
-        raise ConfigError(
-            f"`model_dir={config.model_dir}` holds files but no tfopt "
-            "run (no config.json); give a new or empty directory."
-        )
-    if gfile.exists(previous) and not config.overwrite:
-        with gfile.GFile(previous) as file:
-            if json.load(file) != config.settings():
-                raise ConfigError(
-                    f"`model_dir={config.model_dir}` holds a run with other flags; "
-                    "use a new directory, or `overwrite` to replace it."
-                )
-
-
-def _claim(config):
-    """The chief makes `model_dir` this run's, once every worker agreed."""
-    gfile = tf.io.gfile
-    if config.overwrite and gfile.isdir(config.model_dir):
-        gfile.rmtree(config.model_dir)
-    for sub in ("checkpoints", "logs", "export"):
-        gfile.makedirs(os.path.join(config.model_dir, sub))
-    with gfile.GFile(os.path.join(config.model_dir, "config.json"), "w") as file:
-        file.write(json.dumps(config.settings(), indent=2))
-
-
 class Run:
     """Paths, strategy, data and timings of one run."""
 
@@ -129,6 +79,7 @@ class Run:
         )
         self.splits = self.info = self._x = self._y = self.steps = None
         self.source = self._conform = self._counts = None
+        self._in_memory_conform = self.target = None
         self._own_dir = False  # this worker's directory exists because of us
         # Local copies of saved models read from other file systems.
         self.scratch = tempfile.mkdtemp(prefix="tfopt-run-")
@@ -148,10 +99,10 @@ class Run:
                     "`strategy`."
                 )
             self.config = sources.resolve(self.config, self.scratch)
-            _check_files(self.config, self.worker)
+            rundir.check(self.config, self.worker)
             self._load()
-        except ConfigError as err:
-            refusal = err
+        except Exception as err:  # noqa: BLE001 - every worker must agree
+            refusal = _as_refusal(err)
         all_ok, same = lockstep.agree(
             self.strategy, self.worker, refusal is None, self.config.settings()
         )
@@ -163,12 +114,12 @@ class Run:
                 self._count()
             if check is not None:
                 check()
-        except ConfigError as err:
-            refusal = err
+        except Exception as err:  # noqa: BLE001 - every worker must agree
+            refusal = _as_refusal(err)
         all_ok, _ = lockstep.agree(self.strategy, self.worker, refusal is None)
         _refuse(refusal, all_ok, True)
         if self.worker.is_chief:
-            _claim(self.config)
+            rundir.claim(self.config)
         # Nobody reads the chief's directory before it has claimed (or, with
         # --overwrite, emptied) it.
         lockstep.barrier(self.strategy, self.worker)
@@ -198,6 +149,11 @@ class Run:
         except ValueError as err:
             raise ConfigError(f"`dataset={config.dataset}`: {err}") from err
         self.info = self.splits.info
+        if not self.info.test_size:
+            raise ConfigError(
+                f"`test_split={config.test_split}` leaves "
+                f"`dataset={config.dataset}` no test examples."
+            )
         self._steps(self.info.train_size, 1)
         # The training split in memory; epoch e is a stateless shuffle of it
         # seeded by (seed, e), so a restarted run replays the same batches.
@@ -210,9 +166,13 @@ class Run:
         if not self.steps:
             raise ConfigError(
                 f"`batch_size={self.config.batch_size}` must be at most the "
-                f"{smallest * pipelines} training examples of "
-                f"`dataset={self.config.dataset}`"
-                + (f" ({smallest} per worker)." if pipelines > 1 else ".")
+                + (
+                    f"{smallest} training examples of "
+                    if pipelines == 1
+                    else f"{pipelines} x {smallest} training examples (the "
+                    "fewest of a worker) of "
+                )
+                + f"`dataset={self.config.dataset}`."
             )
 
     def _count(self):
@@ -230,8 +190,8 @@ class Run:
                 source.share(index, workers),
             )
         per_worker = lockstep.gather(self.strategy, self.worker, mine)
-        self._counts = [int(count) for count, _ in per_worker]
-        largest = max(int(label) for _, label in per_worker)
+        self._counts = [round(count) for count, _ in per_worker]
+        largest = max(round(label) for _, label in per_worker)
         sizes = [0, 0]
         for i, split in enumerate((source.validation, source.test)):
             if split is not None:
@@ -247,16 +207,19 @@ class Run:
             )
         self._steps(min(self._counts), workers)
 
-    def shape_data(self, target, scale, name, keras):
+    def shape_data(self, target, scale, name):
         """Makes `splits` (and the training stream) give images of `target`
         shape, scaled by `scale`: resized and converted, batched, cached."""
         info, batch = self.info, self.config.batch_size
         conform = feed.conformer(info.input_shape, target, scale, name)
-        example_bytes = 4 * int(tf.reduce_prod(target))
+        example_bytes = 4 * int(np.prod(target))
         self._conform, self._example_bytes = conform, example_bytes
+        self.target = tuple(target)
         if self.source is None:
             if tuple(info.input_shape) != tuple(target) or scale is not None:
-                self._x = conform(self._x)
+                # Per batch (in `feed.in_memory` too): the whole split
+                # resized at once can exceed memory (CIFAR-10 at 224x224).
+                self._in_memory_conform = conform
                 self.splits = self.splits._replace(
                     **{
                         split: getattr(self.splits, split).map(
@@ -275,8 +238,13 @@ class Run:
             )
             return feed.batched(dataset, batch, count, example_bytes)
 
+        # A sample of the training split for calibration, Taylor scores and
+        # timing: never cached (it is read in part).
+        sample = source.train(0, 1).map(
+            lambda x, y: (conform(x), y), num_parallel_calls=feed.AUTOTUNE
+        )
         self.splits = data.Splits(
-            shaped(source.train(0, 1).take(max(self._counts)), self._counts[0]),
+            feed.batched(sample, batch, None, example_bytes),
             shaped(source.validation, info.validation_size)
             if source.validation is not None
             else None,
@@ -346,6 +314,9 @@ class Run:
         """Epochs `first_epoch`..`epochs` of training batches, `steps` each:
         the same batches whenever the run is resumed."""
         if self.source is not None:
+            # `Dataset.shuffle` pairs its seed with the global one: set here,
+            # so a resumed stage shuffles as the uninterrupted one did.
+            tf.random.set_seed(self.config.seed)
             return self.strategy.distribute_datasets_from_function(
                 feed.streamed(
                     self.source,
@@ -365,12 +336,24 @@ class Run:
         return feed.in_memory(
             self._x,
             self._y,
+            self._in_memory_conform,
             seed=self.config.seed,
             batch_size=self.config.batch_size,
             first=first_epoch,
             epochs=epochs,
             augmented=augment,
         )
+
+
+def _as_refusal(err):
+    """`err` as the `ConfigError` every worker agrees on: a failure of the
+    user's files or code before the run starts is one line too."""
+    if isinstance(err, ConfigError):
+        return err
+    first = (str(err).strip().splitlines() or [""])[0]
+    refusal = ConfigError(f"the run cannot start: {type(err).__name__}: {first}")
+    refusal.__cause__ = err
+    return refusal
 
 
 def _refuse(refusal, all_ok, same):
