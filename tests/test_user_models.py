@@ -62,7 +62,8 @@ def test_a_saved_model_starts_the_job_trained_with_its_own_keras(
     # No baseline training: the first row is the given model, measured on
     # the test split as it was saved (its softmax removed: same argmax).
     assert _banners(caplog) == [
-        f"[1/2] prune 80% of the weights of user{version}.keras, 3 epochs, "
+        # 6 epochs: a built model's baseline and pruning epochs together.
+        f"[1/2] prune 80% of the weights of user{version}.keras, 6 epochs, "
         "distilled from the unpruned model",
         "[2/2] evaluate and export tflite_int8",
     ]

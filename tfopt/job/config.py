@@ -34,8 +34,7 @@ __all__ = ["ClusterError", "Config", "ConfigError", "ExportFormat", "EXPORTS"]
 
 KERAS_VERSIONS = tuple(str(keras.value) for keras in Keras)
 PREPROCESSING = ("rescale", "none", "applications")
-# Epochs of the main stage when `epochs` is unset.
-DEFAULT_EPOCHS = 3
+DEFAULT_EPOCHS = 3  # of the main stage, when `epochs` is unset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +112,8 @@ class Config:
     )
     epochs: int | None = _field(
         None,
-        "Epochs of the main training stage (default 3); with a saved --model "
-        "and no --prune or --teacher, epochs of fine-tuning (default none).",
+        "Epochs of the main stage (default 3; a saved --model: 6, or with no "
+        "--prune or --teacher, fine-tuning, default none).",
         "integer",
         low=1,
     )
@@ -269,8 +268,10 @@ class Config:
 
     @property
     def stage_epochs(self):
-        """Epochs of the main training stage."""
-        return DEFAULT_EPOCHS if self.epochs is None else self.epochs
+        """Epochs of the main stage: a saved model's is the run's only
+        training, so it gets a built model's baseline and pruning epochs."""
+        default = 2 * DEFAULT_EPOCHS if self.given else DEFAULT_EPOCHS
+        return default if self.epochs is None else self.epochs
 
     @property
     def model_spec(self):
