@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from tests.support import userdata
-from tfopt.job import pipeline
+from tfopt.job import files, pipeline
 from tfopt.job.config import Config, ConfigError
 
 QUICK = {
@@ -133,24 +133,13 @@ def test_images_are_resized_and_converted_for_the_model(tmp_path, folder):
     assert model.input_shape == (None, 16, 16, 3)
 
 
-def _copy_tree(source, target):
-    for directory, _, names in os.walk(source):
-        relative = os.path.relpath(directory, source)
-        into = target if relative == "." else f"{target}/{relative}"
-        tf.io.gfile.makedirs(into)
-        for name in names:
-            tf.io.gfile.copy(
-                os.path.join(directory, name), f"{into}/{name}", overwrite=True
-            )
-
-
 def test_every_path_may_be_on_another_file_system(tmp_path, folder):
     # ram:// exists only inside TensorFlow: a local open() of any of these
     # paths would fail.
     model = userdata.trained(keras)
     model.save(tmp_path / "user.keras")
     tf.io.gfile.copy(str(tmp_path / "user.keras"), "ram://models/user.keras", True)
-    _copy_tree(folder, "ram://data/images")
+    files.copy_tree(folder, "ram://data/images")
     config = Config(
         model_dir="ram://runs/one",
         model="ram://models/user.keras",
@@ -207,7 +196,54 @@ def _bad_inputs(tmp_path, digits):
     model = userdata.trained(keras, epochs=1)
     saved = str(tmp_path / "ten.keras")
     model.save(saved)
+    one_class = userdata.image_folder(tmp_path / "one", images[:20], labels[:20] * 0)
+    split_dirs = tmp_path / "splits"
+    userdata.image_folder(split_dirs / "train", images[:40], labels[:40] % 2)
+    userdata.image_folder(split_dirs / "test", images[:40], labels[:40] % 3)
+    empty_records = tmp_path / "norecords"
+    empty_records.mkdir()
+    tf.io.TFRecordWriter(str(empty_records / "train-0.tfrecord")).close()
+    not_saved = tmp_path / "not_saved"
+    not_saved.mkdir()
     return [
+        (
+            {"dataset": f"images:{one_class}"},
+            f"`dataset=images:{one_class}`: {one_class} must hold a folder per "
+            "class (at least 2); it holds 1.",
+        ),
+        (
+            {"dataset": f"images:{split_dirs}"},
+            f"`dataset=images:{split_dirs}`: {split_dirs}/test must hold the "
+            f"same class folders as {split_dirs}/train (class_0, class_1).",
+        ),
+        (
+            {"dataset": f"tfrecord:{empty_records}/*.tfrecord"},
+            f"`dataset=tfrecord:{empty_records}/*.tfrecord`: "
+            f"{empty_records}/train-0.tfrecord holds no records.",
+        ),
+        (
+            {"model": f"{not_saved}/"},
+            f"`model={not_saved}/` is a directory but not a SavedModel (no "
+            "saved_model.pb).",
+        ),
+        (
+            {"model": "tests.support.user_code:build_tf_keras"},
+            "`model=tests.support.user_code:build_tf_keras` returned a tf_keras "
+            "model; set `keras=2` (or build a Keras 3 one).",
+        ),
+        (
+            {"dataset": "tests.support.user_code:failing"},
+            "the run cannot start: RuntimeError: the user's loader failed",
+        ),
+        (
+            {"dataset": "tests.support.user_code:float_labels"},
+            "`dataset=tests.support.user_code:float_labels`: its train labels "
+            "must be integer class indices; they are float32 of shape ().",
+        ),
+        (
+            {"test_split": 0.0},
+            "`test_split=0.0` leaves `dataset=digits` no test examples.",
+        ),
         (
             {"model": not_a_model},
             f"`model={not_a_model}` is not a Keras model file (.keras, .h5 or a "

@@ -39,6 +39,27 @@ def forever():
     return train.repeat(), validation, test
 
 
+def float_labels():
+    """Labels as floats: the job wants class indices."""
+    return tuple(d.map(lambda x, y: (x, tf.cast(y, tf.float32))) for d in splits())
+
+
+def failing():
+    raise RuntimeError("the user's loader failed")
+
+
+def build_tf_keras(input_shape, num_classes):
+    import tf_keras
+
+    return tf_keras.Sequential(
+        [
+            tf_keras.Input(input_shape),
+            tf_keras.layers.Flatten(),
+            tf_keras.layers.Dense(10),
+        ]
+    )
+
+
 def not_splits():
     return "a string"
 

@@ -26,8 +26,24 @@ SPLIT_DIRS = {
 IMAGE_KEY, LABEL_KEY = "image/encoded", "image/class/label"
 
 
+def copy_tree(source, target):
+    """Copies the file or directory tree `source` to `target`, either of them
+    on any TensorFlow file system."""
+    gfile = tf.io.gfile
+    if not gfile.isdir(source):
+        gfile.makedirs(os.path.dirname(target) or ".")
+        gfile.copy(source, target, overwrite=True)
+        return
+    root = source.rstrip("/")
+    for directory, _, names in gfile.walk(source):
+        into = _join(target, directory[len(root) :].lstrip("/"))
+        gfile.makedirs(into)
+        for name in names:
+            gfile.copy(_join(directory, name), _join(into, name), overwrite=True)
+
+
 def _join(*parts):
-    return "/".join(p.rstrip("/") for p in parts)
+    return tf.io.gfile.join(*(p for p in parts if p))
 
 
 def _subdirs(path):

@@ -21,13 +21,6 @@ def check(config, worker):
             f"`model_dir={config.model_dir}` is a file; it must be a "
             "directory (new or from this same command)."
         )
-    teacher = config.teacher
-    if teacher not in (None, "train") and config.teacher_spec.is_file:
-        if not gfile.exists(teacher):
-            raise ConfigError(
-                f"`teacher={teacher}` does not exist; give a saved model "
-                "(.keras, .h5 or SavedModel), a model to train or 'train'."
-            )
     if not worker.is_chief:
         return
     inside = os.path.join(config.model_dir.rstrip("/"), "")

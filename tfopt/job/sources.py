@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from tfopt import export, models
 from tfopt.core.kerases import Keras
-from tfopt.job import specs
+from tfopt.job import files, specs
 from tfopt.job.fields import ConfigError
 
 _log = logging.getLogger("tfopt.job.pipeline")
@@ -66,26 +66,13 @@ def local_copy(path, scratch):
     `scratch` (one per path, made once), read through `tf.io.gfile`."""
     if "://" not in path:
         return path
-    gfile = tf.io.gfile
     key = hashlib.sha1(path.encode()).hexdigest()[:16]
     target = os.path.join(
         scratch, "inputs", key, os.path.basename(path.rstrip("/")) or "model"
     )
     if os.path.exists(target):
         return target
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    if not gfile.isdir(path):
-        gfile.copy(path, target, overwrite=True)
-        return target
-    for directory, _, files in gfile.walk(path):
-        relative = directory[len(path.rstrip("/")) :].lstrip("/")
-        os.makedirs(os.path.join(target, relative), exist_ok=True)
-        for file in files:
-            gfile.copy(
-                f"{directory.rstrip('/')}/{file}",
-                os.path.join(target, relative, file),
-                overwrite=True,
-            )
+    files.copy_tree(path, target)
     return target
 
 

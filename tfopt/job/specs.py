@@ -41,11 +41,6 @@ class Spec(NamedTuple):
     def is_file(self):
         return self.kind == "file"
 
-    def __str__(self):
-        prefix = {"applications": "applications:", "images": "images:"}
-        prefix.update(tfds="tfds:", tfrecord="tfrecord:")
-        return prefix.get(self.kind, "") + self.value
-
 
 def _is_path(text):
     return "://" in text or "/" in text or text.endswith(MODEL_SUFFIXES)

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from tfopt import data, distribute
 from tfopt.core import cluster as _cluster
-from tfopt.job import feed, inputs, lockstep, rundir, sources
+from tfopt.job import feed, files, inputs, lockstep, rundir, sources
 from tfopt.job.config import ClusterError, ConfigError  # noqa: F401 (re-exported)
 
 _log = logging.getLogger("tfopt.job.pipeline")
@@ -283,16 +283,7 @@ class Run:
         mirror = os.path.join(self.scratch, "out")
         if "://" not in self.dir or not os.path.isdir(mirror):
             return
-        for directory, _, names in os.walk(mirror):
-            relative = os.path.relpath(directory, mirror)
-            target = self.path(*([] if relative == "." else relative.split(os.sep)))
-            tf.io.gfile.makedirs(target)
-            for name in names:
-                tf.io.gfile.copy(
-                    os.path.join(directory, name),
-                    f"{target.rstrip('/')}/{name}",
-                    overwrite=True,
-                )
+        files.copy_tree(mirror, self.path())
 
     def load(self, path):
         """A stage's saved model, read through `tf.io.gfile`."""
