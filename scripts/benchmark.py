@@ -17,14 +17,20 @@ import time
 from absl import app, flags, logging
 
 try:  # imported as a package: scripts, or tfopt_scripts once installed
-    from . import benchmark_inputs, benchmark_keras3, benchmark_pruning
+    from . import (
+        benchmark_inputs,
+        benchmark_keras3,
+        benchmark_pruning,
+        benchmark_recipe,
+    )
 except ImportError:  # run as a file: its directory is on sys.path
     import benchmark_inputs
     import benchmark_keras3
     import benchmark_pruning
+    import benchmark_recipe
 
-# `recovery` runs the main job, which switches on deterministic ops for the
-# rest of the process: it goes last.
+# `recovery` and `recipe` run the main job, which switches on deterministic
+# ops for the rest of the process: they go last.
 SUITES = (
     "overhead",
     "compression",
@@ -35,6 +41,7 @@ SUITES = (
     "keras3",
     "inputs",
     "recovery",
+    "recipe",
 )
 if "suite" not in flags.FLAGS:
     flags.DEFINE_list("suite", list(SUITES), f"Parts to run: {', '.join(SUITES)}.")
@@ -79,6 +86,13 @@ TARGETS = {
     "keras3_qat_vs_float": 1.3,
     "keras3_int8_vs_qat_accuracy": 0.005,
     "keras3_pqat_sparsity_lost": 0.01,
+    # Accuracy at an equal training budget (`recipe`): int8 accuracy minus a
+    # dense model's trained for the same epochs, mean of 3 seeds (at least).
+    "recipe_int8_vs_dense_control": -0.01,
+    "recipe_gzip_ratio": 10.0,
+    "recipe_mac_cut": 1.5,
+    "recipe_readme_minus_tutorial": 0.01,
+    "recipe_wall_time_vs_tutorial": 1.2,
 }
 # (speed model, TFLite kind, target) checked at 1 and 2 threads.
 SPEED_TARGETS = (
@@ -583,6 +597,7 @@ def _checks(results):
             recovered["unstructured_80_int8"]["with_recovery"]["mean_drop"],
             TARGETS["recovered_accuracy_drop"],
         )
+    benchmark_recipe.checks(results.get("recipe", {}), add, TARGETS)
     return rows
 
 
@@ -611,6 +626,7 @@ def collect(suites, quick, output):
         "keras3": keras3,
         "inputs": benchmark_inputs.inputs,
         "recovery": benchmark_pruning.recovery,
+        "recipe": benchmark_recipe.recipe,
     }
     for name in suites:
         start = time.perf_counter()

@@ -39,8 +39,9 @@ def _finite(value):
 
 
 # `recovery` is the main job run eight times (tests/test_pipeline.py runs it);
-# its numbers are checked below from a recorded result instead.
-QUICK_SUITES = tuple(s for s in benchmark.SUITES if s != "recovery")
+# its numbers are checked below from a recorded result instead. `recipe` has
+# its own test.
+QUICK_SUITES = tuple(s for s in benchmark.SUITES if s not in ("recovery", "recipe"))
 
 
 @pytest.mark.slow
@@ -123,4 +124,69 @@ def test_speed_and_recovery_targets_are_checked():
         },
         "recovery/student_cnn/channels_1.5x_macs_drop": (0.004, 0.01, True),
         "recovery/student_cnn/unstructured_80_int8_mean_drop": (0.02, 0.01, False),
+    }
+
+
+@pytest.mark.slow  # the main job three times, two library recipes
+def test_the_recipe_suite_in_quick_mode(tmp_path):
+    output = tmp_path / "benchmark.json"
+    benchmark.collect(("recipe",), quick=True, output=str(output))
+    saved = json.loads(output.read_text())["recipe"]
+    assert _finite(saved)
+    library = saved["library"]
+    assert set(library) == {
+        "epochs",
+        "readme_int8",
+        "tutorial_int8",
+        "readme_minus_tutorial",
+        "per_seed_difference",
+        "wall_time_ratio",
+    }
+    assert 0.5 < library["readme_int8"]["mean"] <= 1.0
+    assert library["wall_time_ratio"] > 0
+    job = saved["job"]["tfmot_mnist_80_int8"]
+    assert job["vs_control"]["mean"] == pytest.approx(
+        job["int8"]["mean"] - job["dense_control"]["mean"]
+    )
+    assert job["gzip_ratio"]["mean"] > 3
+    metrics = {row[0] for row in json.loads(output.read_text())["checks"]}
+    assert metrics == {
+        "recipe/tfmot_mnist_80_int8/int8_vs_dense_control",
+        "recipe/tfmot_mnist_80_int8/gzip_ratio",
+        "recipe/tfmot_mnist/readme_minus_tutorial_int8",
+        "recipe/tfmot_mnist/readme_wall_time_vs_tutorial",
+    }
+
+
+def test_recipe_targets_are_checked():
+    def summary(mean):
+        return {"values": [mean], "mean": mean, "spread": 0.0}
+
+    results = {
+        "recipe": {
+            "job": {
+                "tfmot_mnist_80_int8": {
+                    "vs_control": summary(-0.009),
+                    "gzip_ratio": summary(9.8),
+                },
+                "resnet_tiny_channels_1.5x_int8": {
+                    "vs_control": summary(-0.02),
+                    "mac_cut": summary(1.6),
+                },
+            },
+            "library": {"readme_minus_tutorial": 0.012, "wall_time_ratio": 1.25},
+        }
+    }
+    checks = {row[0]: row[1:] for row in benchmark._checks(results)}
+    assert checks == {
+        "recipe/tfmot_mnist_80_int8/int8_vs_dense_control": (-0.009, -0.01, True),
+        "recipe/tfmot_mnist_80_int8/gzip_ratio": (9.8, 10.0, False),
+        "recipe/resnet_tiny_channels_1.5x_int8/int8_vs_dense_control": (
+            -0.02,
+            -0.01,
+            False,
+        ),
+        "recipe/resnet_tiny_channels_1.5x_int8/mac_cut": (1.6, 1.5, True),
+        "recipe/tfmot_mnist/readme_minus_tutorial_int8": (0.012, 0.01, True),
+        "recipe/tfmot_mnist/readme_wall_time_vs_tutorial": (1.25, 1.2, False),
     }

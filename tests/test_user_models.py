@@ -57,7 +57,13 @@ def test_a_saved_model_starts_the_job_trained_with_its_own_keras(
     model, path = _saved(tmp_path, version, ".keras")
     with caplog.at_level(logging.INFO, logger="tfopt"):
         report = pipeline.run(
-            Config(model_dir=str(tmp_path / "run"), model=path, prune=True, **QUICK)
+            Config(
+                model_dir=str(tmp_path / "run"),
+                model=path,
+                prune=True,
+                recover=True,  # the saved model teaches its pruned copy
+                **QUICK,
+            )
         )
     # No baseline training: the first row is the given model, measured on
     # the test split as it was saved (its softmax removed: same argmax).

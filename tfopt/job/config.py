@@ -11,7 +11,7 @@ name fields as `field`; a script shows them as `--field` (`for_flags`).
 import dataclasses
 import json
 
-from tfopt.core.kerases import Keras, refusal, supports
+from tfopt.core.kerases import Keras
 from tfopt.core.vocab import (  # noqa: F401 (the job reads them here)
     ALL_REDUCE,
     DISTILLATION_LOSSES,
@@ -23,10 +23,9 @@ from tfopt.core.vocab import (  # noqa: F401 (the job reads them here)
     STRATEGIES,
     ExportFormat,
 )
-from tfopt.job import specs
+from tfopt.job import checks, specs
 from tfopt.job.errors import ClusterError  # noqa: F401 (its old home)
 from tfopt.job.fields import NAMES, ConfigError, parse_m_by_n
-from tfopt.job.fields import check as _check_field
 from tfopt.job.fields import field as _field
 from tfopt.job.specs import DATASETS, MODELS  # noqa: F401 (read here)
 
@@ -34,6 +33,7 @@ __all__ = ["ClusterError", "Config", "ConfigError", "ExportFormat", "EXPORTS"]
 
 KERAS_VERSIONS = tuple(str(keras.value) for keras in Keras)
 PREPROCESSING = ("rescale", "none", "applications")
+LR_SCHEDULES = ("cosine", "constant")
 DEFAULT_EPOCHS = 3  # of the main stage, when `epochs` is unset
 
 
@@ -117,7 +117,50 @@ class Config:
         "integer",
         low=1,
     )
-    learning_rate: float = _field(3e-3, "Adam learning rate.", "float", low=0.0)
+    learning_rate: float = _field(
+        6e-3,
+        "Adam learning rate of a model trained from scratch (the peak of "
+        "--lr_schedule=cosine).",
+        "float",
+        low=0.0,
+    )
+    finetune_learning_rate: float | None = _field(
+        None,
+        "Adam learning rate of a stage that starts from trained weights "
+        "(pruning a trained baseline; any stage of a saved --model); unset: "
+        "--learning_rate.",
+        "float",
+        low=0.0,
+    )
+    qat_learning_rate: float | None = _field(
+        None,
+        "Adam learning rate of quantization-aware training; unset: "
+        "--learning_rate / 10.",
+        "float",
+        low=0.0,
+    )
+    lr_schedule: str = _field(
+        "cosine",
+        "The learning rate within each stage: cosine (from its peak down to "
+        "0 at the stage's last step, after --warmup) or constant.",
+        "enum",
+        choices=LR_SCHEDULES,
+    )
+    warmup: float = _field(
+        0.1,
+        "With --lr_schedule=cosine, the fraction of a stage from scratch over "
+        "which the rate rises from 0 (stages from trained weights start at "
+        "their peak).",
+        "float",
+        low=0.0,
+        high=0.5,
+    )
+    dense_control: bool = _field(
+        False,
+        "Also train the dense model for the run's total epochs of --model and "
+        "report every artifact's accuracy against it (one more training run).",
+        "bool",
+    )
     teacher: str | None = _field(
         None,
         "The teacher: a saved model (used as it is), 'train' (train "
@@ -130,7 +173,10 @@ class Config:
     )
     teacher_epochs: int = _field(3, "Epochs to train the teacher.", "integer", low=1)
     teacher_learning_rate: float | None = _field(
-        None, "Adam learning rate of the teacher; unset: --learning_rate.", "float"
+        None,
+        "Adam learning rate of a teacher trained here (as --learning_rate); "
+        "unset: --learning_rate.",
+        "float",
     )
     temperature: float = _field(4.0, "Distillation temperature.", "float", low=0.0)
     alpha: float = _field(
@@ -188,10 +234,10 @@ class Config:
         low=1,
     )
     recover: bool = _field(
-        True,
+        False,
         "With --prune and no --teacher, fine-tune the pruned model against "
-        "the unpruned one as its teacher (self-distillation); --norecover: plain "
-        "fine-tuning.",
+        "the unpruned one as its teacher (self-distillation); off: plain "
+        "fine-tuning, measured as good or better at an equal budget.",
         "bool",
     )
     recover_alpha: float = _field(
@@ -274,6 +320,16 @@ class Config:
         return default if self.epochs is None else self.epochs
 
     @property
+    def control_epochs(self):
+        """Epochs of the dense control: every epoch `model` trains in the
+        run (baseline, main stage, QAT), in one stage."""
+        main = self.stage_epochs if (self.prune or self.teacher) else 0
+        first = 0 if self.given or self.teacher else self.stage_epochs
+        if self.given and not main:
+            main = self.epochs or 0
+        return first + main + (self.qat_epochs if self.qat else 0)
+
+    @property
     def model_spec(self):
         """`model` parsed (`tfopt.job.specs.Spec`)."""
         return specs.model(self.model)
@@ -307,93 +363,10 @@ class Config:
     def check(self):
         """Raises `ConfigError` for a value that cannot work; needs no
         TensorFlow and reads no file (it only asks whether a local model
-        path exists). (What a cluster, a TPU or
-        `model_dir`'s contents allow is checked when the run starts, still
-        before anything is written.)"""
-        for field in dataclasses.fields(self):
-            _check_field(field, getattr(self, field.name))
-        if not self.model_dir:
-            raise ConfigError(
-                "`model_dir` is required: where checkpoints and the report go."
-            )
-        specs.check(self)
-        if self.pruning_begin >= self.pruning_end:
-            raise ConfigError(
-                f"`pruning_begin={self.pruning_begin}` must be below "
-                f"`pruning_end={self.pruning_end}`."
-            )
-        if self.prune and not 0 < self.target_sparsity < 1:
-            raise ConfigError(
-                f"`target_sparsity={self.target_sparsity}` must be in "
-                "(0, 1) with `prune`: the fraction of weights "
-                "pruned."
-            )
-        if self.sparsity_m_by_n is not None and self.m_by_n is None:
-            raise ConfigError(
-                f"`sparsity_m_by_n={self.sparsity_m_by_n}` must look "
-                "like 2:4 (m zeros in every n weights, 0 < m < n)."
-            )
-        if self.sparsity_m_by_n is not None and not self.prune:
-            raise ConfigError(
-                f"`sparsity_m_by_n={self.sparsity_m_by_n}` needs `prune`."
-            )
-        if self.recover_alpha != 0.9 and (
-            self.teacher or not self.prune or not self.recover
-        ):
-            raise ConfigError(
-                f"`recover_alpha={self.recover_alpha}` needs `prune` "
-                "with `recover` and no `teacher`."
-            )
-        channel_only = {
-            "prune_measure": "channels",
-            "prune_importance": "l2",
-            "prune_round_to": 8,
-            "prune_structure": "weights",
-        }
-        for name, default in channel_only.items():
-            if getattr(self, name) != default and not (self.prunes_channels):
-                raise ConfigError(
-                    f"`{name}={getattr(self, name)}` needs `prune`"
-                    + (
-                        "."
-                        if name == "prune_structure"
-                        else " with `prune_structure=channels`."
-                    )
-                )
-        if self.prune_structure == "channels" and self.sparsity_m_by_n is not None:
-            raise ConfigError(
-                f"`sparsity_m_by_n={self.sparsity_m_by_n}` applies to "
-                "`prune_structure=weights`."
-            )
-        if not self.export:
-            raise ConfigError(
-                f"`export` must name at least one of {', '.join(EXPORTS)}."
-            )
-        if self.temperature <= 0:
-            raise ConfigError(f"`temperature={self.temperature}` must be > 0.")
-        for name in ("learning_rate", "teacher_learning_rate"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ConfigError(f"`{name}={getattr(self, name)}` must be > 0.")
-        keras = self.keras_api
-        for name, value, capability, instead in (
-            ("qat", self.qat, "quantize", ""),
-            ("prune_structure", self.prunes_channels, "channel_pruning", ""),
-            ("export", "saved_model" in self.export, "export_saved_model", ""),
-            (
-                "prune_importance",
-                self.prunes_channels and self.prune_importance == "taylor",
-                "taylor",
-                "Use --prune_importance=l2 or bn_gamma.",
-            ),
-        ):
-            if value and not supports(keras, capability):
-                subject = f"`{name}={getattr(self, name)}`"
-                raise ConfigError(refusal(capability, keras, subject, instead))
-        if self.strategy == "tpu" and not self.tpu:
-            raise ConfigError(
-                "`strategy=tpu` needs `tpu`: 'local' on a Cloud TPU "
-                "VM, the TPU's name, or grpc://host:port."
-            )
+        path exists). (What a cluster, a TPU or `model_dir`'s contents
+        allow is checked when the run starts, still before anything is
+        written.)"""
+        checks.check(self)
         return self
 
 

@@ -27,7 +27,6 @@ from tfopt import (
     distillation,
     distribute,
     pruning,
-    quantization,
 )
 from tfopt.job import lockstep, measure, prepare, report, sources, stages
 from tfopt.job.config import ClusterError, Config, ConfigError
@@ -76,7 +75,7 @@ def _teacher(run):
                     run.scratch,
                     shape=run.target,
                 ),
-                config.teacher_learning_rate or config.learning_rate,
+                stages.rate(run, "teacher", config.teacher_epochs),
             )
 
         return stages.stage(run, "teacher", build, config.teacher_epochs)
@@ -116,6 +115,9 @@ def _student(run, teacher):
     """The trained student: distilled and/or pruned, from scratch or from a
     plain baseline."""
     config = run.config
+    epochs = config.stage_epochs
+    # A saved model starts trained; a built one from scratch.
+    start = "trained" if config.given else "scratch"
     taylor = config.prunes_channels and config.prune_importance == "taylor"
     callbacks = (
         [
@@ -128,14 +130,7 @@ def _student(run, teacher):
         else []
     )
 
-    def fresh():
-        if config.given:
-            return sources.load(config, config.model, "model", run.scratch)
-        return sources.build(
-            config, config.model, "model", run.info, config.seed + 1, run.scratch
-        )
-
-    def distiller(student, teacher, alpha=config.alpha):
+    def distiller(student, teacher, rate, alpha=config.alpha):
         return stages.compiled(
             config,
             distillation.Distiller(
@@ -147,34 +142,42 @@ def _student(run, teacher):
                 # Augmented images differ each epoch: so do their logits.
                 cache_teacher=config.cache_teacher and not config.augment,
             ),
-            config.learning_rate,
+            rate,
         )
 
     if teacher is not None:
 
         def distill():
             return distiller(
-                _prune(config, fresh()) if config.prune else fresh(), teacher
+                _prune(config, stages.fresh(run))
+                if config.prune
+                else stages.fresh(run),
+                teacher,
+                stages.rate(run, start, epochs),
             )
 
-        return None, stages.stage(
-            run, "distilled", distill, config.stage_epochs, callbacks
-        )
+        return None, stages.stage(run, "distilled", distill, epochs, callbacks)
     if config.given:
         baseline = _given(run)
         if not config.prune and config.epochs:
             return baseline, stages.stage(
                 run,
                 "finetuned",
-                lambda: stages.compiled(config, fresh(), config.learning_rate),
+                lambda: stages.compiled(
+                    config,
+                    stages.fresh(run),
+                    stages.rate(run, "trained", config.epochs),
+                ),
                 config.epochs,
             )
     else:
         baseline = stages.stage(
             run,
             "baseline",
-            lambda: stages.compiled(config, fresh(), config.learning_rate),
-            config.stage_epochs,
+            lambda: stages.compiled(
+                config, stages.fresh(run), stages.rate(run, "scratch", epochs)
+            ),
+            epochs,
         )
     if not config.prune:
         return baseline, baseline
@@ -182,27 +185,14 @@ def _student(run, teacher):
     def pruned():
         # Recovery: the unpruned model teaches its pruned copy (the copy is
         # the one that trains; the baseline stays as it was saved).
+        rate = stages.rate(run, "trained", epochs)
         if config.recover:
-            return distiller(_prune(config, baseline), baseline, config.recover_alpha)
-        return stages.compiled(config, _prune(config, baseline), config.learning_rate)
+            return distiller(
+                _prune(config, baseline), baseline, rate, config.recover_alpha
+            )
+        return stages.compiled(config, _prune(config, baseline), rate)
 
-    return baseline, stages.stage(run, "pruned", pruned, config.stage_epochs, callbacks)
-
-
-def _qat(run, model):
-
-    config = run.config
-    zeros = config.prune and not config.prunes_channels
-    return stages.stage(
-        run,
-        "qat",
-        lambda: stages.compiled(
-            config,
-            quantization.quantize(model, preserve_sparsity=zeros),
-            config.learning_rate / 10,
-        ),
-        config.qat_epochs,
-    )
+    return baseline, stages.stage(run, "pruned", pruned, epochs, callbacks)
 
 
 def get_strategy(config):
@@ -301,6 +291,7 @@ def _recipe(run_):
     rows, speed = [], None
     teacher = _teacher(run_) if config.teacher else None
     baseline, student = _student(run_, teacher)
+    control = stages.control(run_) if config.dense_control else None
     shrunk = None
     reference = teacher if teacher is not None else baseline
     with run_.timed("evaluate"):
@@ -311,6 +302,9 @@ def _recipe(run_):
         )
         if config.given and teacher is not None:
             rows.append(_row(run_, "given", _given(run_), rows[0]))
+        if control is not None:
+            control_row = _row(run_, "dense_control", control, rows[0])
+            rows.append(control_row)
         if given_first and not config.prune and config.epochs:
             rows.append(_row(run_, "finetuned", pruning.strip(student), rows[0]))
         final = pruning.strip(student)
@@ -328,7 +322,7 @@ def _recipe(run_):
             final = shrunk = pruning.shrink(final)
             rows.append(_row(run_, "shrunk", final, rows[0]))
     if config.qat:
-        final = _qat(run_, final)
+        final = stages.qat(run_, final)
         with run_.timed("evaluate"):
             rows.append(_row(run_, "qat", final, rows[0]))
     stages.banner(run_, "export")
@@ -342,6 +336,10 @@ def _recipe(run_):
             overwrite=True,
         ):
             rows.append(measure.file_row(verified, rows[0]))
+    if control is not None:
+        # Against what the same training would have given uncompressed.
+        for row in rows:
+            row["control_delta"] = row["accuracy"] - control_row["accuracy"]
     if shrunk is not None:
         _log.info("      timing the dense and the shrunk model (TFLite, batch 1)")
         with run_.timed("speed"):

@@ -12,7 +12,14 @@ import os
 
 THREADS = ("1", "2")  # the thread counts of the speed rows (core.speed.THREADS)
 
-__all__ = ["COLUMNS", "markdown", "render", "speed_markdown", "write"]
+__all__ = [
+    "COLUMNS",
+    "OPTIONAL_COLUMNS",
+    "markdown",
+    "render",
+    "speed_markdown",
+    "write",
+]
 
 COLUMNS = (
     "artifact",
@@ -26,6 +33,9 @@ COLUMNS = (
     "gzip_ratio",
     "latency_ms_per_example",
 )
+# With `Config.dense_control`, every row also has `control_delta`: its
+# accuracy minus the dense control's.
+OPTIONAL_COLUMNS = ("control_delta",)
 
 
 def markdown(rows):
@@ -42,6 +52,10 @@ def markdown(rows):
         "gzip ratio",
         "latency/example",
     )
+    # With a dense control (`Config.dense_control`): Δ against it too.
+    control = any("control_delta" in r for r in rows)
+    if control:
+        header = (*header[:3], "Δ vs control", *header[3:])
     lines = [
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
@@ -55,6 +69,7 @@ def markdown(rows):
                     r["artifact"],
                     f"{r['accuracy']:.4f}",
                     f"{r['accuracy_delta']:+.4f}",
+                    *([f"{r['control_delta']:+.4f}"] if control else []),
                     f"{r['params']:,}",
                     "-" if r.get("macs") is None else f"{r['macs']:,}",
                     f"{r['nonzero_params']:,}",

@@ -10,10 +10,10 @@ import time
 
 import tensorflow as tf
 
-from tfopt import callbacks, distillation, distribute, models
+from tfopt import callbacks, distillation, distribute, models, quantization
 from tfopt.core import summary
 from tfopt.core.kerases import Keras
-from tfopt.job import lockstep
+from tfopt.job import lockstep, sources
 from tfopt.job.config import ConfigError
 
 # Stage lines; `scripts/train.py` shows them as plain lines.
@@ -105,6 +105,11 @@ def plan(config):
                 f"{epochs} epochs"
                 + (", distilled from the unpruned model" if config.recover else "")
             )
+    if config.dense_control:
+        stages["control"] = (
+            f"dense control: train {model} uncompressed, "
+            f"{config.control_epochs} epochs (the run's training of it)"
+        )
     if config.prunes_channels:
         stages["shrink"] = "shrink: remove the pruned channels"
     if config.qat:
@@ -219,7 +224,43 @@ def train(run, name, build, epochs, callbacks, latest):
     return mine
 
 
+def peak(config, start):
+    """The peak learning rate of a stage that starts `start`: 'scratch',
+    'teacher' (a teacher from scratch), 'trained' (pruning or fine-tuning
+    trained weights) or 'qat'."""
+    rate = config.learning_rate
+    return {
+        "scratch": rate,
+        "teacher": config.teacher_learning_rate or rate,
+        "trained": config.finetune_learning_rate or rate,
+        "qat": config.qat_learning_rate or rate / 10,
+    }[start]
+
+
+def rate(run, start, epochs):
+    """The learning rate of a stage of `epochs` that starts `start` (see
+    `peak`): with `lr_schedule=cosine` a cosine decay to 0 at the stage's
+    last step, after a linear warm-up over `warmup` of the stage for a model
+    from scratch (trained weights would be disturbed by a cold start's
+    large steps, so they start at their peak). The schedule reads the
+    optimizer's step count, which the stage's checkpoints keep: a resumed
+    stage goes on where it stopped."""
+    config, top = run.config, peak(run.config, start)
+    if config.lr_schedule == "constant":
+        return top
+    total = max(1, epochs * run.steps)
+    warm = round(config.warmup * total) if start in ("scratch", "teacher") else 0
+    return keras_of(config).optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warm else top,
+        decay_steps=total - warm,
+        warmup_target=top if warm else None,
+        warmup_steps=warm,
+    )
+
+
 def compiled(config, model, learning_rate):
+    """`model` compiled with Adam at `learning_rate` (a number or a
+    schedule, `rate`) and the job's loss and metric."""
     keras = keras_of(config)
     if config.keras_api is Keras.KERAS3:
         distribute.keras3_multi_worker(model)  # Keras 3.15's trainer bugs
@@ -229,3 +270,44 @@ def compiled(config, model, learning_rate):
         metrics=["accuracy"],
     )
     return model
+
+
+def fresh(run):
+    """`model` as the run starts it: the saved one, or built (the baseline's
+    and the dense control's weights, the same seed)."""
+    config = run.config
+    if config.given:
+        return sources.load(config, config.model, "model", run.scratch)
+    return sources.build(
+        config, config.model, "model", run.info, config.seed + 1, run.scratch
+    )
+
+
+def control(run):
+    """The dense control: `model` trained without compression for every
+    epoch the run trains it (`Config.control_epochs`), in one stage."""
+    config = run.config
+    epochs = config.control_epochs
+    start = "trained" if config.given else "scratch"
+    return stage(
+        run,
+        "control",
+        lambda: compiled(config, fresh(run), rate(run, start, epochs)),
+        epochs,
+    )
+
+
+def qat(run, model):
+    """`model` after quantization-aware training (pruned zeros kept)."""
+    config = run.config
+    zeros = config.prune and not config.prunes_channels
+    return stage(
+        run,
+        "qat",
+        lambda: compiled(
+            config,
+            quantization.quantize(model, preserve_sparsity=zeros),
+            rate(run, "qat", config.qat_epochs),
+        ),
+        config.qat_epochs,
+    )
