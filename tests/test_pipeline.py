@@ -95,6 +95,7 @@ def test_channel_pruning_runs_prune_shrink_qat_export_and_times_the_result(
         prune_measure="macs",
         target_sparsity=0.5,
         prune_round_to=4,
+        recover=True,  # the unpruned model teaches its channel-pruned copy
         qat=True,
         export=("tflite_int8",),
         model="resnet_tiny",
@@ -161,16 +162,14 @@ def test_keras3_models_go_teacher_distill_prune_int8_report(tmp_path, caplog):
         "keras"
         in json.loads((tmp_path / "report.json").read_text())["environment"]["versions"]
     )
-    # The teacher trained at its own rate, the student at --learning_rate:
-    # each the peak of its stage's schedule, as its saved compile config says.
-    for stage, rate in (("teacher", 2e-3), ("distilled", QUICK["learning_rate"])):
-        with zipfile.ZipFile(tmp_path / "checkpoints" / f"{stage}.keras") as saved:
-            compiled = json.loads(saved.read("config.json"))["compile_config"]
-        schedule = compiled["optimizer"]["config"]["learning_rate"]
-        assert schedule["class_name"] == "CosineDecay"
-        settings = schedule["config"]
-        peak = settings["warmup_target"] or settings["initial_learning_rate"]
-        assert peak == pytest.approx(rate)
+    # The teacher trained at its own rate, the peak of its stage's schedule,
+    # as its saved compile config says (a distilled student is saved without
+    # the Distiller's optimizer; tests/test_recipe.py checks every stage's).
+    with zipfile.ZipFile(tmp_path / "checkpoints" / "teacher.keras") as saved:
+        compiled = json.loads(saved.read("config.json"))["compile_config"]
+    schedule = compiled["optimizer"]["config"]["learning_rate"]
+    assert schedule["class_name"] == "CosineDecay"
+    assert schedule["config"]["warmup_target"] == pytest.approx(2e-3)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="tfopt"):
         again = pipeline.run(config)
