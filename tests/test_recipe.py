@@ -271,3 +271,17 @@ def test_the_readme_recipe_runs_as_written(tmp_path):
     )
     int8 = tfopt.evaluate_tflite(path, test).accuracy
     assert int8 > dense - 0.05, (int8, dense)
+
+
+def test_the_example_recipe_refuses_data_of_unknown_length():
+    import tensorflow as tf
+
+    from scripts import benchmark_recipe
+
+    recipe = benchmark_recipe._example()
+    train = tfopt.data.load("digits", batch_size=64).train
+    with pytest.raises(ValueError) as err:
+        recipe._cosine(1e-2, 2, train.repeat())
+    assert str(err.value) == "`train` has no known length (-1)."
+    with pytest.raises(ValueError, match=r"no known length \(-2\)\.$"):
+        recipe._cosine(1e-2, 2, train.filter(lambda x, y: tf.reduce_any(y > 0)))

@@ -115,9 +115,7 @@ def _student(run, teacher):
     """The trained student: distilled and/or pruned, from scratch or from a
     plain baseline."""
     config = run.config
-    epochs = config.stage_epochs
-    # A saved model starts trained; a built one from scratch.
-    start = "trained" if config.given else "scratch"
+    epochs, start = config.stage_epochs, stages.model_start(config)
     taylor = config.prunes_channels and config.prune_importance == "taylor"
     callbacks = (
         [

@@ -12,14 +12,7 @@ import os
 
 THREADS = ("1", "2")  # the thread counts of the speed rows (core.speed.THREADS)
 
-__all__ = [
-    "COLUMNS",
-    "OPTIONAL_COLUMNS",
-    "markdown",
-    "render",
-    "speed_markdown",
-    "write",
-]
+__all__ = ["COLUMNS", "markdown", "render", "speed_markdown", "write"]
 
 COLUMNS = (
     "artifact",
@@ -34,8 +27,7 @@ COLUMNS = (
     "latency_ms_per_example",
 )
 # With `Config.dense_control`, every row also has `control_delta`: its
-# accuracy minus the dense control's.
-OPTIONAL_COLUMNS = ("control_delta",)
+# accuracy minus the dense control's (`markdown` shows it when present).
 
 
 def markdown(rows):

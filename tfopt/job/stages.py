@@ -272,6 +272,12 @@ def compiled(config, model, learning_rate):
     return model
 
 
+def model_start(config):
+    """How `model`'s first stage starts (see `peak`): a saved model is
+    trained already, a built one starts from scratch."""
+    return "trained" if config.given else "scratch"
+
+
 def fresh(run):
     """`model` as the run starts it: the saved one, or built (the baseline's
     and the dense control's weights, the same seed)."""
@@ -287,8 +293,7 @@ def control(run):
     """The dense control: `model` trained without compression for every
     epoch the run trains it (`Config.control_epochs`), in one stage."""
     config = run.config
-    epochs = config.control_epochs
-    start = "trained" if config.given else "scratch"
+    epochs, start = config.control_epochs, model_start(config)
     return stage(
         run,
         "control",
