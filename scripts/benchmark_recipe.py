@@ -3,8 +3,9 @@ an equal training budget.
 
 `job`: the main job (`pipeline.run`, its defaults) with `--dense_control`:
 80% unstructured sparsity + int8 on `tfmot_mnist` and `student_cnn`, and
-channel pruning to a 1.5x MAC cut + int8 on `resnet_tiny` and
-`mobilenet_v2`, on mnist5k, 3 seeds: the int8 file's accuracy against the
+channel pruning to a 1.5x MAC cut + int8 on `resnet_tiny` (Adam from 2e-2,
+`--epochs=4` and 10) and `mobilenet_v2`, on mnist5k, 3 seeds, each case's
+flags in its result: the int8 file's accuracy against the
 dense model trained for the same total epochs, and its gzipped size against
 the dense model's file.
 
@@ -22,20 +23,28 @@ import statistics
 import tempfile
 import time
 
+RESNET_TINY = {
+    "prune_structure": "channels",
+    "prune_measure": "macs",
+    "target_sparsity": 1 - 1 / 1.5,
+    "prune_round_to": 4,
+    "learning_rate": 2e-2,
+}
 # The job's runs: (model, flags). A 1.5x MAC cut keeps 1/1.5 of the MACs.
 JOB_CASES = {
     "tfmot_mnist_80_int8": ("tfmot_mnist", {"target_sparsity": 0.8}),
     "student_cnn_80_int8": ("student_cnn", {"target_sparsity": 0.8}),
     # Kept counts in multiples of 4: the default 8 overshoots to a 2.24x
-    # cut on a network this narrow (16 and 32 channels).
-    "resnet_tiny_channels_1.5x_int8": (
+    # cut on a network this narrow (16 and 32 channels). At the default
+    # 6e-3 its dense control is under-trained (0.935 against 0.969 at 2e-2,
+    # BUILD_NOTES): the comparison is against the better-trained control.
+    "resnet_tiny_channels_1.5x_int8": ("resnet_tiny", RESNET_TINY),
+    # At 4 epochs a stage, the control is still climbing a point an epoch:
+    # the same run without pruning is already 1.3 points below it. At 10
+    # its control has converged and the gap is what the pruning costs.
+    "resnet_tiny_channels_1.5x_int8_10_epochs": (
         "resnet_tiny",
-        {
-            "prune_structure": "channels",
-            "prune_measure": "macs",
-            "target_sparsity": 1 - 1 / 1.5,
-            "prune_round_to": 4,
-        },
+        {**RESNET_TINY, "epochs": 10},
     ),
     "mobilenet_v2_channels_1.5x_int8": (
         "mobilenet_v2",
@@ -58,6 +67,11 @@ def _summary(values):
     }
 
 
+def _flags(flags, quick):
+    """A case's flags, its epochs included (1 in quick mode)."""
+    return {**flags, "epochs": 1 if quick else flags.get("epochs", EPOCHS)}
+
+
 def _job_case(work, name, model, flags, seed, quick):
     from tfopt.job import pipeline
     from tfopt.job.config import Config
@@ -66,13 +80,12 @@ def _job_case(work, name, model, flags, seed, quick):
         model_dir=os.path.join(work, f"{name}_{seed}"),
         dataset="digits" if quick else "mnist5k",
         model=model,
-        epochs=1 if quick else EPOCHS,
         seed=seed,
         prune=True,
         qat=True,
         dense_control=True,
         export=("tflite_int8",),
-        **flags,
+        **_flags(flags, quick),
     )
     rows = {r["artifact"]: r for r in pipeline.run(config, command=[name]).rows}
     int8, control, dense = rows["tflite_int8"], rows["dense_control"], rows["baseline"]
@@ -102,6 +115,7 @@ def job(quick):
             key: _summary([run[key] for run in runs])
             for key in ("int8", "dense_control", "vs_control", "gzip_ratio", "mac_cut")
         }
+        out[name]["flags"] = _flags(flags, quick)
     return out
 
 

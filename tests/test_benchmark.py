@@ -150,6 +150,7 @@ def test_the_recipe_suite_in_quick_mode(tmp_path):
         job["int8"]["mean"] - job["dense_control"]["mean"]
     )
     assert job["gzip_ratio"]["mean"] > 2  # the digits' 8x8 model: a small file
+    assert job["flags"] == {"target_sparsity": 0.8, "epochs": 1}
     metrics = {row[0] for row in json.loads(output.read_text())["checks"]}
     assert metrics == {
         "recipe/tfmot_mnist_80_int8/int8_vs_dense_control",

@@ -109,7 +109,7 @@ def test_taylor_scores_choose_the_same_channels_on_one_and_two_replicas(
             np.testing.assert_array_equal(replica.numpy(), replicas[0].numpy())
     assert runs[0] == runs[1]
     # The gradients matter: L2 norms alone choose other channels.
-    by_norm = channel_pruning.controller(compiled(_pruned()))
+    by_norm = channel_pruning.controller(compiled(_pruned(importance="l2")))
     by_norm.update(1.0)
     assert by_norm.keep != runs[0]
 
@@ -335,6 +335,18 @@ def test_kept_counts_round_up_and_never_reach_zero(size, fraction, round_to, kep
         ),
         ({"importance": "taylor"}, ValueError, r"^`importance` applies to"),
         (
+            {"importance": "l2"},
+            ValueError,
+            r"^`importance` applies to structure='channels'. Received: "
+            r"importance='l2'$",
+        ),
+        (
+            {"structure": tfopt.pruning.Channels(), "importance": "l2"},
+            ValueError,
+            r"^`measure`, `importance` and `round_to` are set in "
+            r"`structure=Channels\(...\)`, not beside it",
+        ),
+        (
             {"structure": "channels", "exclude": [".*"]},
             ValueError,
             r"^`model` has no channel group that can be pruned",
@@ -413,6 +425,22 @@ def test_shrink_keeps_channels_a_sigmoid_makes_non_zero_and_names_why():
     np.testing.assert_allclose(small(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+def _fit_pruned(model, optimizer, data, outputs, **schedule):
+    """`model` with half its channels pruned (one at a time) over one epoch
+    of `data` in batches of 8, to zero targets of width `outputs`."""
+    pruned = tfopt.prune(model, 0.5, structure="channels", round_to=1, **schedule)
+    pruned.compile(optimizer=optimizer, loss="mse")
+    pruned.fit(
+        data,
+        np.zeros((len(data), outputs)),
+        epochs=1,
+        batch_size=8,
+        verbose=0,
+        callbacks=[tfopt.PruningCallback()],
+    )
+    return pruned
+
+
 @pytest.mark.parametrize(
     "which", [Keras.TF_KERAS, Keras.KERAS3], ids=["tf_keras", "keras3"]
 )
@@ -430,17 +458,8 @@ def test_shrink_removes_channels_of_a_batchnorm_without_scale(which):
     model.get_layer("a_bn").set_weights(
         [np.full(8, 0.3), np.full(8, 0.5), np.full(8, 2.0)]
     )
-    pruned = tfopt.prune(model, 0.5, structure="channels", round_to=1)
-    pruned.compile("sgd", "mse")
     data = np.random.default_rng(0).uniform(0, 1, (16, 8, 8, 3)).astype("float32")
-    pruned.fit(
-        data,
-        np.zeros((16, 4)),
-        epochs=1,
-        batch_size=8,
-        verbose=0,
-        callbacks=[tfopt.PruningCallback()],
-    )
+    pruned = _fit_pruned(model, "sgd", data, 4)
     small = tfopt.shrink(pruned)
     assert small.get_layer("a").filters == 4
     np.testing.assert_allclose(small(data), pruned(data), rtol=1e-5, atol=1e-5)
@@ -461,3 +480,28 @@ def test_shrink_refuses_what_is_not_a_graph_model(keras3):
         tfopt.shrink(Subclassed())
     with pytest.raises(TypeError, match=r"^`model` must be a tf_keras Model"):
         tfopt.shrink("model.keras")
+
+
+@pytest.mark.parametrize(
+    "which", [Keras.TF_KERAS, Keras.KERAS3], ids=["tf_keras", "keras3"]
+)
+def test_channels_are_ranked_by_batchnorm_scales_by_default(which):
+    # A BatchNorm after the Flatten has one scale per pixel of each channel:
+    # its channels are scored by their pixels' mean scale (equal here), so
+    # the convolution's BatchNorm decides.
+    k = api(which)
+    k.utils.set_random_seed(0)
+    inputs = k.Input((4, 4, 1))
+    x = k.layers.Conv2D(4, 3, padding="same", name="a")(inputs)
+    x = k.layers.BatchNormalization(name="a_bn")(x)
+    x = k.layers.Flatten()(x)
+    x = k.layers.BatchNormalization(name="flat_bn")(x)
+    model = k.Model(inputs, k.layers.Dense(3, name="logits")(x))
+    model.get_layer("a_bn").set_weights(
+        [np.array([0.1, 2.0, 0.2, 1.0]), np.zeros(4), np.zeros(4), np.ones(4)]
+    )
+    data = np.random.default_rng(0).uniform(0, 1, (8, 4, 4, 1)).astype("float32")
+    pruned = _fit_pruned(model, k.optimizers.SGD(0.0), data, 3, end=1.0)
+    assert list(np.flatnonzero(pruned.get_layer("a_bn").get_weights()[0])) == [1, 3]
+    small = tfopt.shrink(pruned)
+    np.testing.assert_allclose(small(data), pruned(data), rtol=1e-5, atol=1e-5)

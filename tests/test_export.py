@@ -106,6 +106,18 @@ def test_dynamic_and_float16_shrink_the_file(mnist_pair, out):
     assert sizes["float16"] < 0.6 * sizes[None]
 
 
+@pytest.mark.parametrize("version", [2, 3])
+def test_files_hold_no_conversion_metadata(version, out):
+    # The converter's record of its options: no runtime reads it, and it
+    # is 1% of a small int8 file gzipped (the recipe suite's size target).
+    model = models.build("tfmot_mnist", (8, 8), 10, keras_version=version)
+    path = out / f"no_metadata_{version}.tflite"
+    tfopt.export_tflite(model, path, overwrite=True)
+    data = path.read_bytes()
+    assert b"CONVERSION_METADATA" not in data
+    assert b"min_runtime_version" in data  # what the runtime does read
+
+
 def test_pruned_models_export_stripped(digits, out):
     pruned = tfopt.prune(
         models.build("tfmot_mnist", (8, 8, 1), 10, keras_version=2), 0.5

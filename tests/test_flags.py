@@ -103,6 +103,10 @@ def test_flags_become_the_config_without_a_mapping():
             "`prune_round_to=4` needs `prune` with `prune_structure=channels`.",
         ),
         (
+            {"prune": True, "prune_importance": "l2"},
+            "`prune_importance=l2` needs `prune` with `prune_structure=channels`.",
+        ),
+        (
             {"prune": True, "prune_structure": "channels", "sparsity_m_by_n": "2:4"},
             "`sparsity_m_by_n=2:4` applies to `prune_structure=weights`.",
         ),

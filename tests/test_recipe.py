@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import tfopt
-from tfopt.job import pipeline, report, stages
+from tfopt.job import pipeline, report, rundir, stages
 from tfopt.job.config import Config, ConfigError
+from tfopt.keras3.pruning import PruningMask
 
 TINY = {
     "dataset": "digits",
@@ -155,6 +156,57 @@ def test_each_stage_gets_the_documented_learning_rate(keras, tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    "flags, end",
+    [
+        ({}, 0.75),
+        ({"prune_structure": "channels"}, 0.25),
+        ({"prune_structure": "channels", "pruning_end": 0.5}, 0.5),
+        ({"pruning_end": 0.6}, 0.6),
+        # Channels of a model distilled from scratch: ranked later.
+        ({"prune_structure": "channels", "teacher": "train"}, 0.75),
+        (
+            {"prune_structure": "channels", "teacher": "t.keras", "model": "s.keras"},
+            0.25,
+        ),
+    ],
+)
+def test_the_pruning_ramp_ends_by_structure_unless_set(flags, end, tmp_path):
+    config = Config(model_dir=str(tmp_path), prune=True, target_sparsity=0.5, **flags)
+    assert config.ramp_end == end
+    # config.json and the report hold the value the run uses.
+    assert config.settings()["pruning_end"] == end
+    if config.teacher:
+        return
+    config.check()
+    # The pruned model's schedule is the one the report and resume read.
+    model = tfopt.models.build("student_cnn", (8, 8), 10)
+    masks = [
+        c
+        for layer in pipeline._prune(config, model).layers
+        for c in (getattr(layer, "kernel_constraint", None),)
+        if isinstance(c, PruningMask)
+    ]
+    assert masks and {m.schedule.end for m in masks} == {end}
+
+
+@pytest.mark.parametrize(
+    "flags, end",
+    [
+        ({"prune_structure": "channels", "pruning_begin": 0.5}, 0.25),
+        ({"pruning_begin": 0.8}, 0.75),
+    ],
+)
+def test_a_ramp_that_would_end_before_it_begins_names_the_default(flags, end, tmp_path):
+    config = Config(model_dir=str(tmp_path), prune=True, **flags)
+    with pytest.raises(ConfigError) as err:
+        config.check()
+    begin = flags["pruning_begin"]
+    assert str(err.value) == (
+        f"`pruning_begin={begin}` must be below `pruning_end={end}` (its default)."
+    )
+
+
 def test_the_dense_control_row_and_its_delta_column(tmp_path, caplog):
     config = Config(
         model_dir=str(tmp_path), prune=True, qat=True, dense_control=True, **TINY
@@ -285,3 +337,26 @@ def test_the_example_recipe_refuses_data_of_unknown_length():
     assert str(err.value) == "`train` has no known length (-1)."
     with pytest.raises(ValueError, match=r"no known length \(-2\)\.$"):
         recipe._cosine(1e-2, 2, train.filter(lambda x, y: tf.reduce_any(y > 0)))
+
+
+def test_a_weight_pruning_run_resumes_across_channel_defaults(tmp_path):
+    """A run directory's config.json from before a channel default changed
+    (here `prune_importance=l2`) still resumes a weight-pruning run; a
+    channel-pruning run with other channel settings is refused."""
+    chief = types.SimpleNamespace(is_chief=True)
+    for structure, refused in (("weights", False), ("channels", True)):
+        config = Config(
+            model_dir=str(tmp_path / structure),
+            prune=True,
+            prune_structure=structure,
+            target_sparsity=0.5,
+        )
+        rundir.claim(config)
+        saved = tmp_path / structure / "config.json"
+        older = dict(json.loads(saved.read_text()), prune_importance="l2")
+        saved.write_text(json.dumps(older))
+        if refused:
+            with pytest.raises(ConfigError, match="holds a run with other flags"):
+                rundir.check(config, chief)
+        else:
+            rundir.check(config, chief)

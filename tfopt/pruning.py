@@ -105,7 +105,7 @@ def prune(
     block_size=None,
     structure="weights",
     measure="channels",
-    importance="l2",
+    importance="bn_gamma",
     round_to=8,
 ):
     """Returns a pruned copy of `model` (the input is left untouched).
@@ -157,8 +157,8 @@ def prune(
             group loses the largest common fraction short of the target, then
             the fullest groups `round_to` more channels until it is met).
             Defaults to `channels`.
-        importance: Shorthand for `Channels(importance=...)`: `l2`,
-            `bn_gamma` or `taylor`. Defaults to `l2`.
+        importance: Shorthand for `Channels(importance=...)`: `bn_gamma`,
+            `l2` or `taylor`. Defaults to `bn_gamma`.
         round_to: Shorthand for `Channels(round_to=...)`: counts that are not
             multiples of 8 lose part of the speed-up. Defaults to `8`.
 

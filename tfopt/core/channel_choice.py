@@ -31,21 +31,34 @@ def scores(group, by_name, importance, values_of, gradients=None):
             and getattr(n.layer, "gamma", None) is not None
         ]
         if norms:  # else (no BatchNorm in the group) the L2 norm
+            # The mean scale of each channel's positions: a BatchNorm after
+            # a Flatten has one scale per pixel of the channel.
             return sum(
-                np.abs(values_of(n.layer.gamma)[list(group.channels[n.name])])
+                _by_position(np.abs(values_of(n.layer.gamma)), group.channels[n.name])
+                / _widths(group.channels[n.name])
                 for n in norms
             )
     total = np.zeros(group.size)
     names = group.producers if gradients is None else group.channels
     for name in names:
-        index = list(group.channels[name])
         for variable, axis in output_variables(by_name[name]):
             values = values_of(variable)
             if gradients is not None:
                 values = values * gradients[id(variable)]
-            values = np.moveaxis(values, axis, -1)[..., index]
-            total += np.square(values).reshape(-1, group.size).sum(0)
+            squares = np.square(np.moveaxis(values, axis, -1))
+            total += _by_position(squares, group.channels[name])
     return total
+
+
+def _by_position(values, positions):
+    """Sums of `values` over all axes but the last, then over each of a
+    group's `positions` (an index, or a tuple of them) on the last axis."""
+    per_index = values.reshape(-1, values.shape[-1]).sum(0)
+    return np.array([per_index[list(flat_indices([p]))].sum() for p in positions])
+
+
+def _widths(positions):
+    return np.array([len(p) if isinstance(p, tuple) else 1 for p in positions])
 
 
 def keep_at(group, final, progress, group_scores):

@@ -10,6 +10,9 @@ from tfopt.job import specs
 from tfopt.job.fields import ConfigError
 from tfopt.job.fields import check as _check_field
 
+# Read only when `prune_structure=channels`.
+CHANNEL_SETTINGS = ("prune_measure", "prune_importance", "prune_round_to")
+
 
 def check(config):
     """Raises `ConfigError` for the first setting of `config` that cannot
@@ -27,10 +30,11 @@ def check(config):
             "the run's own training is the dense model."
         )
     _check_rates(config)
-    if config.pruning_begin >= config.pruning_end:
+    if config.pruning_begin >= config.ramp_end:
         raise ConfigError(
             f"`pruning_begin={config.pruning_begin}` must be below "
-            f"`pruning_end={config.pruning_end}`."
+            f"`pruning_end={config.ramp_end}`"
+            + (" (its default)." if config.pruning_end is None else ".")
         )
     if config.prune and not 0 < config.target_sparsity < 1:
         raise ConfigError(
@@ -45,21 +49,16 @@ def check(config):
         )
     if config.sparsity_m_by_n is not None and not config.prune:
         raise ConfigError(f"`sparsity_m_by_n={config.sparsity_m_by_n}` needs `prune`.")
-    if config.recover_alpha != 0.9 and (
+    defaults = _defaults(config)
+    if config.recover_alpha != defaults["recover_alpha"] and (
         config.teacher or not config.prune or not config.recover
     ):
         raise ConfigError(
             f"`recover_alpha={config.recover_alpha}` needs `prune` "
             "with `recover` and no `teacher`."
         )
-    channel_only = {
-        "prune_measure": "channels",
-        "prune_importance": "l2",
-        "prune_round_to": 8,
-        "prune_structure": "weights",
-    }
-    for name, default in channel_only.items():
-        if getattr(config, name) != default and not (config.prunes_channels):
+    for name in (*CHANNEL_SETTINGS, "prune_structure"):
+        if getattr(config, name) != defaults[name] and not config.prunes_channels:
             raise ConfigError(
                 f"`{name}={getattr(config, name)}` needs `prune`"
                 + (
@@ -107,10 +106,14 @@ def check(config):
         )
 
 
+def _defaults(config):
+    return {field.name: field.default for field in dataclasses.fields(config)}
+
+
 def _check_rates(config):
     """Refuses a stage's learning-rate setting that no stage of the run
     would read."""
-    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    defaults = _defaults(config)
     if config.lr_schedule == "constant" and config.warmup != defaults["warmup"]:
         raise ConfigError(
             f"`warmup={config.warmup}` needs `lr_schedule=cosine`: a constant "

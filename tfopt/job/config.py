@@ -200,8 +200,14 @@ class Config:
     pruning_begin: float = _field(
         0.0, "Start, as a fraction of the stage.", "float", low=0.0, high=1.0
     )
-    pruning_end: float = _field(
-        0.75, "End, as a fraction of the stage.", "float", low=0.0, high=1.0
+    pruning_end: float | None = _field(
+        None,
+        "End, as a fraction of the stage; unset: 0.25 for channels pruned "
+        "from trained weights (the pruned model then trains most of the stage "
+        "at its final width), else 0.75.",
+        "float",
+        low=0.0,
+        high=1.0,
     )
     sparsity_m_by_n: str | None = _field(
         None, "Structured sparsity, e.g. 2:4.", "string"
@@ -221,8 +227,9 @@ class Config:
         choices=PRUNE_MEASURES,
     )
     prune_importance: str = _field(
-        "l2",
-        "With --prune_structure=channels, how channels are ranked.",
+        "bn_gamma",
+        "With --prune_structure=channels, how channels are ranked: "
+        "bn_gamma (BatchNorm scales; l2 where a group has none), l2 or taylor.",
         "enum",
         choices=PRUNE_IMPORTANCES,
     )
@@ -320,6 +327,16 @@ class Config:
         return default if self.epochs is None else self.epochs
 
     @property
+    def ramp_end(self):
+        """When the pruning ramp ends, as a fraction of its stage. Channels
+        of a model from scratch (distilled from a teacher) are ranked later:
+        early on every BatchNorm scale is still about 1."""
+        if self.pruning_end is not None:
+            return self.pruning_end
+        from_trained = self.given or not self.teacher
+        return 0.25 if self.prunes_channels and from_trained else 0.75
+
+    @property
     def control_epochs(self):
         """Epochs of the dense control: every epoch `model` trains in the
         run (baseline, main stage, QAT), in one stage."""
@@ -358,6 +375,7 @@ class Config:
         values = dataclasses.asdict(self)
         for key in ("model_dir", "overwrite", "deterministic"):
             values.pop(key)
+        values["pruning_end"] = self.ramp_end  # the value the run uses
         return json.loads(json.dumps(values))
 
     def check(self):

@@ -105,7 +105,7 @@ def _prune(config, model):
         model,
         config.target_sparsity,
         begin=config.pruning_begin,
-        end=config.pruning_end,
+        end=config.ramp_end,
         m_by_n=config.m_by_n,
         structure=structure,
     )

@@ -8,6 +8,7 @@ import os
 
 import tensorflow as tf
 
+from tfopt.job.checks import CHANNEL_SETTINGS
 from tfopt.job.fields import ConfigError
 
 
@@ -45,7 +46,7 @@ def check(config, worker):
         )
     if gfile.exists(previous) and not config.overwrite:
         with gfile.GFile(previous) as file:
-            if json.load(file) != config.settings():
+            if _identity(json.load(file)) != _identity(config.settings()):
                 raise ConfigError(
                     f"`model_dir={config.model_dir}` holds a run with other flags; "
                     "use a new directory, or `overwrite` to replace it."
@@ -61,3 +62,12 @@ def claim(config):
         gfile.makedirs(os.path.join(config.model_dir, sub))
     with gfile.GFile(os.path.join(config.model_dir, "config.json"), "w") as file:
         file.write(json.dumps(config.settings(), indent=2))
+
+
+def _identity(settings):
+    """What a run directory's settings must match to resume: the channel
+    settings count only in a run that prunes channels (their defaults may
+    change without touching a weight-pruning run)."""
+    if settings.get("prune") and settings.get("prune_structure") == "channels":
+        return settings
+    return {k: v for k, v in settings.items() if k not in CHANNEL_SETTINGS}

@@ -6,8 +6,8 @@ remove them for a model that runs faster. The pruned model is a
 `ChannelPrunedModel`: a functional model whose config carries the settings,
 so it saves, reloads and resumes like any model. `PruningCallback` drives
 it through a `ChannelPruning` controller: at each update step of the
-schedule it ranks every group's channels (L2 norm of the producers' output
-slices, BatchNorm scales, or a first-order Taylor score) and keeps the best,
+schedule it ranks every group's channels (BatchNorm scales, the L2 norm of
+the producers' output slices, or a first-order Taylor score) and keeps the best,
 one channel fewer at a time as the schedule goes, down to a final count
 that is a multiple of `round_to` (never zero); after every batch it zeroes
 the other channels' producer kernels and biases, depthwise slices and
