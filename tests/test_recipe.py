@@ -360,3 +360,25 @@ def test_a_weight_pruning_run_resumes_across_channel_defaults(tmp_path):
                 rundir.check(config, chief)
         else:
             rundir.check(config, chief)
+
+
+@pytest.mark.parametrize("structure, end", [("weights", 0.75), ("channels", 0.25)])
+def test_a_tf_keras_pruned_model_gets_the_ramp_end(structure, end, tmp_path):
+    config = Config(
+        model_dir=str(tmp_path),
+        keras="2",
+        prune=True,
+        prune_structure=structure,
+        target_sparsity=0.5,
+    )
+    model = tfopt.models.build("student_cnn", (8, 8), 10, keras_version=2)
+    pruned = pipeline._prune(config, model)
+    if structure == "channels":  # the schedule's settings, saved with the model
+        ends = [pruned.tfopt_channel_pruning["schedule"]["end"]]
+    else:  # TFMOT's wrappers
+        ends = [
+            layer.pruning_schedule.end
+            for layer in pruned.layers
+            if hasattr(layer, "pruning_schedule")
+        ]
+    assert ends and set(ends) == {end}
