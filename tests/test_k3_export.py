@@ -9,6 +9,7 @@ import tensorflow as tf
 import tfopt
 from tests.support.k3 import LOSS, cnn
 from tfopt import export
+from tfopt.core import tflite
 
 
 def _accuracy(model, data):
@@ -79,6 +80,54 @@ def test_a_model_that_needs_a_flex_op_fails_naming_it(tmp_path):
     assert not (tmp_path / "det.tflite").exists()
 
 
+def _reshapes(kind):
+    """Keras 3 models whose Flatten and Reshape layers have known shapes."""
+    L = keras.layers
+    inputs = keras.Input((6, 6, 2), name="image")
+    if kind == "functional":
+        x = L.Reshape((6, 6, 2))(inputs)  # the identity
+        x = L.Flatten()(L.Conv2D(3, 3)(x))
+        x = L.Flatten()(L.Reshape((4, -1))(L.Dense(8)(x)))
+        return keras.Model(inputs, L.Dense(3)(x))
+    if kind == "nested":
+        base = keras.Model(inputs, L.Flatten()(L.Conv2D(3, 3)(inputs)), name="base")
+        return keras.Sequential([keras.Input((6, 6, 2)), base, L.Dense(3)])
+    first = keras.Input((2, 6, 6), name="image")
+    return keras.Model(
+        first, L.Dense(3)(L.Flatten(data_format="channels_first")(first))
+    )
+
+
+@pytest.mark.parametrize("kind", ["functional", "nested", "channels_first"])
+def test_flatten_and_reshape_write_one_reshape_of_a_constant_shape(kind, tmp_path):
+    # Keras 3's layers compute the batch size in the graph (SHAPE,
+    # STRIDED_SLICE and PACK ops before each RESHAPE); the file reshapes
+    # to -1 as tf_keras's does, and still runs at any batch size.
+    keras.utils.set_random_seed(0)
+    model = _reshapes(kind)
+    config = model.get_config()
+    path = tfopt.export_tflite(model, tmp_path / "m.tflite").path
+    counts = export.tflite_ops(path).counts
+    assert not {"SHAPE", "STRIDED_SLICE", "PACK"} & set(counts)
+    # The converter merges back-to-back reshapes: Reshape then Flatten is one.
+    assert (
+        counts["RESHAPE"] == {"functional": 2, "nested": 1, "channels_first": 1}[kind]
+    )
+    x = np.random.rand(3, *model.input_shape[1:]).astype(np.float32)
+    interpreter = tflite.open_interpreter(path)
+    (source,) = interpreter.get_input_details()
+    assert source["name"] == "serving_default_image:0" or kind == "nested"
+    interpreter.resize_tensor_input(source["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(source["index"], x)
+    interpreter.invoke()
+    output = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(output, model(x), rtol=1e-5, atol=1e-6)
+    # The user's model is left as it was: same layers, same config.
+    assert model.get_config() == config
+    assert "_Flatten" not in {type(layer).__name__ for layer in model.layers}
+
+
 def test_never_overwrites_and_checks_its_arguments(pruned, tmp_path):
     path = tmp_path / "m.tflite"
     path.write_bytes(b"mine")
@@ -95,6 +144,24 @@ def test_never_overwrites_and_checks_its_arguments(pruned, tmp_path):
         tfopt.export_tflite(pruned, tmp_path / "q.tflite", quantization="int4")
     with pytest.raises(TypeError, match=r"^`sparse` must be a bool"):
         tfopt.export_tflite(pruned, tmp_path / "q.tflite", sparse="yes")
+
+    class Subclassed(keras.Model):
+        def call(self, x):
+            return x
+
+    subclassed = Subclassed()
+    subclassed(np.ones((1, 2), np.float32))
+    for export_to in (tfopt.export_tflite, tfopt.export_saved_model):
+        with pytest.raises(
+            TypeError,
+            match=(
+                r"^`model` must be a Sequential or functional Keras 3 model to "
+                r"export: a subclassed model \(Subclassed\) has no inputs to "
+                r"trace. Wrap it, e.g. keras.Model\(inputs, model\(inputs\)\). "
+                r"Received: model=<Subclassed"
+            ),
+        ):
+            export_to(subclassed, tmp_path / "sub.tflite")
 
 
 def test_load_model_reads_keras3_files_and_refuses_broken_ones(pruned, tmp_path):

@@ -119,7 +119,7 @@ def _pruned_model(trainer, layer):
     holds, such as a Distiller's student) that holds `layer`."""
     candidates = [trainer] + [m for m in trainer.layers if isinstance(m, keras.Model)]
     for model in candidates:
-        if isinstance(model, keras.Sequential) or type(model).__name__ == "Functional":
+        if pruning.graph_model(model):
             if any(inner is layer for inner in model.layers):
                 return model
     raise ValueError(

@@ -27,9 +27,7 @@ def _check_model(model, arg):
             f"same Keras). Received: {arg}={model!r} of type "
             f"{type(model).__module__}.{type(model).__qualname__}"
         )
-    if not (
-        isinstance(model, keras.Sequential) or type(model).__name__ == "Functional"
-    ):
+    if not pruning.graph_model(model):
         raise TypeError(
             f"`{arg}` must be a Sequential or functional Keras 3 model: the "
             "Distiller checks its output shape and taps its layers; wrap a "

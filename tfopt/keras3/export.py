@@ -11,6 +11,7 @@ TFLite converter gives a file that is integer end to end instead.
 """
 
 import functools
+import math
 import os
 import tempfile
 import zipfile
@@ -32,16 +33,65 @@ def deployable(model):
     return model
 
 
+class _Flatten(keras.layers.Flatten):
+    """Flatten to `(-1, n)` where `n` is known. Keras 3's own passes the
+    batch size as a tensor, which the converter keeps as SHAPE,
+    STRIDED_SLICE and PACK ops before the RESHAPE (tf_keras writes -1);
+    with -1 the file has one RESHAPE of a constant shape."""
+
+    def call(self, inputs):
+        dims = tuple(inputs.shape)[1:]
+        if None in dims or not math.prod(dims):
+            return super().call(inputs)
+        if self.data_format == "channels_first" and len(dims) > 1:
+            inputs = keras.ops.transpose(inputs, (0, *range(2, len(dims) + 1), 1))
+        return keras.ops.reshape(inputs, (-1, math.prod(dims)))
+
+
+class _Reshape(keras.layers.Reshape):
+    """Reshape to `(-1, *target)` where the target is known (see `_Flatten`)."""
+
+    def call(self, inputs):
+        target = self.compute_output_shape(tuple(inputs.shape))[1:]
+        if target == tuple(inputs.shape)[1:]:
+            return inputs  # no op at all (the converter drops Keras's too)
+        if None in target or not math.prod(target):
+            return super().call(inputs)
+        return keras.ops.reshape(inputs, (-1, *target))
+
+
+_STATIC = {keras.layers.Flatten: _Flatten, keras.layers.Reshape: _Reshape}
+
+
+def _static_reshapes(model):
+    """`model` traced with `_Flatten` and `_Reshape` in place of Keras's
+    (the other layers shared, weights and all); a subclassed model as it
+    is, its graph hidden."""
+    if not pruning.graph_model(model) or not any(
+        type(layer) in _STATIC for layer in pruning.flat_layers(model)
+    ):
+        return model
+
+    def clone(layer):
+        if isinstance(layer, keras.Model):
+            return _static_reshapes(layer)
+        static = _STATIC.get(type(layer))
+        return layer if static is None else static.from_config(layer.get_config())
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
 def _archive(model):
     """An ExportArchive of `model`'s inference call, as `model.export` and
     `TFLiteConverter.from_keras_model` make one, without their printout of
     every variable."""
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    traced = _static_reshapes(model)
+    archive.track(traced)
     specs = [tf.TensorSpec(t.shape, t.dtype, name=t.name) for t in model.inputs]
     archive.add_endpoint(
         "serve",
-        functools.partial(model.__call__, training=False),
+        functools.partial(traced.__call__, training=False),
         specs if len(specs) == 1 else [specs],
     )
     return archive
@@ -59,6 +109,16 @@ def _convert(model, quantization, representative_data, int8_io, sparse):
 def check_model(model):
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a Keras 3 Model. Received: model={model!r}")
+    served = model.student if isinstance(model, distill.DistillerSteps) else model
+    if not pruning.graph_model(served):
+        # Its call has no input signature to trace (Keras 3 keeps `inputs`
+        # for graph models only).
+        raise TypeError(
+            f"`model` must be a Sequential or functional Keras 3 model to "
+            f"export: a subclassed model ({type(served).__name__}) has no "
+            "inputs to trace. Wrap it, e.g. keras.Model(inputs, model(inputs)). "
+            f"Received: model={model!r}"
+        )
 
 
 def _check_ranges(model):

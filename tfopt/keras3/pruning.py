@@ -200,10 +200,14 @@ def guard(trainer, model=None):
     return trainer
 
 
+def graph_model(model):
+    """Whether `model` is Sequential or functional: a layer graph Keras can
+    clone (a subclassed model hides its graph)."""
+    return isinstance(model, keras.Sequential) or type(model).__name__ == "Functional"
+
+
 def check_graph_model(model, action):
-    if not (
-        isinstance(model, keras.Sequential) or type(model).__name__ == "Functional"
-    ):
+    if not graph_model(model):
         raise TypeError(
             f"`model` must be a Sequential or functional Keras 3 model for "
             f"{action}: a subclassed model ({type(model).__name__}) hides its "
