@@ -10,6 +10,7 @@ import tfopt
 from tests.support.k3 import LOSS, cnn
 from tfopt import export
 from tfopt.core import tflite
+from tfopt.keras3 import pruning
 
 
 def _accuracy(model, data):
@@ -114,18 +115,51 @@ def test_flatten_and_reshape_write_one_reshape_of_a_constant_shape(kind, tmp_pat
         counts["RESHAPE"] == {"functional": 2, "nested": 1, "channels_first": 1}[kind]
     )
     x = np.random.rand(3, *model.input_shape[1:]).astype(np.float32)
-    interpreter = tflite.open_interpreter(path)
-    (source,) = interpreter.get_input_details()
+    (source,) = tflite.open_interpreter(path).get_input_details()
     assert source["name"] == "serving_default_image:0" or kind == "nested"
+    np.testing.assert_allclose(_run(path, x), model(x), rtol=1e-5, atol=1e-6)
+    # The user's model keeps its layers and config (the export traced a copy).
+    assert model.get_config() == config
+    assert not {"_Flatten", "_Reshape"} & {
+        type(layer).__name__ for layer in pruning.flat_layers(model)
+    }
+
+
+def _run(path, x):
+    interpreter = tflite.open_interpreter(str(path))
+    (source,) = interpreter.get_input_details()
     interpreter.resize_tensor_input(source["index"], x.shape)
     interpreter.allocate_tensors()
     interpreter.set_tensor(source["index"], x)
     interpreter.invoke()
-    output = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-    np.testing.assert_allclose(output, model(x), rtol=1e-5, atol=1e-6)
-    # The user's model is left as it was: same layers, same config.
-    assert model.get_config() == config
-    assert "_Flatten" not in {type(layer).__name__ for layer in model.layers}
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def test_the_copy_traced_keeps_what_the_user_built(tmp_path):
+    L = keras.layers
+    x = np.random.default_rng(0).random((2, 4, 4, 1)).astype(np.float32)
+
+    class Doubled(keras.Sequential):  # its own call: never rebuilt
+        def call(self, inputs, training=None):
+            return super().call(2 * inputs, training=training)
+
+    doubled = Doubled([keras.Input((4, 4, 1)), L.Flatten(), L.Dense(2)])
+    inputs = keras.Input((4, 4, 1))
+
+    class Backbone(keras.Model):  # functional, as KerasHub builds models
+        def __init__(self):
+            super().__init__(inputs, L.Dense(2)(L.Flatten()(inputs)))
+
+    plain = keras.Sequential([keras.Input((4, 4, 1)), L.Flatten(), L.Dense(2)])
+    # A loss no deserializer can find: the export must not re-compile it.
+    plain.compile(optimizer="adam", loss=lambda y, p: keras.ops.mean(p))
+    for name, model in (
+        ("doubled", doubled),
+        ("backbone", Backbone()),
+        ("plain", plain),
+    ):
+        path = tfopt.export_tflite(model, tmp_path / f"{name}.tflite").path
+        np.testing.assert_allclose(_run(path, x), model(x), rtol=1e-5, atol=1e-6)
 
 
 def test_never_overwrites_and_checks_its_arguments(pruned, tmp_path):
@@ -155,10 +189,10 @@ def test_never_overwrites_and_checks_its_arguments(pruned, tmp_path):
         with pytest.raises(
             TypeError,
             match=(
-                r"^`model` must be a Sequential or functional Keras 3 model to "
-                r"export: a subclassed model \(Subclassed\) has no inputs to "
-                r"trace. Wrap it, e.g. keras.Model\(inputs, model\(inputs\)\). "
-                r"Received: model=<Subclassed"
+                r"^`model` \(Subclassed\) has no inputs to trace: export takes "
+                r"a Sequential or functional Keras 3 model built on an Input. "
+                r"Wrap a subclassed one, e.g. keras.Model\(inputs, "
+                r"model\(inputs\)\). Received: model=<Subclassed"
             ),
         ):
             export_to(subclassed, tmp_path / "sub.tflite")

@@ -49,14 +49,18 @@ class _Flatten(keras.layers.Flatten):
 
 
 class _Reshape(keras.layers.Reshape):
-    """Reshape to `(-1, *target)` where the target is known (see `_Flatten`)."""
+    """Reshape to `(-1, *target)` where the input's shape is known (see
+    `_Flatten`)."""
 
     def call(self, inputs):
+        dims = tuple(inputs.shape)[1:]
         target = self.compute_output_shape(tuple(inputs.shape))[1:]
-        if target == tuple(inputs.shape)[1:]:
-            return inputs  # no op at all (the converter drops Keras's too)
-        if None in target or not math.prod(target):
+        if None in dims or not math.prod(dims):
             return super().call(inputs)
+        if target == dims:
+            # The identity: a copy, not `inputs` itself, so that a mask on
+            # it stops here as at Keras's Reshape; the converter drops it.
+            return keras.ops.copy(inputs)
         return keras.ops.reshape(inputs, (-1, *target))
 
 
@@ -65,11 +69,11 @@ _STATIC = {keras.layers.Flatten: _Flatten, keras.layers.Reshape: _Reshape}
 
 def _static_reshapes(model):
     """`model` traced with `_Flatten` and `_Reshape` in place of Keras's
-    (the other layers shared, weights and all); a subclassed model as it
-    is, its graph hidden."""
-    if not pruning.graph_model(model) or not any(
-        type(layer) in _STATIC for layer in pruning.flat_layers(model)
-    ):
+    (the other layers shared, weights and all). Only a plain Sequential or
+    functional model is rebuilt: a subclass's own `call` would be lost."""
+    if not (
+        type(model) is keras.Sequential or type(model).__name__ == "Functional"
+    ) or not any(type(layer) in _STATIC for layer in pruning.flat_layers(model)):
         return model
 
     def clone(layer):
@@ -78,7 +82,10 @@ def _static_reshapes(model):
         static = _STATIC.get(type(layer))
         return layer if static is None else static.from_config(layer.get_config())
 
-    return keras.models.clone_model(model, clone_function=clone)
+    # An uncompiled view: clone_model would re-compile a compiled model
+    # (a new optimizer, and a failure on an unregistered custom loss).
+    view = keras.Model(model.inputs, model.outputs, name=model.name)
+    return keras.models.clone_model(view, clone_function=clone)
 
 
 def _archive(model):
@@ -110,13 +117,13 @@ def check_model(model):
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a Keras 3 Model. Received: model={model!r}")
     served = model.student if isinstance(model, distill.DistillerSteps) else model
-    if not pruning.graph_model(served):
-        # Its call has no input signature to trace (Keras 3 keeps `inputs`
-        # for graph models only).
+    if not getattr(served, "inputs", None):
+        # No input signature to trace: Keras 3 keeps `inputs` for models
+        # built on an Input only (not a subclassed model's `call`).
         raise TypeError(
-            f"`model` must be a Sequential or functional Keras 3 model to "
-            f"export: a subclassed model ({type(served).__name__}) has no "
-            "inputs to trace. Wrap it, e.g. keras.Model(inputs, model(inputs)). "
+            f"`model` ({type(served).__name__}) has no inputs to trace: export "
+            "takes a Sequential or functional Keras 3 model built on an Input. "
+            "Wrap a subclassed one, e.g. keras.Model(inputs, model(inputs)). "
             f"Received: model={model!r}"
         )
 
