@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import tfopt
-from tests.support.k3 import LOSS, cnn
+from tests.support.k3 import LOSS, cnn, run_tflite
 from tfopt import export
 from tfopt.core import tflite
 from tfopt.keras3 import pruning
@@ -117,22 +117,12 @@ def test_flatten_and_reshape_write_one_reshape_of_a_constant_shape(kind, tmp_pat
     x = np.random.rand(3, *model.input_shape[1:]).astype(np.float32)
     (source,) = tflite.open_interpreter(path).get_input_details()
     assert source["name"] == "serving_default_image:0" or kind == "nested"
-    np.testing.assert_allclose(_run(path, x), model(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run_tflite(path, x), model(x), rtol=1e-5, atol=1e-6)
     # The user's model keeps its layers and config (the export traced a copy).
     assert model.get_config() == config
     assert not {"_Flatten", "_Reshape"} & {
         type(layer).__name__ for layer in pruning.flat_layers(model)
     }
-
-
-def _run(path, x):
-    interpreter = tflite.open_interpreter(str(path))
-    (source,) = interpreter.get_input_details()
-    interpreter.resize_tensor_input(source["index"], x.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(source["index"], x)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
 
 def test_the_copy_traced_keeps_what_the_user_built(tmp_path):
@@ -159,7 +149,7 @@ def test_the_copy_traced_keeps_what_the_user_built(tmp_path):
         ("plain", plain),
     ):
         path = tfopt.export_tflite(model, tmp_path / f"{name}.tflite").path
-        np.testing.assert_allclose(_run(path, x), model(x), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(run_tflite(path, x), model(x), rtol=1e-5, atol=1e-6)
 
 
 def test_never_overwrites_and_checks_its_arguments(pruned, tmp_path):

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import tfopt
-from tests.support.k3 import LOSS, cnn
-from tfopt.core.tflite import from_output, open_interpreter, to_input
+from tests.support.k3 import LOSS, cnn, run_tflite
+from tfopt.core.tflite import open_interpreter
 from tfopt.keras3.quantizers import QuantizedLayer, QuantizeRange
 
 
@@ -27,19 +27,6 @@ def _fine_tuned(qat, x, y, epochs=1, batch_size=16):
     qat.compile(optimizer=keras.optimizers.Adam(1e-3), loss=LOSS)
     qat.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0)
     return qat
-
-
-def _run(path, x):
-    interpreter = open_interpreter(path)
-    (source,), target = (
-        interpreter.get_input_details(),
-        interpreter.get_output_details(),
-    )
-    interpreter.resize_tensor_input(source["index"], x.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(source["index"], to_input(x, source))
-    interpreter.invoke()
-    return from_output(interpreter.get_tensor(target[0]["index"]), target[0])
 
 
 def _conv_net(input_shape=(8, 8, 3)):
@@ -80,7 +67,7 @@ def test_folded_per_channel_fake_quant_matches_the_file_layer_by_layer(tmp_path)
         assert "MUL" not in ops.counts and "ADD" not in ops.counts
         limits = qat.get_layer(f"{name}_range")
         step = float(limits.range_max - limits.range_min) / 255
-        difference = np.abs(_run(path, x) - upto.predict(x, verbose=0))
+        difference = np.abs(run_tflite(path, x) - upto.predict(x, verbose=0))
         # int8 kernels round their accumulators where the float graph does
         # not: within two steps of the output's scale, nearly all exactly.
         assert difference.max() <= 2 * step + 1e-6, (name, difference.max(), step)
@@ -174,7 +161,7 @@ def test_blocks_are_integer_end_to_end_and_agree_with_the_file(build, tmp_path):
         (),
     ), ops.counts
     expected = qat.predict(x, verbose=0)
-    assert np.mean(_run(path, x).argmax(-1) == expected.argmax(-1)) >= 0.95
+    assert np.mean(run_tflite(path, x).argmax(-1) == expected.argmax(-1)) >= 0.95
 
 
 def test_int8_io_has_no_quantize_ops(tmp_path):

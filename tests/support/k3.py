@@ -7,9 +7,25 @@ import numpy as np
 
 import tfopt
 from tests.support.helpers import _dataset, tiny_regression
+from tfopt.core.tflite import from_output, open_interpreter, to_input
 from tfopt.keras3 import fit, pruning
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def run_tflite(path, x):
+    """The outputs of the .tflite file at `path` on the batch `x` (any batch
+    size; int8 inputs and outputs (de)quantized)."""
+    interpreter = open_interpreter(str(path))
+    (source,), (target, *_) = (
+        interpreter.get_input_details(),
+        interpreter.get_output_details(),
+    )
+    interpreter.resize_tensor_input(source["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(source["index"], to_input(x, source))
+    interpreter.invoke()
+    return from_output(interpreter.get_tensor(target["index"]), target)
 
 
 def cnn(input_shape, width=8, name="k3cnn", l2=None):

@@ -33,6 +33,13 @@ def deployable(model):
     return model
 
 
+def _known_dims(inputs):
+    """The dimensions of `inputs` after the batch's, or None unless all are
+    known and none is zero (where `-1` could not stand for the batch)."""
+    dims = tuple(inputs.shape)[1:]
+    return None if None in dims or not math.prod(dims) else dims
+
+
 class _Flatten(keras.layers.Flatten):
     """Flatten to `(-1, n)` where `n` is known. Keras 3's own passes the
     batch size as a tensor, which the converter keeps as SHAPE,
@@ -40,8 +47,8 @@ class _Flatten(keras.layers.Flatten):
     with -1 the file has one RESHAPE of a constant shape."""
 
     def call(self, inputs):
-        dims = tuple(inputs.shape)[1:]
-        if None in dims or not math.prod(dims):
+        dims = _known_dims(inputs)
+        if dims is None:
             return super().call(inputs)
         if self.data_format == "channels_first" and len(dims) > 1:
             inputs = keras.ops.transpose(inputs, (0, *range(2, len(dims) + 1), 1))
@@ -53,10 +60,10 @@ class _Reshape(keras.layers.Reshape):
     `_Flatten`)."""
 
     def call(self, inputs):
-        dims = tuple(inputs.shape)[1:]
-        target = self.compute_output_shape(tuple(inputs.shape))[1:]
-        if None in dims or not math.prod(dims):
+        dims = _known_dims(inputs)
+        if dims is None:
             return super().call(inputs)
+        target = self.compute_output_shape(tuple(inputs.shape))[1:]
         if target == dims:
             # The identity: a copy, not `inputs` itself, so that a mask on
             # it stops here as at Keras's Reshape; the converter drops it.
